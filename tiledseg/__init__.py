@@ -1,0 +1,31 @@
+"""tiledseg: scribble-trained voxel classification of images far larger than memory.
+
+Exact tiled filter-bank features, XGBoost or random forest trained on scribbles,
+blockwise prediction into OME-Zarr, on threads or a dask cluster.
+"""
+
+from tiledseg.errors import TiledsegError
+from tiledseg.evaluate import evaluate
+from tiledseg.features import FeatureBank, resolve_bank
+from tiledseg.features.tiled import feature_array
+from tiledseg.model import Model, load_model
+from tiledseg.predict import PredictionResult, predict
+from tiledseg.training import train
+from tiledseg.volume import Volume, open_volume
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeatureBank",
+    "Model",
+    "PredictionResult",
+    "TiledsegError",
+    "Volume",
+    "evaluate",
+    "feature_array",
+    "load_model",
+    "open_volume",
+    "predict",
+    "resolve_bank",
+    "train",
+]

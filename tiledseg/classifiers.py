@@ -1,0 +1,262 @@
+"""Classifiers: XGBoost (default), scikit-learn's random forest, any scikit-learn estimator.
+
+Each is wrapped in a small class with the same four operations: ``fit`` on the
+training table (with per-voxel weights that balance the classes),
+``predict_proba`` on a block's features, and ``to_bytes`` / ``from_bytes``
+without pickle (XGBoost's own UBJSON format, or skops for scikit-learn).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import numpy as np
+
+from tiledseg.errors import ModelFileError, TiledsegError
+
+__all__ = [
+    "CLASSIFIERS",
+    "Classifier",
+    "SklearnClassifier",
+    "XGBoostClassifier",
+    "balanced_weights",
+    "make_classifier",
+]
+
+ClassifierName = Literal["xgboost", "random-forest"]
+CLASSIFIERS: tuple[str, ...] = ("xgboost", "random-forest")
+
+# Modules whose types a skops payload may hold; anything else is refused when loading.
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.sparse.")
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Per-sample weights ``n / (k * count(class))``: every class weighs the same in total."""
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return (len(y) / (len(counts) * counts))[inverse].astype(np.float32)
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a train/held-out split that keeps at least one sample per class in each part."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        n_held = int(round(fraction * len(idx)))
+        n_held = min(max(n_held, 1), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[:n_held])
+        train.append(idx[n_held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+class Classifier(ABC):
+    """Interface shared by the wrappers."""
+
+    name: str
+
+    @abstractmethod
+    def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
+        """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1)."""
+
+    @abstractmethod
+    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+        """Return class probabilities (n, k) float32."""
+
+    @abstractmethod
+    def to_bytes(self) -> bytes:
+        """Serialise without pickle."""
+
+    def importances(self) -> np.ndarray | None:
+        """Per-feature importance, if the classifier has one."""
+        return None
+
+
+class XGBoostClassifier(Classifier):
+    """Gradient-boosted trees with early stopping on held-out scribbles.
+
+    A fifth of each class's labelled voxels is held out; boosting stops when the
+    held-out log-loss has not improved for ``patience`` rounds. The model is then
+    refitted on all scribbles with the best number of rounds, so no needless
+    rounds slow prediction and no scribble is wasted.
+    """
+
+    name = "xgboost"
+
+    def __init__(
+        self,
+        *,
+        max_rounds: int = 100,
+        patience: int = 10,
+        max_depth: int = 6,
+        learning_rate: float = 0.3,
+        held_out: float = 0.2,
+        seed: int = 0,
+        booster: Any = None,
+        n_classes: int | None = None,
+    ):
+        self.params = dict(
+            max_rounds=max_rounds, patience=patience, max_depth=max_depth,
+            learning_rate=learning_rate, held_out=held_out, seed=seed,
+        )
+        self.booster = booster
+        self.n_classes = n_classes
+
+    def _booster_params(self, n_classes: int, n_threads: int) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "tree_method": "hist",
+            "max_depth": self.params["max_depth"],
+            "eta": self.params["learning_rate"],
+            "seed": self.params["seed"],
+            "nthread": n_threads,
+        }
+        if n_classes == 2:
+            params.update(objective="binary:logistic", eval_metric="logloss")
+        else:
+            params.update(objective="multi:softprob", num_class=n_classes, eval_metric="mlogloss")
+        return params
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
+        import xgboost as xgb
+
+        self.n_classes = int(y.max()) + 1
+        params = self._booster_params(self.n_classes, n_threads)
+        weights = balanced_weights(y)
+        train, held = _stratified_split(y, self.params["held_out"], self.params["seed"])
+        rounds = self.params["max_rounds"]
+        summary: dict[str, Any] = {"max_rounds": rounds}
+        if len(held) and len(np.unique(y[train])) == self.n_classes:
+            dtrain = xgb.DMatrix(X[train], label=y[train], weight=weights[train], nthread=n_threads)
+            dheld = xgb.DMatrix(X[held], label=y[held], weight=weights[held], nthread=n_threads)
+            probe = xgb.train(
+                params, dtrain, num_boost_round=rounds, evals=[(dheld, "held_out")],
+                early_stopping_rounds=self.params["patience"], verbose_eval=False,
+            )
+            rounds = int(probe.best_iteration) + 1
+            proba = _as_proba(probe.predict(dheld, iteration_range=(0, rounds)), self.n_classes)
+            summary["held_out_accuracy"] = float(np.mean(proba.argmax(1) == y[held]))
+            summary["held_out_voxels"] = int(len(held))
+        summary["rounds"] = rounds
+        dall = xgb.DMatrix(X, label=y, weight=weights, nthread=n_threads)
+        self.booster = xgb.train(params, dall, num_boost_round=rounds, verbose_eval=False)
+        return summary
+
+    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+        self.booster.set_param({"nthread": n_threads})
+        raw = self.booster.inplace_predict(X, validate_features=False)
+        return _as_proba(raw, self.n_classes)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.booster.save_raw(raw_format="ubj"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, n_classes: int, params: dict) -> XGBoostClassifier:
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray(data))
+        except xgb.core.XGBoostError as exc:
+            raise ModelFileError(f"the XGBoost payload of the model cannot be read: {exc}") from None
+        return cls(booster=booster, n_classes=n_classes, **params)
+
+    def importances(self) -> np.ndarray | None:
+        scores = self.booster.get_score(importance_type="gain")
+        n = self.booster.num_features()
+        out = np.zeros(n, dtype=np.float64)
+        for key, value in scores.items():
+            out[int(key.lstrip("f"))] = value
+        total = out.sum()
+        return out / total if total > 0 else out
+
+
+def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:
+    raw = np.asarray(raw, dtype=np.float32)
+    if n_classes == 2 and raw.ndim == 1:
+        return np.stack([1.0 - raw, raw], axis=1)
+    return raw.reshape(-1, n_classes)
+
+
+class SklearnClassifier(Classifier):
+    """Any scikit-learn-style estimator with ``fit`` and ``predict_proba``.
+
+    ``random-forest`` is ``RandomForestClassifier(n_estimators=100,
+    class_weight="balanced")``; prediction runs single-threaded per block (the
+    blocks are the parallelism, and a fixed summation order keeps the
+    probabilities the same for any tiling).
+    """
+
+    name = "sklearn"
+
+    def __init__(self, estimator: Any):
+        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict_proba")):
+            raise TiledsegError(
+                f"classifier {type(estimator).__name__} has no fit/predict_proba; pass a "
+                "scikit-learn-style classifier, 'xgboost' or 'random-forest'"
+            )
+        self.estimator = estimator
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
+        est = self.estimator
+        if "n_jobs" in est.get_params():
+            est.set_params(n_jobs=n_threads)
+        try:
+            est.fit(X, y, sample_weight=balanced_weights(y))
+        except TypeError:  # estimator without sample_weight
+            est.fit(X, y)
+        if "n_jobs" in est.get_params():
+            est.set_params(n_jobs=1)
+        return {"estimator": type(est).__name__}
+
+    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+        return np.asarray(self.estimator.predict_proba(X), dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        import skops.io as sio
+
+        try:
+            return sio.dumps(self.estimator)
+        except Exception as exc:  # skops raises TypeError and others for unknown types
+            raise TiledsegError(
+                f"classifier {type(self.estimator).__name__} cannot be saved without pickle "
+                f"(skops: {exc}); use 'xgboost' or a scikit-learn estimator"
+            ) from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SklearnClassifier:
+        import skops.io as sio
+
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+        except Exception as exc:  # not a skops payload
+            raise ModelFileError(f"the scikit-learn payload of the model is not valid: {exc}") from None
+        refused = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+        if refused:
+            raise ModelFileError(
+                f"the model's payload holds types tiledseg does not load: {', '.join(refused)}"
+            )
+        return cls(sio.loads(data, trusted=untrusted))
+
+    def importances(self) -> np.ndarray | None:
+        values = getattr(self.estimator, "feature_importances_", None)
+        return None if values is None else np.asarray(values, dtype=np.float64)
+
+
+def make_classifier(spec: str | Any = "xgboost", *, seed: int = 0) -> Classifier:
+    """Return a classifier wrapper from a name or a scikit-learn-style estimator."""
+    if isinstance(spec, Classifier):
+        return spec
+    if isinstance(spec, str):
+        if spec == "xgboost":
+            return XGBoostClassifier(seed=seed)
+        if spec in ("random-forest", "random_forest", "rf"):
+            from sklearn.ensemble import RandomForestClassifier
+
+            return SklearnClassifier(
+                RandomForestClassifier(n_estimators=100, class_weight="balanced", random_state=seed)
+            )
+        raise TiledsegError(
+            f"classifier {spec!r} is unknown; choose one of {', '.join(CLASSIFIERS)} "
+            "or pass a scikit-learn-style estimator"
+        )
+    return SklearnClassifier(spec)

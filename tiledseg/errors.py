@@ -1,0 +1,37 @@
+"""The one exception family of tiledseg.
+
+Every error a user can cause derives from :class:`TiledsegError`, itself a
+``ValueError``, so callers can catch one class. Messages name the value that is
+wrong and say how to fix it; the command line prints them as one line and exits
+with status 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockSizeError",
+    "InputDataError",
+    "ModelFileError",
+    "OutputExistsError",
+    "TiledsegError",
+]
+
+
+class TiledsegError(ValueError):
+    """Base class of every error caused by the user's input or settings."""
+
+
+class InputDataError(TiledsegError):
+    """An image, label or truth array that cannot be used as given."""
+
+
+class BlockSizeError(TiledsegError):
+    """A processing block that is not positive or too small for the halo."""
+
+
+class ModelFileError(TiledsegError):
+    """A model file that is missing, truncated, tampered with or not a tiledseg model."""
+
+
+class OutputExistsError(TiledsegError):
+    """An output that exists already and may not be overwritten."""

@@ -1,0 +1,100 @@
+"""The thin layer between volumes and the per-block kernel.
+
+:func:`features_of_block` is the one function that makes a block's features;
+training and prediction both call it. :func:`feature_array` exposes the same
+computation as a lazy dask array ``(n_features, *spatial)`` whose chunks are the
+processing blocks, for users who want the features themselves: computing one
+chunk reads one haloed block, so the whole stack is never in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tiledseg.blocks import Block, plan_blocks, resolve_block
+from tiledseg.errors import InputDataError
+from tiledseg.features.bank import FeatureBank, resolve_bank
+from tiledseg.features.filters import block_features
+from tiledseg.volume import Volume, open_volume
+
+__all__ = ["feature_array", "features_of_block", "read_finite"]
+
+
+def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
+    """Read a region and refuse NaN or infinite values with a clear error."""
+    data = volume.read(region)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        where = ", ".join(f"{s.start}:{s.stop}" for s in region)
+        raise InputDataError(
+            f"image {volume.name} holds NaN or infinite values (in region {where}); "
+            "replace them (e.g. with numpy.nan_to_num) before segmenting"
+        )
+    return data
+
+
+def features_of_block(
+    volume: Volume, block: Block, *, bank: FeatureBank, spacing: Sequence[float]
+) -> np.ndarray:
+    """Read a block with its halo and return its features ``(n_features, *block.shape)``."""
+    return block_features(
+        read_finite(volume, block.read), bank=bank, inner=block.inner, spacing=spacing
+    )
+
+
+def feature_array(
+    image: Any,
+    *,
+    features: Any = None,
+    block: int | Sequence[int] | str | None = None,
+    spacing: Sequence[float] | str | None = None,
+    channel_axis: int | None = None,
+) -> Any:
+    """Return the features of a whole image as a lazy dask array.
+
+    Parameters
+    ----------
+    image : path or array
+        Anything :func:`tiledseg.volume.open_volume` accepts.
+    features : bank name, YAML path, mapping or FeatureBank, optional
+        The feature bank (``"default"`` if omitted).
+    block : int or sequence of int, optional
+        Processing block; it becomes the chunk shape of the result.
+    spacing : sequence of float, optional
+        Voxel spacing.
+    channel_axis : int, optional
+        Channel axis of ``image``.
+
+    Returns
+    -------
+    dask.array.Array, shape (n_features, *spatial), float32
+    """
+    import dask.array as da
+
+    volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
+    bank = resolve_bank(features)
+    halo = bank.halo(volume.spacing)
+    shape = volume.shape
+    blocks = resolve_block(block, shape=shape, halo=halo)
+    n = bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels)
+    chunks = ((n,), *(_axis_chunks(s, b) for s, b in zip(shape, blocks, strict=True)))
+    from dask.base import tokenize
+
+    name = "tiledseg-features-" + tokenize(volume.name, volume.shape, bank.to_dict(), blocks,
+                                            volume.spacing, id(volume))
+    graph = {
+        (name, 0, *b.index): (_block_task, volume, b, bank)
+        for b in plan_blocks(shape, blocks, halo)
+    }
+    return da.Array(graph, name, chunks, dtype=np.float32)
+
+
+def _block_task(volume: Volume, block: Block, bank: FeatureBank) -> np.ndarray:
+    return features_of_block(volume, block, bank=bank, spacing=volume.spacing)
+
+
+def _axis_chunks(n: int, b: int) -> tuple[int, ...]:
+    full, rest = divmod(n, b)
+    return (b,) * full + ((rest,) if rest else ())

@@ -1,0 +1,254 @@
+"""A trained model and its file: a JSON header and a classifier payload, no pickle.
+
+File layout::
+
+    b"TILEDSEG-MODEL\\n"          magic line
+    8 bytes, big-endian          length of the header
+    header                       UTF-8 JSON: bank, classes, channels, spacing, versions,
+                                 training summary, payload size and SHA-256, header SHA-256
+    payload                      XGBoost UBJSON, or a skops archive for scikit-learn
+
+Loading checks the magic, the sizes and both checksums before it parses the
+payload, refuses a pickle by its first byte without reading further, and
+loads a skops payload only if every type in it comes from scikit-learn or numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiledseg.classifiers import Classifier, SklearnClassifier, XGBoostClassifier
+from tiledseg.errors import ModelFileError, OutputExistsError
+from tiledseg.features.bank import FeatureBank
+
+__all__ = ["MAGIC", "Model", "load_model", "versions"]
+
+MAGIC = b"TILEDSEG-MODEL\n"
+FORMAT_VERSION = 1
+_LENGTH = struct.Struct(">Q")
+
+
+def versions() -> dict[str, str]:
+    """Versions of tiledseg and the libraries that shape its results."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for package in ("tiledseg", "numpy", "scipy", "xgboost", "scikit-learn", "dask", "zarr"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def label_dtype(classes: np.ndarray) -> np.dtype:
+    """Smallest unsigned integer type that holds every class value."""
+    return np.min_scalar_type(int(np.max(classes)))
+
+
+@dataclass
+class Model:
+    """A classifier with everything needed to reproduce its features.
+
+    Attributes
+    ----------
+    classifier : Classifier
+        Fitted on class indices ``0..k-1``.
+    classes : ndarray
+        The user's label value of each class index (e.g. ``[85, 170, 255]``).
+    bank : FeatureBank
+        Features the classifier was trained on.
+    ndim, n_channels : int
+        Spatial dimensionality and channel count of the training image.
+    spacing : tuple of float
+        Voxel spacing the features were computed with (used again to predict).
+    channel_axis : int or None
+        Channel axis of the training image, the default for prediction.
+    summary : dict
+        Training summary (voxels per class, rounds, held-out accuracy, ...).
+    """
+
+    classifier: Classifier
+    classes: np.ndarray
+    bank: FeatureBank
+    ndim: int
+    n_channels: int
+    spacing: tuple[float, ...]
+    channel_axis: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=versions)
+    checksum: str | None = None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Name of every feature, in stack order."""
+        return [str(n) for n in self.bank.feature_names(ndim=self.ndim, n_channels=self.n_channels)]
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """Halo per axis the features need."""
+        return self.bank.halo(self.spacing)
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """dtype of the label maps this model writes."""
+        return label_dtype(self.classes)
+
+    def predict_proba(self, features: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+        """Class probabilities of a feature table ``(n, n_features)``."""
+        return self.classifier.predict_proba(features, n_threads=n_threads)
+
+    # -- file ------------------------------------------------------------------------
+    def _header(self, payload: bytes) -> dict[str, Any]:
+        if isinstance(self.classifier, XGBoostClassifier):
+            clf = {"kind": "xgboost", "params": self.classifier.params,
+                   "n_classes": self.classifier.n_classes}
+        else:
+            clf = {"kind": "sklearn", "estimator": type(self.classifier.estimator).__name__}
+        return {
+            "format": "tiledseg-model",
+            "format_version": FORMAT_VERSION,
+            "classes": [int(c) for c in self.classes],
+            "ndim": self.ndim,
+            "n_channels": self.n_channels,
+            "channel_axis": self.channel_axis,
+            "spacing": list(self.spacing),
+            "bank": self.bank.to_dict(),
+            "feature_names": self.feature_names,
+            "halo": list(self.halo),
+            "classifier": clf,
+            "summary": self.summary,
+            "versions": self.versions,
+            "payload_bytes": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The model file's bytes."""
+        payload = self.classifier.to_bytes()
+        header = self._header(payload)
+        header["header_sha256"] = _header_digest(header)
+        blob = json.dumps(header, sort_keys=True).encode()
+        return MAGIC + _LENGTH.pack(len(blob)) + blob + payload
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the model file atomically; refuse to replace a file unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise OutputExistsError(
+                f"model file {str(path)!r} exists; choose another path or pass --overwrite"
+            )
+        if path.exists() and path.is_dir():
+            raise OutputExistsError(f"model path {str(path)!r} is a directory")
+        data = self.to_bytes()
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        self.checksum = hashlib.sha256(data).hexdigest()
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        """The model as plain data (for ``tiledseg info``)."""
+        info = {
+            "classes": [int(c) for c in self.classes],
+            "classifier": self.classifier.name,
+            "ndim": self.ndim,
+            "channels": self.n_channels,
+            "spacing": list(self.spacing),
+            "halo": list(self.halo),
+            "bank": self.bank.to_dict(),
+            "features": self.feature_names,
+            "summary": self.summary,
+            "versions": self.versions,
+            "checksum": self.checksum,
+        }
+        importance = self.classifier.importances()
+        if importance is not None and len(importance) == len(info["features"]):
+            info["importance"] = [float(v) for v in importance]
+        return info
+
+
+def _header_digest(header: dict[str, Any]) -> str:
+    body = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Read and verify a model file.
+
+    Raises
+    ------
+    ModelFileError
+        When the file is missing, is a pickle or another format, is truncated, or its
+        header or payload does not match its checksums. Nothing is unpickled, ever.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    data = path.read_bytes()
+    name = str(path)
+    if data[:1] == b"\x80" or data[:1] in (b"(", b"]", b"}"):
+        raise ModelFileError(
+            f"{name!r} is a Python pickle, not a tiledseg model; tiledseg never unpickles files. "
+            "Retrain with 'tiledseg train' to get a model file"
+        )
+    if not data.startswith(MAGIC):
+        what = "a zip archive" if data[:2] == b"PK" else "not a tiledseg model file"
+        raise ModelFileError(f"{name!r} is {what}; give a model written by 'tiledseg train'")
+    start = len(MAGIC) + _LENGTH.size
+    if len(data) < start:
+        raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")
+    (length,) = _LENGTH.unpack(data[len(MAGIC) : start])
+    if len(data) < start + length:
+        raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")
+    try:
+        header = json.loads(data[start : start + length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"model file {name!r} has a damaged header; retrain it") from None
+    if not isinstance(header, dict) or header.get("header_sha256") != _header_digest(header):
+        raise ModelFileError(
+            f"model file {name!r} has been modified (header checksum mismatch); retrain it"
+        )
+    payload = data[start + length :]
+    if len(payload) != header["payload_bytes"]:
+        raise ModelFileError(
+            f"model file {name!r} is truncated ({len(payload)} of {header['payload_bytes']} "
+            "payload bytes); retrain or copy it again"
+        )
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise ModelFileError(
+            f"model file {name!r} has been modified (payload checksum mismatch); retrain it"
+        )
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"model file {name!r} has format version {header.get('format_version')}; this "
+            f"tiledseg reads version {FORMAT_VERSION}"
+        )
+    clf_info = header["classifier"]
+    if clf_info["kind"] == "xgboost":
+        classifier: Classifier = XGBoostClassifier.from_bytes(
+            payload, n_classes=clf_info["n_classes"], params=clf_info["params"]
+        )
+    else:
+        classifier = SklearnClassifier.from_bytes(payload)
+    return Model(
+        classifier=classifier,
+        classes=np.asarray(header["classes"]),
+        bank=FeatureBank.from_dict(header["bank"]),
+        ndim=int(header["ndim"]),
+        n_channels=int(header["n_channels"]),
+        spacing=tuple(header["spacing"]),
+        channel_axis=header.get("channel_axis"),
+        summary=header.get("summary", {}),
+        versions=header.get("versions", {}),
+        checksum=hashlib.sha256(data).hexdigest(),
+    )

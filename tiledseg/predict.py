@@ -1,0 +1,208 @@
+"""Prediction: block -> features -> probabilities -> labels / probabilities / uncertainty.
+
+Each block task reads its haloed block, computes its features with the
+function training used, classifies its own voxels and writes whole chunks of
+the output store. Nothing larger than one block's features is ever in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tiledseg.blocks import Block, plan_blocks, resolve_block
+from tiledseg.cluster import Executor, open_executor
+from tiledseg.errors import InputDataError
+from tiledseg.features.tiled import features_of_block
+from tiledseg.model import Model, load_model
+from tiledseg.runs import create_output, mark_complete, prepare_output
+from tiledseg.volume import Volume, open_volume, parse_region
+
+__all__ = ["PredictionResult", "classify_block", "predict"]
+
+
+@dataclass
+class PredictionResult:
+    """What a prediction wrote, and how fast."""
+
+    path: str
+    shape: tuple[int, ...]
+    blocks: int
+    voxels: int
+    seconds: float
+
+    @property
+    def voxels_per_second(self) -> float:
+        """Throughput over the whole run (reading, features, classification, writing)."""
+        return self.voxels / self.seconds if self.seconds > 0 else float("inf")
+
+
+def classify_block(
+    volume: Volume, block: Block, model: Model, *, n_threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block."""
+    feats = features_of_block(volume, block, bank=model.bank, spacing=model.spacing)
+    # (features, voxels) -> the transposed view: no copy into a features-last table
+    table = feats.reshape(feats.shape[0], -1).T
+    proba = model.predict_proba(table, n_threads=n_threads)
+    labels = model.classes.astype(model.label_dtype)[proba.argmax(axis=1)].reshape(block.shape)
+    return labels, proba
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _predict_task(args: tuple) -> int:
+    import zarr
+
+    volume, block, model, out, want_proba, want_unc, n_threads = args
+    labels, proba = classify_block(volume, block, model, n_threads=n_threads)
+    if want_proba:
+        stack = _to_uint8(proba.T).reshape((proba.shape[1], *block.shape))
+        zarr.open_array(f"{out}/probabilities/0", mode="r+")[(slice(None), *block.region)] = stack
+    if want_unc:
+        top2 = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
+        margin = np.abs(top2[:, 1] - top2[:, 0])
+        zarr.open_array(f"{out}/uncertainty/0", mode="r+")[block.region] = _to_uint8(
+            1.0 - margin
+        ).reshape(block.shape)
+    # labels last: a block whose labels are written has all its outputs written
+    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = labels
+    return int(labels.size)
+
+
+def _check_finite(args: tuple[Volume, Block]) -> None:
+    from tiledseg.features.tiled import read_finite
+
+    volume, block = args
+    read_finite(volume, block.region)
+
+
+def predict(
+    image: Any,
+    model: Model | str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    probabilities: bool = False,
+    uncertainty: bool = False,
+    roi: str | Sequence[slice] | None = None,
+    block: int | Sequence[int] | str | None = None,
+    channel_axis: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = True,
+    command: str | None = None,
+) -> PredictionResult:
+    """Classify every voxel of ``image`` (or of the blocks ``roi`` needs) into an OME-Zarr group.
+
+    Parameters
+    ----------
+    image : path or array
+        The image (see :func:`tiledseg.volume.open_volume`).
+    model : Model or path
+        A trained model, or the path of a model file.
+    out : path
+        The output group ``OUT.zarr`` (see :mod:`tiledseg.runs`).
+    probabilities, uncertainty : bool
+        Also write class probabilities / the uncertainty map.
+    roi : "z0:z1,y0:y1,x0:x1" or sequence of slice, optional
+        Predict only the blocks that meet this region.
+    block : int or sequence of int, optional
+        Processing block; the output's chunk shape.
+    channel_axis : int, optional
+        Channel axis of ``image`` (default: the one the model was trained with, when
+        the image has one more axis than the model's spatial axes).
+    workers : int, optional
+        Run on that many local worker processes instead of threads.
+    scheduler : str, optional
+        Address of a running dask scheduler.
+    overwrite : bool
+        Replace an existing tiledseg output at ``out``.
+    quiet : bool
+        No progress bar.
+    command : str, optional
+        The command line, recorded in the provenance.
+
+    Returns
+    -------
+    PredictionResult
+    """
+    started = time.perf_counter()
+    if not isinstance(model, Model):
+        model = load_model(model)
+    volume = _open_for_model(image, model, channel_axis)
+    halo = model.halo
+    blocks_shape = resolve_block(block, shape=volume.shape, halo=halo)
+    region = parse_region(roi, volume.shape)
+    blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
+    inputs = [image] if isinstance(image, str | os.PathLike) else []
+    prepare_output(out, overwrite=overwrite, inputs=[str(p) for p in inputs])
+    with open_executor(workers, quiet=quiet, scheduler=scheduler) as executor:
+        if volume.dtype.kind == "f":
+            _scan_finite(volume, blocks_shape, region, executor)
+        path = create_output(
+            out,
+            shape=volume.shape,
+            block=blocks_shape,
+            spacing=volume.spacing,
+            label_dtype=model.label_dtype,
+            classes=model.classes,
+            probabilities=probabilities,
+            uncertainty=uncertainty,
+            provenance={
+                "model_checksum": model.checksum,
+                "bank": model.bank.to_dict(),
+                "feature_spacing": list(model.spacing),
+                "image": volume.name,
+                "roi": None if region is None else [[s.start, s.stop] for s in region],
+                "command": command if command is not None else " ".join(sys.argv),
+                "versions": model.versions,
+            },
+            overwrite=overwrite,
+        )
+        n_threads = executor.threads_per_task(len(blocks))
+        tasks = [
+            (volume, b, model, str(path), probabilities, uncertainty, n_threads) for b in blocks
+        ]
+        voxels = sum(executor.map(_predict_task, tasks, desc="predict"))
+    seconds = time.perf_counter() - started
+    mark_complete(path, voxels=voxels, seconds=round(seconds, 3))
+    return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds)
+
+
+def _scan_finite(volume: Volume, block: Sequence[int], region, executor: Executor) -> None:
+    """Refuse NaN/inf before the output exists (float images only: ints cannot hold them)."""
+    blocks = plan_blocks(volume.shape, block, (0,) * volume.ndim, roi=region)
+    executor.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
+
+
+def _open_for_model(image: Any, model: Model, channel_axis: int | None) -> Volume:
+    volume = open_volume(image, channel_axis=channel_axis)
+    if (
+        channel_axis is None
+        and volume.channel_axis is None
+        and model.channel_axis is not None
+        and len(volume.source.shape) == model.ndim + 1
+    ):
+        volume = open_volume(image, channel_axis=model.channel_axis)
+    if volume.ndim != model.ndim:
+        raise InputDataError(
+            f"image {volume.name} has {volume.ndim} spatial axes but the model was trained on "
+            f"{model.ndim}D images"
+        )
+    if volume.n_channels != model.n_channels:
+        raise InputDataError(
+            f"image {volume.name} has {volume.n_channels} channel(s) but the model was trained "
+            f"on {model.n_channels}; predict on images with the training image's channels"
+        )
+    # features must be computed as in training: the model carries the spacing
+    volume.spacing = tuple(model.spacing)
+    return volume

@@ -1,0 +1,270 @@
+"""Training from scribbles: labelled blocks -> training table (cached) -> fitted model.
+
+Only blocks that hold labels are visited, and their features come from
+:func:`tiledseg.features.tiled.features_of_block`, the function prediction uses.
+The table is cached on disk under a key made from the *content* of what it
+depends on (labelled voxels, the image around them, bank, spacing), so a second
+training with another classifier skips the feature computation, and a changed
+image or scribble can never hit a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiledseg.blocks import Block, plan_blocks, resolve_block
+from tiledseg.classifiers import make_classifier
+from tiledseg.cluster import Executor, available_cores, open_executor
+from tiledseg.errors import InputDataError
+from tiledseg.features.bank import FeatureBank, resolve_bank
+from tiledseg.features.tiled import features_of_block, read_finite
+from tiledseg.model import Model
+from tiledseg.volume import Volume, open_volume
+
+__all__ = ["TrainingTable", "default_cache_dir", "read_labels", "train", "training_table"]
+
+_TABLE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$TILEDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/tiledseg``, else ``~/.cache/tiledseg``."""
+    if "TILEDSEG_CACHE_DIR" in os.environ:
+        return Path(os.environ["TILEDSEG_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tiledseg"
+
+
+def read_labels(labels: Volume, region: tuple[slice, ...]) -> np.ndarray:
+    """Read a region of a label map as int64, refusing negative or fractional values."""
+    data = labels.read(region)[0]
+    if data.dtype.kind == "b":
+        return data.astype(np.int64)
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            raise InputDataError(f"labels {labels.name} hold NaN or infinite values")
+        if not np.array_equal(data, np.round(data)):
+            bad = data[data != np.round(data)][0]
+            raise InputDataError(
+                f"labels {labels.name} hold fractional value {bad:g}; labels are integers "
+                "(0 = unlabelled, 1, 2, ... = classes)"
+            )
+    if data.size and data.min() < 0:
+        raise InputDataError(
+            f"labels {labels.name} hold negative value {int(data.min())}; labels are "
+            "0 (unlabelled) or positive class values"
+        )
+    return data.astype(np.int64)
+
+
+@dataclass
+class TrainingTable:
+    """Features and label values of every labelled voxel."""
+
+    X: np.ndarray  # (n, n_features) float32
+    y: np.ndarray  # (n,) the user's label values
+    from_cache: bool
+    key: str
+
+
+@dataclass
+class _Scan:
+    block: Block
+    flat: np.ndarray  # labelled positions inside the block, C order
+    values: np.ndarray
+    digest: str
+
+
+def _scan_block(args: tuple[Volume, Volume, Block]) -> _Scan | None:
+    image, labels, block = args
+    lab = read_labels(labels, block.region)
+    flat = np.flatnonzero(lab)
+    if flat.size == 0:
+        return None
+    values = lab.reshape(-1)[flat]
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(read_finite(image, block.read)).tobytes())
+    digest.update(flat.astype(np.int64).tobytes())
+    digest.update(values.astype(np.int64).tobytes())
+    return _Scan(block, flat, values, digest.hexdigest())
+
+
+def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...]]) -> np.ndarray:
+    image, scan, bank, spacing = args
+    feats = features_of_block(image, scan.block, bank=bank, spacing=spacing)
+    return np.ascontiguousarray(feats.reshape(feats.shape[0], -1)[:, scan.flat].T)
+
+
+def training_table(
+    image: Volume,
+    labels: Volume,
+    *,
+    bank: FeatureBank,
+    block: tuple[int, ...],
+    executor: Executor,
+    cache_dir: Path | None,
+) -> TrainingTable:
+    """Build (or fetch from the cache) the features of every labelled voxel."""
+    halo = bank.halo(image.spacing)
+    blocks = plan_blocks(image.shape, block, halo)
+    scans = [
+        s
+        for s in executor.map(_scan_block, [(image, labels, b) for b in blocks], desc="labels")
+        if s is not None
+    ]
+    if not scans:
+        raise InputDataError(
+            f"labels {labels.name} hold no labelled voxel (all 0); paint scribbles of at "
+            "least two classes with values 1, 2, ..."
+        )
+    values = np.concatenate([s.values for s in scans])
+    classes = np.unique(values)
+    if len(classes) < 2:
+        raise InputDataError(
+            f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
+            "scribbles of at least two classes"
+        )
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "version": _TABLE_VERSION,
+                "bank": bank.to_dict(),
+                "spacing": list(image.spacing),
+                "channels": image.n_channels,
+                "shape": list(image.shape),
+                "blocks": [[s.block.region[a].start for a in range(image.ndim)] + [s.digest]
+                           for s in scans],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    path = cache_dir / f"table-{key}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                return TrainingTable(cached["X"], cached["y"], True, key)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a damaged entry is rebuilt
+    rows = executor.map(
+        _block_rows, [(image, s, bank, image.spacing) for s in scans], desc="training features"
+    )
+    table = TrainingTable(np.concatenate(rows), values, False, key)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
+        np.savez(tmp, X=table.X, y=table.y)
+        os.replace(tmp, path)
+    return table
+
+
+def train(
+    image: Any,
+    labels: Any,
+    *,
+    features: Any = None,
+    classifier: Any = "xgboost",
+    spacing: Sequence[float] | str | None = None,
+    channel_axis: int | None = None,
+    block: int | Sequence[int] | str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cache_dir: str | os.PathLike | None | bool = True,
+    seed: int = 0,
+    quiet: bool = True,
+) -> Model:
+    """Train a voxel classifier on the labelled voxels of ``labels``.
+
+    Parameters
+    ----------
+    image : path or array
+        The image (see :func:`tiledseg.volume.open_volume`).
+    labels : path or array
+        Same spatial shape; 0 = unlabelled, any positive integer = a class. The
+        model predicts these very values.
+    features : bank name, YAML path, mapping or FeatureBank, optional
+        Feature bank (``"default"``).
+    classifier : {"xgboost", "random-forest"} or estimator
+        ``"xgboost"`` (default) or ``"random-forest"``, or any scikit-learn-style
+        classifier.
+    spacing : sequence of float or "z,y,x", optional
+        Voxel spacing (else from OME metadata, else isotropic).
+    channel_axis : int, optional
+        Channel axis of ``image``.
+    block : int or sequence of int, optional
+        Processing block (default chosen from the dimensionality and halo).
+    workers : int, optional
+        Run on that many local worker processes instead of threads.
+    scheduler : str, optional
+        Address of a running dask scheduler.
+    cache_dir : path, True or None
+        Where the training table is cached (``True``: :func:`default_cache_dir`;
+        ``None``/``False``: no cache).
+    seed : int
+        Seed of the classifier and of the held-out split.
+    quiet : bool
+        No progress bars.
+
+    Returns
+    -------
+    Model
+    """
+    started = time.perf_counter()
+    volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
+    bank = resolve_bank(features)
+    blocks = resolve_block(block, shape=volume.shape, halo=bank.halo(volume.spacing))
+    clf = make_classifier(classifier, seed=seed)
+    if cache_dir is True:
+        cache: Path | None = default_cache_dir()
+    elif cache_dir in (None, False):
+        cache = None
+    else:
+        cache = Path(cache_dir)
+    with open_executor(workers, quiet=quiet, scheduler=scheduler) as executor:
+        table = training_table(
+            volume, label_volume, bank=bank, block=blocks, executor=executor, cache_dir=cache
+        )
+    classes, y = np.unique(table.y, return_inverse=True)
+    fit_started = time.perf_counter()
+    fit_summary = clf.fit(table.X, y, n_threads=available_cores())
+    counts = {int(c): int(n) for c, n in zip(classes, np.bincount(y), strict=True)}
+    summary = {
+        "labelled_voxels": counts,
+        "n_features": int(table.X.shape[1]),
+        "table_from_cache": table.from_cache,
+        "table_key": table.key,
+        "fit_seconds": round(time.perf_counter() - fit_started, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+        "image": volume.name,
+        "labels": label_volume.name,
+        "shape": list(volume.shape),
+        **fit_summary,
+    }
+    return Model(
+        classifier=clf,
+        classes=classes,
+        bank=bank,
+        ndim=volume.ndim,
+        n_channels=volume.n_channels,
+        spacing=volume.spacing,
+        channel_axis=volume.channel_axis,
+        summary=summary,
+    )
+
+
+def _open_pair(image, labels, *, channel_axis, spacing) -> tuple[Volume, Volume]:
+    volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
+    label_volume = open_volume(labels, role="labels", allow_channels=False)
+    if label_volume.shape != volume.shape:
+        raise InputDataError(
+            f"labels {label_volume.name} have shape {label_volume.shape} but image "
+            f"{volume.name} has spatial shape {volume.shape}; they must match voxel for voxel"
+        )
+    return volume, label_volume

@@ -1,0 +1,438 @@
+"""Opening images and label maps as volumes: axes, channels, spacing, lazy region reads.
+
+A :class:`Volume` wraps any sliceable array (zarr, HDF5, memory-mapped ``.npy``,
+TIFF through tifffile's zarr view, dask or numpy) and knows which axes are
+spatial and which one, if any, holds channels. Reading a region returns a numpy
+array ``(channels, *spatial)``: channels first inside blocks, so that each
+channel is one contiguous image for the filters.
+
+Sources opened from a path are reopened lazily in each process, so a volume can
+be sent to dask workers without shipping its data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiledseg.errors import InputDataError, TiledsegError
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "Volume",
+    "open_volume",
+    "parse_region",
+    "parse_spacing",
+]
+
+Region = tuple[slice, ...]
+
+#: dtypes an image may have; everything is filtered as float32.
+SUPPORTED_DTYPES = tuple(
+    np.dtype(d) for d in ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f2", "f4", "f8")
+)
+
+_H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
+
+
+class _LazySource:
+    """A store opened from a path on first use, in each process that uses it."""
+
+    def __init__(self, kind: str, path: str, key: str | None = None):
+        self.kind, self.path, self.key = kind, path, key
+        self._array: Any = None
+        self._handle: Any = None
+
+    def __getstate__(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "key": self.key}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["kind"], state["path"], state["key"])
+
+    @property
+    def array(self) -> Any:
+        if self._array is None:
+            self._array = self._open()
+        return self._array
+
+    def _open(self) -> Any:
+        if self.kind == "npy":
+            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+        if self.kind == "hdf5":
+            import h5py
+
+            self._handle = h5py.File(self.path, "r")
+            return self._handle[self.key]
+        if self.kind == "tiff":
+            import tifffile
+            import zarr
+
+            self._handle = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+            return zarr.open_array(self._handle, mode="r")
+        import zarr
+
+        return zarr.open_array(self.path, mode="r")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.array[index])
+
+
+@dataclass
+class Volume:
+    """A 2D or 3D image, optionally with a channel axis, read region by region.
+
+    Parameters
+    ----------
+    source : array-like
+        Anything with ``shape``, ``dtype`` and basic slicing.
+    channel_axis : int or None
+        Axis of ``source`` that holds channels.
+    spacing : tuple of float
+        Physical voxel size per spatial axis.
+    name : str
+        Where the data came from, for messages.
+    """
+
+    source: Any
+    channel_axis: int | None
+    spacing: tuple[float, ...]
+    name: str
+    spacing_from_metadata: bool = False
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape."""
+        shape = list(self.source.shape)
+        if self.channel_axis is not None:
+            del shape[self.channel_axis]
+        return tuple(shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes (2 or 3)."""
+        return len(self.shape)
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels (1 without a channel axis)."""
+        return 1 if self.channel_axis is None else int(self.source.shape[self.channel_axis])
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Data type of the stored values."""
+        return np.dtype(self.source.dtype)
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """Storage chunk shape of the source, if it has one."""
+        array = getattr(self.source, "array", self.source)
+        chunks = getattr(array, "chunks", None)
+        if chunks is None or not all(isinstance(c, int | np.integer) for c in chunks):
+            return None
+        return tuple(int(c) for c in chunks)
+
+    @property
+    def axes(self) -> str:
+        """Axis letters of the source, e.g. ``"zyx"`` or ``"yxc"``."""
+        spatial = "zyx"[-self.ndim :]
+        letters = list(spatial)
+        if self.channel_axis is not None:
+            letters.insert(self.channel_axis, "c")
+        return "".join(letters)
+
+    def read(self, region: Region) -> np.ndarray:
+        """Read a spatial region as ``(channels, *region_shape)``."""
+        index: list[Any] = list(region)
+        if self.channel_axis is not None:
+            index.insert(self.channel_axis, slice(None))
+        data = self.source[tuple(index)]
+        if hasattr(data, "compute"):  # a dask array: compute here, in this task
+            data = data.compute(scheduler="sync")
+        data = np.asarray(data)
+        if self.channel_axis is None:
+            return data[np.newaxis]
+        return np.moveaxis(data, self.channel_axis, 0)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the layout as plain data (for ``tiledseg info``)."""
+        return {
+            "path": self.name,
+            "shape": list(self.shape),
+            "axes": self.axes,
+            "channels": self.n_channels,
+            "dtype": str(self.dtype),
+            "chunks": list(self.chunks) if self.chunks else None,
+            "spacing": list(self.spacing),
+            "spacing_from": "metadata" if self.spacing_from_metadata else "default",
+        }
+
+
+def parse_spacing(text: str | Sequence[float] | None, ndim: int | None = None) -> tuple[float, ...] | None:
+    """Parse ``"z,y,x"`` (or a sequence) into positive floats; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        values = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise TiledsegError(
+            f"spacing {text!r} must be numbers separated by commas, e.g. '2.0,0.5,0.5'"
+        ) from None
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        raise TiledsegError(f"spacing {text!r} must hold positive finite numbers")
+    if ndim is not None and len(values) != ndim:
+        raise TiledsegError(
+            f"spacing {text!r} has {len(values)} values but the image has {ndim} spatial axes"
+        )
+    return values
+
+
+def parse_region(text: str | Sequence[slice] | None, shape: Sequence[int]) -> Region | None:
+    """Parse a region such as ``"10:50,:,100:200"`` into slices clipped to ``shape``."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+        slices = []
+        for part in parts:
+            bounds = part.split(":")
+            if len(bounds) != 2:
+                raise TiledsegError(
+                    f"region {text!r}: {part!r} is not start:stop; write e.g. '10:50,:,100:200'"
+                )
+            try:
+                lo, hi = (int(b) if b.strip() else None for b in bounds)
+            except ValueError:
+                raise TiledsegError(f"region {text!r}: {part!r} is not start:stop of integers") from None
+            slices.append(slice(lo, hi))
+    else:
+        slices = list(text)
+    if len(slices) != len(shape):
+        raise TiledsegError(
+            f"region {text!r} has {len(slices)} axes but the image has {len(shape)} spatial axes"
+        )
+    region = []
+    for s, n in zip(slices, shape, strict=True):
+        start, stop, step = s.indices(n)
+        if step != 1 or stop <= start:
+            raise TiledsegError(f"region {text!r} is empty or strided along an axis of length {n}")
+        region.append(slice(start, stop))
+    return tuple(region)
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def open_volume(
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    spacing: Sequence[float] | str | None = None,
+    level: int = 0,
+    role: str = "image",
+    allow_channels: bool = True,
+) -> Volume:
+    """Open an image or label map from a path or an array.
+
+    Parameters
+    ----------
+    image : str, Path, Volume, zarr array, dask array or numpy array
+        Paths: ``.npy`` (memory-mapped), ``.tif``/``.tiff`` (lazy, through
+        tifffile's zarr view), ``file.h5:/dataset``, a zarr v2/v3 array, or a zarr
+        group: an OME-Zarr image (multiscale ``level``), a tiledseg output (its
+        labels) or a group with one array. ``store.zarr/path/to/array`` addresses
+        an array inside a group.
+    channel_axis : int, optional
+        Axis of the stored array holding channels (overrides OME metadata).
+    spacing : sequence of float or "z,y,x", optional
+        Voxel spacing (overrides OME metadata; isotropic 1 by default).
+    level : int
+        OME-Zarr multiscale level (0 = full resolution).
+    role : str
+        What the array is ("image", "labels", "truth"), for messages.
+    allow_channels : bool
+        Whether a channel axis is allowed (not for label maps).
+
+    Returns
+    -------
+    Volume
+    """
+    if isinstance(image, Volume):
+        return image
+    meta: dict[str, Any] = {}
+    if isinstance(image, str | os.PathLike):
+        source, meta, name = _open_path(str(image), level=level, role=role)
+    else:
+        source, name = image, f"<{type(image).__name__} {role}>"
+        if not (hasattr(source, "shape") and hasattr(source, "dtype")):
+            source = np.asarray(source)
+    _check_dtype(np.dtype(source.dtype), name, role)
+    shape = tuple(source.shape)
+    if channel_axis is None:
+        channel_axis = meta.get("channel_axis")
+    if channel_axis is not None:
+        if not allow_channels:
+            raise InputDataError(f"{role} {name}: a {role} map has no channel axis")
+        if not -len(shape) <= channel_axis < len(shape):
+            raise InputDataError(
+                f"{role} {name}: channel axis {channel_axis} is out of range for {len(shape)} axes"
+            )
+        channel_axis %= len(shape)
+    spatial = len(shape) - (channel_axis is not None)
+    if spatial not in (2, 3):
+        hint = (
+            " If one axis holds channels, say which with --channel-axis."
+            if spatial == 4 and channel_axis is None and allow_channels
+            else ""
+        )
+        raise InputDataError(
+            f"{role} {name} has shape {shape}: tiledseg segments 2D (y, x) or 3D (z, y, x) "
+            f"images, got {spatial} spatial axes.{hint}"
+        )
+    if any(n == 0 for n in shape):
+        raise InputDataError(f"{role} {name} is empty (shape {shape})")
+    parsed = parse_spacing(spacing, spatial) if spacing is not None else None
+    from_meta = parsed is None and meta.get("spacing") is not None
+    if parsed is None:
+        parsed = tuple(meta["spacing"]) if from_meta else (1.0,) * spatial
+        if len(parsed) != spatial:
+            parsed, from_meta = (1.0,) * spatial, False
+    return Volume(source, channel_axis, parsed, name, from_meta, meta.get("attrs", {}))
+
+
+def _check_dtype(dtype: np.dtype, name: str, role: str) -> None:
+    if dtype == np.bool_ and role != "image":
+        return
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputDataError(
+            f"{role} {name} has dtype {dtype}, which tiledseg cannot use; convert it to an "
+            "integer or float type (e.g. uint8, uint16, float32)"
+        )
+
+
+def _open_path(text: str, *, level: int, role: str) -> tuple[Any, dict, str]:
+    """Open a path to a sliceable source, with metadata (channel axis, spacing)."""
+    path, key = text, None
+    lower = text.lower()
+    for suffix in _H5_SUFFIXES:
+        marker = suffix + ":"
+        if marker in lower:
+            cut = lower.index(marker) + len(suffix)
+            path, key = text[:cut], text[cut + 1 :].lstrip("/") or None
+            break
+    if not os.path.exists(path):
+        raise InputDataError(f"{role} path {text!r} does not exist")
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        try:
+            source = _LazySource("npy", path)
+            source.array  # noqa: B018 - open now so a bad file fails here, not in a worker
+        except ValueError as exc:
+            raise InputDataError(f"{role} {text!r} is not a plain .npy array: {exc}") from None
+        return source, {}, text
+    if lower.endswith(_H5_SUFFIXES):
+        return _open_hdf5(path, key, role), {}, text
+    if lower.endswith(_TIFF_SUFFIXES):
+        return _open_tiff(path, role), {}, text
+    return _open_zarr(path, level=level, role=role)
+
+
+def _open_hdf5(path: str, key: str | None, role: str) -> _LazySource:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            datasets: list[str] = []
+            f.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+            if key is None:
+                if len(datasets) != 1:
+                    raise InputDataError(
+                        f"{role} {path!r} holds {len(datasets)} datasets "
+                        f"({', '.join(datasets[:8]) or 'none'}); name one as {path}:/dataset"
+                    )
+                key = datasets[0]
+            elif key not in f or not isinstance(f[key], h5py.Dataset):
+                raise InputDataError(
+                    f"{role} {path!r} has no dataset {key!r}; it has: {', '.join(datasets[:8])}"
+                )
+    except OSError as exc:
+        raise InputDataError(f"{role} {path!r} is not a readable HDF5 file: {exc}") from None
+    return _LazySource("hdf5", path, key)
+
+
+def _open_tiff(path: str, role: str) -> _LazySource:
+    source = _LazySource("tiff", path)
+    try:
+        source.array  # noqa: B018 - open now so a bad file fails here
+    except Exception as exc:  # tifffile raises several types for a bad file
+        raise InputDataError(f"{role} {path!r} is not a readable TIFF file: {exc}") from None
+    return source
+
+
+def _open_zarr(path: str, *, level: int, role: str) -> tuple[Any, dict, str]:
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise InputDataError(
+            f"{role} {path!r} is not a zarr store, .npy, .tif or .h5 file ({exc})"
+        ) from None
+    if isinstance(node, zarr.Array):
+        return _LazySource("zarr", path), {}, path
+    attrs = dict(node.attrs)
+    ome = attrs.get("ome", attrs)
+    if "multiscales" in ome:
+        ms = ome["multiscales"][0]
+        datasets = ms["datasets"]
+        if not 0 <= level < len(datasets):
+            raise InputDataError(
+                f"{role} {path!r} has {len(datasets)} multiscale levels; level {level} does not exist"
+            )
+        sub = f"{path.rstrip('/')}/{datasets[level]['path']}"
+        return _LazySource("zarr", sub), _ome_meta(ms, level, attrs), sub
+    if "tiledseg" in attrs and "labels" in node:
+        return _open_zarr(f"{path.rstrip('/')}/labels", level=level, role=role)
+    arrays = sorted(name for name, _ in node.arrays())
+    if len(arrays) == 1:
+        sub = f"{path.rstrip('/')}/{arrays[0]}"
+        return _open_zarr(sub, level=level, role=role)
+    raise InputDataError(
+        f"{role} {path!r} is a zarr group with {len(arrays)} arrays "
+        f"({', '.join(arrays[:8]) or 'none'}); address one as {path.rstrip('/')}/NAME"
+    )
+
+
+def _ome_meta(ms: dict, level: int, attrs: dict) -> dict:
+    axes = ms.get("axes") or []
+    meta: dict[str, Any] = {"attrs": attrs}
+    if not axes or not isinstance(axes[0], dict):
+        return meta
+    kinds = [a.get("type", "space" if a.get("name") in "zyx" else "") for a in axes]
+    if "channel" in kinds:
+        meta["channel_axis"] = kinds.index("channel")
+    if "time" in kinds:
+        meta["time_axis"] = kinds.index("time")
+    scale = [1.0] * len(axes)
+    transforms = list(ms["datasets"][level].get("coordinateTransformations", []))
+    transforms += ms.get("coordinateTransformations", [])
+    for t in transforms:
+        if t.get("type") == "scale":
+            scale = [a * b for a, b in zip(scale, t["scale"], strict=True)]
+    meta["spacing"] = tuple(float(s) for s, k in zip(scale, kinds, strict=True) if k == "space")
+    return meta
