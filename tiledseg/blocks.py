@@ -10,6 +10,7 @@ true edge the filters' boundary mode applies to the same voxels in both.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ def resolve_block(
     *,
     shape: Sequence[int],
     halo: Sequence[int],
+    min_blocks: int = 1,
 ) -> tuple[int, ...]:
     """Return the block shape for a volume, checked against the halo.
 
@@ -70,6 +72,9 @@ def resolve_block(
         Spatial shape of the volume.
     halo : sequence of int
         Halo per axis the computation needs.
+    min_blocks : int
+        For the default only: split blocks (never below twice the halo) until the
+        volume has at least this many, so that every core has a block to work on.
 
     Raises
     ------
@@ -81,7 +86,14 @@ def resolve_block(
     ndim = len(shape)
     if block is None:
         edge = DEFAULT_BLOCK[ndim]
-        return tuple(min(n, max(edge, h)) for n, h in zip(shape, halo, strict=True))
+        sizes = [min(n, max(edge, h)) for n, h in zip(shape, halo, strict=True)]
+        while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < min_blocks:
+            axis = max(range(ndim), key=lambda a: sizes[a])
+            smaller = -(-sizes[axis] // 2)
+            if smaller < max(2 * halo[axis], 16):
+                break
+            sizes[axis] = smaller
+        return tuple(sizes)
     if isinstance(block, str):
         try:
             values = [int(p) for p in block.split(",")]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
-from tiledseg.cluster import Executor, open_executor
+from tiledseg.cluster import Executor, available_cores, open_executor
 from tiledseg.errors import InputDataError
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model
@@ -140,7 +140,9 @@ def predict(
         model = load_model(model)
     volume = _open_for_model(image, model, channel_axis)
     halo = model.halo
-    blocks_shape = resolve_block(block, shape=volume.shape, halo=halo)
+    blocks_shape = resolve_block(
+        block, shape=volume.shape, halo=halo, min_blocks=workers or available_cores()
+    )
     region = parse_region(roi, volume.shape)
     blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
     inputs = [image] if isinstance(image, str | os.PathLike) else []

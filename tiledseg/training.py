@@ -219,7 +219,10 @@ def train(
     started = time.perf_counter()
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
     bank = resolve_bank(features)
-    blocks = resolve_block(block, shape=volume.shape, halo=bank.halo(volume.spacing))
+    blocks = resolve_block(
+        block, shape=volume.shape, halo=bank.halo(volume.spacing),
+        min_blocks=workers or available_cores(),
+    )
     clf = make_classifier(classifier, seed=seed)
     if cache_dir is True:
         cache: Path | None = default_cache_dir()

@@ -1,0 +1,291 @@
+"""The ``tiledseg`` command: thin commands over the Python API.
+
+Every command checks its inputs before it writes anything. A
+:class:`~tiledseg.errors.TiledsegError` is printed as one line and exits with
+status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tiledseg.errors import OutputExistsError, TiledsegError
+
+__all__ = ["cli", "main"]
+
+_CLASSIFIERS = click.Choice(["xgboost", "random-forest"])
+_IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".he5")
+
+
+def _block_option(f):
+    return click.option(
+        "--block", default=None, metavar="N|Z,Y,X",
+        help="Processing block edge(s) in voxels (default 128 in 3D, 1024 in 2D, at least the halo).",
+    )(f)
+
+
+def _workers_option(f):
+    return click.option(
+        "--workers", type=int, default=None, metavar="N",
+        help="Run on N local worker processes (default: threads, one per core).",
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks (accepted anywhere on the line).")
+@click.version_option(package_name="tiledseg")
+def cli(debug: bool) -> None:
+    """Segment 2D and 3D images far larger than memory from a few scribbles."""
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("labels")
+@click.option("--model", "model_path", required=True, help="Where to write the model file.")
+@click.option("--features", default="default", metavar="NAME|FILE.yaml",
+              help="Feature bank: a name (default, minimal, ilastik-full) or a YAML file.")
+@click.option("--classifier", type=_CLASSIFIERS, default="xgboost", show_default=True)
+@click.option("--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata).")
+@click.option("--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels.")
+@_block_option
+@_workers_option
+@click.option("--no-cache", is_flag=True, help="Do not read or write the training-table cache.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(image, labels, model_path, features, classifier, spacing, channel_axis, block,
+          workers, no_cache, seed, overwrite, quiet) -> None:
+    """Train a classifier on the scribbles in LABELS (0 = unlabelled)."""
+    import tiledseg
+
+    _check_model_target(model_path, overwrite)
+    model = tiledseg.train(
+        image, labels, features=features, classifier=classifier, spacing=spacing,
+        channel_axis=channel_axis, block=block, workers=workers,
+        cache_dir=None if no_cache else True, seed=seed, quiet=quiet,
+    )
+    model.save(model_path, overwrite=overwrite)
+    _print_training(model, model_path)
+
+
+def _check_model_target(model_path: str, overwrite: bool) -> None:
+    path = Path(model_path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"model file {model_path!r} exists; choose another path or pass --overwrite"
+        )
+    if not path.parent.exists():
+        raise OutputExistsError(
+            f"the folder of model {model_path!r} does not exist; create {str(path.parent)!r} first"
+        )
+
+
+def _print_training(model, model_path) -> None:
+    s = model.summary
+    counts = ", ".join(f"{k}: {v}" for k, v in s["labelled_voxels"].items())
+    click.echo(f"labelled voxels per class: {counts}")
+    line = f"{s['n_features']} features, {model.classifier.name}"
+    if "rounds" in s:
+        line += f", {s['rounds']} rounds"
+    if "held_out_accuracy" in s:
+        line += f", held-out accuracy {s['held_out_accuracy']:.3f}"
+    if s.get("table_from_cache"):
+        line += " (training table from cache)"
+    click.echo(line + f", {s['seconds']:.1f} s")
+    click.echo(f"model written to {model_path}")
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--model", "model_path", required=True, help="A model file from 'tiledseg train'.")
+@click.option("--out", required=True, help="Output OME-Zarr group (OUT.zarr).")
+@click.option("--probabilities", is_flag=True, help="Also write class probabilities (uint8).")
+@click.option("--uncertainty", is_flag=True, help="Also write the uncertainty map (uint8).")
+@click.option("--roi", default=None, metavar="SLICES", help="Only the blocks meeting e.g. '0:64,:,100:200'.")
+@click.option("--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels.")
+@_block_option
+@_workers_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(image, model_path, out, probabilities, uncertainty, roi, channel_axis, block,
+            workers, overwrite, quiet) -> None:
+    """Classify every voxel of IMAGE and write OUT.zarr."""
+    import tiledseg
+
+    result = tiledseg.predict(
+        image, model_path, out=out, probabilities=probabilities, uncertainty=uncertainty,
+        roi=roi, block=block, channel_axis=channel_axis, workers=workers,
+        overwrite=overwrite, quiet=quiet, command=" ".join(["tiledseg", *sys.argv[1:]]),
+    )
+    _print_prediction(result)
+
+
+def _print_prediction(result) -> None:
+    click.echo(
+        f"{result.voxels:,} voxels in {result.blocks} blocks, {result.seconds:.1f} s "
+        f"({result.voxels_per_second / 1e6:.2f} Mvox/s); written to {result.path}"
+    )
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG.yaml")
+@click.option("--overwrite", is_flag=True, help="Replace the model and output if they exist.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def segment(config_path, overwrite, quiet) -> None:
+    """Train, predict and (with 'truth') evaluate from one config file."""
+    import tiledseg
+    from tiledseg.config import load_config
+    from tiledseg.runs import prepare_output
+
+    config = load_config(config_path)
+    overwrite = overwrite or config.overwrite
+    _check_model_target(config.model, overwrite)
+    prepare_output(config.out, overwrite=overwrite, inputs=[config.image])
+    model = tiledseg.train(
+        config.image, config.labels, features=config.features, classifier=config.classifier,
+        spacing=config.spacing, channel_axis=config.channel_axis, block=config.block,
+        workers=config.workers, seed=config.seed, quiet=quiet,
+    )
+    model.save(config.model, overwrite=overwrite)
+    _print_training(model, config.model)
+    result = tiledseg.predict(
+        config.image, model, out=config.out, probabilities=config.probabilities,
+        uncertainty=config.uncertainty, roi=config.roi, block=config.block,
+        channel_axis=config.channel_axis, workers=config.workers, overwrite=overwrite,
+        quiet=quiet, command=f"tiledseg segment {config_path}",
+    )
+    _print_prediction(result)
+    if config.truth is not None:
+        _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
+
+
+@cli.command()
+@click.argument("prediction")
+@click.argument("truth")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def evaluate(prediction, truth, as_json) -> None:
+    """Score PREDICTION against dense ground truth TRUTH (0 = not scored)."""
+    import tiledseg
+
+    _print_scores(tiledseg.evaluate(prediction, truth), as_json=as_json)
+
+
+def _print_scores(scores: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(scores, indent=2))
+        return
+    click.echo(f"accuracy {scores['accuracy']:.4f}, mean IoU {scores['mean_iou']:.4f} "
+               f"over {scores['scored_voxels']:,} voxels")
+    for value, iou in scores["iou"].items():
+        click.echo(f"  class {value}: IoU {iou:.4f}")
+    classes = scores["classes"]
+    width = max(8, *(len(str(c)) + 2 for c in classes))
+    click.echo("confusion (rows: truth, columns: prediction)")
+    click.echo(" " * width + "".join(f"{c:>{width}}" for c in classes))
+    for c, row in zip(classes, scores["confusion"], strict=True):
+        click.echo(f"{c:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(path, as_json) -> None:
+    """Describe a store (shape, dtype, chunks, axes, spacing) or a model file."""
+    from tiledseg.model import load_model, versions
+    from tiledseg.volume import open_volume
+
+    target = Path(path.split(".h5:")[0])
+    if target.is_file() and not target.name.lower().endswith(_IMAGE_SUFFIXES):
+        # a model file, or a clear error for a pickle or anything else
+        data = load_model(target).describe()
+        data["kind"] = "model"
+    else:
+        data = open_volume(path).describe()
+        data["kind"] = "image"
+        data["tiledseg"] = versions()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if data["kind"] == "model":
+        _print_model(data)
+    else:
+        for key in ("path", "shape", "axes", "channels", "dtype", "chunks", "spacing",
+                    "spacing_from"):
+            click.echo(f"{key:>12}: {data[key]}")
+
+
+def _print_model(data: dict[str, Any]) -> None:
+    click.echo(f"model: {data['classifier']}, classes {data['classes']}, {data['ndim']}D, "
+               f"{data['channels']} channel(s), spacing {data['spacing']}, halo {data['halo']}")
+    click.echo(f"checksum: {data['checksum']}")
+    summary = data["summary"]
+    click.echo("training: " + ", ".join(
+        f"{k}={summary[k]}" for k in ("labelled_voxels", "rounds", "held_out_accuracy", "seconds")
+        if k in summary))
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
+    importance = data.get("importance")
+    click.echo(f"{len(data['features'])} features" + (" (importance)" if importance else "") + ":")
+    for i, name in enumerate(data["features"]):
+        extra = f"  {importance[i]:.4f}" if importance else ""
+        click.echo(f"  {i:3d} {name}{extra}")
+
+
+@cli.command()
+@click.option("--out", default="demo-output", show_default=True, help="Folder for the demo's files.")
+@click.option("--size", type=click.IntRange(32, 512), default=128, show_default=True,
+              help="Edge of the phantom cube.")
+@_workers_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out, size, workers, quiet) -> None:
+    """Make a 3D phantom, train on its scribbles, predict, evaluate, report."""
+    from tiledseg.demo import run_demo
+
+    started = time.perf_counter()
+    run_demo(out, size=size, workers=workers, quiet=quiet, echo=click.echo)
+    click.echo(f"demo done in {time.perf_counter() - started:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn errors into one line and an exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    # --debug is accepted anywhere on the line, not only before the command
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        cli.main(args=args, prog_name="tiledseg", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("tiledseg: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except TiledsegError as exc:
+        if debug:
+            raise
+        click.echo(f"tiledseg: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("tiledseg: interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(
+            f"tiledseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+            "traceback, and please report it)",
+            err=True,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
