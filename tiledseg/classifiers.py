@@ -100,8 +100,13 @@ class XGBoostClassifier(Classifier):
         n_classes: int | None = None,
     ):
         self.params = dict(
-            max_rounds=max_rounds, min_rounds=min_rounds, patience=patience, max_depth=max_depth,
-            learning_rate=learning_rate, held_out=held_out, seed=seed,
+            max_rounds=max_rounds,
+            min_rounds=min_rounds,
+            patience=patience,
+            max_depth=max_depth,
+            learning_rate=learning_rate,
+            held_out=held_out,
+            seed=seed,
         )
         self.booster = booster
         self.n_classes = n_classes
@@ -133,8 +138,12 @@ class XGBoostClassifier(Classifier):
             dtrain = xgb.DMatrix(X[train], label=y[train], weight=weights[train], nthread=n_threads)
             dheld = xgb.DMatrix(X[held], label=y[held], weight=weights[held], nthread=n_threads)
             probe = xgb.train(
-                params, dtrain, num_boost_round=rounds, evals=[(dheld, "held_out")],
-                early_stopping_rounds=self.params["patience"], verbose_eval=False,
+                params,
+                dtrain,
+                num_boost_round=rounds,
+                evals=[(dheld, "held_out")],
+                early_stopping_rounds=self.params["patience"],
+                verbose_eval=False,
             )
             # the error is coarse on few held-out voxels and can plateau after 2-3
             # rounds; a floor of min_rounds keeps the model from stopping that soon

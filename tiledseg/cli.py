@@ -25,14 +25,19 @@ _IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".he5")
 
 def _block_option(f):
     return click.option(
-        "--block", default=None, metavar="N|Z,Y,X",
-        help="Processing block edge(s) in voxels (default 128 in 3D, 1024 in 2D, at least the halo).",
+        "--block",
+        default=None,
+        metavar="N|Z,Y,X",
+        help="Processing block edge(s) in voxels (default 128 in 3D, 1024 in 2D).",
     )(f)
 
 
 def _workers_option(f):
     return click.option(
-        "--workers", type=int, default=None, metavar="N",
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
         help="Run on N local worker processes (default: threads, one per core).",
     )(f)
 
@@ -48,10 +53,16 @@ def cli(debug: bool) -> None:
 @click.argument("image")
 @click.argument("labels")
 @click.option("--model", "model_path", required=True, help="Where to write the model file.")
-@click.option("--features", default="default", metavar="NAME|FILE.yaml",
-              help="Feature bank: a name (default, minimal, ilastik-full) or a YAML file.")
+@click.option(
+    "--features",
+    default="default",
+    metavar="NAME|FILE.yaml",
+    help="Feature bank: a name (default, minimal, ilastik-full) or a YAML file.",
+)
 @click.option("--classifier", type=_CLASSIFIERS, default="xgboost", show_default=True)
-@click.option("--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata).")
+@click.option(
+    "--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata)."
+)
 @click.option("--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels.")
 @_block_option
 @_workers_option
@@ -59,16 +70,37 @@ def cli(debug: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(image, labels, model_path, features, classifier, spacing, channel_axis, block,
-          workers, no_cache, seed, overwrite, quiet) -> None:
+def train(
+    image,
+    labels,
+    model_path,
+    features,
+    classifier,
+    spacing,
+    channel_axis,
+    block,
+    workers,
+    no_cache,
+    seed,
+    overwrite,
+    quiet,
+) -> None:
     """Train a classifier on the scribbles in LABELS (0 = unlabelled)."""
     import tiledseg
 
     _check_model_target(model_path, overwrite)
     model = tiledseg.train(
-        image, labels, features=features, classifier=classifier, spacing=spacing,
-        channel_axis=channel_axis, block=block, workers=workers,
-        cache_dir=None if no_cache else True, seed=seed, quiet=quiet,
+        image,
+        labels,
+        features=features,
+        classifier=classifier,
+        spacing=spacing,
+        channel_axis=channel_axis,
+        block=block,
+        workers=workers,
+        cache_dir=None if no_cache else True,
+        seed=seed,
+        quiet=quiet,
     )
     model.save(model_path, overwrite=overwrite)
     _print_training(model, model_path)
@@ -107,21 +139,43 @@ def _print_training(model, model_path) -> None:
 @click.option("--out", required=True, help="Output OME-Zarr group (OUT.zarr).")
 @click.option("--probabilities", is_flag=True, help="Also write class probabilities (uint8).")
 @click.option("--uncertainty", is_flag=True, help="Also write the uncertainty map (uint8).")
-@click.option("--roi", default=None, metavar="SLICES", help="Only the blocks meeting e.g. '0:64,:,100:200'.")
+@click.option(
+    "--roi", default=None, metavar="SLICES", help="Only the blocks meeting e.g. '0:64,:,100:200'."
+)
 @click.option("--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels.")
 @_block_option
 @_workers_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(image, model_path, out, probabilities, uncertainty, roi, channel_axis, block,
-            workers, overwrite, quiet) -> None:
+def predict(
+    image,
+    model_path,
+    out,
+    probabilities,
+    uncertainty,
+    roi,
+    channel_axis,
+    block,
+    workers,
+    overwrite,
+    quiet,
+) -> None:
     """Classify every voxel of IMAGE and write OUT.zarr."""
     import tiledseg
 
     result = tiledseg.predict(
-        image, model_path, out=out, probabilities=probabilities, uncertainty=uncertainty,
-        roi=roi, block=block, channel_axis=channel_axis, workers=workers,
-        overwrite=overwrite, quiet=quiet, command=" ".join(["tiledseg", *sys.argv[1:]]),
+        image,
+        model_path,
+        out=out,
+        probabilities=probabilities,
+        uncertainty=uncertainty,
+        roi=roi,
+        block=block,
+        channel_axis=channel_axis,
+        workers=workers,
+        overwrite=overwrite,
+        quiet=quiet,
+        command=" ".join(["tiledseg", *sys.argv[1:]]),
     )
     _print_prediction(result)
 
@@ -148,17 +202,32 @@ def segment(config_path, overwrite, quiet) -> None:
     _check_model_target(config.model, overwrite)
     prepare_output(config.out, overwrite=overwrite, inputs=[config.image])
     model = tiledseg.train(
-        config.image, config.labels, features=config.features, classifier=config.classifier,
-        spacing=config.spacing, channel_axis=config.channel_axis, block=config.block,
-        workers=config.workers, seed=config.seed, quiet=quiet,
+        config.image,
+        config.labels,
+        features=config.features,
+        classifier=config.classifier,
+        spacing=config.spacing,
+        channel_axis=config.channel_axis,
+        block=config.block,
+        workers=config.workers,
+        seed=config.seed,
+        quiet=quiet,
     )
     model.save(config.model, overwrite=overwrite)
     _print_training(model, config.model)
     result = tiledseg.predict(
-        config.image, model, out=config.out, probabilities=config.probabilities,
-        uncertainty=config.uncertainty, roi=config.roi, block=config.block,
-        channel_axis=config.channel_axis, workers=config.workers, overwrite=overwrite,
-        quiet=quiet, command=f"tiledseg segment {config_path}",
+        config.image,
+        model,
+        out=config.out,
+        probabilities=config.probabilities,
+        uncertainty=config.uncertainty,
+        roi=config.roi,
+        block=config.block,
+        channel_axis=config.channel_axis,
+        workers=config.workers,
+        overwrite=overwrite,
+        quiet=quiet,
+        command=f"tiledseg segment {config_path}",
     )
     _print_prediction(result)
     if config.truth is not None:
@@ -180,8 +249,10 @@ def _print_scores(scores: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(scores, indent=2))
         return
-    click.echo(f"accuracy {scores['accuracy']:.4f}, mean IoU {scores['mean_iou']:.4f} "
-               f"over {scores['scored_voxels']:,} voxels")
+    click.echo(
+        f"accuracy {scores['accuracy']:.4f}, mean IoU {scores['mean_iou']:.4f} "
+        f"over {scores['scored_voxels']:,} voxels"
+    )
     for value, iou in scores["iou"].items():
         click.echo(f"  class {value}: IoU {iou:.4f}")
     classes = scores["classes"]
@@ -215,19 +286,34 @@ def info(path, as_json) -> None:
     if data["kind"] == "model":
         _print_model(data)
     else:
-        for key in ("path", "shape", "axes", "channels", "dtype", "chunks", "spacing",
-                    "spacing_from"):
+        for key in (
+            "path",
+            "shape",
+            "axes",
+            "channels",
+            "dtype",
+            "chunks",
+            "spacing",
+            "spacing_from",
+        ):
             click.echo(f"{key:>12}: {data[key]}")
 
 
 def _print_model(data: dict[str, Any]) -> None:
-    click.echo(f"model: {data['classifier']}, classes {data['classes']}, {data['ndim']}D, "
-               f"{data['channels']} channel(s), spacing {data['spacing']}, halo {data['halo']}")
+    click.echo(
+        f"model: {data['classifier']}, classes {data['classes']}, {data['ndim']}D, "
+        f"{data['channels']} channel(s), spacing {data['spacing']}, halo {data['halo']}"
+    )
     click.echo(f"checksum: {data['checksum']}")
     summary = data["summary"]
-    click.echo("training: " + ", ".join(
-        f"{k}={summary[k]}" for k in ("labelled_voxels", "rounds", "held_out_accuracy", "seconds")
-        if k in summary))
+    click.echo(
+        "training: "
+        + ", ".join(
+            f"{k}={summary[k]}"
+            for k in ("labelled_voxels", "rounds", "held_out_accuracy", "seconds")
+            if k in summary
+        )
+    )
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     importance = data.get("importance")
     click.echo(f"{len(data['features'])} features" + (" (importance)" if importance else "") + ":")
@@ -237,9 +323,16 @@ def _print_model(data: dict[str, Any]) -> None:
 
 
 @cli.command()
-@click.option("--out", default="demo-output", show_default=True, help="Folder for the demo's files.")
-@click.option("--size", type=click.IntRange(32, 512), default=128, show_default=True,
-              help="Edge of the phantom cube.")
+@click.option(
+    "--out", default="demo-output", show_default=True, help="Folder for the demo's files."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(32, 512),
+    default=128,
+    show_default=True,
+    help="Edge of the phantom cube.",
+)
 @_workers_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out, size, workers, quiet) -> None:

@@ -43,6 +43,7 @@ class SegmentConfig(BaseModel):
 
     def resolved(self, base: Path) -> SegmentConfig:
         """Return a copy whose relative paths are relative to ``base``."""
+
         def fix(value: str | None) -> str | None:
             if value is None:
                 return None

@@ -99,8 +99,9 @@ def run_demo(
     del phantom
 
     started = time.perf_counter()
-    model = tiledseg.train(out / "image.zarr", out / "scribbles.zarr", workers=workers,
-                           cache_dir=None, quiet=quiet)
+    model = tiledseg.train(
+        out / "image.zarr", out / "scribbles.zarr", workers=workers, cache_dir=None, quiet=quiet
+    )
     train_s = time.perf_counter() - started
     model.save(out / "model.tseg")
     echo(
@@ -109,8 +110,13 @@ def run_demo(
         f"{model.summary.get('held_out_accuracy', float('nan')):.3f}, {train_s:.1f} s"
     )
     result = tiledseg.predict(
-        out / "image.zarr", out / "model.tseg", out=out / "prediction.zarr",
-        uncertainty=True, workers=workers, quiet=quiet, command="tiledseg demo",
+        out / "image.zarr",
+        out / "model.tseg",
+        out=out / "prediction.zarr",
+        uncertainty=True,
+        workers=workers,
+        quiet=quiet,
+        command="tiledseg demo",
     )
     scores = tiledseg.evaluate(out / "prediction.zarr", out / "truth.zarr")
     (out / "segment.yaml").write_text(
@@ -125,7 +131,9 @@ def run_demo(
     )
     iou = ", ".join(f"{k}: {v:.3f}" for k, v in scores["iou"].items())
     echo(f"mIoU {scores['mean_iou']:.3f} (per class {iou}), accuracy {scores['accuracy']:.3f}")
-    echo(f"outputs: {out / 'prediction.zarr'} (labels/0, uncertainty/0), model {out / 'model.tseg'}")
+    echo(
+        f"outputs: {out / 'prediction.zarr'} (labels/0, uncertainty/0), model {out / 'model.tseg'}"
+    )
     return {
         "mean_iou": scores["mean_iou"],
         "accuracy": scores["accuracy"],

@@ -110,8 +110,11 @@ class Model:
     # -- file ------------------------------------------------------------------------
     def _header(self, payload: bytes) -> dict[str, Any]:
         if isinstance(self.classifier, XGBoostClassifier):
-            clf = {"kind": "xgboost", "params": self.classifier.params,
-                   "n_classes": self.classifier.n_classes}
+            clf = {
+                "kind": "xgboost",
+                "params": self.classifier.params,
+                "n_classes": self.classifier.n_classes,
+            }
         else:
             clf = {"kind": "sklearn", "estimator": type(self.classifier.estimator).__name__}
         return {

@@ -29,7 +29,13 @@ import numpy as np
 
 from tiledseg.errors import OutputExistsError
 
-__all__ = ["OUTPUT_ARRAYS", "create_output", "is_tiledseg_output", "mark_complete", "prepare_output"]
+__all__ = [
+    "OUTPUT_ARRAYS",
+    "create_output",
+    "is_tiledseg_output",
+    "mark_complete",
+    "prepare_output",
+]
 
 #: The arrays an output may hold, by group name.
 OUTPUT_ARRAYS = ("labels", "probabilities", "uncertainty")
@@ -55,7 +61,9 @@ def prepare_output(path: str | Path, *, overwrite: bool, inputs: Sequence[str] =
         except OSError:
             same = False
         if same:
-            raise OutputExistsError(f"output {str(path)!r} is one of the inputs; choose another path")
+            raise OutputExistsError(
+                f"output {str(path)!r} is one of the inputs; choose another path"
+            )
     if not path.parent.exists():
         raise OutputExistsError(
             f"the folder of output {str(path)!r} does not exist; create {str(path.parent)!r} first"
@@ -63,7 +71,7 @@ def prepare_output(path: str | Path, *, overwrite: bool, inputs: Sequence[str] =
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise OutputExistsError(
-                f"output {str(path)!r} exists; choose another path or pass --overwrite to replace it"
+                f"output {str(path)!r} exists; choose another path or pass --overwrite"
             )
         if not is_tiledseg_output(path):
             raise OutputExistsError(
@@ -119,8 +127,14 @@ def create_output(
     wanted = [("labels", shape, block, label_dtype, spatial, spacing)]
     if probabilities:
         wanted.append(
-            ("probabilities", (len(classes), *shape), (len(classes), *block), np.uint8,
-             "c" + spatial, [1.0, *spacing])
+            (
+                "probabilities",
+                (len(classes), *shape),
+                (len(classes), *block),
+                np.uint8,
+                "c" + spatial,
+                [1.0, *spacing],
+            )
         )
     if uncertainty:
         wanted.append(("uncertainty", shape, block, np.uint8, spatial, spacing))

@@ -140,8 +140,9 @@ def training_table(
                 "spacing": list(image.spacing),
                 "channels": image.n_channels,
                 "shape": list(image.shape),
-                "blocks": [[s.block.region[a].start for a in range(image.ndim)] + [s.digest]
-                           for s in scans],
+                "blocks": [
+                    [s.block.region[a].start for a in range(image.ndim)] + [s.digest] for s in scans
+                ],
             },
             sort_keys=True,
         ).encode()
@@ -220,7 +221,9 @@ def train(
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
     bank = resolve_bank(features)
     blocks = resolve_block(
-        block, shape=volume.shape, halo=bank.halo(volume.spacing),
+        block,
+        shape=volume.shape,
+        halo=bank.halo(volume.spacing),
         min_blocks=workers or available_cores(),
     )
     clf = make_classifier(classifier, seed=seed)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -182,7 +181,9 @@ class Volume:
         }
 
 
-def parse_spacing(text: str | Sequence[float] | None, ndim: int | None = None) -> tuple[float, ...] | None:
+def parse_spacing(
+    text: str | Sequence[float] | None, ndim: int | None = None
+) -> tuple[float, ...] | None:
     """Parse ``"z,y,x"`` (or a sequence) into positive floats; ``None`` stays ``None``."""
     if text is None:
         return None
@@ -218,7 +219,9 @@ def parse_region(text: str | Sequence[slice] | None, shape: Sequence[int]) -> Re
             try:
                 lo, hi = (int(b) if b.strip() else None for b in bounds)
             except ValueError:
-                raise TiledsegError(f"region {text!r}: {part!r} is not start:stop of integers") from None
+                raise TiledsegError(
+                    f"region {text!r}: {part!r} is not start:stop of integers"
+                ) from None
             slices.append(slice(lo, hi))
     else:
         slices = list(text)
@@ -402,7 +405,7 @@ def _open_zarr(path: str, *, level: int, role: str) -> tuple[Any, dict, str]:
         datasets = ms["datasets"]
         if not 0 <= level < len(datasets):
             raise InputDataError(
-                f"{role} {path!r} has {len(datasets)} multiscale levels; level {level} does not exist"
+                f"{role} {path!r} has {len(datasets)} levels; level {level} does not exist"
             )
         sub = f"{path.rstrip('/')}/{datasets[level]['path']}"
         return _LazySource("zarr", sub), _ome_meta(ms, level, attrs), sub

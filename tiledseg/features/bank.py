@@ -141,16 +141,13 @@ class FeatureBank:
                 for sigma in scales:
                     n = self.components(family, ndim)
                     for k in range(n):
-                        names.append(
-                            FeatureName(family, sigma, channel, k if n > 1 else None)
-                        )
+                        names.append(FeatureName(family, sigma, channel, k if n > 1 else None))
         return names
 
     def n_features(self, *, ndim: int, n_channels: int) -> int:
         """Return the number of features per voxel."""
         per_channel = sum(
-            len(scales) * self.components(family, ndim)
-            for family, scales in self.families.items()
+            len(scales) * self.components(family, ndim) for family, scales in self.families.items()
         )
         return per_channel * n_channels
 
@@ -196,13 +193,16 @@ class FeatureBank:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise TiledsegError(f"feature bank file {str(path)!r} is not valid YAML: {exc}") from None
+            raise TiledsegError(
+                f"feature bank file {str(path)!r} is not valid YAML: {exc}"
+            ) from None
         return cls.from_dict(data or {})
 
     def describe(self) -> str:
         """Return one line per family: ``family: scales``."""
         return "\n".join(
-            f"{name}: {', '.join(f'{s:g}' for s in scales)}" for name, scales in self.families.items()
+            f"{name}: {', '.join(f'{s:g}' for s in scales)}"
+            for name, scales in self.families.items()
         )
 
 
@@ -248,7 +248,9 @@ def _load_named() -> dict[str, FeatureBank]:
 NAMED_BANKS: dict[str, FeatureBank] = _load_named()
 
 
-def resolve_bank(spec: str | Path | Mapping[str, Iterable[float]] | FeatureBank | None) -> FeatureBank:
+def resolve_bank(
+    spec: str | Path | Mapping[str, Iterable[float]] | FeatureBank | None,
+) -> FeatureBank:
     """Return a bank from a name, a YAML file, a mapping or a bank (``None``: ``"default"``)."""
     if spec is None:
         return NAMED_BANKS["default"]

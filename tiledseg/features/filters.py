@@ -92,7 +92,12 @@ def block_features(
         base = channel * per_channel
         for sigma, families in _by_scale(bank).items():
             _scale_features(
-                image, sigma, families, inner, rel, be,
+                image,
+                sigma,
+                families,
+                inner,
+                rel,
+                be,
                 sink=lambda family, k, value, s=sigma, b=base: out.__setitem__(
                     b + layout[family, s] + k, value
                 ),
@@ -218,8 +223,13 @@ def _derivatives(x, sigmas, orders, target, be: Backend, axis: int = 0) -> dict:
     result = {}
     for o, members in sorted(groups.items()):
         y = be.ndi.gaussian_filter1d(
-            x, sigmas[axis], axis=axis, order=o, output=np.float32,
-            mode="reflect", truncate=TRUNCATE,
+            x,
+            sigmas[axis],
+            axis=axis,
+            order=o,
+            output=np.float32,
+            mode="reflect",
+            truncate=TRUNCATE,
         )[crop]
         result.update(_derivatives(y, sigmas, members, target, be, axis + 1))
     return result

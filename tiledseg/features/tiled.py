@@ -82,8 +82,9 @@ def feature_array(
     chunks = ((n,), *(_axis_chunks(s, b) for s, b in zip(shape, blocks, strict=True)))
     from dask.base import tokenize
 
-    name = "tiledseg-features-" + tokenize(volume.name, volume.shape, bank.to_dict(), blocks,
-                                            volume.spacing, id(volume))
+    name = "tiledseg-features-" + tokenize(
+        volume.name, volume.shape, bank.to_dict(), blocks, volume.spacing, id(volume)
+    )
     graph = {
         (name, 0, *b.index): (_block_task, volume, b, bank)
         for b in plan_blocks(shape, blocks, halo)
