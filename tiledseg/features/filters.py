@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,17 +91,8 @@ def block_features(
         image = be.xp.asarray(haloed[channel], dtype=np.float32)
         base = channel * per_channel
         for sigma, families in _by_scale(bank).items():
-            _scale_features(
-                image,
-                sigma,
-                families,
-                inner,
-                rel,
-                be,
-                sink=lambda family, k, value, s=sigma, b=base: out.__setitem__(
-                    b + layout[family, s] + k, value
-                ),
-            )
+            for family, k, value in _scale_features(image, sigma, families, inner, rel, be):
+                out[base + layout[family, sigma] + k] = value
     return out
 
 
@@ -131,8 +122,11 @@ def _unit(ndim: int, *axes: int) -> tuple[int, ...]:
     return tuple(order)
 
 
-def _scale_features(image, sigma, families, inner, rel, be: Backend, *, sink) -> None:
-    """Compute every family at one scale, sharing the Gaussian derivative passes."""
+def _scale_features(image, sigma, families, inner, rel, be: Backend) -> Iterator[tuple]:
+    """Yield ``(family, component, values)`` of every family at one scale.
+
+    The Gaussian derivative passes are shared by all families at the scale.
+    """
     ndim = image.ndim
     sigmas = tuple(sigma / step for step in rel)
     pairs = [(a, b) for a in range(ndim) for b in range(a, ndim)]
@@ -171,17 +165,17 @@ def _scale_features(image, sigma, families, inner, rel, be: Backend, *, sink) ->
 
     for family in families:
         if family == "gaussian_smoothing":
-            sink(family, 0, on_block(_unit(ndim)))
+            yield (family, 0, on_block(_unit(ndim)))
         elif family == "difference_of_gaussians":
             small = _derivatives(
                 image, tuple(DOG_RATIO * s for s in sigmas), [_unit(ndim)], inner, be
             )[_unit(ndim)]
-            sink(family, 0, on_block(_unit(ndim)) - small)
+            yield (family, 0, on_block(_unit(ndim)) - small)
         elif family == "laplacian_of_gaussian":
             total = scaled(on_block(_unit(ndim, 0, 0)), 0, 0).copy()
             for a in range(1, ndim):
                 total += scaled(on_block(_unit(ndim, a, a)), a, a)
-            sink(family, 0, total)
+            yield (family, 0, total)
         elif family == "gaussian_gradient_magnitude":
             total = None
             for a in range(ndim):
@@ -190,11 +184,11 @@ def _scale_features(image, sigma, families, inner, rel, be: Backend, *, sink) ->
                     total = d * d
                 else:
                     total += d * d
-            sink(family, 0, be.xp.sqrt(total))
+            yield (family, 0, be.xp.sqrt(total))
         elif family == "hessian_of_gaussian_eigenvalues":
             elements = [scaled(on_block(_unit(ndim, a, b)), a, b) for a, b in pairs]
             for k, value in enumerate(symmetric_eigenvalues(elements, ndim, xp=be.xp)):
-                sink(family, k, value)
+                yield (family, k, value)
         elif family == "structure_tensor_eigenvalues":
             grads = [scaled(deriv[_unit(ndim, a)], a) for a in range(ndim)]
             elements = []
@@ -204,7 +198,7 @@ def _scale_features(image, sigma, families, inner, rel, be: Backend, *, sink) ->
                     _derivatives(product, outer, [_unit(ndim)], in_target, be)[_unit(ndim)]
                 )
             for k, value in enumerate(symmetric_eigenvalues(elements, ndim, xp=be.xp)):
-                sink(family, k, value)
+                yield (family, k, value)
 
 
 def _derivatives(x, sigmas, orders, target, be: Backend, axis: int = 0) -> dict:
