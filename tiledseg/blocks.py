@@ -73,7 +73,7 @@ def resolve_block(
     halo : sequence of int
         Halo per axis the computation needs.
     min_blocks : int
-        For the default only: split blocks (never below twice the halo) until the
+        For the default only: split blocks (never below twice the halo, nor 16) until the
         volume has at least this many, so that every core has a block to work on.
 
     Raises

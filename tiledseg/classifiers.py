@@ -148,7 +148,9 @@ class XGBoostClassifier(Classifier):
             # the error is coarse on few held-out voxels and can plateau after 2-3
             # rounds; a floor of min_rounds keeps the model from stopping that soon
             rounds = min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
-            proba = _as_proba(probe.predict(dheld, iteration_range=(0, rounds)), self.n_classes)
+            # (the probe may have stopped before min_rounds: score the trees it has)
+            scored = min(rounds, probe.num_boosted_rounds())
+            proba = _as_proba(probe.predict(dheld, iteration_range=(0, scored)), self.n_classes)
             summary["held_out_accuracy"] = float(np.mean(proba.argmax(1) == y[held]))
             summary["held_out_voxels"] = int(len(held))
         summary["rounds"] = rounds
@@ -197,8 +199,8 @@ def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:
 class SklearnClassifier(Classifier):
     """Any scikit-learn-style estimator with ``fit`` and ``predict_proba``.
 
-    ``random-forest`` is ``RandomForestClassifier(n_estimators=100,
-    class_weight="balanced")``; prediction runs single-threaded per block (the
+    ``random-forest`` is ``RandomForestClassifier(n_estimators=100)``, balanced
+    by the same per-voxel weights as XGBoost; prediction runs single-threaded per block (the
     blocks are the parallelism, and a fixed summation order keeps the
     probabilities the same for any tiling).
     """
@@ -272,7 +274,7 @@ def make_classifier(spec: str | Any = "xgboost", *, seed: int = 0) -> Classifier
             from sklearn.ensemble import RandomForestClassifier
 
             return SklearnClassifier(
-                RandomForestClassifier(n_estimators=100, class_weight="balanced", random_state=seed)
+                RandomForestClassifier(n_estimators=100, random_state=seed)
             )
         raise TiledsegError(
             f"classifier {spec!r} is unknown; choose one of {', '.join(CLASSIFIERS)} "

@@ -10,7 +10,8 @@ File layout::
 
 Loading checks the magic, the sizes and both checksums before it parses the
 payload, refuses a pickle by its first byte without reading further, and
-loads a skops payload only if every type in it comes from scikit-learn or numpy.
+loads a skops payload only if every type in it comes from an allowlist
+(scikit-learn, numpy, scipy.sparse and Python builtins/collections).
 """
 
 from __future__ import annotations
@@ -197,16 +198,19 @@ def load_model(path: str | os.PathLike) -> Model:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
-    data = path.read_bytes()
     name = str(path)
-    if data[:1] == b"\x80" or data[:1] in (b"(", b"]", b"}"):
+    with path.open("rb") as f:
+        head = f.read(len(MAGIC))
+    # protocol 2+ pickles start with PROTO (0x80); protocol 0/1 commonly with MARK or a list/dict
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"]", b"}"):
         raise ModelFileError(
             f"{name!r} is a Python pickle, not a tiledseg model; tiledseg never unpickles files. "
             "Retrain with 'tiledseg train' to get a model file"
         )
-    if not data.startswith(MAGIC):
-        what = "a zip archive" if data[:2] == b"PK" else "not a tiledseg model file"
+    if head != MAGIC:
+        what = "a zip archive" if head[:2] == b"PK" else "not a tiledseg model file"
         raise ModelFileError(f"{name!r} is {what}; give a model written by 'tiledseg train'")
+    data = path.read_bytes()
     start = len(MAGIC) + _LENGTH.size
     if len(data) < start:
         raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")

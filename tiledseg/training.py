@@ -27,12 +27,14 @@ from tiledseg.cluster import Executor, available_cores, open_executor
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_finite
-from tiledseg.model import Model
+from tiledseg.model import Model, versions
 from tiledseg.volume import Volume, open_volume
 
 __all__ = ["TrainingTable", "default_cache_dir", "read_labels", "train", "training_table"]
 
 _TABLE_VERSION = 1
+# the libraries whose versions can change feature values
+_FEATURE_LIBRARIES = ("tiledseg", "numpy", "scipy")
 
 
 def default_cache_dir() -> Path:
@@ -90,7 +92,7 @@ def _scan_block(args: tuple[Volume, Volume, Block]) -> _Scan | None:
     if flat.size == 0:
         return None
     values = lab.reshape(-1)[flat]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(str(image.dtype).encode())
     digest.update(np.ascontiguousarray(read_finite(image, block.read)).tobytes())
     digest.update(flat.astype(np.int64).tobytes())
     digest.update(values.astype(np.int64).tobytes())
@@ -136,6 +138,7 @@ def training_table(
         json.dumps(
             {
                 "version": _TABLE_VERSION,
+                "libraries": {k: v for k, v in versions().items() if k in _FEATURE_LIBRARIES},
                 "bank": bank.to_dict(),
                 "spacing": list(image.spacing),
                 "channels": image.n_channels,

@@ -35,7 +35,8 @@ __all__ = [
     "resolve_bank",
 ]
 
-#: Gaussian kernels are cut at this many standard deviations (ilastik's window size).
+#: Gaussian kernels are cut at this many standard deviations (the 3.5 sigma ilastik
+#: uses for its halos; see docs/features.md for how its filters differ).
 TRUNCATE = 3.5
 #: Difference of Gaussians: G(sigma) - G(DOG_RATIO * sigma), as ilastik.
 DOG_RATIO = 0.66

@@ -24,7 +24,8 @@ several derivatives. Each pass along an axis runs on the region the later steps
 still need and crops that axis right after, so only the first pass sees the
 whole halo. Axes are visited in scipy's order (0 first) and intermediates are
 float32 as in ``scipy.ndimage.gaussian_filter``, so on an isotropic volume the
-smoothing, Laplacian and gradient magnitude equal scipy's to the bit.
+smoothing, Laplacian, gradient magnitude and difference of Gaussians equal
+scipy's to the bit.
 """
 
 from __future__ import annotations
