@@ -8,6 +8,7 @@ without pickle (XGBoost's own UBJSON format, or skops for scikit-learn).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
@@ -110,6 +111,7 @@ class XGBoostClassifier(Classifier):
         )
         self.booster = booster
         self.n_classes = n_classes
+        self._nthread: int | None = None  # the booster's nthread, when known
 
     def _booster_params(self, n_classes: int, n_threads: int) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -156,10 +158,17 @@ class XGBoostClassifier(Classifier):
         summary["rounds"] = rounds
         dall = xgb.DMatrix(X, label=y, weight=weights, nthread=n_threads)
         self.booster = xgb.train(params, dall, num_boost_round=rounds, verbose_eval=False)
+        self._nthread = n_threads
         return summary
 
     def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
-        self.booster.set_param({"nthread": n_threads})
+        # set_param unconfigures the booster, which blocks predicting on other threads
+        # then fail on ("Check failed: !this->need_configuration_"): set it only when
+        # it changes, and once, under a lock
+        with _PARAM_LOCK:
+            if self._nthread != n_threads:
+                self.booster.set_param({"nthread": n_threads})
+                self._nthread = n_threads
         raw = self.booster.inplace_predict(X, validate_features=False)
         return _as_proba(raw, self.n_classes)
 
@@ -187,6 +196,9 @@ class XGBoostClassifier(Classifier):
             out[int(key.lstrip("f"))] = value
         total = out.sum()
         return out / total if total > 0 else out
+
+
+_PARAM_LOCK = threading.Lock()
 
 
 def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:

@@ -8,8 +8,10 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,7 @@ def train(
     """Train a classifier on the scribbles in LABELS (0 = unlabelled)."""
     import tiledseg
 
-    _check_model_target(model_path, overwrite)
+    _check_model_target(model_path, overwrite, inputs=[image, labels, _bank_file(features)])
     model = tiledseg.train(
         image,
         labels,
@@ -106,8 +108,34 @@ def train(
     _print_training(model, model_path)
 
 
-def _check_model_target(model_path: str, overwrite: bool) -> None:
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return Path(a.split(".h5:")[0]).resolve() == Path(b.split(".h5:")[0]).resolve()
+    except OSError:
+        return False
+
+
+def _bank_file(features: Any) -> str | None:
+    """The feature bank's YAML file, if it is given as one."""
+    if isinstance(features, str) and features.lower().endswith((".yaml", ".yml")):
+        return features
+    return None
+
+
+def _check_model_target(
+    model_path: str, overwrite: bool, inputs: Sequence[str | None] = ()
+) -> None:
+    """Refuse a model path that is an input, a folder, or (without overwrite) a file."""
     path = Path(model_path)
+    for source in inputs:
+        if source is not None and _same_path(source, model_path):
+            raise OutputExistsError(
+                f"model file {model_path!r} is one of the inputs; choose another path"
+            )
+    if path.is_dir():
+        raise OutputExistsError(
+            f"model path {model_path!r} is a directory; give a file name such as model.tseg"
+        )
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"model file {model_path!r} exists; choose another path or pass --overwrite"
@@ -175,9 +203,16 @@ def predict(
         workers=workers,
         overwrite=overwrite,
         quiet=quiet,
-        command=" ".join(["tiledseg", *sys.argv[1:]]),
+        command=_command_line(),
     )
     _print_prediction(result)
+
+
+def _command_line() -> str:
+    """The command line as given to :func:`main` (or ``sys.argv``), for the provenance."""
+    obj = click.get_current_context().find_root().obj
+    args = obj.get("argv") if isinstance(obj, dict) else None
+    return shlex.join(["tiledseg", *(sys.argv[1:] if args is None else args)])
 
 
 def _print_prediction(result) -> None:
@@ -199,8 +234,15 @@ def segment(config_path, overwrite, quiet) -> None:
 
     config = load_config(config_path)
     overwrite = overwrite or config.overwrite
-    _check_model_target(config.model, overwrite)
-    prepare_output(config.out, overwrite=overwrite, inputs=[config.image])
+    inputs = [config.image, config.labels, config.truth, _bank_file(config.features)]
+    if _same_path(config.model, config.out):
+        raise OutputExistsError(
+            f"config {config_path!r}: model and out are the same path {config.out!r}; "
+            "give them different paths"
+        )
+    _check_model_target(config.model, overwrite, inputs=inputs)
+    prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
+    _check_segment_inputs(config)
     model = tiledseg.train(
         config.image,
         config.labels,
@@ -232,6 +274,25 @@ def segment(config_path, overwrite, quiet) -> None:
     _print_prediction(result)
     if config.truth is not None:
         _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
+
+
+def _check_segment_inputs(config) -> None:
+    """Refuse a bad ROI or truth before training writes the model file."""
+    from tiledseg.errors import InputDataError
+    from tiledseg.predict import check_finite
+    from tiledseg.volume import open_volume, parse_region
+
+    volume = open_volume(config.image, channel_axis=config.channel_axis, spacing=config.spacing)
+    parse_region(config.roi, volume.shape)
+    # training reads only the scribbled blocks: check the whole image before a model is written
+    check_finite(volume, workers=config.workers)
+    if config.truth is not None:
+        truth = open_volume(config.truth, role="truth", allow_channels=False)
+        if truth.shape != volume.shape:
+            raise InputDataError(
+                f"truth {truth.name} has shape {truth.shape} but image {volume.name} has "
+                f"spatial shape {volume.shape}; they must match"
+            )
 
 
 @cli.command()
@@ -351,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        cli.main(args=args, prog_name="tiledseg", standalone_mode=False)
+        cli.main(args=args, prog_name="tiledseg", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Abort:
         click.echo("tiledseg: interrupted", err=True)
         return 130

@@ -6,6 +6,7 @@ error naming the key. Relative paths are taken relative to the config file.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -73,11 +74,32 @@ def load_config(path: str | Path) -> SegmentConfig:
     try:
         config = SegmentConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        fields = ", ".join(SegmentConfig.model_fields)
-        hint = f" (known keys: {fields})" if first["type"] == "extra_forbidden" else ""
-        raise TiledsegError(
-            f"config file {str(path)!r}: key {key!r}: {first['msg']}{hint}"
-        ) from None
+        raise TiledsegError(f"config file {str(path)!r}: {_explain(exc, data)}") from None
     return config.resolved(path.resolve().parent)
+
+
+def _explain(exc: ValidationError, data: dict) -> str:
+    """One line naming the first bad key, the value given and what it should be."""
+    errors = exc.errors()
+    first = errors[0]
+    key = str(first["loc"][0]) if first["loc"] else "(top level)"
+    fields = list(SegmentConfig.model_fields)
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key {key!r} ({hint}known keys: {', '.join(fields)})"
+    if first["type"] == "missing":
+        return f"required key {key!r} is missing"
+    # a key with a union type (e.g. block: int or list) gives one error per member; their
+    # locations hold pydantic's member names ("constrained-int"), which mean nothing to a
+    # user. Report the key itself, and the member errors that are not plain type mismatches.
+    same = [e for e in errors if e["loc"][:1] == first["loc"][:1]]
+    specific = [e for e in same if not e["type"].endswith("_type")] or same
+    messages = list(dict.fromkeys(_located(e) for e in specific))
+    return f"key {key!r} = {data.get(key)!r}: {'; or '.join(messages)}"
+
+
+def _located(error: dict) -> str:
+    items = [str(p) for p in error["loc"][1:] if isinstance(p, int)]
+    where = f"item {', '.join(items)}: " if items else ""
+    return where + error["msg"]

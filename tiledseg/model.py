@@ -186,6 +186,21 @@ def _header_digest(header: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether a file parses as a pickle, read with pickletools (which executes nothing)."""
+    import pickletools
+
+    if path.stat().st_size > 256 * 2**20:
+        return False
+    try:
+        for opcode, _, _ in pickletools.genops(path.read_bytes()):
+            if opcode.name == "STOP":
+                return True
+    except Exception:  # any parse failure: not a pickle
+        return False
+    return False
+
+
 def load_model(path: str | os.PathLike) -> Model:
     """Read and verify a model file.
 
@@ -201,8 +216,7 @@ def load_model(path: str | os.PathLike) -> Model:
     name = str(path)
     with path.open("rb") as f:
         head = f.read(len(MAGIC))
-    # protocol 2+ pickles start with PROTO (0x80); protocol 0/1 commonly with MARK or a list/dict
-    if head[:1] == b"\x80" or head[:1] in (b"(", b"]", b"}"):
+    if head != MAGIC and _is_pickle(path):
         raise ModelFileError(
             f"{name!r} is a Python pickle, not a tiledseg model; tiledseg never unpickles files. "
             "Retrain with 'tiledseg train' to get a model file"

@@ -24,7 +24,7 @@ from tiledseg.model import Model, load_model
 from tiledseg.runs import create_output, mark_complete, prepare_output
 from tiledseg.volume import Volume, open_volume, parse_region
 
-__all__ = ["PredictionResult", "classify_block", "predict"]
+__all__ = ["PredictionResult", "check_finite", "classify_block", "predict"]
 
 
 @dataclass
@@ -148,8 +148,7 @@ def predict(
     inputs = [image] if isinstance(image, str | os.PathLike) else []
     prepare_output(out, overwrite=overwrite, inputs=[str(p) for p in inputs])
     with open_executor(workers, quiet=quiet, scheduler=scheduler) as executor:
-        if volume.dtype.kind == "f":
-            _scan_finite(volume, blocks_shape, region, executor)
+        check_finite(volume, roi=region, executor=executor)
         path = create_output(
             out,
             shape=volume.shape,
@@ -180,14 +179,42 @@ def predict(
     return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds)
 
 
-def _scan_finite(volume: Volume, block: Sequence[int], region, executor: Executor) -> None:
-    """Refuse NaN/inf before the output exists (float images only: ints cannot hold them)."""
-    blocks = plan_blocks(volume.shape, block, (0,) * volume.ndim, roi=region)
-    executor.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
+def check_finite(
+    image: Any,
+    *,
+    roi: Sequence[slice] | None = None,
+    workers: int | None = None,
+    executor: Executor | None = None,
+) -> None:
+    """Refuse NaN or infinite values anywhere in ``image`` (or ``roi``), reading it blockwise.
+
+    Integer images cannot hold them and are not read.
+    """
+    volume = open_volume(image)
+    if volume.dtype.kind != "f":
+        return
+    blocks = plan_blocks(
+        volume.shape,
+        resolve_block(None, shape=volume.shape, halo=(0,) * volume.ndim),
+        (0,) * volume.ndim,
+        roi=roi,
+    )
+    if executor is None:
+        with open_executor(workers, quiet=True) as own:
+            own.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
+    else:
+        executor.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
 
 
 def _open_for_model(image: Any, model: Model, channel_axis: int | None) -> Volume:
-    volume = open_volume(image, channel_axis=channel_axis)
+    try:
+        volume = open_volume(image, channel_axis=channel_axis)
+    except InputDataError:
+        # a 3D + channel image has 4 axes and cannot open without its channel axis:
+        # fall back to the model's, as for a 2D + channel image below
+        if channel_axis is not None or model.channel_axis is None:
+            raise
+        volume = open_volume(image, channel_axis=model.channel_axis)
     if (
         channel_axis is None
         and volume.channel_axis is None

@@ -89,6 +89,20 @@ class _LazySource:
     def __getitem__(self, index: Any) -> np.ndarray:
         return np.asarray(self.array[index])
 
+    def close(self) -> None:
+        """Close open file handles (TIFF, HDF5); the source reopens on next use."""
+        handle, self._handle, self._array = self._handle, None, None
+        if handle is not None:
+            handle.close()
+
+    def __del__(self) -> None:
+        # tifffile's zarr store keeps files open after reads: close them, or they
+        # are reported as unclosed (ResourceWarning) when collected
+        try:
+            self.close()
+        except Exception:  # never raise from a finaliser
+            pass
+
 
 @dataclass
 class Volume:
@@ -345,8 +359,11 @@ def _open_path(text: str, *, level: int, role: str) -> tuple[Any, dict, str]:
         try:
             source = _LazySource("npy", path)
             source.array  # noqa: B018 - open now so a bad file fails here, not in a worker
-        except ValueError as exc:
-            raise InputDataError(f"{role} {text!r} is not a plain .npy array: {exc}") from None
+        except ValueError:
+            raise InputDataError(
+                f"{role} {text!r} is not a plain .npy array (it may hold pickled Python "
+                "objects, which tiledseg never loads); save a numeric array"
+            ) from None
         return source, {}, text
     if lower.endswith(_H5_SUFFIXES):
         return _open_hdf5(path, key, role), {}, text

@@ -1,0 +1,469 @@
+"""Bad input on the command line: exit status 2, one clear line on stderr, nothing written.
+
+Each test calls :func:`tiledseg.cli.main`, the console entry point, so what is checked
+is what a user sees: the exit status and the one line on stderr. Every refusal also
+leaves the folder it ran in exactly as it was: no model file, no output store, no
+cache entry, no half-written file, inputs unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import tiledseg
+from tiledseg.cli import main
+from tiledseg.model import MAGIC
+from tiledseg.testing import make_phantom
+
+SHAPE = (40, 40, 40)
+
+
+# -- fixtures and helpers -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(SHAPE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory, phantom):
+    """A model file trained on the 1-channel 3D phantom with the default bank."""
+    model = tiledseg.train(phantom.image, phantom.scribbles, cache_dir=None)
+    return model.save(tmp_path_factory.mktemp("model") / "model.tseg").read_bytes()
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch, phantom, model_bytes):
+    """A folder with image.npy, scribbles.npy, model.tseg; the current directory.
+
+    The training cache is pointed inside ``tmp_path`` so that a cache entry written
+    by a refused command would show up as a change.
+    """
+    folder = tmp_path / "work"
+    folder.mkdir()
+    np.save(folder / "image.npy", phantom.image)
+    np.save(folder / "scribbles.npy", phantom.scribbles)
+    (folder / "model.tseg").write_bytes(model_bytes)
+    monkeypatch.setenv("TILEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under ``root`` with its size, mtime and content digest."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_dir():
+            out[key] = "dir"
+        else:
+            stat = path.stat()
+            out[key] = (
+                stat.st_size,
+                stat.st_mtime_ns,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+            )
+    return out
+
+
+def refused(capsys, args: list[object], *needles: str) -> str:
+    """Run ``main(args)``: assert exit 2, one stderr line holding ``needles``, no change.
+
+    The whole pytest ``tmp_path`` (inputs, would-be outputs, cache) is compared before
+    and after, so nothing may be created, changed or removed.
+    """
+    root = Path.cwd().parent
+    capsys.readouterr()
+    before = snapshot(root)
+    status = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    line = lines[0]
+    assert line.startswith("tiledseg: error: ")
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in line, line
+    after = snapshot(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the refused command created, changed or removed: {changed}"
+    return line
+
+
+TRAIN = ["train", "image.npy", "scribbles.npy", "--model", "new.tseg", "--quiet"]
+PREDICT = ["predict", "image.npy", "--model", "model.tseg", "--out", "out.zarr", "--quiet"]
+
+
+def with_image(args: list[str], image: str) -> list[str]:
+    return [image if a == "image.npy" else a for a in args]
+
+
+# -- images and labels ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["image", "scribbles"])
+def test_missing_input_path(work, capsys, role):
+    args = [f"missing-{a}" if a == f"{role}.npy" else a for a in TRAIN]
+    what = "image" if role == "image" else "labels"
+    refused(capsys, args, f"{what} path 'missing-{role}.npy' does not exist")
+
+
+def test_labels_with_another_shape(work, capsys, phantom):
+    np.save("short.npy", phantom.scribbles[:20])
+    args = ["train", "image.npy", "short.npy", "--model", "new.tseg", "--quiet"]
+    refused(capsys, args, "shape (20, 40, 40)", "spatial shape (40, 40, 40)", "must match")
+
+
+def test_labels_without_a_labelled_voxel(work, capsys):
+    np.save("empty.npy", np.zeros(SHAPE, np.uint8))
+    args = ["train", "image.npy", "empty.npy", "--model", "new.tseg", "--quiet"]
+    refused(capsys, args, "empty.npy hold no labelled voxel", "at least two classes")
+
+
+def test_labels_of_a_single_class(work, capsys, phantom):
+    np.save("one.npy", np.where(phantom.scribbles == 2, 2, 0).astype(np.uint8))
+    args = ["train", "image.npy", "one.npy", "--model", "new.tseg", "--quiet"]
+    refused(capsys, args, "only one class (value 2)", "at least two classes")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_non_finite_float_image(work, capsys, phantom, command, value):
+    image = phantom.image.astype(np.float32)
+    # at a scribbled voxel, so training has to read it
+    image[tuple(np.argwhere(phantom.scribbles)[0])] = value
+    np.save("float.npy", image)
+    args = with_image(TRAIN if command == "train" else PREDICT, "float.npy")
+    refused(capsys, args, "image float.npy holds NaN or infinite values", "nan_to_num")
+    assert not Path("out.zarr").exists()
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((64,), 1), ((2, 3, 4, 5, 6), 5)])
+def test_image_of_wrong_dimensionality(work, capsys, shape, axes):
+    np.save("odd.npy", np.zeros(shape, np.uint8))
+    for args in (with_image(TRAIN, "odd.npy"), with_image(PREDICT, "odd.npy")):
+        refused(capsys, args, f"shape {shape}", "2D (y, x) or 3D (z, y, x)", f"{axes} spatial")
+
+
+def test_fractional_labels(work, capsys, phantom):
+    labels = phantom.scribbles.astype(np.float32)
+    labels[labels == 3] = 2.5
+    np.save("frac.npy", labels)
+    args = ["train", "image.npy", "frac.npy", "--model", "new.tseg", "--quiet"]
+    refused(capsys, args, "fractional value 2.5", "labels are integers")
+
+
+def test_negative_labels(work, capsys, phantom):
+    labels = phantom.scribbles.astype(np.int8)
+    labels[labels == 1] = -1
+    np.save("neg.npy", labels)
+    args = ["train", "image.npy", "neg.npy", "--model", "new.tseg", "--quiet"]
+    refused(capsys, args, "negative value -1")
+
+
+def test_unsupported_dtype(work, capsys, phantom):
+    np.save("complex.npy", phantom.image.astype(np.complex64))
+    for args in (with_image(TRAIN, "complex.npy"), with_image(PREDICT, "complex.npy")):
+        refused(capsys, args, "dtype complex64", "convert it to an integer or float type")
+
+
+def test_channel_count_differs_from_the_model(work, capsys, phantom):
+    np.save("two.npy", np.stack([phantom.image, phantom.image], axis=-1))
+    args = [*with_image(PREDICT, "two.npy"), "--channel-axis", "3"]
+    refused(capsys, args, "has 2 channel(s) but the model was trained on 1")
+
+
+def test_prediction_and_truth_of_different_shapes(work, capsys, phantom):
+    np.save("truth.npy", phantom.truth[:, :30])
+    refused(capsys, ["evaluate", "scribbles.npy", "truth.npy"], "(40, 40, 40)", "(40, 30, 40)")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--roi", "0:10,:", "region '0:10,:' has 2 axes but the image has 3"),
+        ("--roi", "5:5,:,:", "region '5:5,:,:' is empty"),
+        ("--roi", "a:b,:,:", "is not start:stop of integers"),
+        ("--workers", "0", "--workers 0: give a positive number"),
+    ],
+)
+def test_bad_predict_option(work, capsys, option, value, needle):
+    refused(capsys, [*PREDICT, option, value], needle)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--spacing", "1,x,1", "spacing '1,x,1' must be numbers separated by commas"),
+        ("--spacing", "1,1", "spacing '1,1' has 2 values but the image has 3 spatial axes"),
+        ("--spacing", "1,0,1", "positive finite numbers"),
+        ("--features", "nonsense", "nonsense"),
+        ("--workers", "-1", "--workers -1: give a positive number"),
+    ],
+)
+def test_bad_train_option(work, capsys, option, value, needle):
+    refused(capsys, [*TRAIN, option, value], needle)
+
+
+# -- blocks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", [TRAIN, PREDICT], ids=["train", "predict"])
+def test_block_smaller_than_the_halo(work, capsys, base):
+    halo = max(tiledseg.load_model("model.tseg").halo)  # the default bank's, as for train
+    assert halo > 2
+    refused(capsys, [*base, "--block", "2"], "block size 2", f"halo {halo}", f"--block {halo}")
+
+
+@pytest.mark.parametrize("base", [TRAIN, PREDICT], ids=["train", "predict"])
+@pytest.mark.parametrize("block", ["0", "16,0,16", "-4"])
+def test_block_not_positive(work, capsys, base, block):
+    refused(capsys, [*base, "--block", block], f"block '{block}'", "positive integer")
+
+
+# -- model files ------------------------------------------------------------------------
+
+
+def test_missing_model_file(work, capsys):
+    args = [a if a != "model.tseg" else "nope.tseg" for a in PREDICT]
+    refused(capsys, args, "model file 'nope.tseg' does not exist")
+
+
+@pytest.mark.parametrize("keep", [20, 200, -100], ids=["length", "header", "payload"])
+def test_truncated_model(work, capsys, model_bytes, keep):
+    Path("model.tseg").write_bytes(model_bytes[:keep])
+    refused(capsys, PREDICT, "model file 'model.tseg' is truncated", "copy it again")
+    refused(capsys, ["info", "model.tseg"], "is truncated")
+
+
+def test_tampered_model_payload(work, capsys, model_bytes):
+    data = bytearray(model_bytes)
+    data[-50] ^= 0x01
+    Path("model.tseg").write_bytes(bytes(data))
+    refused(capsys, PREDICT, "model.tseg", "modified (payload checksum mismatch)")
+    refused(capsys, ["info", "model.tseg"], "payload checksum mismatch")
+
+
+def test_tampered_model_header(work, capsys, model_bytes):
+    # a plausible edit that keeps the header valid JSON: 3D -> 2D
+    at = model_bytes.index(b'"ndim": 3') + len(b'"ndim": ')
+    start = len(MAGIC) + 8
+    (length,) = struct.unpack(">Q", model_bytes[len(MAGIC) : start])
+    assert start < at < start + length
+    data = bytearray(model_bytes)
+    data[at] ^= 0x01  # "3" -> "2"
+    Path("model.tseg").write_bytes(bytes(data))
+    refused(capsys, PREDICT, "model.tseg", "modified (header checksum mismatch)")
+    refused(capsys, ["info", "model.tseg"], "header checksum mismatch")
+
+
+def test_model_file_that_is_not_a_model(work, capsys):
+    Path("notes.txt").write_text("hello")
+    refused(
+        capsys,
+        ["predict", "image.npy", "--model", "notes.txt", "--out", "o.zarr"],
+        "not a tiledseg model file",
+    )
+
+
+class _OpensAFile:
+    """Unpickling this creates (truncates) the file at ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_payload_is_live(tmp_path):
+    """Control: the payload used below really does create its file when unpickled."""
+    marker = tmp_path / "CONTROL"
+    pickle.loads(pickle.dumps(_OpensAFile(str(marker)))).close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("command", ["predict", "info"])
+def test_pickle_posing_as_a_model_is_never_loaded(work, capsys, command, protocol):
+    marker = work.parent / "MARKER"
+    Path("evil.tseg").write_bytes(pickle.dumps(_OpensAFile(str(marker)), protocol=protocol))
+    if command == "predict":
+        args = ["predict", "image.npy", "--model", "evil.tseg", "--out", "out.zarr", "--quiet"]
+    else:
+        args = ["info", "evil.tseg"]
+    refused(capsys, args, "'evil.tseg'")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("command", ["predict", "info"])
+def test_pickle_posing_as_a_model_is_named_a_pickle(work, capsys, command, protocol):
+    marker = work.parent / "MARKER"
+    Path("evil.tseg").write_bytes(pickle.dumps(_OpensAFile(str(marker)), protocol=protocol))
+    if command == "predict":
+        args = ["predict", "image.npy", "--model", "evil.tseg", "--out", "out.zarr", "--quiet"]
+    else:
+        args = ["info", "evil.tseg"]
+    refused(capsys, args, "is a Python pickle", "never unpickles")
+    assert not marker.exists()
+
+
+def test_pickle_posing_as_an_npy_image(work, capsys):
+    marker = work.parent / "MARKER"
+    Path("evil.npy").write_bytes(pickle.dumps(_OpensAFile(str(marker))))
+    refused(capsys, ["info", "evil.npy"], "'evil.npy'", "pickle")
+    refused(capsys, with_image(TRAIN, "evil.npy"), "'evil.npy'", "pickle")
+    assert not marker.exists()
+
+
+def test_existing_model_file(work, capsys):
+    Path("new.tseg").write_bytes(b"an earlier model")
+    refused(capsys, TRAIN, "model file 'new.tseg' exists", "--overwrite")
+    assert Path("new.tseg").read_bytes() == b"an earlier model"
+    assert main([*TRAIN, "--overwrite"]) == 0
+    assert tiledseg.load_model("new.tseg").classes.tolist() == [1, 2, 3, 4]
+
+
+def test_model_path_that_is_an_input(work, capsys):
+    for target in ("image.npy", "./scribbles.npy"):
+        args = ["train", "image.npy", "scribbles.npy", "--model", target, "--overwrite", "--quiet"]
+        refused(capsys, args, f"model file '{target}' is one of the inputs")
+
+
+def test_model_path_that_is_a_folder(work, capsys):
+    Path("models").mkdir()
+    for extra in ([], ["--overwrite"]):
+        args = [*TRAIN[:3], "--model", "models", "--quiet", *extra]
+        refused(capsys, args, "model path 'models' is a directory")
+
+
+def test_model_in_a_missing_folder(work, capsys):
+    args = [*TRAIN[:3], "--model", "no/such/model.tseg", "--quiet"]
+    refused(capsys, args, "folder of model 'no/such/model.tseg' does not exist")
+
+
+# -- outputs ----------------------------------------------------------------------------
+
+
+def test_existing_output(work, capsys):
+    tiledseg.predict("image.npy", "model.tseg", out="out.zarr", uncertainty=True)
+    (work / "out.zarr" / "left-over.txt").write_text("from the first run")
+    refused(capsys, PREDICT, "output 'out.zarr' exists", "--overwrite")
+
+    # with --overwrite, a tiledseg output is replaced as a whole
+    assert main([*PREDICT, "--overwrite"]) == 0
+    root = zarr.open_group("out.zarr", mode="r")
+    assert set(root.group_keys()) == {"labels"}
+    assert root.attrs["tiledseg"]["complete"] is True
+    assert not (work / "out.zarr" / "left-over.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "zarr-array", "file"])
+def test_output_that_is_not_a_tiledseg_output(work, capsys, phantom, kind):
+    if kind == "folder":
+        Path("out.zarr").mkdir()
+        Path("out.zarr/thesis.tex").write_text("precious")
+    elif kind == "zarr-array":
+        zarr.save_array("out.zarr", phantom.image)
+    else:
+        Path("out.zarr").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        refused(capsys, [*PREDICT, *extra], "output 'out.zarr' exists")
+    line = refused(capsys, [*PREDICT, "--overwrite"], "not a tiledseg output")
+    assert "even with --overwrite" in line
+
+
+def test_output_that_is_the_input(work, capsys, phantom):
+    tiledseg.predict("image.npy", "model.tseg", out="pred.zarr")
+    args = ["predict", "pred.zarr", "--model", "model.tseg", "--out", "pred.zarr", "--overwrite"]
+    refused(capsys, args, "output 'pred.zarr' is one of the inputs")
+
+
+def test_output_in_a_missing_folder(work, capsys):
+    args = [*PREDICT[:4], "--out", "no/such/out.zarr", "--quiet"]
+    refused(capsys, args, "folder of output 'no/such/out.zarr' does not exist")
+
+
+# -- config files -----------------------------------------------------------------------
+
+CONFIG = "image: image.npy\nlabels: scribbles.npy\nmodel: seg.tseg\nout: seg.zarr\n"
+
+
+def test_config_with_a_typo_in_a_key(work, capsys):
+    Path("run.yaml").write_text(CONFIG + "uncertanty: true\n")
+    refused(
+        capsys,
+        ["segment", "run.yaml", "--quiet"],
+        "unknown key 'uncertanty'",
+        "did you mean 'uncertainty'?",
+    )
+
+
+def test_config_with_a_wrong_type(work, capsys):
+    Path("run.yaml").write_text(CONFIG + "block: big\n")
+    line = refused(capsys, ["segment", "run.yaml", "--quiet"], "key 'block' = 'big'")
+    assert "constrained-int" not in line
+
+
+def test_config_with_truth_of_another_shape(work, capsys, phantom):
+    """Found before training, so no model file is left behind."""
+    np.save("truth.npy", phantom.truth[:30])
+    Path("run.yaml").write_text(CONFIG + "truth: truth.npy\n")
+    refused(capsys, ["segment", "run.yaml", "--quiet"], "truth", "(30, 40, 40)", "must match")
+
+
+def test_config_with_a_bad_roi(work, capsys):
+    Path("run.yaml").write_text(CONFIG + "roi: '0:10,:'\n")
+    refused(capsys, ["segment", "run.yaml", "--quiet"], "region '0:10,:' has 2 axes")
+
+
+def test_config_whose_model_and_output_are_one_path(work, capsys):
+    Path("run.yaml").write_text(CONFIG.replace("seg.tseg", "seg.zarr"))
+    refused(capsys, ["segment", "run.yaml", "--quiet"], "model and out are the same path")
+
+
+def test_config_output_replacing_an_input(work, capsys):
+    Path("run.yaml").write_text(CONFIG.replace("out: seg.zarr", "out: scribbles.npy"))
+    refused(capsys, ["segment", "run.yaml", "--quiet", "--overwrite"], "is one of the inputs")
+
+
+def test_missing_config(work, capsys):
+    refused(capsys, ["segment", "nope.yaml"], "config file 'nope.yaml' does not exist")
+
+
+# -- the real entry point ---------------------------------------------------------------
+
+
+def test_console_entry_point_exit_status_and_debug(work):
+    """A real process: status 2 and one line without --debug; the traceback with it."""
+    script = Path(sys.executable).with_name("tiledseg")  # the installed console script
+    entry = [str(script)] if script.is_file() else [sys.executable, "-m", "tiledseg.cli"]
+    command = [*entry, "train", "missing.npy", "scribbles.npy", "--model", "new.tseg", "--quiet"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    plain = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert plain.returncode == 2
+    assert plain.stdout == ""
+    assert plain.stderr == "tiledseg: error: image path 'missing.npy' does not exist\n"
+
+    # --debug is accepted anywhere on the line
+    debug = subprocess.run(
+        [*command, "--debug"], capture_output=True, text=True, env=env, check=False
+    )
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "InputDataError: image path 'missing.npy' does not exist" in debug.stderr
+    assert not Path("new.tseg").exists()
