@@ -7,15 +7,21 @@ examples and no deadline (CI machines are slow and 2-core).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+# XGBoost's OpenMP threads spin while they wait; when other processes share the cores
+# (a loaded CI runner) a 2-thread fit then takes seconds instead of milliseconds. Set
+# before XGBoost (and its libgomp) is loaded; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-import tiledseg as ts
-from tiledseg.classifiers import XGBoostClassifier
-from tiledseg.testing import make_phantom
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import tiledseg as ts  # noqa: E402
+from tiledseg.classifiers import XGBoostClassifier  # noqa: E402
+from tiledseg.testing import make_phantom  # noqa: E402
 
 settings.register_profile(
     "tiledseg",
@@ -77,16 +83,22 @@ def phantom3d():
 def model2d(phantom2d):
     """A small XGBoost model on the 2D phantom (do not save it: saving sets its checksum)."""
     return ts.train(
-        phantom2d.image, phantom2d.scribbles, features=SMALL_BANK,
-        classifier=small_xgboost(), cache_dir=None,
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=SMALL_BANK,
+        classifier=small_xgboost(),
+        cache_dir=None,
     )
 
 
 @pytest.fixture(scope="session")
 def model3d(phantom3d):
     return ts.train(
-        phantom3d.image, phantom3d.scribbles, features=SMALL_BANK,
-        classifier=small_xgboost(), cache_dir=None,
+        phantom3d.image,
+        phantom3d.scribbles,
+        features=SMALL_BANK,
+        classifier=small_xgboost(),
+        cache_dir=None,
     )
 
 
@@ -94,8 +106,11 @@ def model3d(phantom3d):
 def model_file(tmp_path_factory, phantom2d):
     """A saved 2D model: its path."""
     model = ts.train(
-        phantom2d.image, phantom2d.scribbles, features=SMALL_BANK,
-        classifier=small_xgboost(), cache_dir=None,
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=SMALL_BANK,
+        classifier=small_xgboost(),
+        cache_dir=None,
     )
     return model.save(tmp_path_factory.mktemp("model") / "model.tiledseg")
 

@@ -47,7 +47,8 @@ def test_block_smaller_than_halo_names_both_numbers(block, halo, axis, size, nee
     message = str(info.value)
     assert f"block size {size} along {axis}" in message
     assert f"halo {need}" in message
-    assert isinstance(info.value, TiledsegError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, TiledsegError)
+    assert isinstance(info.value, ValueError)
 
 
 def test_block_below_halo_is_fine_when_it_covers_the_axis():
@@ -96,8 +97,10 @@ def rois(draw, shape):
 
 def check_block(b: Block, shape, block, halo) -> None:
     for w, r, n, size, h, i in zip(b.region, b.read, shape, block, halo, b.index, strict=True):
-        assert w.start == i * size and w.stop == min(n, w.start + size)
-        assert r.start == max(0, w.start - h) and r.stop == min(n, w.stop + h)
+        assert w.start == i * size
+        assert w.stop == min(n, w.start + size)
+        assert r.start == max(0, w.start - h)
+        assert r.stop == min(n, w.stop + h)
     assert b.shape == tuple(w.stop - w.start for w in b.region)
     assert tuple(s.stop - s.start for s in b.inner) == b.shape
 
@@ -112,8 +115,10 @@ def test_write_regions_partition_the_volume(grid):
         check_block(b, shape, block, halo)
         count[b.region] += 1
     assert (count == 1).all()
-    assert len({b.index for b in blocks}) == len(blocks) == int(
-        np.prod([-(-n // s) for n, s in zip(shape, block, strict=True)])
+    assert (
+        len({b.index for b in blocks})
+        == len(blocks)
+        == int(np.prod([-(-n // s) for n, s in zip(shape, block, strict=True)]))
     )
 
 

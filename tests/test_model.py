@@ -34,23 +34,35 @@ def feature_table(image, model) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rf_model(phantom2d, small_bank):
-    return ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                    classifier="random-forest", cache_dir=None)
+    return ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier="random-forest",
+        cache_dir=None,
+    )
 
 
 # -- round trip ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["xgboost", "random-forest", "extra-trees"])
-def test_round_trip_gives_identical_predictions(tmp_path, phantom2d, small_bank, fast_xgboost,
-                                                kind):
+def test_round_trip_gives_identical_predictions(
+    tmp_path, phantom2d, small_bank, fast_xgboost, kind
+):
     classifier = {
         "xgboost": fast_xgboost(),
         "random-forest": "random-forest",
         "extra-trees": ExtraTreesClassifier(n_estimators=10, random_state=0),
     }[kind]
-    model = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                     classifier=classifier, spacing=(1.0, 1.5), cache_dir=None)
+    model = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier=classifier,
+        spacing=(1.0, 1.5),
+        cache_dir=None,
+    )
     path = model.save(tmp_path / "m.tiledseg")
     loaded = load_model(path)
     assert loaded.checksum == hashlib.sha256(path.read_bytes()).hexdigest() == model.checksum
@@ -71,7 +83,8 @@ def test_round_trip_gives_identical_predictions(tmp_path, phantom2d, small_bank,
             zarr.open_array(f"{a.path}/{name}")[...], zarr.open_array(f"{b.path}/{name}")[...]
         )
     info = loaded.describe()
-    assert info["classes"] == [1, 2, 3] and len(info["importance"]) == len(info["features"])
+    assert info["classes"] == [1, 2, 3]
+    assert len(info["importance"]) == len(info["features"])
 
 
 def test_saving_over_an_existing_file_needs_overwrite(tmp_path, rf_model):
@@ -98,7 +111,7 @@ def good_bytes(model_file):
 
 def _header_span(data: bytes) -> tuple[int, int]:
     start = len(MAGIC) + 8
-    length = int.from_bytes(data[len(MAGIC):start], "big")
+    length = int.from_bytes(data[len(MAGIC) : start], "big")
     return start, start + length
 
 
@@ -164,8 +177,7 @@ def test_length_field_larger_than_the_file(tmp_path, good_bytes):
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
 def test_a_pickle_is_refused_without_being_unpickled(tmp_path, protocol):
     trap = tmp_path / "unpickled"
-    evil = pickle.dumps({"model": MakesADirectory(str(trap)), "classes": [1, 2]},
-                        protocol=protocol)
+    evil = pickle.dumps({"model": MakesADirectory(str(trap)), "classes": [1, 2]}, protocol=protocol)
     # the trap is live: unpickling these bytes does create the directory
     check = tmp_path / "check"
     pickle.loads(pickle.dumps(MakesADirectory(str(check)), protocol=protocol))

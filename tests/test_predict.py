@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
 import tiledseg as ts
 from tiledseg.blocks import plan_blocks
 from tiledseg.errors import InputDataError, OutputExistsError
 from tiledseg.predict import classify_block
+from tiledseg.testing import strategies as tst
 from tiledseg.volume import open_volume
 
 
@@ -24,8 +28,14 @@ def read(path, name: str) -> np.ndarray:
 
 
 def test_output_layout(tmp_path, phantom2d, model2d):
-    result = ts.predict(phantom2d.image, model2d, out=tmp_path / "out.zarr",
-                        probabilities=True, uncertainty=True, block=(20, 16))
+    result = ts.predict(
+        phantom2d.image,
+        model2d,
+        out=tmp_path / "out.zarr",
+        probabilities=True,
+        uncertainty=True,
+        block=(20, 16),
+    )
     assert result.shape == phantom2d.image.shape
     assert result.voxels == phantom2d.image.size
     assert result.blocks == 3 * 3
@@ -34,11 +44,16 @@ def test_output_layout(tmp_path, phantom2d, model2d):
     assert sorted(root.group_keys()) == ["labels", "probabilities", "uncertainty"]
     labels, proba, unc = (root[f"{n}/0"] for n in ("labels", "probabilities", "uncertainty"))
     k = len(model2d.classes)
-    assert labels.shape == phantom2d.image.shape and labels.dtype == np.uint8
-    assert proba.shape == (k, *phantom2d.image.shape) and proba.dtype == np.uint8
-    assert unc.shape == phantom2d.image.shape and unc.dtype == np.uint8
+    assert labels.shape == phantom2d.image.shape
+    assert labels.dtype == np.uint8
+    assert proba.shape == (k, *phantom2d.image.shape)
+    assert proba.dtype == np.uint8
+    assert unc.shape == phantom2d.image.shape
+    assert unc.dtype == np.uint8
     # chunks are the processing blocks: no two blocks ever write the same chunk
-    assert labels.chunks == (20, 16) and proba.chunks == (k, 20, 16) and unc.chunks == (20, 16)
+    assert labels.chunks == (20, 16)
+    assert proba.chunks == (k, 20, 16)
+    assert unc.chunks == (20, 16)
 
     # the values agree with the model on the whole image
     lab, prob, u = labels[...], proba[...].astype(int), unc[...].astype(int)
@@ -48,41 +63,48 @@ def test_output_layout(tmp_path, phantom2d, model2d):
     (block,) = plan_blocks(volume.shape, volume.shape, model2d.halo)
     expected_labels, expected_proba = classify_block(volume, block, model2d)
     assert_array_equal(lab, expected_labels)
-    expected_u8 = np.rint(expected_proba.T * 255).reshape(prob.shape)
-    assert np.abs(prob - expected_u8).max() <= 1
+    # probabilities as 0-255, uncertainty as 255 * (1 - (p_best - p_second)), rounded
+    expected_u8 = np.rint(expected_proba.T * np.float32(255)).reshape(prob.shape)
+    assert_array_equal(prob, expected_u8)
     top2 = np.sort(expected_proba, axis=1)[:, -2:]
-    expected_unc = np.rint((1 - (top2[:, 1] - top2[:, 0])) * 255).reshape(u.shape)
-    assert np.abs(u - expected_unc).max() <= 1
+    expected_unc = np.rint((1 - (top2[:, 1] - top2[:, 0])) * np.float32(255)).reshape(u.shape)
+    assert_array_equal(u, expected_unc)
+    assert len(np.unique(u)) > 1, "the uncertainty varies"
     # the model classifies its phantom
     assert (lab == phantom2d.truth).mean() > 0.8
 
 
 def test_ome_attributes(tmp_path, phantom3d, model3d):
-    result = ts.predict(phantom3d.image, model3d, out=tmp_path / "out.zarr",
-                        probabilities=True, uncertainty=True)
+    result = ts.predict(
+        phantom3d.image, model3d, out=tmp_path / "out.zarr", probabilities=True, uncertainty=True
+    )
     root = zarr.open_group(result.path, mode="r")
     for name, axes in (("labels", "zyx"), ("probabilities", "czyx"), ("uncertainty", "zyx")):
         ome = root[name].attrs["ome"]
         assert ome["version"] == "0.5"
         (ms,) = ome["multiscales"]
         assert [a["name"] for a in ms["axes"]] == list(axes)
-        assert [a["type"] for a in ms["axes"]] == [
-            "channel" if a == "c" else "space" for a in axes
-        ]
+        assert [a["type"] for a in ms["axes"]] == ["channel" if a == "c" else "space" for a in axes]
         (dataset,) = ms["datasets"]
         assert dataset["path"] == "0"
         (scale,) = dataset["coordinateTransformations"]
-        assert scale["type"] == "scale" and len(scale["scale"]) == len(axes)
+        assert scale["type"] == "scale"
+        assert len(scale["scale"]) == len(axes)
     assert root["labels"].attrs["ome"]["image-label"]["version"] == "0.5"
     assert root.metadata.zarr_format == 3
     # an OME reader (ours) opens the probabilities with their class axis as channels
     proba = open_volume(f"{result.path}/probabilities")
-    assert proba.channel_axis == 0 and proba.n_channels == len(model3d.classes)
+    assert proba.channel_axis == 0
+    assert proba.n_channels == len(model3d.classes)
 
 
 def test_provenance(tmp_path, phantom2d, model_file):
-    result = ts.predict(phantom2d.image, model_file, out=tmp_path / "out.zarr",
-                        command="tiledseg predict img.tif model out.zarr")
+    result = ts.predict(
+        phantom2d.image,
+        model_file,
+        out=tmp_path / "out.zarr",
+        command="tiledseg predict img.tif model out.zarr",
+    )
     info = zarr.open_group(result.path, mode="r").attrs["tiledseg"]
     model = ts.load_model(model_file)
     assert info["model_checksum"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
@@ -98,13 +120,20 @@ def test_provenance(tmp_path, phantom2d, model_file):
 
 
 def test_spacing_comes_from_the_model(tmp_path, phantom2d, small_bank, fast_xgboost):
-    model = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                     classifier=fast_xgboost(), spacing=(2.0, 1.0), cache_dir=None)
+    model = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier=fast_xgboost(),
+        spacing=(2.0, 1.0),
+        cache_dir=None,
+    )
     result = ts.predict(phantom2d.image, model, out=tmp_path / "o.zarr", probabilities=True)
     info = zarr.open_group(result.path, mode="r").attrs["tiledseg"]
     assert info["feature_spacing"] == [2.0, 1.0]
     scale = zarr.open_group(result.path, mode="r")["labels"].attrs["ome"]["multiscales"][0][
-        "datasets"][0]["coordinateTransformations"][0]["scale"]
+        "datasets"
+    ][0]["coordinateTransformations"][0]["scale"]
     assert scale == [2.0, 1.0]
 
 
@@ -120,22 +149,61 @@ def test_uneven_blocks_give_the_labels_of_one_block(tmp_path, request, fixture, 
     model = request.getfixturevalue(f"model{fixture}")
     assert all(b >= h for b, h in zip(block, model.halo, strict=True))
     shape = phantom.image.shape
-    one = ts.predict(phantom.image, model, out=tmp_path / "one.zarr", block=shape,
-                     probabilities=True, uncertainty=True)
-    tiled = ts.predict(phantom.image, model, out=tmp_path / "tiled.zarr", block=block,
-                       probabilities=True, uncertainty=True)
-    assert one.blocks == 1 and tiled.blocks >= 4
+    one = ts.predict(
+        phantom.image,
+        model,
+        out=tmp_path / "one.zarr",
+        block=shape,
+        probabilities=True,
+        uncertainty=True,
+    )
+    tiled = ts.predict(
+        phantom.image,
+        model,
+        out=tmp_path / "tiled.zarr",
+        block=block,
+        probabilities=True,
+        uncertainty=True,
+    )
+    assert one.blocks == 1
+    assert tiled.blocks >= 4
     for name in ("labels", "probabilities", "uncertainty"):
         assert_array_equal(read(tiled.path, name), read(one.path, name))
 
 
+@settings(max_examples=8)
+@given(data=st.data())
+def test_drawn_blocks_give_the_labels_of_one_block(data, phantom2d, model2d, phantom3d, model3d):
+    """Property: any accepted block shape, uneven or not, gives the one-block output."""
+    ndim = data.draw(st.sampled_from((2, 3)), label="ndim")
+    phantom, model = (phantom2d, model2d) if ndim == 2 else (phantom3d, model3d)
+    shape = phantom.image.shape
+    block = data.draw(tst.block_shapes(shape, model.halo), label="block")
+    with tempfile.TemporaryDirectory() as tmp:
+        one = ts.predict(
+            phantom.image, model, out=f"{tmp}/one.zarr", block=shape, probabilities=True
+        )
+        tiled = ts.predict(
+            phantom.image, model, out=f"{tmp}/tiled.zarr", block=block, probabilities=True
+        )
+        for name in ("labels", "probabilities"):
+            assert_array_equal(read(tiled.path, name), read(one.path, name))
+
+
 def test_random_forest_tiles_exactly(tmp_path, phantom2d, small_bank):
-    model = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                     classifier="random-forest", cache_dir=None)
-    one = ts.predict(phantom2d.image, model, out=tmp_path / "one.zarr", block=(48, 40),
-                     probabilities=True)
-    tiled = ts.predict(phantom2d.image, model, out=tmp_path / "tiled.zarr", block=(9, 14),
-                       probabilities=True)
+    model = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier="random-forest",
+        cache_dir=None,
+    )
+    one = ts.predict(
+        phantom2d.image, model, out=tmp_path / "one.zarr", block=(48, 40), probabilities=True
+    )
+    tiled = ts.predict(
+        phantom2d.image, model, out=tmp_path / "tiled.zarr", block=(9, 14), probabilities=True
+    )
     for name in ("labels", "probabilities"):
         assert_array_equal(read(tiled.path, name), read(one.path, name))
 
@@ -151,10 +219,17 @@ def test_block_smaller_than_the_halo_is_refused_before_writing(tmp_path, phantom
 
 def test_roi_computes_only_the_blocks_meeting_it(tmp_path, phantom2d, model2d):
     block = (16, 16)
-    full = ts.predict(phantom2d.image, model2d, out=tmp_path / "full.zarr", block=block,
-                      probabilities=True)
-    part = ts.predict(phantom2d.image, model2d, out=tmp_path / "part.zarr", block=block,
-                      probabilities=True, roi="10:20,3:5")
+    full = ts.predict(
+        phantom2d.image, model2d, out=tmp_path / "full.zarr", block=block, probabilities=True
+    )
+    part = ts.predict(
+        phantom2d.image,
+        model2d,
+        out=tmp_path / "part.zarr",
+        block=block,
+        probabilities=True,
+        roi="10:20,3:5",
+    )
     assert part.blocks == 2  # rows 0:16 and 16:32 of column 0:16
     labels, whole = read(part.path, "labels"), read(full.path, "labels")
     written = np.zeros(labels.shape, dtype=bool)
@@ -171,12 +246,18 @@ def test_roi_computes_only_the_blocks_meeting_it(tmp_path, phantom2d, model2d):
 
 
 def test_roi_in_3d_with_slices(tmp_path, phantom3d, model3d):
-    part = ts.predict(phantom3d.image, model3d, out=tmp_path / "p.zarr", block=(10, 11, 9),
-                      roi=(slice(0, 3), slice(12, 22), slice(None)))
+    part = ts.predict(
+        phantom3d.image,
+        model3d,
+        out=tmp_path / "p.zarr",
+        block=(10, 11, 9),
+        roi=(slice(0, 3), slice(12, 22), slice(None)),
+    )
     labels = read(part.path, "labels")
     assert part.blocks == 1 * 1 * 2
     assert (labels[:10, 11:, :] > 0).all()
-    assert (labels[10:] == 0).all() and (labels[:, :11] == 0).all()
+    assert (labels[10:] == 0).all()
+    assert (labels[:, :11] == 0).all()
 
 
 @pytest.mark.parametrize("roi", ["1:2", "0:5,9:9", "a:b,0:3"])
@@ -244,9 +325,16 @@ def test_model_channel_axis_is_the_default(tmp_path, rng, small_bank, fast_xgboo
 
     ph = make_phantom((14, 16, 18), n_classes=2, scribble_fraction=0.05, seed=3)
     image = np.stack([ph.image, 255 - ph.image], axis=-1)
-    model = ts.train(image, ph.scribbles, channel_axis=3, features=small_bank,
-                     classifier=fast_xgboost(), cache_dir=None)
-    assert model.n_channels == 2 and model.channel_axis == 3
+    model = ts.train(
+        image,
+        ph.scribbles,
+        channel_axis=3,
+        features=small_bank,
+        classifier=fast_xgboost(),
+        cache_dir=None,
+    )
+    assert model.n_channels == 2
+    assert model.channel_axis == 3
     np.save(tmp_path / "img.npy", image)
     result = ts.predict(str(tmp_path / "img.npy"), model, out=tmp_path / "o.zarr")
     assert result.shape == (14, 16, 18)
@@ -255,8 +343,14 @@ def test_model_channel_axis_is_the_default(tmp_path, rng, small_bank, fast_xgboo
     # a 2D + channel model on a (y, x, c) image, too
     ph2 = make_phantom((30, 32), n_classes=2, scribble_fraction=0.05, seed=4)
     rgb = np.stack([ph2.image, ph2.image // 2], axis=-1)
-    model2 = ts.train(rgb, ph2.scribbles, channel_axis=2, features=small_bank,
-                      classifier=fast_xgboost(), cache_dir=None)
+    model2 = ts.train(
+        rgb,
+        ph2.scribbles,
+        channel_axis=2,
+        features=small_bank,
+        classifier=fast_xgboost(),
+        cache_dir=None,
+    )
     assert ts.predict(rgb, model2, out=tmp_path / "rgb.zarr").shape == (30, 32)
 
 
@@ -280,10 +374,17 @@ def test_nan_in_the_image_is_refused_before_the_output_exists(tmp_path, phantom2
 def test_worker_processes_give_the_labels_of_threads(tmp_path, phantom3d, model3d):
     np.save(tmp_path / "img.npy", phantom3d.image)
     image = str(tmp_path / "img.npy")
-    threads = ts.predict(image, model3d, out=tmp_path / "threads.zarr", block=(10, 11, 9),
-                         probabilities=True)
-    procs = ts.predict(image, model3d, out=tmp_path / "procs.zarr", block=(10, 11, 9),
-                       probabilities=True, workers=2)
+    threads = ts.predict(
+        image, model3d, out=tmp_path / "threads.zarr", block=(10, 11, 9), probabilities=True
+    )
+    procs = ts.predict(
+        image,
+        model3d,
+        out=tmp_path / "procs.zarr",
+        block=(10, 11, 9),
+        probabilities=True,
+        workers=2,
+    )
     assert procs.blocks == threads.blocks == 8
     for name in ("labels", "probabilities"):
         assert_array_equal(read(procs.path, name), read(threads.path, name))
@@ -308,6 +409,6 @@ def test_concurrent_predictions_share_one_booster():
         clf.fit(X, y, n_threads=2)
         expected = clf.predict_proba(X, n_threads=1)
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda i: clf.predict_proba(X, n_threads=1), range(300)))
+            results = list(pool.map(lambda _, c=clf: c.predict_proba(X, n_threads=1), range(300)))
         for proba in results:
             assert_array_equal(proba, expected)

@@ -25,8 +25,9 @@ def remap(scribbles: np.ndarray, values: dict[int, int], dtype) -> np.ndarray:
 
 def test_label_values_are_kept(tmp_path, phantom2d, small_bank, fast_xgboost):
     scribbles = remap(phantom2d.scribbles, {1: 85, 2: 170, 3: 255}, np.uint8)
-    model = ts.train(phantom2d.image, scribbles, features=small_bank,
-                     classifier=fast_xgboost(), cache_dir=None)
+    model = ts.train(
+        phantom2d.image, scribbles, features=small_bank, classifier=fast_xgboost(), cache_dir=None
+    )
     assert model.classes.tolist() == [85, 170, 255]
     assert model.label_dtype == np.uint8
     assert model.summary["labelled_voxels"] == {
@@ -43,8 +44,9 @@ def test_label_values_are_kept(tmp_path, phantom2d, small_bank, fast_xgboost):
 
 def test_large_label_values_give_uint16(tmp_path, phantom2d, small_bank, fast_xgboost):
     scribbles = remap(phantom2d.scribbles, {1: 7, 2: 1000, 3: 300}, np.uint16)
-    model = ts.train(phantom2d.image, scribbles, features=small_bank,
-                     classifier=fast_xgboost(), cache_dir=None)
+    model = ts.train(
+        phantom2d.image, scribbles, features=small_bank, classifier=fast_xgboost(), cache_dir=None
+    )
     assert model.classes.tolist() == [7, 300, 1000]
     ts.predict(phantom2d.image, model, out=tmp_path / "out.zarr")
     labels = zarr.open_array(str(tmp_path / "out.zarr/labels/0"))[...]
@@ -55,8 +57,13 @@ def test_large_label_values_give_uint16(tmp_path, phantom2d, small_bank, fast_xg
 
 def test_float_and_bool_labels_with_integer_values_are_accepted(phantom2d, small_bank):
     as_float = phantom2d.scribbles.astype(np.float32)
-    model = ts.train(phantom2d.image, as_float, features=small_bank,
-                     classifier=XGBoostClassifier(max_rounds=3, min_rounds=1), cache_dir=None)
+    model = ts.train(
+        phantom2d.image,
+        as_float,
+        features=small_bank,
+        classifier=XGBoostClassifier(max_rounds=3, min_rounds=1),
+        cache_dir=None,
+    )
     assert model.classes.tolist() == [1, 2, 3]
     # labels of a bool map: everything False is unlabelled, so only one class (True)
     with pytest.raises(InputDataError, match="only one class"):
@@ -147,19 +154,32 @@ def test_errors_share_one_family():
 def test_table_cache_is_reused_when_only_the_classifier_changes(
     tmp_path, phantom2d, small_bank, fast_xgboost
 ):
-    first = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                     classifier=fast_xgboost(), cache_dir=tmp_path)
+    first = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier=fast_xgboost(),
+        cache_dir=tmp_path,
+    )
     assert first.summary["table_from_cache"] is False
     assert len(list(tmp_path.glob("table-*.npz"))) == 1
-    second = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                      classifier=ExtraTreesClassifier(n_estimators=5, random_state=0),
-                      cache_dir=tmp_path)
+    second = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier=ExtraTreesClassifier(n_estimators=5, random_state=0),
+        cache_dir=tmp_path,
+    )
     assert second.summary["table_from_cache"] is True
     assert second.summary["table_key"] == first.summary["table_key"]
     # and it is the same table: an uncached run gives the same model
-    again = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                     classifier=ExtraTreesClassifier(n_estimators=5, random_state=0),
-                     cache_dir=None)
+    again = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier=ExtraTreesClassifier(n_estimators=5, random_state=0),
+        cache_dir=None,
+    )
     feats = ts.feature_array(phantom2d.image, features=small_bank).compute()
     table = feats.reshape(feats.shape[0], -1).T
     np.testing.assert_array_equal(second.predict_proba(table), again.predict_proba(table))
@@ -167,9 +187,14 @@ def test_table_cache_is_reused_when_only_the_classifier_changes(
 
 def test_table_cache_is_not_reused_when_inputs_change(tmp_path, phantom2d, small_bank):
     def run(image, scribbles, bank=small_bank, spacing=None):
-        return ts.train(image, scribbles, features=bank, spacing=spacing,
-                        classifier=XGBoostClassifier(max_rounds=2, min_rounds=1),
-                        cache_dir=tmp_path).summary["table_from_cache"]
+        return ts.train(
+            image,
+            scribbles,
+            features=bank,
+            spacing=spacing,
+            classifier=XGBoostClassifier(max_rounds=2, min_rounds=1),
+            cache_dir=tmp_path,
+        ).summary["table_from_cache"]
 
     assert run(phantom2d.image, phantom2d.scribbles) is False
     assert run(phantom2d.image, phantom2d.scribbles) is True
@@ -182,13 +207,19 @@ def test_table_cache_is_not_reused_when_inputs_change(tmp_path, phantom2d, small
     brighter = phantom2d.image.copy()
     brighter[np.nonzero(phantom2d.scribbles)[0][0], np.nonzero(phantom2d.scribbles)[1][0]] += 1
     assert run(brighter, phantom2d.scribbles) is False
-    assert run(phantom2d.image, phantom2d.scribbles, bank={"gaussian_smoothing": [1.0]}) is False
+    # another bank with the same halo (so the same image regions are read)
+    same_halo = {"gaussian_smoothing": [1.6]}
+    assert ts.resolve_bank(same_halo).halo((1, 1)) == small_bank.halo((1, 1))
+    assert run(phantom2d.image, phantom2d.scribbles, bank=same_halo) is False
     assert run(phantom2d.image, phantom2d.scribbles, spacing=(2.0, 1.0)) is False
 
 
 def test_damaged_cache_entry_is_rebuilt(tmp_path, phantom2d, small_bank):
-    kw = dict(features=small_bank, classifier=XGBoostClassifier(max_rounds=2, min_rounds=1),
-              cache_dir=tmp_path)
+    kw = dict(
+        features=small_bank,
+        classifier=XGBoostClassifier(max_rounds=2, min_rounds=1),
+        cache_dir=tmp_path,
+    )
     ts.train(phantom2d.image, phantom2d.scribbles, **kw)
     (entry,) = tmp_path.glob("table-*.npz")
     entry.write_bytes(b"garbage")
@@ -220,12 +251,18 @@ def _accuracy(model, phantom, bank):
     ids=["random-forest", "extra-trees"],
 )
 def test_scikit_learn_classifiers(phantom2d, small_bank, classifier):
-    model = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank,
-                     classifier=classifier, cache_dir=None)
+    model = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=small_bank,
+        classifier=classifier,
+        cache_dir=None,
+    )
     assert isinstance(model.classifier, SklearnClassifier)
     assert _accuracy(model, phantom2d, small_bank) > 0.8
     importance = model.classifier.importances()
-    assert importance is not None and len(importance) == len(model.feature_names)
+    assert importance is not None
+    assert len(importance) == len(model.feature_names)
 
 
 def test_xgboost_model_learns_the_phantom(model2d, phantom2d, small_bank):
@@ -234,14 +271,16 @@ def test_xgboost_model_learns_the_phantom(model2d, phantom2d, small_bank):
     assert model2d.summary["n_features"] == small_bank.n_features(ndim=2, n_channels=1)
 
 
-@pytest.mark.parametrize(("max_rounds", "patience", "min_rounds"),
-                         [(40, 2, 1), (12, 1, 10), (5, 10, 10)])
+@pytest.mark.parametrize(
+    ("max_rounds", "patience", "min_rounds"), [(40, 2, 1), (12, 1, 10), (5, 10, 10)]
+)
 def test_xgboost_early_stopping_stays_within_max_rounds(
     phantom2d, small_bank, max_rounds, patience, min_rounds
 ):
     clf = XGBoostClassifier(max_rounds=max_rounds, patience=patience, min_rounds=min_rounds)
-    model = ts.train(phantom2d.image, phantom2d.scribbles, features=small_bank, classifier=clf,
-                     cache_dir=None)
+    model = ts.train(
+        phantom2d.image, phantom2d.scribbles, features=small_bank, classifier=clf, cache_dir=None
+    )
     summary = model.summary
     assert summary["max_rounds"] == max_rounds
     assert 1 <= summary["rounds"] <= max_rounds

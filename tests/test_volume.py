@@ -49,14 +49,16 @@ def test_zarr_v3_array(tmp_path, data):
     check_reads(volume, data)
     assert volume.chunks == (5, 5, 5)
     assert volume.axes == "zyx"
-    assert volume.spacing == (1.0, 1.0, 1.0) and not volume.spacing_from_metadata
+    assert volume.spacing == (1.0, 1.0, 1.0)
+    assert not volume.spacing_from_metadata
     check_reads(roundtrip(volume), data)
 
 
 def test_zarr_v2_array(tmp_path, data):
     path = str(tmp_path / "img_v2.zarr")
-    z = zarr.open_array(path, mode="w", shape=data.shape, chunks=(4, 7, 3), dtype=data.dtype,
-                        zarr_format=2)
+    z = zarr.open_array(
+        path, mode="w", shape=data.shape, chunks=(4, 7, 3), dtype=data.dtype, zarr_format=2
+    )
     z[...] = data
     volume = open_volume(path)
     check_reads(volume, data)
@@ -68,8 +70,10 @@ def test_array_inside_a_group(tmp_path, data):
     root = zarr.open_group(str(tmp_path / "store.zarr"), mode="w")
     root.create_array("other", shape=(3, 3), dtype="u1")
     root.create_array("another", shape=(3, 3), dtype="u1")
-    arr = root.create_group("path").create_group("to").create_array(
-        "array", shape=data.shape, dtype=data.dtype, chunks=(6, 7, 5)
+    arr = (
+        root.create_group("path")
+        .create_group("to")
+        .create_array("array", shape=data.shape, dtype=data.dtype, chunks=(6, 7, 5))
     )
     arr[...] = data
     volume = open_volume(str(tmp_path / "store.zarr/path/to/array"))
@@ -93,8 +97,10 @@ def _ome_levels(rng, channels=True):
 
 
 def _ome_multiscales(version, channels=True):
-    axes = [{"name": "y", "type": "space", "unit": "micrometer"},
-            {"name": "x", "type": "space", "unit": "micrometer"}]
+    axes = [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
     extra = [1.0] if channels else []
     if channels:
         axes.insert(0, {"name": "c", "type": "channel"})
@@ -103,10 +109,14 @@ def _ome_multiscales(version, channels=True):
             "version": version,
             "axes": axes,
             "datasets": [
-                {"path": "0",
-                 "coordinateTransformations": [{"type": "scale", "scale": [*extra, 0.5, 0.25]}]},
-                {"path": "1",
-                 "coordinateTransformations": [{"type": "scale", "scale": [*extra, 1.0, 0.5]}]},
+                {
+                    "path": "0",
+                    "coordinateTransformations": [{"type": "scale", "scale": [*extra, 0.5, 0.25]}],
+                },
+                {
+                    "path": "1",
+                    "coordinateTransformations": [{"type": "scale", "scale": [*extra, 1.0, 0.5]}],
+                },
             ],
         }
     ]
@@ -126,19 +136,23 @@ def test_ome_zarr_levels_spacing_and_channel_axis(tmp_path, rng, version):
     root.create_array("1", shape=half.shape, dtype=half.dtype, chunks=(1, 8, 8))[...] = half
 
     level0 = open_volume(path)
-    assert level0.channel_axis == 0 and level0.axes == "cyx"
-    assert level0.spacing == (0.5, 0.25) and level0.spacing_from_metadata
+    assert level0.channel_axis == 0
+    assert level0.axes == "cyx"
+    assert level0.spacing == (0.5, 0.25)
+    assert level0.spacing_from_metadata
     check_reads(level0, full, channel_axis=0)
 
     level1 = open_volume(path, level=1)
     assert level1.spacing == (1.0, 0.5)
-    assert level1.shape == (8, 10) and level1.n_channels == 2
+    assert level1.shape == (8, 10)
+    assert level1.n_channels == 2
     check_reads(level1, half, channel_axis=0)
     check_reads(roundtrip(level1), half, channel_axis=0)
 
     # explicit settings beat the metadata
     override = open_volume(path, spacing="2,2", channel_axis=0)
-    assert override.spacing == (2.0, 2.0) and not override.spacing_from_metadata
+    assert override.spacing == (2.0, 2.0)
+    assert not override.spacing_from_metadata
     with pytest.raises(InputDataError, match="2 levels; level 2 does not exist"):
         open_volume(path, level=2)
 
@@ -175,7 +189,8 @@ def test_tiff_2d_with_channels(tmp_path, rng):
     path = tmp_path / "rgb.tiff"
     tifffile.imwrite(path, data)
     volume = open_volume(str(path), channel_axis=-1)
-    assert volume.channel_axis == 2 and volume.axes == "yxc"
+    assert volume.channel_axis == 2
+    assert volume.axes == "yxc"
     check_reads(volume, data, channel_axis=2)
 
 
@@ -225,7 +240,8 @@ def test_pickled_path_volume_carries_no_data(tmp_path, rng):
 def test_channel_axis_of_an_array(rng):
     data = rng.integers(0, 255, size=(9, 3, 11, 12), dtype=np.uint8)  # z c y x
     volume = open_volume(data, channel_axis=1)
-    assert volume.axes == "zcyx" and volume.ndim == 3
+    assert volume.axes == "zcyx"
+    assert volume.ndim == 3
     check_reads(volume, data, channel_axis=1)
     assert volume.describe()["channels"] == 3
 
@@ -296,7 +312,9 @@ def test_parse_spacing():
 
 def test_parse_region():
     assert parse_region("10:50,:,100:", (60, 70, 120)) == (
-        slice(10, 50), slice(0, 70), slice(100, 120)
+        slice(10, 50),
+        slice(0, 70),
+        slice(100, 120),
     )
     assert parse_region("-10:,0:500", (60, 70)) == (slice(50, 60), slice(0, 70))
     assert parse_region(None, (5, 5)) is None

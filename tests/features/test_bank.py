@@ -68,7 +68,8 @@ def test_from_dict_refuses_non_mappings(data):
 
 
 def test_from_dict_accepts_a_single_scale_and_refuses_text_scales():
-    assert FeatureBank.from_dict({"gaussian_smoothing": 2}).families == {"gaussian_smoothing": (2.0,)}
+    bank = FeatureBank.from_dict({"gaussian_smoothing": 2})
+    assert bank.families == {"gaussian_smoothing": (2.0,)}
     with pytest.raises(TiledsegError, match="list of numbers"):
         FeatureBank.from_dict({"gaussian_smoothing": "1.0"})
 
@@ -112,8 +113,9 @@ def test_n_features_matches_names_for_random_banks(bank):
 def test_kernel_radius_is_scipys_radius(sigma, order):
     impulse = np.zeros(201)
     impulse[100] = 1.0
-    response = ndi.gaussian_filter1d(impulse, sigma, order=order, mode="constant",
-                                     truncate=TRUNCATE)
+    response = ndi.gaussian_filter1d(
+        impulse, sigma, order=order, mode="constant", truncate=TRUNCATE
+    )
     support = np.flatnonzero(response)
     radius = max(100 - support.min(), support.max() - 100)
     assert radius == kernel_radius(sigma)
@@ -132,7 +134,9 @@ def test_halo_shrinks_along_coarse_axes():
     bank = FeatureBank({"gaussian_smoothing": [3.5]})
     assert relative_spacing((4.0, 1.0, 2.0)) == (4.0, 1.0, 2.0)
     assert bank.halo((4.0, 1.0, 2.0)) == (
-        kernel_radius(3.5 / 4), kernel_radius(3.5), kernel_radius(3.5 / 2)
+        kernel_radius(3.5 / 4),
+        kernel_radius(3.5),
+        kernel_radius(3.5 / 2),
     )
 
 
@@ -158,8 +162,9 @@ def test_halo_is_enough_and_not_more(families, spacing):
     def block_with(h):
         read = tuple(slice(r.start - e, r.stop + e) for r, e in zip(region, h, strict=True))
         block = Block((0, 0), region, read)
-        return block_features(image[block.read][None], bank=bank, inner=block.inner,
-                              spacing=spacing)
+        return block_features(
+            image[block.read][None], bank=bank, inner=block.inner, spacing=spacing
+        )
 
     assert_array_equal(block_with(halo), whole[(slice(None), *region)])
     for axis in range(2):
@@ -180,8 +185,10 @@ def test_yaml_round_trip_and_errors(tmp_path):
     path = tmp_path / "bank.yaml"
     path.write_text("GaussianSmoothing: [1.0, 0.5]\nhessian_of_gaussian_eigenvalues: 2\n")
     bank = FeatureBank.from_yaml(path)
-    assert bank.to_dict() == {"gaussian_smoothing": [0.5, 1.0],
-                              "hessian_of_gaussian_eigenvalues": [2.0]}
+    assert bank.to_dict() == {
+        "gaussian_smoothing": [0.5, 1.0],
+        "hessian_of_gaussian_eigenvalues": [2.0],
+    }
     assert resolve_bank(str(path)) == bank
     assert "gaussian_smoothing: 0.5, 1" in bank.describe()
     with pytest.raises(TiledsegError, match="does not exist"):

@@ -317,8 +317,9 @@ def test_symmetric_eigenvalues_of_a_field_keep_its_shape():
     elements = [m[..., i, j] for i, j in pairs(3)]
     got = symmetric_eigenvalues(elements, 3)
     assert [g.shape for g in got] == [(6, 6)] * 3
-    assert_allclose(np.stack(got), np.moveaxis(np.linalg.eigvalsh(m)[..., ::-1], -1, 0),
-                    rtol=1e-5, atol=1e-5)
+    assert_allclose(
+        np.stack(got), np.moveaxis(np.linalg.eigvalsh(m)[..., ::-1], -1, 0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_symmetric_eigenvalues_refuse_other_dimensions():
@@ -346,8 +347,11 @@ def test_all_families_together_equal_each_family_alone():
     """Shared derivative passes must not change any family's values."""
     image = make_image(3, seed=10)
     families = [
-        "gaussian_smoothing", "laplacian_of_gaussian", "gaussian_gradient_magnitude",
-        "difference_of_gaussians", "structure_tensor_eigenvalues",
+        "gaussian_smoothing",
+        "laplacian_of_gaussian",
+        "gaussian_gradient_magnitude",
+        "difference_of_gaussians",
+        "structure_tensor_eigenvalues",
         "hessian_of_gaussian_eigenvalues",
     ]
     together = whole(image, FeatureBank({f: [1.0, 1.6] for f in families}))

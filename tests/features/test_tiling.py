@@ -1,4 +1,4 @@
-"""Tiling changes nothing: features cut into uneven haloed blocks equal the untiled ones, bit for bit.
+"""Tiling changes nothing: features of uneven haloed blocks equal the untiled ones, bit for bit.
 
 Shapes, blocks, banks, spacings, channel counts and dtypes are drawn by the strategies
 shipped in :mod:`tiledseg.testing.strategies`; every drawn block is one the block
@@ -21,12 +21,16 @@ from tiledseg.features import FAMILIES, FeatureBank, block_features
 from tiledseg.testing import strategies as tst
 from tiledseg.testing.strategies import TilingCase
 
-ALL_FAMILIES = FeatureBank({f: [0.7, 1.0] for f in FAMILIES})  # halo 6 (structure tensor 1.0: 4 + 2)
+#: Every family; halo 6 (the structure tensor at 1.0: 4 + 2).
+ALL_FAMILIES = FeatureBank({f: [0.7, 1.0] for f in FAMILIES})
 
 
 def tiled(case: TilingCase, block) -> np.ndarray:
     return feature_array(
-        case.image(), features=case.bank, block=block, spacing=case.spacing,
+        case.image(),
+        features=case.bank,
+        block=block,
+        spacing=case.spacing,
         channel_axis=case.channel_axis,
     ).compute()
 
@@ -34,7 +38,10 @@ def tiled(case: TilingCase, block) -> np.ndarray:
 def check_case(case: TilingCase) -> None:
     image = case.image()
     arr = feature_array(
-        image, features=case.bank, block=case.block, spacing=case.spacing,
+        image,
+        features=case.bank,
+        block=case.block,
+        spacing=case.spacing,
         channel_axis=case.channel_axis,
     )
     # the chunks are the processing blocks (clipped to the volume)
@@ -44,13 +51,17 @@ def check_case(case: TilingCase) -> None:
     got = arr.compute()
     one_block = tiled(case, case.shape)
     assert got.dtype == np.float32
-    assert got.shape == (case.bank.n_features(ndim=len(case.shape), n_channels=case.n_channels),
-                         *case.shape)
+    assert got.shape == (
+        case.bank.n_features(ndim=len(case.shape), n_channels=case.n_channels),
+        *case.shape,
+    )
     assert_array_equal(got, one_block, strict=True)
     # and one block is the kernel on the whole array
     channels_first = image[np.newaxis] if case.n_channels == 1 else np.moveaxis(image, -1, 0)
     direct = block_features(
-        channels_first, bank=case.bank, inner=(slice(None),) * len(case.shape),
+        channels_first,
+        bank=case.bank,
+        inner=(slice(None),) * len(case.shape),
         spacing=case.spacing,
     )
     assert_array_equal(one_block, direct, strict=True)
@@ -86,7 +97,10 @@ def test_tiled_features_equal_untiled_3d(case):
 
 @given(
     case=tst.tiling_cases(
-        ndim=3, max_side=14, anisotropic=False, channels=False,
+        ndim=3,
+        max_side=14,
+        anisotropic=False,
+        channels=False,
         bank=st.just(FeatureBank({"structure_tensor_eigenvalues": [1.6]})),
     )
 )
@@ -99,11 +113,17 @@ def test_strategies_draw_uneven_blocks():
     """The drawn cases do exercise what the property tests claim (not only one-block cases)."""
     from hypothesis import find
 
-    find(tst.tiling_cases(ndim=2),
-         lambda c: any(n % b for n, b in zip(c.shape, c.block, strict=True) if b < n)
-         and any(b >= n for n, b in zip(c.shape, c.block, strict=True)))
-    find(tst.tiling_cases(ndim=3),
-         lambda c: all(b < n and n % b for n, b in zip(c.shape, c.block, strict=True)))
+    find(
+        tst.tiling_cases(ndim=2),
+        lambda c: (
+            any(n % b for n, b in zip(c.shape, c.block, strict=True) if b < n)
+            and any(b >= n for n, b in zip(c.shape, c.block, strict=True))
+        ),
+    )
+    find(
+        tst.tiling_cases(ndim=3),
+        lambda c: all(b < n and n % b for n, b in zip(c.shape, c.block, strict=True)),
+    )
 
 
 def test_block_smaller_than_halo_is_refused():
@@ -120,13 +140,16 @@ def test_features_of_a_chunked_store_are_independent_of_its_chunks(tmp_path):
     """Store chunks (5 x 7) that match neither the blocks nor the halo change nothing."""
     rng = np.random.default_rng(11)
     data = rng.integers(0, 256, size=(33, 29), dtype=np.uint8)
-    z = zarr.create_array(str(tmp_path / "img.zarr"), shape=data.shape, chunks=(5, 7),
-                          dtype=data.dtype)
+    z = zarr.create_array(
+        str(tmp_path / "img.zarr"), shape=data.shape, chunks=(5, 7), dtype=data.dtype
+    )
     z[...] = data
-    from_store = feature_array(str(tmp_path / "img.zarr"), features=ALL_FAMILIES,
-                               block=(9, 11)).compute()
-    from_dask = feature_array(da.from_array(data, chunks=(4, 30)), features=ALL_FAMILIES,
-                              block=(33, 29)).compute()
+    from_store = feature_array(
+        str(tmp_path / "img.zarr"), features=ALL_FAMILIES, block=(9, 11)
+    ).compute()
+    from_dask = feature_array(
+        da.from_array(data, chunks=(4, 30)), features=ALL_FAMILIES, block=(33, 29)
+    ).compute()
     assert_array_equal(from_store, from_dask)
 
 

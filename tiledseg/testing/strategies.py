@@ -75,9 +75,7 @@ def banks(
 ) -> FeatureBank:
     """A small random bank: 1 to ``max_families`` families, each at 1 to ``max_scales`` scales."""
     chosen = draw(
-        st.lists(
-            st.sampled_from(tuple(families)), min_size=1, max_size=max_families, unique=True
-        )
+        st.lists(st.sampled_from(tuple(families)), min_size=1, max_size=max_families, unique=True)
     )
     scale_lists = st.lists(
         st.sampled_from(tuple(scales)), min_size=1, max_size=max_scales, unique=True
