@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tiledseg tests benchmarks examples
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet "scikit-image>=0.24"
