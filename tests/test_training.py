@@ -321,3 +321,31 @@ def test_3d_model_learns_the_phantom(model3d, phantom3d, small_bank):
     """The session's 3D model (threads) classifies its phantom well."""
     assert model3d.ndim == 3
     assert _accuracy(model3d, phantom3d, small_bank) > 0.75
+
+
+@pytest.mark.parametrize("block", [(9, 40, 40), (30, 17, 23)])
+def test_training_table_is_the_features_of_the_labelled_voxels(tmp_path, block):
+    """Blocks shrink to the bounding box of their scribbles: the features must not change."""
+    from tiledseg.blocks import resolve_block
+    from tiledseg.cluster import open_executor
+    from tiledseg.training import training_table
+
+    rng = np.random.default_rng(7)
+    image = rng.normal(size=(30, 40, 40)).astype(np.float32)
+    scribbles = np.zeros(image.shape, dtype=np.uint8)
+    scribbles[12, 5:30, 8] = 1  # a stroke on one slice
+    scribbles[20:23, 33, 30:37] = 2
+    bank = ts.resolve_bank({"gaussian_smoothing": [1.0], "structure_tensor_eigenvalues": [1.5]})
+    volume, labels = ts.open_volume(image), ts.open_volume(scribbles)
+    shape = resolve_block(block, shape=volume.shape, halo=bank.halo(volume.spacing))
+    with open_executor(quiet=True) as executor:
+        table = training_table(
+            volume, labels, bank=bank, block=shape, executor=executor, cache_dir=None
+        )
+    whole = ts.feature_array(image, features=bank, block=max(image.shape)).compute()
+    expected = {}
+    for index in zip(*np.nonzero(scribbles), strict=True):
+        expected[whole[(slice(None), *index)].tobytes()] = scribbles[index]
+    assert len(table.y) == np.count_nonzero(scribbles)
+    for row, value in zip(table.X, table.y, strict=True):
+        assert expected[row.tobytes()] == value

@@ -4,7 +4,14 @@ Exact tiled filter-bank features, XGBoost or random forest trained on scribbles,
 blockwise prediction into OME-Zarr, on threads or a dask cluster.
 """
 
-from tiledseg.errors import TiledsegError
+import os
+
+# XGBoost's OpenMP threads spin while they wait: on a shared node a 2-thread fit
+# took 25-90x longer than with passive waiting (benchmarks/RESULTS.md). Set before
+# xgboost is imported; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from tiledseg.errors import TiledsegError  # noqa: E402
 from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.tiled import feature_array

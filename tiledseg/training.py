@@ -85,12 +85,29 @@ class _Scan:
     digest: str
 
 
-def _scan_block(args: tuple[Volume, Volume, Block]) -> _Scan | None:
-    image, labels, block = args
+def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...]]) -> _Scan | None:
+    """Find a block's labelled voxels, and shrink the block to their bounding box.
+
+    Features do not depend on the tiling, so the box (with its own halo) gives the
+    labelled voxels the same features as the whole block would, at a fraction of
+    the cost when scribbles are strokes on a few slices.
+    """
+    image, labels, block, halo = args
     lab = read_labels(labels, block.region)
-    flat = np.flatnonzero(lab)
-    if flat.size == 0:
+    where = np.nonzero(lab)
+    if where[0].size == 0:
         return None
+    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
+    region = tuple(
+        slice(r.start + b.start, r.start + b.stop) for r, b in zip(block.region, box, strict=True)
+    )
+    read = tuple(
+        slice(max(0, s.start - h), min(n, s.stop + h))
+        for s, h, n in zip(region, halo, image.shape, strict=True)
+    )
+    block = Block(block.index, region, read)
+    lab = lab[box]
+    flat = np.flatnonzero(lab)
     values = lab.reshape(-1)[flat]
     digest = hashlib.sha256(str(image.dtype).encode())
     digest.update(np.ascontiguousarray(read_finite(image, block.read)).tobytes())
@@ -119,7 +136,9 @@ def training_table(
     blocks = plan_blocks(image.shape, block, halo)
     scans = [
         s
-        for s in executor.map(_scan_block, [(image, labels, b) for b in blocks], desc="labels")
+        for s in executor.map(
+            _scan_block, [(image, labels, b, halo) for b in blocks], desc="labels"
+        )
         if s is not None
     ]
     if not scans:
