@@ -293,7 +293,8 @@ def make_phantom_files(params: Mapping[str, Any]) -> dict[str, Any]:
     Parameters
     ----------
     params : mapping
-        ``shape`` (list of int), ``seed`` (int), ``out`` (folder), ``format``
+        ``shape`` (list of int), ``seed`` (int), ``scribbles`` (``"balls"`` or
+        ``"strokes"``, see ``make_phantom``), ``out`` (folder), ``format``
         (``"npy"`` or ``"zarr"``), ``chunks`` (int, zarr only) and ``arrays``
         (which of ``"image"``, ``"truth"``, ``"scribbles"`` to write; default all).
 
@@ -307,7 +308,11 @@ def make_phantom_files(params: Mapping[str, Any]) -> dict[str, Any]:
     from tiledseg.testing import make_phantom
 
     started = time.perf_counter()
-    phantom = make_phantom(tuple(params["shape"]), seed=int(params["seed"]))
+    phantom = make_phantom(
+        tuple(params["shape"]),
+        seed=int(params["seed"]),
+        scribbles=params.get("scribbles", "balls"),
+    )
     made = time.perf_counter() - started
     out = Path(params["out"])
     out.mkdir(parents=True, exist_ok=True)

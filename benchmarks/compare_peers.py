@@ -269,6 +269,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--shape", type=int, default=256,
                         help="side of the cubic 3D phantom (default 256; e.g. 64, 192)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and classifier seed")
+    parser.add_argument(
+        "--scribbles",
+        choices=["balls", "strokes"],
+        default="strokes",
+        help="strokes on 8 z-slices, as painted in a slice viewer (default), or small "
+        "balls spread through the whole volume",
+    )
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS),
                         help="which peers to run (default: all)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -342,7 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"making phantom {'x'.join(map(str, shape))} (seed {args.seed}) ...", flush=True)
     made = _bench.run_child(
         script, "phantom",
-        {"shape": shape, "seed": args.seed, "out": str(workdir / "data"), "format": "npy"},
+        {
+            "shape": shape,
+            "seed": args.seed,
+            "scribbles": args.scribbles,
+            "out": str(workdir / "data"),
+            "format": "npy",
+        },
         workdir=workdir, timeout=args.timeout,
     )
     if not made.ok:
@@ -400,7 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             failures[peer] = outcome.reason
             print(f"  {peer} could not run: {outcome.reason}", flush=True)
 
-    title = f"{'x'.join(map(str, shape))} phantom, seed {args.seed}, {machine['cores']} cores"
+    title = (
+        f"{'x'.join(map(str, shape))} phantom, {args.scribbles} scribbles, seed {args.seed}, "
+        f"{machine['cores']} cores"
+    )
     print()
     print(f"## Peers on the same {title}")
     print()

@@ -85,35 +85,66 @@ class _Scan:
     digest: str
 
 
-def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...]]) -> _Scan | None:
-    """Find a block's labelled voxels, and shrink the block to their bounding box.
+def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]:
+    """Group labelled voxels into boxes whose haloed extents do not overlap.
 
-    Features do not depend on the tiling, so the box (with its own halo) gives the
+    A group is cut at its widest gap along any axis while that gap exceeds twice
+    the halo there: beyond that, one box around both parts filters voxels that
+    neither part needs. Returns index arrays into ``coords`` (order preserved).
+    """
+    done, todo = [], [np.arange(len(coords))]
+    while todo:
+        idx = todo.pop()
+        best = None
+        for axis, h in enumerate(halo):
+            values = np.unique(coords[idx, axis])
+            if len(values) < 2:
+                continue
+            gaps = np.diff(values)
+            k = int(gaps.argmax())
+            if gaps[k] > 2 * h and (best is None or gaps[k] > best[0]):
+                best = (gaps[k], axis, values[k])
+        if best is None:
+            done.append(idx)
+            continue
+        _, axis, cut = best
+        below = coords[idx, axis] <= cut
+        todo += [idx[~below], idx[below]]
+    return done
+
+
+def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...]]) -> list[_Scan]:
+    """Find a block's labelled voxels and the boxes around them that training filters.
+
+    Features do not depend on the tiling, so a box (with its own halo) gives its
     labelled voxels the same features as the whole block would, at a fraction of
     the cost when scribbles are strokes on a few slices.
     """
     image, labels, block, halo = args
     lab = read_labels(labels, block.region)
-    where = np.nonzero(lab)
-    if where[0].size == 0:
-        return None
-    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
-    region = tuple(
-        slice(r.start + b.start, r.start + b.stop) for r, b in zip(block.region, box, strict=True)
-    )
-    read = tuple(
-        slice(max(0, s.start - h), min(n, s.stop + h))
-        for s, h, n in zip(region, halo, image.shape, strict=True)
-    )
-    block = Block(block.index, region, read)
-    lab = lab[box]
-    flat = np.flatnonzero(lab)
-    values = lab.reshape(-1)[flat]
-    digest = hashlib.sha256(str(image.dtype).encode())
-    digest.update(np.ascontiguousarray(read_finite(image, block.read)).tobytes())
-    digest.update(flat.astype(np.int64).tobytes())
-    digest.update(values.astype(np.int64).tobytes())
-    return _Scan(block, flat, values, digest.hexdigest())
+    coords = np.argwhere(lab)
+    if len(coords) == 0:
+        return []
+    scans = []
+    for idx in _scribble_boxes(coords, halo):
+        local = coords[idx]
+        lo, hi = local.min(axis=0), local.max(axis=0) + 1
+        region = tuple(
+            slice(r.start + int(a), r.start + int(b))
+            for r, a, b in zip(block.region, lo, hi, strict=True)
+        )
+        read = tuple(
+            slice(max(0, s.start - h), min(n, s.stop + h))
+            for s, h, n in zip(region, halo, image.shape, strict=True)
+        )
+        flat = np.ravel_multi_index(tuple((local - lo).T), tuple(hi - lo))
+        values = lab[tuple(local.T)]
+        digest = hashlib.sha256(str(image.dtype).encode())
+        digest.update(np.ascontiguousarray(read_finite(image, read)).tobytes())
+        digest.update(flat.astype(np.int64).tobytes())
+        digest.update(values.astype(np.int64).tobytes())
+        scans.append(_Scan(Block(block.index, region, read), flat, values, digest.hexdigest()))
+    return scans
 
 
 def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...]]) -> np.ndarray:
@@ -134,13 +165,8 @@ def training_table(
     """Build (or fetch from the cache) the features of every labelled voxel."""
     halo = bank.halo(image.spacing)
     blocks = plan_blocks(image.shape, block, halo)
-    scans = [
-        s
-        for s in executor.map(
-            _scan_block, [(image, labels, b, halo) for b in blocks], desc="labels"
-        )
-        if s is not None
-    ]
+    found = executor.map(_scan_block, [(image, labels, b, halo) for b in blocks], desc="labels")
+    scans = [s for block_scans in found for s in block_scans]
     if not scans:
         raise InputDataError(
             f"labels {labels.name} hold no labelled voxel (all 0); paint scribbles of at "

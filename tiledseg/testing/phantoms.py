@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -34,6 +35,8 @@ def make_phantom(
     feature_size: float = 10.0,
     noise: float = 0.5,
     scribble_fraction: float = 0.0015,
+    scribbles: Literal["balls", "strokes"] = "balls",
+    stroke_slices: int = 8,
     seed: int = 0,
 ) -> Phantom:
     """Make a 2D or 3D phantom.
@@ -50,8 +53,13 @@ def make_phantom(
     noise : float
         Standard deviation of the added noise, in units of the step between phase means.
     scribble_fraction : float
-        Fraction of voxels labelled, spread over every class in small balls well
-        inside their phase.
+        Fraction of voxels labelled, the same for every class, well inside its phase.
+    scribbles : {"balls", "strokes"}
+        ``"balls"``: small balls spread through the whole volume. ``"strokes"``:
+        straight strokes along x on ``stroke_slices`` evenly spaced z-slices, as a
+        user paints in a slice viewer (3D only; 2D images get strokes on the image).
+    stroke_slices : int
+        Number of z-slices holding strokes.
     seed : int
         Seed of every random draw.
 
@@ -80,8 +88,40 @@ def make_phantom(
         value += np.where(truth == n_classes, texture, 0.0)
     value += rng.standard_normal(shape, dtype=np.float32) * noise
     image = np.clip(40.0 + 45.0 * value, 0, 255).astype(np.uint8)
-    scribbles = _scribbles(truth, n_classes, scribble_fraction, rng)
-    return Phantom(image=image, truth=truth, scribbles=scribbles)
+    if scribbles == "balls":
+        labels = _scribbles(truth, n_classes, scribble_fraction, rng)
+    elif scribbles == "strokes":
+        labels = _strokes(truth, n_classes, scribble_fraction, stroke_slices, rng)
+    else:
+        raise ValueError(f"scribbles must be 'balls' or 'strokes', got {scribbles!r}")
+    return Phantom(image=image, truth=truth, scribbles=labels)
+
+
+def _strokes(truth, n_classes, fraction, n_slices, rng, length: int = 24) -> np.ndarray:
+    planes = truth[np.newaxis] if truth.ndim == 2 else truth
+    if truth.ndim == 3:
+        chosen = np.linspace(0, truth.shape[0] - 1, min(n_slices, truth.shape[0]) + 2)[1:-1]
+        chosen = np.unique(chosen.round().astype(int))
+    else:
+        chosen = np.array([0])
+    labels = np.zeros_like(planes)
+    per_class = max(1, int(fraction * truth.size / n_classes))
+    per_slice = max(1, per_class // len(chosen))
+    cross = ndi.generate_binary_structure(2, 1)
+    for z in chosen:
+        for k in range(1, n_classes + 1):
+            inside = ndi.binary_erosion(planes[z] == k, cross, iterations=2)
+            ys, xs = np.nonzero(inside)
+            painted = 0
+            for i in rng.permutation(len(ys)):
+                if painted >= per_slice:
+                    break
+                y, x = ys[i], xs[i]
+                run = inside[y, x : x + length]
+                stop = int(np.argmin(run)) if not run.all() else len(run)
+                labels[z, y, x : x + stop] = k
+                painted += stop
+    return labels[0] if truth.ndim == 2 else labels
 
 
 def _scribbles(truth: np.ndarray, n_classes: int, fraction: float, rng) -> np.ndarray:
