@@ -65,8 +65,8 @@ def test_sizes_are_clipped_to_the_shape_and_parsed():
 
 
 def test_default_block_is_enlarged_to_the_halo():
-    assert resolve_block(None, shape=(5000, 5000), halo=(6, 6)) == (DEFAULT_BLOCK[2],) * 2
-    assert resolve_block(None, shape=(500, 500, 500), halo=(6, 6, 6)) == (DEFAULT_BLOCK[3],) * 3
+    assert resolve_block(None, shape=(5000, 5000), halo=(6, 6)) == DEFAULT_BLOCK[2]
+    assert resolve_block(None, shape=(500, 500, 500), halo=(6, 6, 6)) == DEFAULT_BLOCK[3]
     assert resolve_block(None, shape=(500, 500, 500), halo=(200, 6, 150)) == (200, 128, 150)
     assert resolve_block(None, shape=(3000, 3000), halo=(1500, 10)) == (1500, 1024)
     # but never beyond the volume

@@ -20,10 +20,11 @@ __all__ = ["DEFAULT_BLOCK", "Block", "plan_blocks", "resolve_block"]
 
 Region = tuple[slice, ...]
 
-#: Default block edge per dimensionality: large enough that a halo of ~10-20
-#: voxels costs little, small enough that a block's features (~20 x 4 bytes per
-#: voxel) stay near 200 MB per thread.
-DEFAULT_BLOCK = {2: 1024, 3: 128}
+#: Default block shape per dimensionality: about a million voxels, so a block's
+#: features (~20 x 4 bytes per voxel) stay near 80 MB per thread. At 256^3, blocks of
+#: 64 x 128 x 128 predicted as fast as 128^3 (the first pass, along z, is the only
+#: one that sees the z halo) with half the memory (benchmarks/RESULTS.md).
+DEFAULT_BLOCK = {2: (1024, 1024), 3: (64, 128, 128)}
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,10 @@ def resolve_block(
     """
     ndim = len(shape)
     if block is None:
-        edge = DEFAULT_BLOCK[ndim]
-        sizes = [min(n, max(edge, h)) for n, h in zip(shape, halo, strict=True)]
+        sizes = [
+            min(n, max(edge, h))
+            for n, edge, h in zip(shape, DEFAULT_BLOCK[ndim], halo, strict=True)
+        ]
         while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < min_blocks:
             axis = max(range(ndim), key=lambda a: sizes[a])
             smaller = -(-sizes[axis] // 2)

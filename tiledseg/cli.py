@@ -30,7 +30,7 @@ def _block_option(f):
         "--block",
         default=None,
         metavar="N|Z,Y,X",
-        help="Processing block edge(s) in voxels (default 128 in 3D, 1024 in 2D).",
+        help="Processing block edge(s) in voxels (default 64,128,128 in 3D, 1024 in 2D).",
     )(f)
 
 
