@@ -34,6 +34,12 @@ def _block_option(f):
     )(f)
 
 
+def _channel_axis_option(f):
+    return click.option(
+        "--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels."
+    )(f)
+
+
 def _workers_option(f):
     return click.option(
         "--workers",
@@ -65,7 +71,7 @@ def cli(debug: bool) -> None:
 @click.option(
     "--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata)."
 )
-@click.option("--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels.")
+@_channel_axis_option
 @_block_option
 @_workers_option
 @click.option("--no-cache", is_flag=True, help="Do not read or write the training-table cache.")
@@ -170,7 +176,7 @@ def _print_training(model, model_path) -> None:
 @click.option(
     "--roi", default=None, metavar="SLICES", help="Only the blocks meeting e.g. '0:64,:,100:200'."
 )
-@click.option("--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels.")
+@_channel_axis_option
 @_block_option
 @_workers_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")

@@ -10,10 +10,10 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from tiledseg.errors import TiledsegError
+from tiledseg.yamlfile import read_yaml
 
 __all__ = ["SegmentConfig", "load_config"]
 
@@ -63,12 +63,7 @@ class SegmentConfig(BaseModel):
 def load_config(path: str | Path) -> SegmentConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
-    if not path.is_file():
-        raise TiledsegError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TiledsegError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    data = read_yaml(path, what="config file")
     if not isinstance(data, dict):
         raise TiledsegError(f"config file {str(path)!r} must hold a mapping of keys")
     try:

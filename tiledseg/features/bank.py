@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from tiledseg.errors import TiledsegError
+from tiledseg.yamlfile import read_yaml
 
 __all__ = [
     "DOG_RATIO",
@@ -188,15 +189,7 @@ class FeatureBank:
     @classmethod
     def from_yaml(cls, path: str | Path) -> FeatureBank:
         """Read a bank from a YAML file holding ``family: [scales]`` lines."""
-        path = Path(path)
-        if not path.is_file():
-            raise TiledsegError(f"feature bank file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise TiledsegError(
-                f"feature bank file {str(path)!r} is not valid YAML: {exc}"
-            ) from None
+        data = read_yaml(path, what="feature bank file")
         return cls.from_dict(data or {})
 
     def describe(self) -> str:
