@@ -89,5 +89,16 @@ def test_evaluate_reads_files_and_tiledseg_outputs(tmp_path, phantom2d, model2d)
 def test_evaluate_errors():
     with pytest.raises(InputDataError, match="must match"):
         ts.evaluate(np.ones((4, 4), dtype=np.uint8), np.ones((4, 5), dtype=np.uint8))
-    with pytest.raises(InputDataError, match="no labelled voxel"):
+    with pytest.raises(InputDataError, match="no voxel to score"):
         ts.evaluate(np.ones((4, 4), dtype=np.uint8), np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_unpredicted_voxels_are_not_scored():
+    """After --roi, voxels outside the predicted blocks are 0: not a class, not scored."""
+    truth = np.array([[1, 1, 2, 2], [1, 0, 2, 2]], dtype=np.uint8)
+    pred = np.array([[1, 2, 0, 0], [1, 1, 0, 2]], dtype=np.uint8)
+    s = ts.evaluate(pred, truth)
+    assert s["unpredicted_voxels"] == 3
+    assert s["scored_voxels"] == 4
+    assert s["classes"] == [1, 2]
+    assert s["accuracy"] == pytest.approx(3 / 4)

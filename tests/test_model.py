@@ -242,3 +242,63 @@ def test_a_newer_format_version_is_refused(tmp_path, good_bytes):
 
 def test_model_errors_are_tiledseg_errors():
     assert issubclass(ModelFileError, ts.TiledsegError)
+
+
+def test_a_payload_naming_a_builtin_function_is_refused(tmp_path, monkeypatch):
+    """skops would call builtins.eval with arguments from the file: refuse by exact type name."""
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tiledseg.classifiers import SklearnClassifier
+    from tiledseg.errors import ModelFileError, TiledsegError
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)).astype(np.float32), np.arange(60) % 2
+    forest = SklearnClassifier(RandomForestClassifier(n_estimators=3, random_state=0))
+    forest.fit(X, y, n_threads=1)
+    model = ts.Model(
+        classifier=forest,
+        classes=np.array([1, 2]),
+        bank=ts.resolve_bank("minimal"),
+        ndim=2,
+        n_channels=1,
+        spacing=(1.0, 1.0),
+    )
+    evil = sio.dumps(FunctionTransformer(func=eval))
+    assert "builtins.eval" in sio.get_untrusted_types(data=evil)
+    monkeypatch.setattr(SklearnClassifier, "to_bytes", lambda self: evil)
+    path = model.save(tmp_path / "evil.tseg")  # checksums are right: only the types give it away
+    with pytest.raises(ModelFileError, match="builtins.eval"):
+        ts.load_model(path)
+    monkeypatch.undo()
+    # and such an estimator is refused when saving, so no unloadable model is ever written
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    pipeline = make_pipeline(FunctionTransformer(func=abs), LogisticRegression())
+    pipeline.fit(X, y)
+    with pytest.raises(TiledsegError, match="builtins.abs"):
+        SklearnClassifier(pipeline).to_bytes()
+
+
+def test_a_pipeline_trains_and_round_trips(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tiledseg.testing import make_phantom
+
+    phantom = make_phantom((48, 48), n_classes=2, seed=0)
+    model = ts.train(
+        phantom.image,
+        phantom.scribbles,
+        features="minimal",
+        classifier=make_pipeline(StandardScaler(), LogisticRegression()),
+        cache_dir=None,
+    )
+    assert model.classifier.name == "Pipeline"
+    path = model.save(tmp_path / "pipe.tseg")
+    loaded = ts.load_model(path)
+    X = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict_proba(X), loaded.predict_proba(X))

@@ -321,3 +321,38 @@ def test_parse_region():
     for bad in ("1:2", "1:2,3", "a:b,1:2", "5:5,1:2", "1:2:3,1:2"):
         with pytest.raises(TiledsegError, match="region"):
             parse_region(bad, (10, 10))
+
+
+def _ome_group(path, data, axes):
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": axes,
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [1.0] * data.ndim}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    group.create_array("0", shape=data.shape, dtype=data.dtype)[...] = data
+    return path
+
+
+def test_a_single_time_point_is_dropped_and_a_time_series_refused(tmp_path):
+    data = np.arange(2 * 6 * 7, dtype=np.uint8).reshape(1, 2, 6, 7)
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    vol = open_volume(str(_ome_group(tmp_path / "one.zarr", data, axes)))
+    assert (vol.shape, vol.n_channels, vol.channel_axis) == ((6, 7), 2, 0)
+    np.testing.assert_array_equal(vol.read((slice(0, 6), slice(2, 5))), data[0, :, :, 2:5])
+    series = np.zeros((3, 6, 7), dtype=np.uint8)
+    axes = [{"name": "t"}, {"name": "y"}, {"name": "x"}]  # kinds from the names
+    with pytest.raises(InputDataError, match="time axis of 3 points"):
+        open_volume(str(_ome_group(tmp_path / "series.zarr", series, axes)))

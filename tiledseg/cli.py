@@ -320,6 +320,11 @@ def _print_scores(scores: dict[str, Any], *, as_json: bool) -> None:
         f"accuracy {scores['accuracy']:.4f}, mean IoU {scores['mean_iou']:.4f} "
         f"over {scores['scored_voxels']:,} voxels"
     )
+    if scores.get("unpredicted_voxels"):
+        click.echo(
+            f"  ({scores['unpredicted_voxels']:,} labelled voxels were not predicted and are "
+            "not scored)"
+        )
     for value, iou in scores["iou"].items():
         click.echo(f"  class {value}: IoU {iou:.4f}")
     classes = scores["classes"]

@@ -104,6 +104,32 @@ class _LazySource:
             pass
 
 
+class _OneTimePoint:
+    """A source seen without its single-point time axis (OME's t of size 1)."""
+
+    def __init__(self, source: Any, axis: int):
+        self.source, self.axis = source, axis
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.source.shape)
+        del shape[self.axis]
+        return tuple(shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    @property
+    def array(self) -> Any:
+        return getattr(self.source, "array", self.source)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = list(index) if isinstance(index, tuple) else [index]
+        index.insert(self.axis, 0)
+        return np.asarray(self.source[tuple(index)])
+
+
 @dataclass
 class Volume:
     """A 2D or 3D image, optionally with a channel axis, read region by region.
@@ -299,6 +325,16 @@ def open_volume(
         if not (hasattr(source, "shape") and hasattr(source, "dtype")):
             source = np.asarray(source)
     _check_dtype(np.dtype(source.dtype), name, role)
+    time_axis = meta.get("time_axis")
+    if time_axis is not None:
+        if source.shape[time_axis] != 1:
+            raise InputDataError(
+                f"{role} {name} has a time axis of {source.shape[time_axis]} points (OME axes "
+                "metadata); tiledseg segments one time point: write it to its own array"
+            )
+        source = _OneTimePoint(source, time_axis)
+        if meta.get("channel_axis") is not None and meta["channel_axis"] > time_axis:
+            meta["channel_axis"] -= 1
     shape = tuple(source.shape)
     if channel_axis is None:
         channel_axis = meta.get("channel_axis")
@@ -443,7 +479,8 @@ def _ome_meta(ms: dict, level: int, attrs: dict) -> dict:
     meta: dict[str, Any] = {"attrs": attrs}
     if not axes or not isinstance(axes[0], dict):
         return meta
-    kinds = [a.get("type", "space" if a.get("name") in "zyx" else "") for a in axes]
+    default_kind = {"z": "space", "y": "space", "x": "space", "c": "channel", "t": "time"}
+    kinds = [a.get("type") or default_kind.get(str(a.get("name")), "") for a in axes]
     if "channel" in kinds:
         meta["channel_axis"] = kinds.index("channel")
     if "time" in kinds:
