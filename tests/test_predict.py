@@ -412,3 +412,40 @@ def test_concurrent_predictions_share_one_booster():
             results = list(pool.map(lambda _, c=clf: c.predict_proba(X, n_threads=1), range(300)))
         for proba in results:
             assert_array_equal(proba, expected)
+
+
+def test_an_image_with_other_spacing_in_its_metadata_is_refused(tmp_path, phantom2d, model2d):
+    from tiledseg.demo import write_ome_zarr
+    from tiledseg.errors import InputDataError
+
+    write_ome_zarr(tmp_path / "img.zarr", phantom2d.image, spacing=(3.0, 1.0), chunks=(32, 32))
+    with pytest.raises(InputDataError, match="retrain with this image's spacing"):
+        ts.predict(str(tmp_path / "img.zarr"), model2d, out=tmp_path / "out.zarr")
+    assert not (tmp_path / "out.zarr").exists()
+    # the same spacing up to a common factor (other units) is the same features
+    write_ome_zarr(tmp_path / "same.zarr", phantom2d.image, spacing=(0.5, 0.5), chunks=(32, 32))
+    ts.predict(str(tmp_path / "same.zarr"), model2d, out=tmp_path / "ok.zarr")
+
+
+@pytest.mark.slow
+def test_predict_on_a_running_scheduler(tmp_path, phantom2d, model2d):
+    """scheduler= joins an existing dask cluster; the labels equal the threaded run's."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        ts.predict(
+            phantom2d.image, model2d, out=tmp_path / "a.zarr", scheduler=cluster.scheduler_address
+        )
+    ts.predict(phantom2d.image, model2d, out=tmp_path / "b.zarr")
+    assert_array_equal(
+        zarr.open_array(str(tmp_path / "a.zarr/labels/0"))[...],
+        zarr.open_array(str(tmp_path / "b.zarr/labels/0"))[...],
+    )

@@ -349,3 +349,8 @@ def test_training_table_is_the_features_of_the_labelled_voxels(tmp_path, block):
     assert len(table.y) == np.count_nonzero(scribbles)
     for row, value in zip(table.X, table.y, strict=True):
         assert expected[row.tobytes()] == value
+
+
+def test_the_image_given_as_labels_is_refused(phantom2d, small_bank):
+    with pytest.raises(InputDataError, match="is it the image"):
+        ts.train(phantom2d.image, phantom2d.image, features=small_bank, cache_dir=None)

@@ -160,7 +160,7 @@ def _print_training(model, model_path) -> None:
     if "rounds" in s:
         line += f", {s['rounds']} rounds"
     if "held_out_accuracy" in s:
-        line += f", held-out accuracy {s['held_out_accuracy']:.3f}"
+        line += f", accuracy on held-out scribble voxels {s['held_out_accuracy']:.3f}"
     if s.get("table_from_cache"):
         line += " (training table from cache)"
     click.echo(line + f", {s['seconds']:.1f} s")

@@ -1,4 +1,4 @@
-"""The run configuration: a strict pydantic model, YAML in, JSON out.
+"""The run configuration: a strict pydantic model read from YAML.
 
 ``tiledseg segment CONFIG.yaml`` reads one of these; a typo in a key is an
 error naming the key. Relative paths are taken relative to the config file.

@@ -106,7 +106,7 @@ def run_demo(
     model.save(out / "model.tseg")
     echo(
         f"trained xgboost on {model.summary['n_features']} features: "
-        f"{model.summary['rounds']} rounds, held-out accuracy "
+        f"{model.summary['rounds']} rounds, accuracy on held-out scribble voxels "
         f"{model.summary.get('held_out_accuracy', float('nan')):.3f}, {train_s:.1f} s"
     )
     result = tiledseg.predict(

@@ -19,6 +19,7 @@ import numpy as np
 from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.cluster import Executor, available_cores, open_executor
 from tiledseg.errors import InputDataError
+from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model
 from tiledseg.runs import create_output, mark_complete, prepare_output
@@ -232,6 +233,15 @@ def _open_for_model(image: Any, model: Model, channel_axis: int | None) -> Volum
             f"image {volume.name} has {volume.n_channels} channel(s) but the model was trained "
             f"on {model.n_channels}; predict on images with the training image's channels"
         )
-    # features must be computed as in training: the model carries the spacing
+    # features must be computed as in training: the model carries the spacing, and an
+    # image whose metadata says otherwise would get features at the wrong scale
+    if volume.spacing_from_metadata and not np.allclose(
+        relative_spacing(volume.spacing), relative_spacing(model.spacing), rtol=1e-3
+    ):
+        raise InputDataError(
+            f"image {volume.name} has spacing {list(volume.spacing)} in its metadata but the "
+            f"model was trained with spacing {list(model.spacing)}; its features would be at "
+            "other scales: retrain with this image's spacing"
+        )
     volume.spacing = tuple(model.spacing)
     return volume

@@ -33,6 +33,8 @@ from tiledseg.volume import Volume, open_volume
 __all__ = ["TrainingTable", "default_cache_dir", "read_labels", "train", "training_table"]
 
 _TABLE_VERSION = 1
+#: More classes than this is almost surely the image given as labels (255 grey values).
+_MAX_CLASSES = 100
 # the libraries whose versions can change feature values
 _FEATURE_LIBRARIES = ("tiledseg", "numpy", "scipy")
 
@@ -174,6 +176,11 @@ def training_table(
         )
     values = np.concatenate([s.values for s in scans])
     classes = np.unique(values)
+    if len(classes) > _MAX_CLASSES:
+        raise InputDataError(
+            f"labels {labels.name} hold {len(classes)} classes; scribbles have a few "
+            f"(at most {_MAX_CLASSES}): is it the image, or a dense label map, given as labels?"
+        )
     if len(classes) < 2:
         raise InputDataError(
             f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
