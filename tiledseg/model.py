@@ -8,10 +8,11 @@ File layout::
                                  training summary, payload size and SHA-256, header SHA-256
     payload                      XGBoost UBJSON, or a skops archive for scikit-learn
 
-Loading checks the magic, the sizes and both checksums before it parses the
-payload, refuses a pickle by its first byte without reading further, and
-loads a skops payload only if every type in it comes from an allowlist
-(scikit-learn, numpy, scipy.sparse and Python builtins/collections).
+Loading checks the magic (a pickle is recognised with pickletools, which executes
+nothing), the sizes and both checksums before it parses the payload, and
+loads a skops payload only if every type skops does not trust itself is on an
+exact allowlist (see ``tiledseg.classifiers``). The checksums catch corruption;
+they are not a signature.
 """
 
 from __future__ import annotations
