@@ -136,8 +136,13 @@ def _busy_cpu_seconds() -> float | None:
     except ImportError:
         return None
     t = psutil.cpu_times()
-    return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0)
-                 + getattr(t, "softirq", 0.0))
+    return float(
+        t.user
+        + t.system
+        + getattr(t, "nice", 0.0)
+        + getattr(t, "irq", 0.0)
+        + getattr(t, "softirq", 0.0)
+    )
 
 
 def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
@@ -185,8 +190,14 @@ def run_child(
     params_path.write_text(json.dumps(dict(params), indent=1))
     result_path.unlink(missing_ok=True)
     cmd = [
-        sys.executable, str(script), CHILD_FLAG, task,
-        "--params", str(params_path), "--result", str(result_path),
+        sys.executable,
+        str(script),
+        CHILD_FLAG,
+        task,
+        "--params",
+        str(params_path),
+        "--result",
+        str(result_path),
     ]
     load_before = os.getloadavg()[0]
     busy_before = _busy_cpu_seconds()
@@ -195,9 +206,7 @@ def run_child(
     code: int | None = None
     child_rusage = None
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         # os.wait4 gives the child's own CPU time, up to its exit (for the "others" estimate)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -237,8 +246,13 @@ def run_child(
     if busy_before is not None and busy_after is not None and child_cpu is not None and wall > 0:
         others = max(0.0, (busy_after - busy_before - float(child_cpu)) / wall)
     return ChildOutcome(
-        ok=not reason, result=result, reason=reason, wall_seconds=wall,
-        others_cores=others, loadavg=(load_before, load_after), log=log_path,
+        ok=not reason,
+        result=result,
+        reason=reason,
+        wall_seconds=wall,
+        others_cores=others,
+        loadavg=(load_before, load_after),
+        log=log_path,
     )
 
 
@@ -367,8 +381,17 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         memory_gib = available_gib = float("nan")
     versions = {}
-    for package in ("tiledseg", "numpy", "scipy", "scikit-image", "scikit-learn", "xgboost",
-                    "zarr", "dask", "ndtomo"):
+    for package in (
+        "tiledseg",
+        "numpy",
+        "scipy",
+        "scikit-image",
+        "scikit-learn",
+        "xgboost",
+        "zarr",
+        "dask",
+        "ndtomo",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -397,10 +420,18 @@ def _git_state() -> str | None:
         import tiledseg
 
         root = Path(tiledseg.__file__).resolve().parent.parent
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "tiledseg"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "tiledseg"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (ImportError, OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")

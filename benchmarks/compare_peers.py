@@ -70,9 +70,7 @@ def _score(prediction: Any, truth: Any) -> dict[str, Any]:
     return {"mean_iou": scores["mean_iou"], "accuracy": scores["accuracy"], "iou": scores["iou"]}
 
 
-def _finish(
-    result: dict[str, Any], *, started_cpu: float, base_rss: int
-) -> dict[str, Any]:
+def _finish(result: dict[str, Any], *, started_cpu: float, base_rss: int) -> dict[str, Any]:
     """Record peak memory and CPU of the timed part (call right after it)."""
     result["peak_rss_bytes"] = _bench.peak_rss_bytes()
     result["base_rss_bytes"] = base_rss
@@ -266,8 +264,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Time tiledseg, scikit-image and nDTomo on the same 3D phantom and scribbles, "
         "each peer in its own process (peak RSS per peer).",
     )
-    parser.add_argument("--shape", type=int, default=256,
-                        help="side of the cubic 3D phantom (default 256; e.g. 64, 192)")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        default=256,
+        help="side of the cubic 3D phantom (default 256; e.g. 64, 192)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="phantom and classifier seed")
     parser.add_argument(
         "--scribbles",
@@ -276,20 +278,39 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="strokes on 8 z-slices, as painted in a slice viewer (default), or small "
         "balls spread through the whole volume",
     )
-    parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS),
-                        help="which peers to run (default: all)")
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=PEERS,
+        default=list(PEERS),
+        help="which peers to run (default: all)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--ndtomo-slices", type=int, default=None,
-                        help="run nDTomo on this many evenly spaced slices only (default: every "
-                        "slice); its mIoU is then over those slices")
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds after which a peer's process is killed (default 3600)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the phantom, outputs and logs (default: a temporary one)")
+    parser.add_argument(
+        "--ndtomo-slices",
+        type=int,
+        default=None,
+        help="run nDTomo on this many evenly spaced slices only (default: every "
+        "slice); its mIoU is then over those slices",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds after which a peer's process is killed (default 3600)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder for the phantom, outputs and logs (default: a temporary one)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--no-memory-guard", action="store_true",
-                        help="run scikit-image even when its expected peak exceeds the memory "
-                        "available now")
+    parser.add_argument(
+        "--no-memory-guard",
+        action="store_true",
+        help="run scikit-image even when its expected peak exceeds the memory available now",
+    )
     args = parser.parse_args(argv)
     if args.shape < 16:
         parser.error("--shape must be at least 16")
@@ -340,15 +361,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     machine = _bench.machine_info()
     shape = [args.shape] * 3
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB "
-          f"({machine['available_gib_at_start']} GiB available), python {machine['python']}")
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB "
+        f"({machine['available_gib_at_start']} GiB available), python {machine['python']}"
+    )
     print(f"versions: {json.dumps(machine['versions'])}")
     if machine["omp_num_threads"]:
         print(f"warning: OMP_NUM_THREADS={machine['omp_num_threads']} caps XGBoost's threads")
     print(f"tiledseg checkout: {machine['tiledseg_git']}; work folder: {workdir}")
     print(f"making phantom {'x'.join(map(str, shape))} (seed {args.seed}) ...", flush=True)
     made = _bench.run_child(
-        script, "phantom",
+        script,
+        "phantom",
         {
             "shape": shape,
             "seed": args.seed,
@@ -356,15 +380,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "out": str(workdir / "data"),
             "format": "npy",
         },
-        workdir=workdir, timeout=args.timeout,
+        workdir=workdir,
+        timeout=args.timeout,
     )
     if not made.ok:
         print(f"could not make the phantom: {made.reason}", file=sys.stderr)
         return 1
     phantom = made.result
-    print(f"phantom: {phantom['voxels']:,} voxels, {phantom['labelled_voxels']:,} labelled "
-          f"({100 * phantom['labelled_voxels'] / phantom['voxels']:.3f}%), "
-          f"{phantom['classes']} classes, made in {phantom['make_seconds']:.1f} s")
+    print(
+        f"phantom: {phantom['voxels']:,} voxels, {phantom['labelled_voxels']:,} labelled "
+        f"({100 * phantom['labelled_voxels'] / phantom['voxels']:.3f}%), "
+        f"{phantom['classes']} classes, made in {phantom['make_seconds']:.1f} s"
+    )
 
     results: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
@@ -406,9 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[peer]["note"] = "2D, slice by slice"
             r = outcome.result
             others = outcome.others_cores
-            print(f"  {peer}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / _bench.GIB:.2f} "
-                  f"GiB, mIoU {r['mean_iou']:.3f}; other processes used "
-                  f"{_fmt(others, '.2f')} cores meanwhile", flush=True)
+            print(
+                f"  {peer}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / _bench.GIB:.2f} "
+                f"GiB, mIoU {r['mean_iou']:.3f}; other processes used "
+                f"{_fmt(others, '.2f')} cores meanwhile",
+                flush=True,
+            )
         else:
             failures[peer] = outcome.reason
             print(f"  {peer} could not run: {outcome.reason}", flush=True)
@@ -420,14 +450,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"## Peers on the same {title}")
     print()
-    headers = ["peer", "voxels", "seconds", "Mvox/s", "apply Mvox/s", "peak RSS GiB", "mIoU",
-               "CPU util", "note"]
+    headers = [
+        "peer",
+        "voxels",
+        "seconds",
+        "Mvox/s",
+        "apply Mvox/s",
+        "peak RSS GiB",
+        "mIoU",
+        "CPU util",
+        "note",
+    ]
     rows = [_row(p, results.get(p), failures.get(p, "")) for p in args.peers]
     print(_bench.format_table(headers, rows))
     print()
-    print("seconds: train + label every voxel; apply: label every voxel with a trained model "
-          "(tiledseg: predict; peers: features + classify); CPU util: CPU seconds / wall seconds "
-          "of the timed part.")
+    print(
+        "seconds: train + label every voxel; apply: label every voxel with a trained model "
+        "(tiledseg: predict; peers: features + classify); CPU util: CPU seconds / wall seconds "
+        "of the timed part."
+    )
     ratios = []
     base = results.get("tiledseg")
     if base is not None:
@@ -435,43 +476,71 @@ def main(argv: Sequence[str] | None = None) -> int:
             other = results.get(peer)
             if peer == "tiledseg" or other is None:
                 continue
-            ratios.append({
-                "peer": peer,
-                "throughput_ratio": other["seconds"] / base["seconds"]
-                * base["voxels"] / other["voxels"],
-                "apply_throughput_ratio": other["apply_seconds"] / base["apply_seconds"]
-                * base["voxels"] / other["voxels"],
-                "rss_ratio": base["peak_rss_bytes"] / other["peak_rss_bytes"],
-                "miou_difference": base["mean_iou"] - other["mean_iou"],
-            })
+            ratios.append(
+                {
+                    "peer": peer,
+                    "throughput_ratio": other["seconds"]
+                    / base["seconds"]
+                    * base["voxels"]
+                    / other["voxels"],
+                    "apply_throughput_ratio": other["apply_seconds"]
+                    / base["apply_seconds"]
+                    * base["voxels"]
+                    / other["voxels"],
+                    "rss_ratio": base["peak_rss_bytes"] / other["peak_rss_bytes"],
+                    "miou_difference": base["mean_iou"] - other["mean_iou"],
+                }
+            )
     if ratios:
         print()
         print("## tiledseg vs each peer")
         print()
-        print(_bench.format_table(
-            ["peer", "throughput x (>1: tiledseg faster)", "apply throughput x",
-             "peak RSS x (<1: tiledseg smaller)", "mIoU tiledseg - peer"],
-            [[r["peer"], f"{r['throughput_ratio']:.2f}", f"{r['apply_throughput_ratio']:.2f}",
-              f"{r['rss_ratio']:.2f}", f"{r['miou_difference']:+.3f}"] for r in ratios],
-        ))
+        print(
+            _bench.format_table(
+                [
+                    "peer",
+                    "throughput x (>1: tiledseg faster)",
+                    "apply throughput x",
+                    "peak RSS x (<1: tiledseg smaller)",
+                    "mIoU tiledseg - peer",
+                ],
+                [
+                    [
+                        r["peer"],
+                        f"{r['throughput_ratio']:.2f}",
+                        f"{r['apply_throughput_ratio']:.2f}",
+                        f"{r['rss_ratio']:.2f}",
+                        f"{r['miou_difference']:+.3f}",
+                    ]
+                    for r in ratios
+                ],
+            )
+        )
     print()
-    print("Processes other than the peer's used on average (cores): "
-          + ", ".join(f"{p} {_fmt(runs[p]['others_cores'], '.2f')}" for p in runs)
-          + " (CPU was shared: timings are noisy when this is not ~0).")
+    print(
+        "Processes other than the peer's used on average (cores): "
+        + ", ".join(f"{p} {_fmt(runs[p]['others_cores'], '.2f')}" for p in runs)
+        + " (CPU was shared: timings are noisy when this is not ~0)."
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "benchmark": "compare_peers",
-            "command": " ".join([Path(sys.argv[0]).name, *argv]),
-            "shape": shape,
-            "seed": args.seed,
-            "machine": machine,
-            "phantom": {k: v for k, v in phantom.items() if k != "paths"},
-            "results": results,
-            "failures": failures,
-            "runs": runs,
-            "ratios": ratios,
-        }, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "benchmark": "compare_peers",
+                    "command": " ".join([Path(sys.argv[0]).name, *argv]),
+                    "shape": shape,
+                    "seed": args.seed,
+                    "machine": machine,
+                    "phantom": {k: v for k, v in phantom.items() if k != "paths"},
+                    "results": results,
+                    "failures": failures,
+                    "runs": runs,
+                    "ratios": ratios,
+                },
+                indent=1,
+            )
+        )
         print(f"results written to {args.json}")
     crashed = [p for p, why in failures.items() if not why.startswith("skipped")]
     if crashed:

@@ -136,21 +136,43 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         description="Peak RSS of tiledseg predict (image read from a zarr path) on growing 3D "
         "phantoms, each in a fresh process.",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 384],
-                        help="cube sides to predict on (default: 128 256 384)")
-    parser.add_argument("--train-size", type=int, default=96,
-                        help="cube side of the phantom the model is trained on (default 96)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[128, 256, 384],
+        help="cube sides to predict on (default: 128 256 384)",
+    )
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=96,
+        help="cube side of the phantom the model is trained on (default 96)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
-    parser.add_argument("--chunks", type=int, default=64,
-                        help="chunk edge of the image's zarr array (default 64)")
-    parser.add_argument("--block", type=int, default=None,
-                        help="tiledseg processing block edge (default: tiledseg's own)")
+    parser.add_argument(
+        "--chunks", type=int, default=64, help="chunk edge of the image's zarr array (default 64)"
+    )
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="tiledseg processing block edge (default: tiledseg's own)",
+    )
     parser.add_argument("--no-score", action="store_true", help="skip scoring against the truth")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds after which a child process is killed (default 3600)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the images, model, outputs and logs (default: temporary)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds after which a child process is killed (default 3600)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder for the images, model, outputs and logs (default: temporary)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(list(argv))
     if min(args.sizes) < 16 or args.train_size < 16:
@@ -180,22 +202,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiledseg-memory-"))
     workdir.mkdir(parents=True, exist_ok=True)
     machine = _bench.machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
-          f"python {machine['python']}; tiledseg {machine['versions']['tiledseg']}, "
-          f"zarr {machine['versions']['zarr']}")
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+        f"python {machine['python']}; tiledseg {machine['versions']['tiledseg']}, "
+        f"zarr {machine['versions']['zarr']}"
+    )
     print(f"tiledseg checkout: {machine['tiledseg_git']}; work folder: {workdir}")
     model_path = workdir / "model.tsm"
     print(f"training on a {args.train_size}^3 phantom ...", flush=True)
     trained = _bench.run_child(
-        script, "train",
+        script,
+        "train",
         {"size": args.train_size, "seed": args.seed, "model": str(model_path)},
-        workdir=workdir, timeout=args.timeout,
+        workdir=workdir,
+        timeout=args.timeout,
     )
     if not trained.ok:
         print(f"training failed: {trained.reason}", file=sys.stderr)
         return 1
-    print(f"  {trained.result['n_features']} features, {trained.result['rounds']} rounds, "
-          f"halo {trained.result['halo']}")
+    print(
+        f"  {trained.result['n_features']} features, {trained.result['rounds']} rounds, "
+        f"halo {trained.result['halo']}"
+    )
 
     rows: list[dict[str, Any]] = []
     failed = False
@@ -203,10 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = workdir / f"data-{size}"
         print(f"{size}^3: writing the phantom to zarr (chunks {args.chunks}^3) ...", flush=True)
         made = _bench.run_child(
-            script, "phantom",
-            {"shape": [size] * 3, "seed": args.seed, "out": str(data), "format": "zarr",
-             "chunks": args.chunks, "arrays": ["image", "truth"]},
-            workdir=workdir, timeout=args.timeout, label=f"phantom-{size}",
+            script,
+            "phantom",
+            {
+                "shape": [size] * 3,
+                "seed": args.seed,
+                "out": str(data),
+                "format": "zarr",
+                "chunks": args.chunks,
+                "arrays": ["image", "truth"],
+            },
+            workdir=workdir,
+            timeout=args.timeout,
+            label=f"phantom-{size}",
         )
         if not made.ok:
             print(f"  phantom failed: {made.reason}")
@@ -216,28 +253,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         print(f"{size}^3: predicting from {made.result['paths']['image']} ...", flush=True)
         run = _bench.run_child(
-            script, "predict",
-            {"image": made.result["paths"]["image"], "model": str(model_path), "out": str(out),
-             "block": args.block},
-            workdir=workdir, timeout=args.timeout, label=f"predict-{size}",
+            script,
+            "predict",
+            {
+                "image": made.result["paths"]["image"],
+                "model": str(model_path),
+                "out": str(out),
+                "block": args.block,
+            },
+            workdir=workdir,
+            timeout=args.timeout,
+            label=f"predict-{size}",
         )
         if not run.ok:
             print(f"  predict failed: {run.reason}")
             failed = True
             continue
-        row = dict(run.result, size=size, others_cores=run.others_cores,
-                   phantom_peak_rss_bytes=made.result.get("process_peak_rss_bytes"))
+        row = dict(
+            run.result,
+            size=size,
+            others_cores=run.others_cores,
+            phantom_peak_rss_bytes=made.result.get("process_peak_rss_bytes"),
+        )
         if not args.no_score:
             scored = _bench.run_child(
-                script, "score",
+                script,
+                "score",
                 {"prediction": str(out), "truth": made.result["paths"]["truth"]},
-                workdir=workdir, timeout=args.timeout, label=f"score-{size}",
+                workdir=workdir,
+                timeout=args.timeout,
+                label=f"score-{size}",
             )
             row["mean_iou"] = scored.result.get("mean_iou") if scored.ok else None
         rows.append(row)
-        print(f"  peak {row['peak_rss_bytes'] / _bench.GIB:.2f} GiB "
-              f"(after imports {row['base_rss_bytes'] / _bench.GIB:.2f}), {row['seconds']:.1f} s; "
-              f"other processes used {_fmt(run.others_cores, '.2f')} cores meanwhile", flush=True)
+        print(
+            f"  peak {row['peak_rss_bytes'] / _bench.GIB:.2f} GiB "
+            f"(after imports {row['base_rss_bytes'] / _bench.GIB:.2f}), {row['seconds']:.1f} s; "
+            f"other processes used {_fmt(run.others_cores, '.2f')} cores meanwhile",
+            flush=True,
+        )
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
 
@@ -245,30 +299,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = []
     for r in rows:
         growth = r["peak_rss_bytes"] - r["base_rss_bytes"]
-        table.append([
-            f"{r['size']}^3",
-            f"{r['voxels']:,}",
-            str(r["blocks"]),
-            f"{r['seconds']:.1f}",
-            f"{r['voxels'] / r['seconds'] / 1e6:.3f}",
-            f"{r['base_rss_bytes'] / _bench.GIB:.2f}",
-            f"{r['peak_rss_bytes'] / _bench.GIB:.2f}",
-            f"{growth / _bench.GIB:.2f}",
-            f"{r['peak_rss_bytes'] / smallest['peak_rss_bytes']:.2f}",
-            _fmt(r.get("mean_iou"), ".3f"),
-            _fmt(r.get("others_cores"), ".2f"),
-        ])
+        table.append(
+            [
+                f"{r['size']}^3",
+                f"{r['voxels']:,}",
+                str(r["blocks"]),
+                f"{r['seconds']:.1f}",
+                f"{r['voxels'] / r['seconds'] / 1e6:.3f}",
+                f"{r['base_rss_bytes'] / _bench.GIB:.2f}",
+                f"{r['peak_rss_bytes'] / _bench.GIB:.2f}",
+                f"{growth / _bench.GIB:.2f}",
+                f"{r['peak_rss_bytes'] / smallest['peak_rss_bytes']:.2f}",
+                _fmt(r.get("mean_iou"), ".3f"),
+                _fmt(r.get("others_cores"), ".2f"),
+            ]
+        )
     print()
-    print(f"## tiledseg predict from zarr (chunks {args.chunks}^3), model trained on "
-          f"{args.train_size}^3, {machine['cores']} cores")
+    print(
+        f"## tiledseg predict from zarr (chunks {args.chunks}^3), model trained on "
+        f"{args.train_size}^3, {machine['cores']} cores"
+    )
     print()
-    print(_bench.format_table(
-        ["size", "voxels", "blocks", "seconds", "Mvox/s", "RSS after imports GiB",
-         "peak RSS GiB", "peak - imports GiB",
-         f"peak / peak at {smallest['size']}^3" if smallest else "ratio", "mIoU",
-         "others' cores"],
-        table,
-    ))
+    print(
+        _bench.format_table(
+            [
+                "size",
+                "voxels",
+                "blocks",
+                "seconds",
+                "Mvox/s",
+                "RSS after imports GiB",
+                "peak RSS GiB",
+                "peak - imports GiB",
+                f"peak / peak at {smallest['size']}^3" if smallest else "ratio",
+                "mIoU",
+                "others' cores",
+            ],
+            table,
+        )
+    )
     by_size = {r["size"]: r for r in rows}
     verdicts = []
     if 128 in by_size:
@@ -284,20 +353,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print("\n".join(verdicts))
     print()
-    print("others' cores: average cores used by other processes during the predict run "
-          "(CPU was shared when this is not ~0; seconds are then noisy).")
+    print(
+        "others' cores: average cores used by other processes during the predict run "
+        "(CPU was shared when this is not ~0; seconds are then noisy)."
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "benchmark": "memory_scaling",
-            "command": " ".join([Path(sys.argv[0]).name, *argv]),
-            "machine": machine,
-            "train": trained.result,
-            "chunks": args.chunks,
-            "block": args.block,
-            "results": rows,
-            "verdicts": verdicts,
-        }, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "benchmark": "memory_scaling",
+                    "command": " ".join([Path(sys.argv[0]).name, *argv]),
+                    "machine": machine,
+                    "train": trained.result,
+                    "chunks": args.chunks,
+                    "block": args.block,
+                    "results": rows,
+                    "verdicts": verdicts,
+                },
+                indent=1,
+            )
+        )
         print(f"results written to {args.json}")
     if failed:
         print(f"logs kept in {workdir}")

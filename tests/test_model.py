@@ -223,7 +223,7 @@ def test_an_empty_file_is_refused(tmp_path):
 def test_a_missing_file_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         load_model(tmp_path / "nothing.tiledseg")
-    with pytest.raises(ModelFileError, match="does not exist"):
+    with pytest.raises(ModelFileError, match="is a folder"):
         load_model(tmp_path)  # a directory
 
 

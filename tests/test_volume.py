@@ -347,8 +347,12 @@ def _ome_group(path, data, axes):
 
 def test_a_single_time_point_is_dropped_and_a_time_series_refused(tmp_path):
     data = np.arange(2 * 6 * 7, dtype=np.uint8).reshape(1, 2, 6, 7)
-    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
-            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    axes = [
+        {"name": "t", "type": "time"},
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"},
+    ]
     vol = open_volume(str(_ome_group(tmp_path / "one.zarr", data, axes)))
     assert (vol.shape, vol.n_channels, vol.channel_axis) == ((6, 7), 2, 0)
     np.testing.assert_array_equal(vol.read((slice(0, 6), slice(2, 5))), data[0, :, :, 2:5])

@@ -344,6 +344,11 @@ def info(path, as_json) -> None:
     from tiledseg.volume import open_volume
 
     target = Path(path.split(".h5:")[0])
+    if target.suffix.lower() in (".yaml", ".yml", ".json", ".txt"):
+        raise TiledsegError(
+            f"{path!r} is neither an image nor a model; 'tiledseg info' describes stores "
+            "(zarr, OME-Zarr, TIFF, HDF5, .npy) and model files"
+        )
     if target.is_file() and not target.name.lower().endswith(_IMAGE_SUFFIXES):
         # a model file, or a clear error for a pickle or anything else
         data = load_model(target).describe()

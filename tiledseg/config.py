@@ -32,7 +32,7 @@ class SegmentConfig(BaseModel):
         "default", description="bank name, bank YAML file, or family: [scales]"
     )
     classifier: Literal["xgboost", "random-forest"] = "xgboost"
-    spacing: list[float] | None = None
+    spacing: list[float] | str | None = Field(None, description='[z, y, x] or "z,y,x"')
     channel_axis: int | None = None
     block: PositiveInt | list[PositiveInt] | None = None
     workers: PositiveInt | None = None

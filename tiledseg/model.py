@@ -212,6 +212,10 @@ def load_model(path: str | os.PathLike) -> Model:
         header or payload does not match its checksums. Nothing is unpickled, ever.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(
+            f"model {str(path)!r} is a folder; give a model file written by 'tiledseg train'"
+        )
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
     name = str(path)

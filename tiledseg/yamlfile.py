@@ -20,4 +20,5 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise TiledsegError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None
+        detail = " ".join(str(exc).split())  # one line: the parser's message spans several
+        raise TiledsegError(f"{what} {str(path)!r} is not valid YAML: {detail}") from None

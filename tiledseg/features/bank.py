@@ -257,7 +257,11 @@ def resolve_bank(
         return NAMED_BANKS[text]
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
         return FeatureBank.from_yaml(text)
+    import difflib
+
+    close = difflib.get_close_matches(text, NAMED_BANKS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise TiledsegError(
         f"features {text!r} is neither a bank name ({', '.join(sorted(NAMED_BANKS))}) "
-        "nor a YAML file of 'family: [scales]'"
+        f"nor a YAML file of 'family: [scales]'{hint}"
     )
