@@ -333,3 +333,14 @@ def test_predict_on_worker_processes(tmp_path, inputs, model_path, full_labels):
     assert "64,000 voxels in 8 blocks" in text
     labels = zarr.open_group(str(out), mode="r")["labels/0"][...]
     np.testing.assert_array_equal(labels, full_labels)
+
+
+def test_info_on_an_output_shows_its_provenance(tmp_path, inputs, model_path):
+    out = tmp_path / "out.zarr"
+    run_ok("predict", inputs["image", "npy"], "--model", model_path, "--out", out, "--quiet")
+    text = run_ok("info", out)
+    assert "complete: True" in text
+    assert "output: labels;" in text
+    data = json.loads(run_ok("info", out, "--json"))
+    assert data["kind"] == "tiledseg output"
+    assert data["provenance"]["model_checksum"] == tiledseg.load_model(model_path).checksum

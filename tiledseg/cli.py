@@ -354,9 +354,16 @@ def info(path, as_json) -> None:
         data = load_model(target).describe()
         data["kind"] = "model"
     else:
+        from tiledseg.runs import is_tiledseg_output
+
         data = open_volume(path).describe()
         data["kind"] = "image"
-        data["tiledseg"] = versions()
+        data["installed"] = versions()
+        if is_tiledseg_output(path):
+            import zarr
+
+            data["kind"] = "tiledseg output"
+            data["provenance"] = dict(zarr.open_group(path, mode="r").attrs["tiledseg"])
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -374,6 +381,13 @@ def info(path, as_json) -> None:
             "spacing_from",
         ):
             click.echo(f"{key:>12}: {data[key]}")
+        if "provenance" in data:
+            info = data["provenance"]
+            arrays = ", ".join(info.get("arrays", []))
+            click.echo(f"{'output':>12}: {arrays}; complete: {info.get('complete')}")
+            click.echo(f"{'classes':>12}: {info.get('classes')}")
+            click.echo(f"{'model':>12}: {info.get('model_checksum')}")
+            click.echo(f"{'command':>12}: {info.get('command')}")
 
 
 def _print_model(data: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from tiledseg.cluster import Executor, available_cores, open_executor
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
-from tiledseg.model import Model, load_model
+from tiledseg.model import Model, load_model, versions
 from tiledseg.runs import create_output, mark_complete, prepare_output
 from tiledseg.volume import Volume, open_volume, parse_region
 
@@ -163,10 +164,11 @@ def predict(
                 "model_checksum": model.checksum,
                 "bank": model.bank.to_dict(),
                 "feature_spacing": list(model.spacing),
-                "image": volume.name,
+                "image": _where(image, volume),
                 "roi": None if region is None else [[s.start, s.stop] for s in region],
                 "command": command if command is not None else " ".join(sys.argv),
-                "versions": model.versions,
+                "versions": versions(),
+                "model_versions": model.versions,
             },
             overwrite=overwrite,
         )
@@ -205,6 +207,14 @@ def check_finite(
             own.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
     else:
         executor.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
+
+
+def _where(image: Any, volume: Volume) -> str:
+    """The image's absolute path for the provenance (or a description of an array)."""
+    if isinstance(image, str | os.PathLike):
+        path, sep, key = str(image).partition(".h5:")
+        return str(Path(path).resolve()) + sep + key
+    return volume.name
 
 
 def _open_for_model(image: Any, model: Model, channel_axis: int | None) -> Volume:

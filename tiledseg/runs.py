@@ -142,7 +142,8 @@ def create_output(
         group = root.create_group(name)
         attrs = _multiscale_attrs(name, axes, scale)
         if name == "labels":
-            attrs["ome"]["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
+            # no "source": the image is not the parent group, as the spec's "../../" assumes
+            attrs["ome"]["image-label"] = {"version": "0.5"}
         group.attrs.update(attrs)
         group.create_array("0", shape=arr_shape, chunks=chunks, dtype=dtype, fill_value=0)
     root.attrs["tiledseg"] = {
