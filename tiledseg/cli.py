@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from tiledseg.errors import OutputExistsError, TiledsegError
+from tiledseg.volume import split_dataset
 
 __all__ = ["cli", "main"]
 
@@ -116,7 +117,7 @@ def train(
 
 def _same_path(a: str, b: str) -> bool:
     try:
-        return Path(a.split(".h5:")[0]).resolve() == Path(b.split(".h5:")[0]).resolve()
+        return Path(split_dataset(a)[0]).resolve() == Path(split_dataset(b)[0]).resolve()
     except OSError:
         return False
 
@@ -343,7 +344,7 @@ def info(path, as_json) -> None:
     from tiledseg.model import load_model, versions
     from tiledseg.volume import open_volume
 
-    target = Path(path.split(".h5:")[0])
+    target = Path(split_dataset(path)[0])
     if target.suffix.lower() in (".yaml", ".yml", ".json", ".txt"):
         raise TiledsegError(
             f"{path!r} is neither an image nor a model; 'tiledseg info' describes stores "

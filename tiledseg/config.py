@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from tiledseg.errors import TiledsegError
+from tiledseg.volume import split_dataset
 from tiledseg.yamlfile import read_yaml
 
 __all__ = ["SegmentConfig", "load_config"]
@@ -48,11 +49,10 @@ class SegmentConfig(BaseModel):
         def fix(value: str | None) -> str | None:
             if value is None:
                 return None
-            head, sep, tail = value.partition(".h5:")
-            path = Path(head)
-            if not path.is_absolute():
-                head = str(base / path)
-            return head + sep + tail
+            head, dataset = split_dataset(value)
+            if not Path(head).is_absolute():
+                head = str(base / head)
+            return head if dataset is None else f"{head}:{dataset}"
 
         updates = {k: fix(getattr(self, k)) for k in ("image", "labels", "model", "out", "truth")}
         if isinstance(self.features, str) and self.features.endswith((".yaml", ".yml")):

@@ -24,7 +24,7 @@ from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model, versions
 from tiledseg.runs import create_output, mark_complete, prepare_output
-from tiledseg.volume import Volume, open_volume, parse_region
+from tiledseg.volume import Volume, open_volume, parse_region, split_dataset
 
 __all__ = ["PredictionResult", "check_finite", "classify_block", "predict"]
 
@@ -212,8 +212,9 @@ def check_finite(
 def _where(image: Any, volume: Volume) -> str:
     """The image's absolute path for the provenance (or a description of an array)."""
     if isinstance(image, str | os.PathLike):
-        path, sep, key = str(image).partition(".h5:")
-        return str(Path(path).resolve()) + sep + key
+        path, dataset = split_dataset(str(image))
+        path = str(Path(path).resolve())
+        return path if dataset is None else f"{path}:{dataset}"
     return volume.name
 
 

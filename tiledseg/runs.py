@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.errors import OutputExistsError
+from tiledseg.volume import split_dataset
 
 __all__ = [
     "OUTPUT_ARRAYS",
@@ -57,7 +58,7 @@ def prepare_output(path: str | Path, *, overwrite: bool, inputs: Sequence[str] =
     path = Path(path)
     for source in inputs:
         try:
-            same = Path(source.split(".h5:")[0]).resolve() == path.resolve()
+            same = Path(split_dataset(source)[0]).resolve() == path.resolve()
         except OSError:
             same = False
         if same:

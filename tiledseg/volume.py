@@ -27,6 +27,7 @@ __all__ = [
     "open_volume",
     "parse_region",
     "parse_spacing",
+    "split_dataset",
 ]
 
 Region = tuple[slice, ...]
@@ -378,16 +379,24 @@ def _check_dtype(dtype: np.dtype, name: str, role: str) -> None:
         )
 
 
-def _open_path(text: str, *, level: int, role: str) -> tuple[Any, dict, str]:
-    """Open a path to a sliceable source, with metadata (channel axis, spacing)."""
-    path, key = text, None
+def split_dataset(text: str) -> tuple[str, str | None]:
+    """Split ``file.h5:/group/dataset`` into the file path and the dataset (``None`` if absent).
+
+    Any other path comes back whole, with ``None``.
+    """
     lower = text.lower()
     for suffix in _H5_SUFFIXES:
         marker = suffix + ":"
         if marker in lower:
             cut = lower.index(marker) + len(suffix)
-            path, key = text[:cut], text[cut + 1 :].lstrip("/") or None
-            break
+            return text[:cut], text[cut + 1 :] or None
+    return text, None
+
+
+def _open_path(text: str, *, level: int, role: str) -> tuple[Any, dict, str]:
+    """Open a path to a sliceable source, with metadata (channel axis, spacing)."""
+    path, key = split_dataset(text)
+    key = key.lstrip("/") or None if key else None
     if not os.path.exists(path):
         raise InputDataError(f"{role} path {text!r} does not exist")
     lower = path.lower()
