@@ -88,11 +88,14 @@ class _Scan:
 
 
 def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]:
-    """Group labelled voxels into boxes whose haloed extents do not overlap.
+    """Group labelled voxels into boxes that are cheaper to filter apart than together.
 
-    A group is cut at its widest gap along any axis while that gap exceeds twice
-    the halo there: beyond that, one box around both parts filters voxels that
-    neither part needs. Returns index arrays into ``coords`` (order preserved).
+    A group is cut at its widest gap along an axis while that gap exceeds twice the
+    halo there: beyond that, one box around both parts filters voxels that neither
+    part needs. Along the first axis any gap of two planes is enough: only the first
+    of the separable passes sees that axis's halo (the later passes, most of the work,
+    run on the box's own planes), so strokes painted on separate slices are filtered
+    slice by slice. Returns index arrays into ``coords`` (order preserved).
     """
     done, todo = [], [np.arange(len(coords))]
     while todo:
@@ -104,7 +107,8 @@ def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]
                 continue
             gaps = np.diff(values)
             k = int(gaps.argmax())
-            if gaps[k] > 2 * h and (best is None or gaps[k] > best[0]):
+            limit = 1 if axis == 0 else 2 * h
+            if gaps[k] > limit and (best is None or gaps[k] > best[0]):
                 best = (gaps[k], axis, values[k])
         if best is None:
             done.append(idx)
