@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tiledseg.errors import BlockSizeError
 
-__all__ = ["DEFAULT_BLOCK", "Block", "plan_blocks", "resolve_block"]
+__all__ = ["DEFAULT_BLOCK", "Block", "haloed", "plan_blocks", "resolve_block"]
 
 Region = tuple[slice, ...]
 
@@ -126,6 +126,14 @@ def resolve_block(
     return tuple(min(v, n) for v, n in zip(values, shape, strict=True))
 
 
+def haloed(region: Region, halo: Sequence[int], shape: Sequence[int]) -> Region:
+    """The read region of ``region``: grown by ``halo``, clipped at the volume's edges."""
+    return tuple(
+        slice(max(0, s.start - h), min(n, s.stop + h))
+        for s, h, n in zip(region, halo, shape, strict=True)
+    )
+
+
 def plan_blocks(
     shape: Sequence[int],
     block: Sequence[int],
@@ -147,9 +155,5 @@ def _iter_blocks(shape, block, halo, roi) -> Iterator[Block]:
             r.start < w.stop and w.start < r.stop for r, w in zip(roi, region, strict=True)
         ):
             continue
-        read = tuple(
-            slice(max(0, w.start - h), min(n, w.stop + h))
-            for w, h, n in zip(region, halo, shape, strict=True)
-        )
         index = tuple(s // b for s, b in zip(starts, block, strict=True))
-        yield Block(index, region, read)
+        yield Block(index, region, haloed(region, halo, shape))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.blocks import Block, plan_blocks, resolve_block
+from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor
 from tiledseg.errors import InputDataError
@@ -76,7 +76,7 @@ class TrainingTable:
     X: np.ndarray  # (n, n_features) float32
     y: np.ndarray  # (n,) the user's label values
     from_cache: bool
-    key: str
+    key: str | None  # the cache key; None when no cache is used
 
 
 @dataclass
@@ -84,7 +84,7 @@ class _Scan:
     block: Block
     flat: np.ndarray  # labelled positions inside the block, C order
     values: np.ndarray
-    digest: str
+    digest: str | None  # of the box's image and labels; only when a cache is used
 
 
 def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]:
@@ -119,14 +119,15 @@ def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]
     return done
 
 
-def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...]]) -> list[_Scan]:
+def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...], bool]) -> list[_Scan]:
     """Find a block's labelled voxels and the boxes around them that training filters.
 
     Features do not depend on the tiling, so a box (with its own halo) gives its
     labelled voxels the same features as the whole block would, at a fraction of
-    the cost when scribbles are strokes on a few slices.
+    the cost when scribbles are strokes on a few slices. With a cache, the box's
+    image is read and hashed for the cache key; without one it is not read here.
     """
-    image, labels, block, halo = args
+    image, labels, block, halo, digest_wanted = args
     lab = read_labels(labels, block.region)
     coords = np.argwhere(lab)
     if len(coords) == 0:
@@ -139,17 +140,17 @@ def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...]]) -> list[_Sc
             slice(r.start + int(a), r.start + int(b))
             for r, a, b in zip(block.region, lo, hi, strict=True)
         )
-        read = tuple(
-            slice(max(0, s.start - h), min(n, s.stop + h))
-            for s, h, n in zip(region, halo, image.shape, strict=True)
-        )
+        read = haloed(region, halo, image.shape)
         flat = np.ravel_multi_index(tuple((local - lo).T), tuple(hi - lo))
         values = lab[tuple(local.T)]
-        digest = hashlib.sha256(str(image.dtype).encode())
-        digest.update(np.ascontiguousarray(read_finite(image, read)).tobytes())
-        digest.update(flat.astype(np.int64).tobytes())
-        digest.update(values.astype(np.int64).tobytes())
-        scans.append(_Scan(Block(block.index, region, read), flat, values, digest.hexdigest()))
+        digest = None
+        if digest_wanted:
+            h = hashlib.sha256(str(image.dtype).encode())
+            h.update(np.ascontiguousarray(read_finite(image, read)).tobytes())
+            h.update(flat.astype(np.int64).tobytes())
+            h.update(values.astype(np.int64).tobytes())
+            digest = h.hexdigest()
+        scans.append(_Scan(Block(block.index, region, read), flat, values, digest))
     return scans
 
 
@@ -171,7 +172,10 @@ def training_table(
     """Build (or fetch from the cache) the features of every labelled voxel."""
     halo = bank.halo(image.spacing)
     blocks = plan_blocks(image.shape, block, halo)
-    found = executor.map(_scan_block, [(image, labels, b, halo) for b in blocks], desc="labels")
+    cached = cache_dir is not None
+    found = executor.map(
+        _scan_block, [(image, labels, b, halo, cached) for b in blocks], desc="labels"
+    )
     scans = [s for block_scans in found for s in block_scans]
     if not scans:
         raise InputDataError(
@@ -190,27 +194,12 @@ def training_table(
             f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
             "scribbles of at least two classes"
         )
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "version": _TABLE_VERSION,
-                "libraries": {k: v for k, v in versions().items() if k in _FEATURE_LIBRARIES},
-                "bank": bank.to_dict(),
-                "spacing": list(image.spacing),
-                "channels": image.n_channels,
-                "shape": list(image.shape),
-                "blocks": [
-                    [s.block.region[a].start for a in range(image.ndim)] + [s.digest] for s in scans
-                ],
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    path = cache_dir / f"table-{key}.npz" if cache_dir is not None else None
+    key = _table_key(image, bank, scans) if cached else None
+    path = cache_dir / f"table-{key}.npz" if cached else None
     if path is not None and path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as cached:
-                return TrainingTable(cached["X"], cached["y"], True, key)
+            with np.load(path, allow_pickle=False) as stored:
+                return TrainingTable(stored["X"], stored["y"], True, key)
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged entry is rebuilt
     rows = executor.map(
@@ -223,6 +212,22 @@ def training_table(
         np.savez(tmp, X=table.X, y=table.y)
         os.replace(tmp, path)
     return table
+
+
+def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan]) -> str:
+    """SHA-256 of everything the table depends on, the data itself included (not paths)."""
+    document = {
+        "version": _TABLE_VERSION,
+        "libraries": {k: v for k, v in versions().items() if k in _FEATURE_LIBRARIES},
+        "bank": bank.to_dict(),
+        "spacing": list(image.spacing),
+        "channels": image.n_channels,
+        "shape": list(image.shape),
+        "blocks": [
+            [s.block.region[a].start for a in range(image.ndim)] + [s.digest] for s in scans
+        ],
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 def train(
