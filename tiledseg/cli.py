@@ -11,14 +11,13 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tiledseg.errors import OutputExistsError, TiledsegError
-from tiledseg.volume import split_dataset
+from tiledseg.volume import same_path, split_dataset
 
 __all__ = ["cli", "main"]
 
@@ -96,8 +95,9 @@ def train(
 ) -> None:
     """Train a classifier on the scribbles in LABELS (0 = unlabelled)."""
     import tiledseg
+    from tiledseg.model import check_model_path
 
-    _check_model_target(model_path, overwrite, inputs=[image, labels, _bank_file(features)])
+    check_model_path(model_path, overwrite=overwrite, inputs=[image, labels, _bank_file(features)])
     model = tiledseg.train(
         image,
         labels,
@@ -115,42 +115,11 @@ def train(
     _print_training(model, model_path)
 
 
-def _same_path(a: str, b: str) -> bool:
-    try:
-        return Path(split_dataset(a)[0]).resolve() == Path(split_dataset(b)[0]).resolve()
-    except OSError:
-        return False
-
-
 def _bank_file(features: Any) -> str | None:
     """The feature bank's YAML file, if it is given as one."""
     if isinstance(features, str) and features.lower().endswith((".yaml", ".yml")):
         return features
     return None
-
-
-def _check_model_target(
-    model_path: str, overwrite: bool, inputs: Sequence[str | None] = ()
-) -> None:
-    """Refuse a model path that is an input, a folder, or (without overwrite) a file."""
-    path = Path(model_path)
-    for source in inputs:
-        if source is not None and _same_path(source, model_path):
-            raise OutputExistsError(
-                f"model file {model_path!r} is one of the inputs; choose another path"
-            )
-    if path.is_dir():
-        raise OutputExistsError(
-            f"model path {model_path!r} is a directory; give a file name such as model.tseg"
-        )
-    if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"model file {model_path!r} exists; choose another path or pass --overwrite"
-        )
-    if not path.parent.exists():
-        raise OutputExistsError(
-            f"the folder of model {model_path!r} does not exist; create {str(path.parent)!r} first"
-        )
 
 
 def _print_training(model, model_path) -> None:
@@ -237,17 +206,18 @@ def segment(config_path, overwrite, quiet) -> None:
     """Train, predict and (with 'truth') evaluate from one config file."""
     import tiledseg
     from tiledseg.config import load_config
+    from tiledseg.model import check_model_path
     from tiledseg.runs import prepare_output
 
     config = load_config(config_path)
     overwrite = overwrite or config.overwrite
     inputs = [config.image, config.labels, config.truth, _bank_file(config.features)]
-    if _same_path(config.model, config.out):
+    if same_path(config.model, config.out):
         raise OutputExistsError(
             f"config {config_path!r}: model and out are the same path {config.out!r}; "
             "give them different paths"
         )
-    _check_model_target(config.model, overwrite, inputs=inputs)
+    check_model_path(config.model, overwrite=overwrite, inputs=inputs)
     prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
     _check_segment_inputs(config)
     model = tiledseg.train(

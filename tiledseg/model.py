@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ import numpy as np
 from tiledseg.classifiers import Classifier, SklearnClassifier, XGBoostClassifier
 from tiledseg.errors import ModelFileError, OutputExistsError
 from tiledseg.features.bank import FeatureBank
+from tiledseg.volume import same_path
 
-__all__ = ["MAGIC", "Model", "load_model", "versions"]
+__all__ = ["MAGIC", "Model", "check_model_path", "load_model", "versions"]
 
 MAGIC = b"TILEDSEG-MODEL\n"
 FORMAT_VERSION = 1
@@ -147,13 +149,7 @@ class Model:
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the model file atomically; refuse to replace a file unless ``overwrite``."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise OutputExistsError(
-                f"model file {str(path)!r} exists; choose another path or pass --overwrite"
-            )
-        if path.exists() and path.is_dir():
-            raise OutputExistsError(f"model path {str(path)!r} is a directory")
+        path = check_model_path(path, overwrite=overwrite)
         data = self.to_bytes()
         tmp = path.with_name(f".{path.name}.partial")
         tmp.write_bytes(data)
@@ -180,6 +176,32 @@ class Model:
         if importance is not None and len(importance) == len(info["features"]):
             info["importance"] = [float(v) for v in importance]
         return info
+
+
+def check_model_path(
+    path: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str | None] = ()
+) -> Path:
+    """Refuse a model path that is an input, a folder, in a missing folder, or (without
+    ``overwrite``) an existing file. Nothing is written; callers check before training."""
+    text, path = str(path), Path(path)  # messages name the path as the user wrote it
+    for source in inputs:
+        if source is not None and same_path(source, path):
+            raise OutputExistsError(
+                f"model file {text!r} is one of the inputs; choose another path"
+            )
+    if path.is_dir():
+        raise OutputExistsError(
+            f"model path {text!r} is a directory; give a file name such as model.tseg"
+        )
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"model file {text!r} exists; choose another path or pass --overwrite"
+        )
+    if not path.parent.exists():
+        raise OutputExistsError(
+            f"the folder of model {text!r} does not exist; create {str(path.parent)!r} first"
+        )
+    return path
 
 
 def _header_digest(header: dict[str, Any]) -> str:

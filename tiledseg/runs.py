@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.errors import OutputExistsError
-from tiledseg.volume import split_dataset
+from tiledseg.volume import same_path
 
 __all__ = [
     "OUTPUT_ARRAYS",
@@ -57,11 +57,7 @@ def prepare_output(path: str | Path, *, overwrite: bool, inputs: Sequence[str] =
     """Check that ``path`` may be written, before any work starts; nothing is changed here."""
     path = Path(path)
     for source in inputs:
-        try:
-            same = Path(split_dataset(source)[0]).resolve() == path.resolve()
-        except OSError:
-            same = False
-        if same:
+        if same_path(source, path):
             raise OutputExistsError(
                 f"output {str(path)!r} is one of the inputs; choose another path"
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "open_volume",
     "parse_region",
     "parse_spacing",
+    "same_path",
     "split_dataset",
 ]
 
@@ -391,6 +393,14 @@ def split_dataset(text: str) -> tuple[str, str | None]:
             cut = lower.index(marker) + len(suffix)
             return text[:cut], text[cut + 1 :] or None
     return text, None
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths (``file.h5:/dataset`` or plain) name the same file or folder."""
+    try:
+        return Path(split_dataset(str(a))[0]).resolve() == Path(split_dataset(str(b))[0]).resolve()
+    except OSError:
+        return False
 
 
 def _open_path(text: str, *, level: int, role: str) -> tuple[Any, dict, str]:
