@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,6 @@ __all__ = [
     "make_classifier",
 ]
 
-ClassifierName = Literal["xgboost", "random-forest"]
 CLASSIFIERS: tuple[str, ...] = ("xgboost", "random-forest")
 
 # Types a skops payload may hold beyond those skops itself trusts: exact names, never

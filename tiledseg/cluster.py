@@ -46,11 +46,6 @@ class Executor:
         self.n_workers = max(1, int(n_workers))
         self.quiet = quiet
 
-    @property
-    def kind(self) -> str:
-        """``"threads"`` or ``"distributed"``."""
-        return "threads" if self.client is None else "distributed"
-
     def threads_per_task(self, n_tasks: int) -> int:
         """Threads a task may give to XGBoost when ``n_tasks`` tasks share the cores."""
         if self.client is not None:

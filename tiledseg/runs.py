@@ -31,15 +31,12 @@ from tiledseg.errors import OutputExistsError
 from tiledseg.volume import same_path
 
 __all__ = [
-    "OUTPUT_ARRAYS",
     "create_output",
     "is_tiledseg_output",
     "mark_complete",
     "prepare_output",
 ]
 
-#: The arrays an output may hold, by group name.
-OUTPUT_ARRAYS = ("labels", "probabilities", "uncertainty")
 
 
 def is_tiledseg_output(path: str | Path) -> bool:

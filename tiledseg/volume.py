@@ -40,7 +40,7 @@ SUPPORTED_DTYPES = tuple(
 )
 
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
-_TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
+_TIFF_SUFFIXES = (".tif", ".tiff")  # .ome.tif(f) included
 
 
 class _LazySource:
