@@ -219,9 +219,10 @@ def segment(config_path, overwrite, quiet) -> None:
         )
     check_model_path(config.model, overwrite=overwrite, inputs=inputs)
     prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
-    _check_segment_inputs(config)
+    # one opened volume for train and predict: its whole-image NaN check is done once
+    volume = _check_segment_inputs(config)
     model = tiledseg.train(
-        config.image,
+        volume,
         config.labels,
         features=config.features,
         classifier=config.classifier,
@@ -235,7 +236,7 @@ def segment(config_path, overwrite, quiet) -> None:
     model.save(config.model, overwrite=overwrite)
     _print_training(model, config.model)
     result = tiledseg.predict(
-        config.image,
+        volume,
         model,
         out=config.out,
         probabilities=config.probabilities,
@@ -253,8 +254,8 @@ def segment(config_path, overwrite, quiet) -> None:
         _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
 
 
-def _check_segment_inputs(config) -> None:
-    """Refuse a bad ROI or truth before training writes the model file."""
+def _check_segment_inputs(config):
+    """Open the image and refuse a bad ROI, truth or image before a model file is written."""
     from tiledseg.errors import InputDataError
     from tiledseg.predict import check_finite
     from tiledseg.volume import open_volume, parse_region
@@ -270,6 +271,7 @@ def _check_segment_inputs(config) -> None:
                 f"truth {truth.name} has shape {truth.shape} but image {volume.name} has "
                 f"spatial shape {volume.shape}; they must match"
             )
+    return volume
 
 
 @cli.command()

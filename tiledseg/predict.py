@@ -191,10 +191,11 @@ def check_finite(
 ) -> None:
     """Refuse NaN or infinite values anywhere in ``image`` (or ``roi``), reading it blockwise.
 
-    Integer images cannot hold them and are not read.
+    Integer images cannot hold them and are not read; a volume already checked
+    whole is not read again.
     """
     volume = open_volume(image)
-    if volume.dtype.kind != "f":
+    if volume.dtype.kind != "f" or volume.checked_finite:
         return
     blocks = plan_blocks(
         volume.shape,
@@ -207,6 +208,7 @@ def check_finite(
             own.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
     else:
         executor.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
+    volume.checked_finite = roi is None
 
 
 def _where(image: Any, volume: Volume) -> str:

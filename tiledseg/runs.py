@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 def is_tiledseg_output(path: str | Path) -> bool:
     """Whether ``path`` is a zarr group written by tiledseg."""
     import zarr

@@ -155,6 +155,8 @@ class Volume:
     name: str
     spacing_from_metadata: bool = False
     attrs: dict = field(default_factory=dict)
+    #: Set once every voxel was read and found finite (``predict.check_finite``).
+    checked_finite: bool = field(default=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
