@@ -57,6 +57,9 @@ class Classifier(ABC):
 
     name: str
 
+    #: Whether :meth:`predict_proba` gives graded probabilities, not one-hot labels.
+    has_probabilities: bool = True
+
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
         """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1)."""
@@ -237,12 +240,20 @@ class SklearnClassifier(Classifier):
     """
 
     def __init__(self, estimator: Any):
-        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict_proba")):
+        if not (
+            hasattr(estimator, "fit")
+            and (hasattr(estimator, "predict_proba") or hasattr(estimator, "predict"))
+        ):
             raise TiledsegError(
                 f"classifier {type(estimator).__name__} has no fit/predict_proba; pass a "
                 "scikit-learn-style classifier, 'xgboost' or 'random-forest'"
             )
         self.estimator = estimator
+
+    @property
+    def has_probabilities(self) -> bool:
+        """Whether the estimator gives probabilities (an SVC without them only labels)."""
+        return hasattr(self.estimator, "predict_proba")
 
     @property
     def name(self) -> str:
@@ -267,7 +278,11 @@ class SklearnClassifier(Classifier):
         return {"estimator": type(est).__name__}
 
     def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
-        return np.asarray(self.estimator.predict_proba(X), dtype=np.float32)
+        if self.has_probabilities:
+            return np.asarray(self.estimator.predict_proba(X), dtype=np.float32)
+        # labels only: one-hot "probabilities" carry the labels and nothing more
+        n_classes = len(self.estimator.classes_)
+        return np.eye(n_classes, dtype=np.float32)[np.asarray(self.estimator.predict(X))]
 
     def to_bytes(self) -> bytes:
         import skops.io as sio

@@ -146,6 +146,26 @@ def _print_training(model, model_path) -> None:
 @click.option(
     "--roi", default=None, metavar="SLICES", help="Only the blocks meeting e.g. '0:64,:,100:200'."
 )
+@click.option(
+    "--smooth",
+    type=click.Choice(["none", "graphcut"]),
+    default="none",
+    help="Smooth the labels with a seamless blockwise graph cut (extra 'graphcut').",
+)
+@click.option(
+    "--smooth-weight",
+    type=float,
+    default=None,
+    metavar="W",
+    help="Graph-cut Potts weight in nats (default 2; larger smooths more).",
+)
+@click.option(
+    "--smooth-neighbours",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Graph-cut neighbourhood: 4 or 8 in 2D, 6 or 26 in 3D (default 4 / 6).",
+)
 @_channel_axis_option
 @_block_option
 @_workers_option
@@ -158,6 +178,9 @@ def predict(
     probabilities,
     uncertainty,
     roi,
+    smooth,
+    smooth_weight,
+    smooth_neighbours,
     channel_axis,
     block,
     workers,
@@ -174,6 +197,9 @@ def predict(
         probabilities=probabilities,
         uncertainty=uncertainty,
         roi=roi,
+        smooth=smooth,
+        smooth_weight=smooth_weight,
+        smooth_neighbours=smooth_neighbours,
         block=block,
         channel_axis=channel_axis,
         workers=workers,
@@ -207,6 +233,7 @@ def segment(config_path, overwrite, quiet) -> None:
     import tiledseg
     from tiledseg.config import load_config
     from tiledseg.model import check_model_path
+    from tiledseg.predict import smooth_settings
     from tiledseg.runs import prepare_output
 
     config = load_config(config_path)
@@ -221,6 +248,14 @@ def segment(config_path, overwrite, quiet) -> None:
     prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
     # one opened volume for train and predict: its whole-image NaN check is done once
     volume = _check_segment_inputs(config)
+    # smoothing options are checked before training, not after it
+    smooth_settings(
+        config.smooth,
+        weight=config.smooth_weight,
+        neighbours=config.smooth_neighbours,
+        iterations=None,
+        ndim=volume.ndim,
+    )
     model = tiledseg.train(
         volume,
         config.labels,
@@ -242,6 +277,9 @@ def segment(config_path, overwrite, quiet) -> None:
         probabilities=config.probabilities,
         uncertainty=config.uncertainty,
         roi=config.roi,
+        smooth=config.smooth,
+        smooth_weight=config.smooth_weight,
+        smooth_neighbours=config.smooth_neighbours,
         block=config.block,
         channel_axis=config.channel_axis,
         workers=config.workers,

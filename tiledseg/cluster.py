@@ -54,27 +54,32 @@ class Executor:
 
     def map(self, func: Callable, items: Sequence[Any], *, desc: str) -> list[Any]:
         """Run ``func(item)`` for every item and return the results in order."""
-        if not items:
+        import dask
+
+        tasks = [dask.delayed(func, pure=False)(item) for item in items]
+        return self.compute(tasks, desc=desc)
+
+    def compute(self, tasks: Sequence[Any], *, desc: str) -> list[Any]:
+        """Compute dask delayed objects (and the graph behind them); results in order.
+
+        The progress bar counts ``tasks``, not the intermediate steps they need.
+        """
+        if not tasks:
             return []
-        bar = _progress(len(items), desc, disable=self.quiet)
+        bar = _progress(len(tasks), desc, disable=self.quiet)
         try:
             if self.client is None:
-                return self._map_threads(func, items, bar)
-            return self._map_distributed(func, items, bar)
+                return self._compute_threads(tasks, bar)
+            return self._compute_distributed(tasks, bar)
         finally:
             bar.close()
 
-    def _map_threads(self, func, items, bar) -> list[Any]:
+    def _compute_threads(self, tasks, bar) -> list[Any]:
         import dask
         from dask.callbacks import Callback
         from threadpoolctl import threadpool_limits
 
-        names = set()
-        tasks = []
-        for item in items:
-            task = dask.delayed(func, pure=False)(item)
-            names.add(task.key)
-            tasks.append(task)
+        names = {task.key for task in tasks}
 
         class _Tick(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):
@@ -85,10 +90,10 @@ class Executor:
         with threadpool_limits(limits=1), _Tick():
             return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
 
-    def _map_distributed(self, func, items, bar) -> list[Any]:
+    def _compute_distributed(self, tasks, bar) -> list[Any]:
         from distributed import as_completed
 
-        futures = self.client.map(func, items, pure=False)
+        futures = self.client.compute(list(tasks))
         for _ in as_completed(futures):
             bar.update(1)
         return self.client.gather(futures)

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "BlockSizeError",
     "InputDataError",
+    "MissingExtraError",
     "ModelFileError",
     "OutputExistsError",
     "TiledsegError",
@@ -35,3 +36,7 @@ class ModelFileError(TiledsegError):
 
 class OutputExistsError(TiledsegError):
     """An output that exists already and may not be overwritten."""
+
+
+class MissingExtraError(TiledsegError):
+    """An option that needs an optional dependency (an extra) that is not installed."""

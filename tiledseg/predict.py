@@ -19,14 +19,24 @@ import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.cluster import Executor, available_cores, open_executor
-from tiledseg.errors import InputDataError
+from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model, versions
 from tiledseg.runs import create_output, mark_complete, prepare_output
 from tiledseg.volume import Volume, open_volume, parse_region, split_dataset
 
-__all__ = ["PredictionResult", "check_finite", "classify_block", "predict"]
+__all__ = [
+    "DEFAULT_SMOOTH_WEIGHT",
+    "PredictionResult",
+    "check_finite",
+    "classify_block",
+    "predict",
+    "smooth_settings",
+]
+
+#: Potts weight of ``--smooth graphcut`` when none is given (docs/smoothing.md: choosing it).
+DEFAULT_SMOOTH_WEIGHT = 2.0
 
 
 @dataclass
@@ -61,11 +71,9 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _predict_task(args: tuple) -> int:
+def _write_extras(out: str, block: Block, proba: np.ndarray, want_proba: bool, want_unc: bool):
     import zarr
 
-    volume, block, model, out, want_proba, want_unc, n_threads = args
-    labels, proba = classify_block(volume, block, model, n_threads=n_threads)
     if want_proba:
         stack = _to_uint8(proba.T).reshape((proba.shape[1], *block.shape))
         zarr.open_array(f"{out}/probabilities/0", mode="r+")[(slice(None), *block.region)] = stack
@@ -75,9 +83,68 @@ def _predict_task(args: tuple) -> int:
         zarr.open_array(f"{out}/uncertainty/0", mode="r+")[block.region] = _to_uint8(
             1.0 - margin
         ).reshape(block.shape)
+
+
+def _predict_task(args: tuple) -> int:
+    import zarr
+
+    volume, block, model, out, want_proba, want_unc, n_threads = args
+    labels, proba = classify_block(volume, block, model, n_threads=n_threads)
+    _write_extras(out, block, proba, want_proba, want_unc)
     # labels last: a block whose labels are written has all its outputs written
     zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = labels
     return int(labels.size)
+
+
+def _costs_task(args: tuple) -> np.ndarray:
+    """Probabilities of a block -> its graph-cut unary costs ``(*block.shape, k)``."""
+    from tiledseg.smoothing.energy import unary_costs
+
+    volume, block, model, out, want_proba, want_unc, n_threads = args
+    _, proba = classify_block(volume, block, model, n_threads=n_threads)
+    _write_extras(out, block, proba, want_proba, want_unc)
+    return unary_costs(proba).reshape(*block.shape, proba.shape[1])
+
+
+def _write_labels_task(out: str, block: Block, indices: np.ndarray, values: np.ndarray) -> int:
+    import zarr
+
+    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = values[indices]
+    return int(indices.size)
+
+
+def smooth_settings(
+    smooth: str | None,
+    *,
+    weight: float | None,
+    neighbours: int | None,
+    iterations: int | None,
+    ndim: int,
+    model: Model | None = None,
+) -> Any:
+    """Check the smoothing options before anything is written; ``None`` when off.
+
+    ``model`` (when known) must give probabilities; ``segment`` checks the rest
+    before it trains.
+    """
+    if smooth is None or smooth == "none":
+        if weight is not None or neighbours is not None:
+            raise TiledsegError("--smooth-weight and --smooth-neighbours need --smooth graphcut")
+        return None
+    if smooth != "graphcut":
+        raise TiledsegError(f"--smooth {smooth!r} is unknown; use graphcut (or none)")
+    from tiledseg.smoothing import energy, gco
+    from tiledseg.smoothing.tiled import SmoothSettings
+
+    settings = SmoothSettings(
+        weight=energy.check_weight(DEFAULT_SMOOTH_WEIGHT if weight is None else weight),
+        neighbours=energy.check_neighbours(neighbours, ndim),
+        iterations=-1 if iterations is None else int(iterations),
+    )
+    if model is not None:
+        _require_probabilities(model, "--smooth graphcut")
+    gco.check_available()
+    return settings
 
 
 def _check_finite(args: tuple[Volume, Block]) -> None:
@@ -99,6 +166,10 @@ def predict(
     channel_axis: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    smooth: str | None = None,
+    smooth_weight: float | None = None,
+    smooth_neighbours: int | None = None,
+    smooth_iterations: int | None = None,
     overwrite: bool = False,
     quiet: bool = True,
     command: str | None = None,
@@ -126,6 +197,15 @@ def predict(
         Run on that many local worker processes instead of threads.
     scheduler : str, optional
         Address of a running dask scheduler.
+    smooth : {None, "graphcut"}
+        Smooth the labels with a contrast-sensitive Potts graph cut over the
+        probabilities, blockwise without seams (needs the ``graphcut`` extra).
+    smooth_weight : float, optional
+        Potts weight in nats (default :data:`DEFAULT_SMOOTH_WEIGHT`); larger smooths more.
+    smooth_neighbours : int, optional
+        4 (default) or 8 in 2D, 6 (default) or 26 in 3D.
+    smooth_iterations : int, optional
+        Alpha-expansion cycles per window; by default until convergence.
     overwrite : bool
         Replace an existing tiledseg output at ``out``.
     quiet : bool
@@ -141,6 +221,16 @@ def predict(
     if not isinstance(model, Model):
         model = load_model(model)
     volume = _open_for_model(image, model, channel_axis)
+    if probabilities or uncertainty:
+        _require_probabilities(model, "--probabilities" if probabilities else "--uncertainty")
+    smoothing = smooth_settings(
+        smooth,
+        weight=smooth_weight,
+        neighbours=smooth_neighbours,
+        iterations=smooth_iterations,
+        ndim=model.ndim,
+        model=model,
+    )
     halo = model.halo
     blocks_shape = resolve_block(
         block, shape=volume.shape, halo=halo, min_blocks=workers or available_cores()
@@ -176,10 +266,57 @@ def predict(
         tasks = [
             (volume, b, model, str(path), probabilities, uncertainty, n_threads) for b in blocks
         ]
-        voxels = sum(executor.map(_predict_task, tasks, desc="predict"))
+        extra = {}
+        if smoothing is None:
+            voxels = sum(executor.map(_predict_task, tasks, desc="predict"))
+        else:
+            voxels, extra["smoothing"] = _predict_smoothed(
+                tasks, blocks, volume=volume, model=model, settings=smoothing, executor=executor
+            )
     seconds = time.perf_counter() - started
-    mark_complete(path, voxels=voxels, seconds=round(seconds, 3))
+    mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
     return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds)
+
+
+def _require_probabilities(model: Model, option: str) -> None:
+    if not model.classifier.has_probabilities:
+        raise TiledsegError(
+            f"the model's classifier ({model.classifier.name}) gives labels, not "
+            f"probabilities; {option} needs them: retrain with xgboost, random-forest or an "
+            "estimator with predict_proba"
+        )
+
+
+def _predict_smoothed(
+    tasks: list[tuple],
+    blocks: list[Block],
+    *,
+    volume: Volume,
+    model: Model,
+    settings: Any,
+    executor: Executor,
+) -> tuple[int, dict[str, Any]]:
+    import dask
+
+    from tiledseg.smoothing.tiled import image_beta, smoothed_label_tasks
+
+    beta = image_beta(volume, executor)
+    costs = {
+        b.index: dask.delayed(_costs_task)(task, dask_key_name=f"costs-{b.index}")
+        for b, task in zip(blocks, tasks, strict=True)
+    }
+    indices = smoothed_label_tasks(
+        blocks, costs, volume=volume, beta=beta, spacing=model.spacing, settings=settings
+    )
+    out, values = tasks[0][3], model.classes.astype(model.label_dtype)
+    writes = [
+        dask.delayed(_write_labels_task)(
+            out, b, indices[b.index], values, dask_key_name=f"write-{b.index}"
+        )
+        for b in blocks
+    ]
+    voxels = sum(executor.compute(writes, desc="predict + graph cut"))
+    return voxels, settings.to_dict(beta)
 
 
 def check_finite(

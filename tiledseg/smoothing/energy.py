@@ -1,0 +1,239 @@
+"""The graph-cut energy and its per-window solve: pure functions of numpy arrays.
+
+Energy of a labelling ``l`` (class indices):
+
+    E(l) = sum_p -log p_p(l_p)  +  sum_(p,q) w_pq [l_p != l_q]
+    w_pq = weight * exp(-beta * ||I_p - I_q||^2) / dist(p, q)
+
+a contrast-sensitive Potts model (Boykov & Jolly 2001): neighbours of similar
+intensity pay the full ``weight`` to disagree, across an edge of the image they
+pay little. ``dist`` is the physical distance between the voxel centres in units
+of the finest spacing, so a coarse z axis couples its slices more weakly. ``beta``
+is one number for the whole image (:func:`beta_from_sums`); a per-window value would
+give every block its own energy.
+
+The solver works in integers. Every term is quantised with the same global
+:data:`SCALE`, so a window's energy is exactly the restriction of the volume's
+energy to that window, whichever block it belongs to.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tiledseg.errors import TiledsegError
+from tiledseg.smoothing import gco
+
+__all__ = [
+    "MAX_WEIGHT",
+    "MIN_WEIGHT",
+    "SCALE",
+    "beta_from_sums",
+    "check_neighbours",
+    "check_weight",
+    "neighbour_offsets",
+    "solve",
+    "squared_difference_sums",
+    "unary_costs",
+]
+
+#: Integer units per nat. Unary terms are at most -log(P_MIN) * SCALE = 13816 and a
+#: pair weight at most MAX_WEIGHT * SCALE = 1e6, so a site with 26 neighbours stays
+#: below 2.7e7, far inside the solver's int32 terms (energies are summed in int64).
+SCALE = 1000
+#: Probabilities are floored here: a classifier's 0 is "very unlikely", not "impossible".
+P_MIN = 1e-6
+#: Weights between these bounds are represented to 1 part in 10 or better.
+MIN_WEIGHT = 0.01
+MAX_WEIGHT = 1000.0
+#: Neighbourhoods offered, per dimensionality; the first is the default.
+NEIGHBOURHOODS = {2: (4, 8), 3: (6, 26)}
+
+
+def check_weight(weight: float) -> float:
+    """Return ``weight`` as a float, or raise if the solver cannot represent it."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise TiledsegError(f"smooth weight {weight!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise TiledsegError(
+            f"smooth weight {weight!r} must be a positive number (try 1 to 4; larger smooths more)"
+        )
+    if not MIN_WEIGHT <= value <= MAX_WEIGHT:
+        raise TiledsegError(
+            f"smooth weight {value:g} is outside [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}], the range the "
+            "solver's integer energies represent exactly; try 1 to 4"
+        )
+    return value
+
+
+def check_neighbours(neighbours: int | None, ndim: int) -> int:
+    """Return the neighbourhood size for ``ndim`` (the default when ``None``), checked."""
+    offered = NEIGHBOURHOODS.get(ndim, ())
+    if neighbours is None:
+        return offered[0]
+    if int(neighbours) not in offered:
+        choices = " or ".join(str(n) for n in offered)
+        raise TiledsegError(
+            f"smooth neighbourhood {neighbours} is not offered for {ndim}D images; use {choices}"
+        )
+    return int(neighbours)
+
+
+def neighbour_offsets(ndim: int, neighbours: int) -> list[tuple[int, ...]]:
+    """Half of the neighbourhood: each offset once, with its first non-zero step positive.
+
+    A positive first step makes every offset's raveled (C-order) displacement
+    positive, so an edge's first site always has the smaller index.
+    """
+    if neighbours == 2 * ndim:
+        return [tuple(int(a == b) for b in range(ndim)) for a in range(ndim)]
+    return [
+        o
+        for o in itertools.product((-1, 0, 1), repeat=ndim)
+        if any(o) and o[next(i for i, v in enumerate(o) if v)] > 0
+    ]
+
+
+def unary_costs(proba: np.ndarray) -> np.ndarray:
+    """Quantised ``-log p`` of probabilities ``(n, k)``, as uint16 ``(n, k)``."""
+    cost = -np.log(np.maximum(proba.astype(np.float64), P_MIN)) * SCALE
+    return np.rint(cost).astype(np.uint16)
+
+
+def _pair_slices(shape: Sequence[int], offset: Sequence[int]):
+    first, second = [], []
+    for n, o in zip(shape, offset, strict=True):
+        if o >= 0:
+            first.append(slice(0, n - o))
+            second.append(slice(o, n))
+        else:
+            first.append(slice(-o, n))
+            second.append(slice(0, n + o))
+    return tuple(first), tuple(second)
+
+
+def _squared_differences(image: np.ndarray, offset: Sequence[int]) -> np.ndarray:
+    """``||I_p - I_(p+offset)||^2`` summed over channels, for every pair in ``image``."""
+    a, b = _pair_slices(image.shape[1:], offset)
+    diff = image[(slice(None), *a)].astype(np.float64) - image[(slice(None), *b)]
+    return np.einsum("c...,c...->...", diff, diff)
+
+
+def squared_difference_sums(image: np.ndarray, inner: Sequence[slice]) -> tuple[float, int]:
+    """Sum and count of the axis-neighbour squared differences whose first voxel is in ``inner``.
+
+    ``image`` is channel-first and holds ``inner`` plus (where the volume goes on)
+    one more voxel after it along every axis, so that summing over the blocks of any
+    grid counts every pair of the volume exactly once.
+    """
+    ndim = image.ndim - 1
+    total, count = 0.0, 0
+    for axis in range(ndim):
+        offset = tuple(int(a == axis) for a in range(ndim))
+        d2 = _squared_differences(image, offset)
+        keep = tuple(slice(s.start, min(s.stop, d2.shape[a])) for a, s in enumerate(inner))
+        part = d2[keep]
+        total += float(part.sum())
+        count += int(part.size)
+    return total, count
+
+
+def beta_from_sums(total: float, count: int) -> float:
+    """The contrast scale ``1 / (2 mean ||dI||^2)``; 0 for a constant image."""
+    if count == 0 or total <= 0:
+        return 0.0
+    return 1.0 / (2.0 * total / count)
+
+
+def _pair_weights(
+    image: np.ndarray,
+    offset: Sequence[int],
+    *,
+    beta: float,
+    weight: float,
+    spacing: Sequence[float],
+) -> np.ndarray:
+    distance = math.sqrt(sum((o * s) ** 2 for o, s in zip(offset, spacing, strict=True)))
+    contrast = np.exp(-beta * _squared_differences(image, offset))
+    return np.rint(contrast * (weight * SCALE / distance)).astype(np.int64)
+
+
+def solve(
+    unary: np.ndarray,
+    image: np.ndarray,
+    *,
+    fixed: np.ndarray | None = None,
+    beta: float,
+    weight: float,
+    spacing: Sequence[float],
+    neighbours: int,
+    iterations: int = -1,
+) -> np.ndarray:
+    """Smooth the labels of one window; return class indices ``(*shape)`` as uint8.
+
+    Parameters
+    ----------
+    unary : ndarray, shape (*shape, k)
+        Quantised costs from :func:`unary_costs`.
+    image : ndarray, shape (channels, *shape)
+        The image over the same window (for the contrast term).
+    fixed : ndarray of int, shape (*shape), optional
+        A label index for voxels held fixed, -1 for free voxels. A free voxel next to a
+        fixed one pays that edge's weight for every label but the fixed one; fixed
+        voxels keep their label. ``None``: every voxel is free.
+    beta, weight : float
+        Contrast scale (for the whole image) and Potts weight.
+    spacing : sequence of float
+        Voxel spacing relative to the finest axis (all >= 1).
+    neighbours : int
+        4 or 8 in 2D, 6 or 26 in 3D.
+    iterations : int
+        Expansion cycles; -1 runs to convergence.
+    """
+    shape = unary.shape[:-1]
+    if fixed is None:
+        free = np.ones(shape, dtype=bool)
+    else:
+        free = fixed < 0
+    site = np.full(shape, -1, dtype=np.int64)
+    site[free] = np.arange(int(free.sum()))
+    costs = unary[free].astype(np.int64)
+    firsts, seconds, weights = [], [], []
+    for offset in neighbour_offsets(len(shape), neighbours):
+        a, b = _pair_slices(shape, offset)
+        w = _pair_weights(image, offset, beta=beta, weight=weight, spacing=spacing)
+        sa, sb = site[a], site[b]
+        both = (sa >= 0) & (sb >= 0)
+        firsts.append(sa[both])
+        seconds.append(sb[both])
+        weights.append(w[both])
+        if fixed is not None:
+            # an edge to a fixed voxel becomes a unary term of its free end
+            for free_side, fixed_side, fixed_slices in ((sa, sb, b), (sb, sa, a)):
+                edge = (free_side >= 0) & (fixed_side < 0)
+                if not edge.any():
+                    continue
+                ids = free_side[edge]
+                we = w[edge]
+                held = fixed[fixed_slices][edge]
+                np.add.at(costs, ids, we[:, None])
+                np.add.at(costs, (ids, held), -we)
+    labels = np.zeros(shape, dtype=np.uint8)
+    if fixed is not None:
+        labels[~free] = fixed[~free]
+    if costs.shape[0]:
+        solved = gco.expansion(
+            costs.astype(np.intc),
+            np.concatenate(firsts).astype(np.intc),
+            np.concatenate(seconds).astype(np.intc),
+            np.concatenate(weights).astype(np.intc),
+            iterations=iterations,
+        )
+        labels[free] = solved
+    return labels
