@@ -204,6 +204,71 @@ def test_bad_predict_option(work, capsys, option, value, needle):
     refused(capsys, [*PREDICT, option, value], needle)
 
 
+# -- graph-cut smoothing ----------------------------------------------------------------
+
+SMOOTH = [*PREDICT, "--smooth", "graphcut"]
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("0", "smooth weight 0 must be a positive number"),
+        ("-1", "smooth weight -1 must be a positive number"),
+        ("nan", "smooth weight nan must be a positive number"),
+        ("inf", "smooth weight inf must be a positive number"),
+        ("1e6", "smooth weight 1e+06 is outside [0.01, 1000]"),
+        ("strong", "smooth weight 'strong' is not a number"),
+    ],
+)
+def test_bad_smooth_weight(work, capsys, value, needle):
+    line = refused(capsys, [*SMOOTH, "--smooth-weight", value], needle)
+    assert "try 1 to 4" in line
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "many"])
+def test_bad_smooth_iterations(work, capsys, value):
+    refused(capsys, [*SMOOTH, "--smooth-iterations", value], f"smooth iterations '{value}'")
+
+
+def test_bad_smooth_neighbourhood(work, capsys):
+    refused(capsys, [*SMOOTH, "--smooth-neighbours", "8"], "8 is not offered for 3D", "6 or 26")
+
+
+def test_smooth_weight_without_smoothing(work, capsys):
+    refused(capsys, [*PREDICT, "--smooth-weight", "2"], "need --smooth graphcut")
+    refused(capsys, [*PREDICT, "--smooth-iterations", "2"], "need --smooth graphcut")
+
+
+def test_smoothing_without_the_extra(work, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    # the solver package as if it were not installed (the lookup tiledseg makes)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gco" else real(name, *a)
+    )
+    line = refused(capsys, SMOOTH, "needs the optional solver gco-wrapper")
+    assert "pip install 'tiledseg[graphcut]'" in line
+
+
+def test_smoothing_with_a_model_without_probabilities(work, capsys, phantom):
+    from sklearn.svm import LinearSVC
+
+    model = tiledseg.train(
+        phantom.image, phantom.scribbles, classifier=LinearSVC(), features="minimal", cache_dir=None
+    )
+    model.save("svc.tseg")
+    args = [a if a != "model.tseg" else "svc.tseg" for a in SMOOTH]
+    refused(capsys, args, "(LinearSVC) gives labels, not probabilities", "--smooth graphcut")
+    args = [a if a != "model.tseg" else "svc.tseg" for a in [*PREDICT, "--probabilities"]]
+    refused(capsys, args, "--probabilities needs them")
+
+
+def test_config_with_a_bad_smooth_weight_fails_before_training(work, capsys):
+    Path("run.yaml").write_text(CONFIG + "smooth: graphcut\nsmooth_weight: -2\n")
+    refused(capsys, ["segment", "run.yaml", "--quiet"], "smooth weight -2.0 must be a positive")
+
+
 @pytest.mark.parametrize(
     ("option", "value", "needle"),
     [

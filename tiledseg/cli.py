@@ -154,7 +154,7 @@ def _print_training(model, model_path) -> None:
 )
 @click.option(
     "--smooth-weight",
-    type=float,
+    type=str,
     default=None,
     metavar="W",
     help="Graph-cut Potts weight in nats (default 2; larger smooths more).",
@@ -165,6 +165,12 @@ def _print_training(model, model_path) -> None:
     default=None,
     metavar="N",
     help="Graph-cut neighbourhood: 4 or 8 in 2D, 6 or 26 in 3D (default 4 / 6).",
+)
+@click.option(
+    "--smooth-iterations",
+    default=None,
+    metavar="N",
+    help="Graph-cut expansion cycles (default 1; -1: until convergence, about 2x slower).",
 )
 @_channel_axis_option
 @_block_option
@@ -181,6 +187,7 @@ def predict(
     smooth,
     smooth_weight,
     smooth_neighbours,
+    smooth_iterations,
     channel_axis,
     block,
     workers,
@@ -200,6 +207,7 @@ def predict(
         smooth=smooth,
         smooth_weight=smooth_weight,
         smooth_neighbours=smooth_neighbours,
+        smooth_iterations=smooth_iterations,
         block=block,
         channel_axis=channel_axis,
         workers=workers,
@@ -253,7 +261,7 @@ def segment(config_path, overwrite, quiet) -> None:
         config.smooth,
         weight=config.smooth_weight,
         neighbours=config.smooth_neighbours,
-        iterations=None,
+        iterations=config.smooth_iterations,
         ndim=volume.ndim,
     )
     model = tiledseg.train(
@@ -280,6 +288,7 @@ def segment(config_path, overwrite, quiet) -> None:
         smooth=config.smooth,
         smooth_weight=config.smooth_weight,
         smooth_neighbours=config.smooth_neighbours,
+        smooth_iterations=config.smooth_iterations,
         block=config.block,
         channel_axis=config.channel_axis,
         workers=config.workers,

@@ -45,6 +45,9 @@ class SegmentConfig(BaseModel):
     )
     smooth_weight: float | None = Field(None, description="graph-cut Potts weight (default 2)")
     smooth_neighbours: int | None = Field(None, description="4 or 8 (2D), 6 or 26 (3D)")
+    smooth_iterations: int | None = Field(
+        None, description="graph-cut expansion cycles (default 1; -1: until convergence)"
+    )
     overwrite: bool = False
     seed: int = 0
 

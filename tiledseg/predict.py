@@ -128,8 +128,11 @@ def smooth_settings(
     before it trains.
     """
     if smooth is None or smooth == "none":
-        if weight is not None or neighbours is not None:
-            raise TiledsegError("--smooth-weight and --smooth-neighbours need --smooth graphcut")
+        if weight is not None or neighbours is not None or iterations is not None:
+            raise TiledsegError(
+                "--smooth-weight, --smooth-neighbours and --smooth-iterations need "
+                "--smooth graphcut"
+            )
         return None
     if smooth != "graphcut":
         raise TiledsegError(f"--smooth {smooth!r} is unknown; use graphcut (or none)")
@@ -139,7 +142,7 @@ def smooth_settings(
     settings = SmoothSettings(
         weight=energy.check_weight(DEFAULT_SMOOTH_WEIGHT if weight is None else weight),
         neighbours=energy.check_neighbours(neighbours, ndim),
-        iterations=-1 if iterations is None else int(iterations),
+        iterations=energy.check_iterations(iterations),
     )
     if model is not None:
         _require_probabilities(model, "--smooth graphcut")
@@ -205,7 +208,7 @@ def predict(
     smooth_neighbours : int, optional
         4 (default) or 8 in 2D, 6 (default) or 26 in 3D.
     smooth_iterations : int, optional
-        Alpha-expansion cycles per window; by default until convergence.
+        Alpha-expansion cycles per window (default 1); -1 runs until convergence.
     overwrite : bool
         Replace an existing tiledseg output at ``out``.
     quiet : bool
@@ -300,7 +303,13 @@ def _predict_smoothed(
 
     from tiledseg.smoothing.tiled import image_beta, smoothed_label_tasks
 
-    beta = image_beta(volume, executor)
+    finest = min(model.spacing)
+    beta = image_beta(
+        volume,
+        executor,
+        sigma=settings.contrast_sigma,
+        spacing=tuple(s / finest for s in model.spacing),
+    )
     costs = {
         b.index: dask.delayed(_costs_task)(task, dask_key_name=f"costs-{b.index}")
         for b, task in zip(blocks, tasks, strict=True)

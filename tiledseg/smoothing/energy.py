@@ -3,14 +3,17 @@
 Energy of a labelling ``l`` (class indices):
 
     E(l) = sum_p -log p_p(l_p)  +  sum_(p,q) w_pq [l_p != l_q]
-    w_pq = weight * exp(-beta * ||I_p - I_q||^2) / dist(p, q)
+    w_pq = weight * exp(-beta * ||I_p - I_q||^2) / dist(p, q) * norm
 
 a contrast-sensitive Potts model (Boykov & Jolly 2001): neighbours of similar
 intensity pay the full ``weight`` to disagree, across an edge of the image they
-pay little. ``dist`` is the physical distance between the voxel centres in units
-of the finest spacing, so a coarse z axis couples its slices more weakly. ``beta``
-is one number for the whole image (:func:`beta_from_sums`); a per-window value would
-give every block its own energy.
+pay little. ``I`` is the image after a light Gaussian blur (:func:`contrast_image`).
+``dist`` is the physical distance between the voxel centres in units of the finest
+spacing, so a coarse z axis couples its slices more weakly; ``norm`` makes the 8-
+and 26-neighbourhoods couple a voxel as strongly in total as the 4- and
+6-neighbourhoods, so one weight means the same smoothing in each. ``beta`` is one
+number for the whole image (:func:`beta_from_sums`); a per-window value would give
+every block its own energy.
 
 The solver works in integers. Every term is quantised with the same global
 :data:`SCALE`, so a window's energy is exactly the restriction of the volume's
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tiledseg.errors import TiledsegError
+from tiledseg.features.bank import TRUNCATE, kernel_radius
 from tiledseg.smoothing import gco
 
 __all__ = [
@@ -33,8 +37,11 @@ __all__ = [
     "MIN_WEIGHT",
     "SCALE",
     "beta_from_sums",
+    "check_iterations",
     "check_neighbours",
     "check_weight",
+    "contrast_halo",
+    "contrast_image",
     "neighbour_offsets",
     "solve",
     "squared_difference_sums",
@@ -59,15 +66,33 @@ def check_weight(weight: float) -> float:
     try:
         value = float(weight)
     except (TypeError, ValueError):
-        raise TiledsegError(f"smooth weight {weight!r} is not a number") from None
+        raise TiledsegError(
+            f"smooth weight {weight!r} is not a number; give a positive number (try 1 to 4)"
+        ) from None
     if not math.isfinite(value) or value <= 0:
         raise TiledsegError(
-            f"smooth weight {weight!r} must be a positive number (try 1 to 4; larger smooths more)"
+            f"smooth weight {weight} must be a positive number (try 1 to 4; larger smooths more)"
         )
     if not MIN_WEIGHT <= value <= MAX_WEIGHT:
         raise TiledsegError(
             f"smooth weight {value:g} is outside [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}], the range the "
             "solver's integer energies represent exactly; try 1 to 4"
+        )
+    return value
+
+
+def check_iterations(iterations: int | str | None) -> int:
+    """Return the expansion cycles (1 when ``None``; -1 = until convergence), checked."""
+    if iterations is None:
+        return 1
+    try:
+        value = int(str(iterations).strip())
+    except ValueError:
+        value = 0
+    if value != -1 and value < 1:
+        raise TiledsegError(
+            f"smooth iterations {iterations!r}: give a number of expansion cycles (1 or more), "
+            "or -1 to run until the energy stops falling"
         )
     return value
 
@@ -144,6 +169,34 @@ def squared_difference_sums(image: np.ndarray, inner: Sequence[slice]) -> tuple[
     return total, count
 
 
+def contrast_halo(sigma: float, spacing: Sequence[float]) -> tuple[int, ...]:
+    """Voxels per axis that :func:`contrast_image` needs around a window."""
+    if sigma <= 0:
+        return (0,) * len(spacing)
+    return tuple(kernel_radius(sigma / s) for s in spacing)
+
+
+def contrast_image(
+    image: np.ndarray, *, sigma: float, spacing: Sequence[float], inner: Sequence[slice]
+) -> np.ndarray:
+    """The image the contrast term compares: Gaussian-smoothed, then cropped to ``inner``.
+
+    Raw intensities of a noisy image differ between neighbours mostly by noise, so
+    the contrast weights would be noise too; a blur of ``sigma`` (in units of the
+    finest spacing) keeps the edges of the phases and drops the noise. ``image`` is
+    channel-first and holds ``inner`` plus :func:`contrast_halo` where the volume goes
+    on, so every window sees the values the whole image would have (scipy's 1-D passes
+    on the same inputs give the same bits).
+    """
+    data = image.astype(np.float64)
+    if sigma > 0:
+        from scipy import ndimage as ndi
+
+        sigmas = (0.0, *(sigma / s for s in spacing))
+        data = ndi.gaussian_filter(data, sigmas, mode="reflect", truncate=TRUNCATE)
+    return data[(slice(None), *inner)]
+
+
 def beta_from_sums(total: float, count: int) -> float:
     """The contrast scale ``1 / (2 mean ||dI||^2)``; 0 for a constant image."""
     if count == 0 or total <= 0:
@@ -158,10 +211,25 @@ def _pair_weights(
     beta: float,
     weight: float,
     spacing: Sequence[float],
+    neighbours: int,
 ) -> np.ndarray:
     distance = math.sqrt(sum((o * s) ** 2 for o, s in zip(offset, spacing, strict=True)))
     contrast = np.exp(-beta * _squared_differences(image, offset))
-    return np.rint(contrast * (weight * SCALE / distance)).astype(np.int64)
+    scale = weight * SCALE / distance * _neighbourhood_norm(len(offset), neighbours)
+    return np.rint(contrast * scale).astype(np.int64)
+
+
+def _neighbourhood_norm(ndim: int, neighbours: int) -> float:
+    """Scale the diagonal neighbourhoods down to the axis neighbourhood's total coupling.
+
+    With 26 neighbours a voxel has about three times the edges of 6; without this a
+    weight would smooth three times as much. Dividing by the sum of ``1/dist`` over
+    the neighbourhood keeps ``weight`` meaning the same in every neighbourhood.
+    """
+    total = sum(
+        1.0 / math.sqrt(sum(o * o for o in off)) for off in neighbour_offsets(ndim, neighbours)
+    )
+    return ndim / total
 
 
 def solve(
@@ -207,7 +275,9 @@ def solve(
     firsts, seconds, weights = [], [], []
     for offset in neighbour_offsets(len(shape), neighbours):
         a, b = _pair_slices(shape, offset)
-        w = _pair_weights(image, offset, beta=beta, weight=weight, spacing=spacing)
+        w = _pair_weights(
+            image, offset, beta=beta, weight=weight, spacing=spacing, neighbours=neighbours
+        )
         sa, sb = site[a], site[b]
         both = (sa >= 0) & (sb >= 0)
         firsts.append(sa[both])
