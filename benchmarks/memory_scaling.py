@@ -72,7 +72,8 @@ def task_predict(params: dict[str, Any]) -> dict[str, Any]:
     ----------
     params : dict
         ``image`` (zarr array path), ``model`` (model file path), ``out`` (output
-        group path) and ``block`` (``None`` for tiledseg's default).
+        group path), ``block`` (``None`` for tiledseg's default) and ``smooth``
+        (true: ``--smooth graphcut`` with its defaults).
 
     Returns
     -------
@@ -90,8 +91,9 @@ def task_predict(params: dict[str, Any]) -> dict[str, Any]:
     base_rss = _bench.current_rss_bytes()
     cpu0 = _bench.cpu_seconds()
     started = time.perf_counter()
+    smooth = {"smooth": "graphcut"} if params.get("smooth") else {}
     result = tiledseg.predict(
-        params["image"], params["model"], out=params["out"], block=params.get("block")
+        params["image"], params["model"], out=params["out"], block=params.get("block"), **smooth
     )
     seconds = time.perf_counter() - started
     return {
@@ -158,6 +160,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         type=int,
         default=None,
         help="tiledseg processing block edge (default: tiledseg's own)",
+    )
+    parser.add_argument(
+        "--smooth", action="store_true", help="predict with --smooth graphcut (its defaults)"
     )
     parser.add_argument("--no-score", action="store_true", help="skip scoring against the truth")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -260,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "model": str(model_path),
                 "out": str(out),
                 "block": args.block,
+                "smooth": args.smooth,
             },
             workdir=workdir,
             timeout=args.timeout,
@@ -368,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "train": trained.result,
                     "chunks": args.chunks,
                     "block": args.block,
+                    "smooth": args.smooth,
                     "results": rows,
                     "verdicts": verdicts,
                 },

@@ -169,6 +169,7 @@ def task_sweep(params: dict[str, Any]) -> dict[str, Any]:
                 "smooth": "graphcut",
                 "smooth_weight": setting["weight"],
                 "smooth_neighbours": setting["neighbours"],
+                "smooth_contrast_sigma": params.get("contrast_sigma"),
             }
         result = tiledseg.predict(image, model, out=out, **smooth)
         scores = tiledseg.evaluate(result.path, truth)
@@ -236,6 +237,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="write the results here (default: benchmarks/results/smoothing_weight.json for a "
         "full run, none with --quick)",
+    )
+    parser.add_argument(
+        "--contrast-sigma",
+        type=float,
+        default=None,
+        help="blur of the contrast image (smooth_contrast_sigma; default tiledseg's, 1)",
     )
     parser.add_argument("--no-json", action="store_true", help="write no JSON")
     parser.add_argument(
@@ -310,7 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = _bench.run_child(
             script,
             "sweep",
-            {"dataset": spec, "settings": tried, "out": str(workdir / name)},
+            {
+                "dataset": spec,
+                "settings": tried,
+                "out": str(workdir / name),
+                "contrast_sigma": args.contrast_sigma,
+            },
             workdir=workdir,
             timeout=args.timeout,
             label=name,

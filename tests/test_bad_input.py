@@ -230,6 +230,11 @@ def test_bad_smooth_iterations(work, capsys, value):
     refused(capsys, [*SMOOTH, "--smooth-iterations", value], f"smooth iterations '{value}'")
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "11", "blurry"])
+def test_bad_smooth_contrast_sigma(work, capsys, value):
+    refused(capsys, [*SMOOTH, "--smooth-contrast-sigma", value], f"contrast sigma {value}:")
+
+
 def test_bad_smooth_neighbourhood(work, capsys):
     refused(capsys, [*SMOOTH, "--smooth-neighbours", "8"], "8 is not offered for 3D", "6 or 26")
 

@@ -20,7 +20,12 @@ import tiledseg as ts
 from tiledseg.blocks import plan_blocks
 from tiledseg.errors import TiledsegError
 from tiledseg.smoothing import energy
-from tiledseg.smoothing.tiled import SmoothSettings, image_beta, smoothed_label_tasks
+from tiledseg.smoothing.tiled import (
+    SmoothingPlan,
+    SmoothSettings,
+    image_beta,
+    smoothed_label_tasks,
+)
 from tiledseg.testing import make_phantom
 from tiledseg.volume import open_volume
 
@@ -380,3 +385,52 @@ def test_spacing_and_26_neighbours(small, tmp_path):
     la = zarr.open_array(f"{a.path}/labels/0")[...]
     lb = zarr.open_array(f"{b.path}/labels/0")[...]
     assert 0.9 < np.mean(la == lb) < 1.0
+
+
+def test_waves_hold_a_few_rows_of_blocks_whatever_the_length():
+    # what a wave keeps for later rows is bounded by the cross-section, not the length
+    import dask
+
+    rng = np.random.default_rng(2)
+    held = {}
+    for rows in (8, 13):
+        shape = (rows * 8, 16, 12)
+        proba = rng.dirichlet([2.0] * 3, size=shape).astype(np.float32)
+        costs_all = energy.unary_costs(proba.reshape(-1, 3)).reshape(*shape, 3)
+        image = rng.integers(0, 255, size=shape).astype(np.uint8)
+        volume = open_volume(image)
+        blocks = plan_blocks(shape, (8, 8, 6), (0, 0, 0))
+        plan = SmoothingPlan(
+            blocks, volume=volume, beta=1e-3, spacing=(1, 1, 1), settings=SmoothSettings(2.0, 6)
+        )
+        kept_sizes = []
+
+        def persist(objs, kept_sizes=kept_sizes):
+            kept_sizes.append(len(objs))
+            return list(dask.persist(*objs, scheduler="sync"))
+
+        got = np.zeros(shape, dtype=np.uint8)
+
+        def write(block, labels, got=got):
+            return dask.delayed(got.__setitem__)(block.region, labels)
+
+        plan.run(
+            costs=lambda b, c=costs_all: dask.delayed(c[b.region]),
+            write=write,
+            persist=persist,
+        )
+        expected = smoothed_label_tasks(
+            blocks,
+            {b.index: dask.delayed(costs_all[b.region]) for b in blocks},
+            volume=volume,
+            beta=1e-3,
+            spacing=(1, 1, 1),
+            settings=SmoothSettings(2.0, 6),
+        )
+        whole = np.zeros(shape, dtype=np.uint8)
+        computed = dask.compute(expected, scheduler="sync")[0]
+        for b in blocks:
+            whole[b.region] = computed[b.index]
+        assert np.array_equal(got, whole)
+        held[rows] = max(kept_sizes)
+    assert held[13] == held[8], held

@@ -172,6 +172,12 @@ def _print_training(model, model_path) -> None:
     metavar="N",
     help="Graph-cut expansion cycles (default 1; -1: until convergence, about 2x slower).",
 )
+@click.option(
+    "--smooth-contrast-sigma",
+    default=None,
+    metavar="S",
+    help="Blur of the image the graph cut's contrast term compares (default 1; 0: raw).",
+)
 @_channel_axis_option
 @_block_option
 @_workers_option
@@ -188,6 +194,7 @@ def predict(
     smooth_weight,
     smooth_neighbours,
     smooth_iterations,
+    smooth_contrast_sigma,
     channel_axis,
     block,
     workers,
@@ -208,6 +215,7 @@ def predict(
         smooth_weight=smooth_weight,
         smooth_neighbours=smooth_neighbours,
         smooth_iterations=smooth_iterations,
+        smooth_contrast_sigma=smooth_contrast_sigma,
         block=block,
         channel_axis=channel_axis,
         workers=workers,
@@ -262,6 +270,7 @@ def segment(config_path, overwrite, quiet) -> None:
         weight=config.smooth_weight,
         neighbours=config.smooth_neighbours,
         iterations=config.smooth_iterations,
+        contrast_sigma=config.smooth_contrast_sigma,
         ndim=volume.ndim,
     )
     model = tiledseg.train(
@@ -289,6 +298,7 @@ def segment(config_path, overwrite, quiet) -> None:
         smooth_weight=config.smooth_weight,
         smooth_neighbours=config.smooth_neighbours,
         smooth_iterations=config.smooth_iterations,
+        smooth_contrast_sigma=config.smooth_contrast_sigma,
         block=config.block,
         channel_axis=config.channel_axis,
         workers=config.workers,

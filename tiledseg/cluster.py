@@ -74,6 +74,33 @@ class Executor:
         finally:
             bar.close()
 
+    @contextlib.contextmanager
+    def progress(self, total: int, desc: str) -> Iterator[Any]:
+        """A progress bar (tqdm) over ``total`` items; silent when quiet."""
+        bar = _progress(total, desc, disable=self.quiet)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    def persist(self, tasks: Sequence[Any]) -> list[Any]:
+        """Compute dask delayed objects and return them persisted (results held in memory
+        here, or on the workers of a cluster), for later graphs to build on."""
+        if not tasks:
+            return []
+        if self.client is None:
+            import dask
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1):
+                done = dask.persist(*tasks, scheduler="threads", num_workers=self.n_workers)
+        else:
+            from distributed import wait
+
+            done = self.client.persist(list(tasks))
+            wait(done)
+        return list(done)
+
     def _compute_threads(self, tasks, bar) -> list[Any]:
         import dask
         from dask.callbacks import Callback

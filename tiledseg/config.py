@@ -48,6 +48,9 @@ class SegmentConfig(BaseModel):
     smooth_iterations: int | None = Field(
         None, description="graph-cut expansion cycles (default 1; -1: until convergence)"
     )
+    smooth_contrast_sigma: float | None = Field(
+        None, description="blur of the graph cut's contrast image (default 1; 0: raw)"
+    )
     overwrite: bool = False
     seed: int = 0
 

@@ -7,6 +7,7 @@ the output store. Nothing larger than one block's features is ever in memory.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -120,6 +121,7 @@ def smooth_settings(
     neighbours: int | None,
     iterations: int | None,
     ndim: int,
+    contrast_sigma: float | None = None,
     model: Model | None = None,
 ) -> Any:
     """Check the smoothing options before anything is written; ``None`` when off.
@@ -128,10 +130,11 @@ def smooth_settings(
     before it trains.
     """
     if smooth is None or smooth == "none":
-        if weight is not None or neighbours is not None or iterations is not None:
+        given = (weight, neighbours, iterations, contrast_sigma)
+        if any(v is not None for v in given):
             raise TiledsegError(
-                "--smooth-weight, --smooth-neighbours and --smooth-iterations need "
-                "--smooth graphcut"
+                "--smooth-weight, --smooth-neighbours, --smooth-iterations and "
+                "--smooth-contrast-sigma need --smooth graphcut"
             )
         return None
     if smooth != "graphcut":
@@ -143,6 +146,7 @@ def smooth_settings(
         weight=energy.check_weight(DEFAULT_SMOOTH_WEIGHT if weight is None else weight),
         neighbours=energy.check_neighbours(neighbours, ndim),
         iterations=energy.check_iterations(iterations),
+        contrast_sigma=energy.check_contrast_sigma(contrast_sigma),
     )
     if model is not None:
         _require_probabilities(model, "--smooth graphcut")
@@ -173,6 +177,7 @@ def predict(
     smooth_weight: float | None = None,
     smooth_neighbours: int | None = None,
     smooth_iterations: int | None = None,
+    smooth_contrast_sigma: float | None = None,
     overwrite: bool = False,
     quiet: bool = True,
     command: str | None = None,
@@ -209,6 +214,8 @@ def predict(
         4 (default) or 8 in 2D, 6 (default) or 26 in 3D.
     smooth_iterations : int, optional
         Alpha-expansion cycles per window (default 1); -1 runs until convergence.
+    smooth_contrast_sigma : float, optional
+        Blur of the image the contrast term compares (default 1; 0: raw intensities).
     overwrite : bool
         Replace an existing tiledseg output at ``out``.
     quiet : bool
@@ -231,6 +238,7 @@ def predict(
         weight=smooth_weight,
         neighbours=smooth_neighbours,
         iterations=smooth_iterations,
+        contrast_sigma=smooth_contrast_sigma,
         ndim=model.ndim,
         model=model,
     )
@@ -301,7 +309,7 @@ def _predict_smoothed(
 ) -> tuple[int, dict[str, Any]]:
     import dask
 
-    from tiledseg.smoothing.tiled import image_beta, smoothed_label_tasks
+    from tiledseg.smoothing.tiled import SmoothingPlan, image_beta
 
     finest = min(model.spacing)
     beta = image_beta(
@@ -310,22 +318,22 @@ def _predict_smoothed(
         sigma=settings.contrast_sigma,
         spacing=tuple(s / finest for s in model.spacing),
     )
-    costs = {
-        b.index: dask.delayed(_costs_task)(task, dask_key_name=f"costs-{b.index}")
-        for b, task in zip(blocks, tasks, strict=True)
-    }
-    indices = smoothed_label_tasks(
-        blocks, costs, volume=volume, beta=beta, spacing=model.spacing, settings=settings
-    )
+    plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=model.spacing, settings=settings)
+    by_index = {b.index: task for b, task in zip(blocks, tasks, strict=True)}
     out, values = tasks[0][3], model.classes.astype(model.label_dtype)
-    writes = [
-        dask.delayed(_write_labels_task)(
-            out, b, indices[b.index], values, dask_key_name=f"write-{b.index}"
+    with executor.progress(len(blocks), "predict + graph cut") as bar:
+        plan.run(
+            costs=lambda b: dask.delayed(_costs_task)(
+                by_index[b.index], dask_key_name=f"costs-{b.index}"
+            ),
+            write=lambda b, labels: dask.delayed(_write_labels_task)(
+                out, b, labels, values, dask_key_name=f"write-{b.index}"
+            ),
+            persist=executor.persist,
+            progress=bar.update,
         )
-        for b in blocks
-    ]
-    voxels = sum(executor.compute(writes, desc="predict + graph cut"))
-    return voxels, settings.to_dict(beta)
+    # every write has run when run() returns (persist waits for its wave)
+    return sum(math.prod(b.shape) for b in blocks), settings.to_dict(beta)
 
 
 def check_finite(

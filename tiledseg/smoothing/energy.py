@@ -37,6 +37,7 @@ __all__ = [
     "MIN_WEIGHT",
     "SCALE",
     "beta_from_sums",
+    "check_contrast_sigma",
     "check_iterations",
     "check_neighbours",
     "check_weight",
@@ -77,6 +78,22 @@ def check_weight(weight: float) -> float:
         raise TiledsegError(
             f"smooth weight {value:g} is outside [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}], the range the "
             "solver's integer energies represent exactly; try 1 to 4"
+        )
+    return value
+
+
+def check_contrast_sigma(sigma: float | str | None) -> float:
+    """Return the contrast blur (1 when ``None``; 0 = raw intensities), checked."""
+    if sigma is None:
+        return 1.0
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or not 0 <= value <= 10:
+        raise TiledsegError(
+            f"smooth contrast sigma {sigma}: give a blur from 0 (raw intensities) to 10 "
+            "voxels; 1 suits noisy images"
         )
     return value
 

@@ -1,6 +1,6 @@
 """Blockwise graph-cut smoothing without seams: the dask graph around the window solves.
 
-The plan (docs/design-notes.md, "Graph cut without seams"):
+The plan (docs/smoothing.md, "Graph cut without seams"):
 
 1. **Costs.** Each block's task computes its features and probabilities once (as
    prediction does) and returns its quantised unary costs. Probabilities and
@@ -22,7 +22,7 @@ the scheduler, the order of tasks or the number of workers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,13 @@ import numpy as np
 from tiledseg.blocks import DEFAULT_BLOCK, Block, plan_blocks
 from tiledseg.smoothing import energy
 
-__all__ = ["SmoothSettings", "image_beta", "read_contrast", "smoothed_label_tasks"]
+__all__ = [
+    "SmoothSettings",
+    "SmoothingPlan",
+    "image_beta",
+    "read_contrast",
+    "smoothed_label_tasks",
+]
 
 Region = tuple[slice, ...]
 
@@ -235,6 +241,162 @@ def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *pa
     return result
 
 
+class SmoothingPlan:
+    """The nodes of a blockwise graph cut and what each needs, run in waves along axis 0.
+
+    Nodes are ``("costs", index)`` (a block's unary costs) and ``(p, index)``: the
+    block's labels after pass ``p`` (0: the first pass; ``1 + axis``: the seam pass
+    along ``axis``). :meth:`run` computes the volume one row of blocks (along the
+    first axis) at a time: a wave computes what that row's labels need and keeps only
+    the results that later rows still need, so memory holds a few rows of blocks,
+    never the volume.
+
+    Parameters
+    ----------
+    blocks : sequence of Block
+        The planned blocks (a box of the block grid).
+    volume : Volume
+        The image, for the contrast term.
+    beta : float
+        Contrast scale of the whole image (:func:`image_beta`).
+    spacing : sequence of float
+        Voxel spacing.
+    settings : SmoothSettings
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[Block],
+        *,
+        volume: Any,
+        beta: float,
+        spacing: Sequence[float],
+        settings: SmoothSettings,
+    ):
+        self.grid = _Grid(blocks)
+        finest = min(spacing)
+        self.solve = _Solve(volume, float(beta), tuple(s / finest for s in spacing), settings)
+        ndim = len(self.grid.box)
+        self.last = ndim
+        self.deps: dict[tuple, list[tuple]] = {}
+        self.near: dict[tuple, list[Block]] = {}
+        for index, block in self.grid.blocks.items():
+            window = self.grid.grow(block.region, (settings.margin,) * ndim)
+            near = self.grid.meeting(window)
+            self.near[0, index] = near
+            self.deps[0, index] = [("costs", b.index) for b in near]
+            for axis in range(ndim):
+                reach = [1] * ndim
+                reach[axis] = settings.seam + 1
+                near = self.grid.meeting(self.grid.grow(block.region, reach))
+                self.near[1 + axis, index] = near
+                self.deps[1 + axis, index] = [("costs", b.index) for b in near] + [
+                    (axis, b.index) for b in near
+                ]
+        self.consumers: dict[tuple, set[tuple]] = {}
+        for node, needs in self.deps.items():
+            for need in needs:
+                self.consumers.setdefault(need, set()).add(node)
+
+    def _task(self, node: tuple, inputs: list[Any]) -> Any:
+        import dask
+
+        p, index = node
+        block = self.grid.blocks[index]
+        near = self.near[node]
+        regions = tuple(b.region for b in near)
+        if p == 0:
+            return dask.delayed(_first_pass)(
+                self.solve,
+                block,
+                self.grid.grow(block.region, (self.solve.settings.margin,) * self.last),
+                regions,
+                *inputs,
+                dask_key_name=f"graphcut-first-{index}",
+            )
+        axis = p - 1
+        return dask.delayed(_seam_pass)(
+            self.solve,
+            block,
+            axis,
+            self.grid.box,
+            regions,
+            *inputs,
+            dask_key_name=f"graphcut-seam-{'zyx'[axis - self.last]}-{index}",
+        )
+
+    def build(
+        self,
+        node: tuple,
+        built: dict[tuple, Any],
+        *,
+        costs: Callable[[Block], Any],
+        kept: dict[tuple, Any] | None = None,
+    ) -> Any:
+        """The delayed of ``node``, building what it needs into ``built`` (``kept``: done)."""
+        if kept is not None and node in kept:
+            return kept[node]
+        if node not in built:
+            if node[0] == "costs":
+                built[node] = costs(self.grid.blocks[node[1]])
+            else:
+                needs = [self.build(n, built, costs=costs, kept=kept) for n in self.deps[node]]
+                built[node] = self._task(node, needs)
+        return built[node]
+
+    def run(
+        self,
+        *,
+        costs: Callable[[Block], Any],
+        write: Callable[[Block, Any], Any],
+        persist: Callable[[list[Any]], list[Any]],
+        progress: Callable[[int], Any] | None = None,
+    ) -> list[Any]:
+        """Compute every block's smoothed labels and hand them to ``write``.
+
+        Parameters
+        ----------
+        costs : callable
+            ``costs(block)`` -> a dask delayed of the block's ``(*shape, k)`` costs.
+        write : callable
+            ``write(block, labels)`` -> a dask delayed that stores the block's class
+            indices (a delayed) and returns a small result.
+        persist : callable
+            Computes a list of dask delayed objects and returns them persisted
+            (e.g. :meth:`tiledseg.cluster.Executor.persist`).
+        progress : callable, optional
+            Called with the number of blocks written after each wave.
+
+        Returns
+        -------
+        list
+            The persisted results of ``write``, in row order.
+        """
+        kept: dict[tuple, Any] = {}
+        finished: set[tuple] = set()
+        written: list[Any] = []
+        rows = sorted({index[0] for index in self.grid.blocks})
+        for row in rows:
+            built: dict[tuple, Any] = {}
+            targets = [
+                write(block, self.build((self.last, index), built, costs=costs, kept=kept))
+                for index, block in self.grid.blocks.items()
+                if index[0] == row
+            ]
+            finished.update(built)
+            # keep what a node not yet computed will read
+            keep = [node for node in built if not self.consumers.get(node, set()) <= finished]
+            done = persist(targets + [built[n] for n in keep])
+            written.extend(done[: len(targets)])
+            if progress is not None:
+                progress(len(targets))
+            kept.update(zip(keep, done[len(targets) :], strict=True))
+            for node in list(kept):
+                if self.consumers.get(node, set()) <= finished:
+                    del kept[node]
+        return written
+
+
 def smoothed_label_tasks(
     blocks: Sequence[Block],
     costs: dict[tuple[int, ...], Any],
@@ -244,7 +406,10 @@ def smoothed_label_tasks(
     spacing: Sequence[float],
     settings: SmoothSettings,
 ) -> dict[tuple[int, ...], Any]:
-    """Dask tasks for the smoothed class indices of every block.
+    """Dask tasks for the smoothed class indices of every block, as one graph.
+
+    The whole plan of :class:`SmoothingPlan` as one dask graph (for tests and small
+    volumes; :meth:`SmoothingPlan.run` keeps memory to a few rows of blocks).
 
     Parameters
     ----------
@@ -252,52 +417,17 @@ def smoothed_label_tasks(
         The planned blocks (a box of the block grid).
     costs : dict
         Block index -> delayed ``(*block.shape, k)`` quantised unary costs.
-    volume : Volume
-        The image, for the contrast term.
-    beta : float
-        Contrast scale of the whole image (:func:`image_beta`).
-    spacing : sequence of float
-        Voxel spacing.
-    settings : SmoothSettings
+    volume, beta, spacing, settings
+        As for :class:`SmoothingPlan`.
 
     Returns
     -------
     dict
         Block index -> delayed uint8 class indices of the block.
     """
-    import dask
-
-    grid = _Grid(blocks)
-    finest = min(spacing)
-    solve = _Solve(volume, float(beta), tuple(s / finest for s in spacing), settings)
-    ndim = len(grid.box)
-    labels = {}
-    for index, block in grid.blocks.items():
-        window = grid.grow(block.region, (settings.margin,) * ndim)
-        near = grid.meeting(window)
-        labels[index] = dask.delayed(_first_pass)(
-            solve,
-            block,
-            window,
-            tuple(b.region for b in near),
-            *(costs[b.index] for b in near),
-            dask_key_name=f"graphcut-first-{index}",
-        )
-    for axis in range(ndim):
-        reach = [1] * ndim
-        reach[axis] = settings.seam + 1
-        updated = {}
-        for index, block in grid.blocks.items():
-            near = grid.meeting(grid.grow(block.region, reach))
-            updated[index] = dask.delayed(_seam_pass)(
-                solve,
-                block,
-                axis,
-                grid.box,
-                tuple(b.region for b in near),
-                *(costs[b.index] for b in near),
-                *(labels[b.index] for b in near),
-                dask_key_name=f"graphcut-seam-{'zyx'[axis - ndim]}-{index}",
-            )
-        labels = updated
-    return labels
+    plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=spacing, settings=settings)
+    built: dict[tuple, Any] = {}
+    return {
+        index: plan.build((plan.last, index), built, costs=lambda b: costs[b.index])
+        for index in plan.grid.blocks
+    }
