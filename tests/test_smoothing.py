@@ -41,9 +41,15 @@ NOISY_BANK = {
 
 
 def brute_force_energy(unary, image, labels, *, fixed, beta, weight, neighbours):
-    """The integer energy of ``labels`` as :func:`energy.solve` defines it."""
+    """The integer energy of ``labels`` as :func:`energy.solve` defines it.
+
+    With ``fixed``, the constant part is left out: the fixed voxels' own unary terms
+    and the edges between two fixed voxels.
+    """
     shape = labels.shape
-    total = int(unary.reshape(-1, unary.shape[-1])[np.arange(labels.size), labels.ravel()].sum())
+    held = np.zeros(shape, dtype=bool) if fixed is None else fixed >= 0
+    picked = unary.reshape(-1, unary.shape[-1])[np.arange(labels.size), labels.ravel()]
+    total = int(picked[~held.ravel()].sum())
     for offset in energy.neighbour_offsets(len(shape), neighbours):
         a, b = energy._pair_slices(shape, offset)
         w = energy._pair_weights(
@@ -54,22 +60,7 @@ def brute_force_energy(unary, image, labels, *, fixed, beta, weight, neighbours)
             spacing=(1.0,) * len(shape),
             neighbours=neighbours,
         )
-        total += int(w[labels[a] != labels[b]].sum())
-    if fixed is not None:
-        # fixed voxels' own unary terms and fixed-fixed edges are constants: drop them
-        total -= int(unary[fixed >= 0, :][np.arange((fixed >= 0).sum()), fixed[fixed >= 0]].sum())
-        for offset in energy.neighbour_offsets(len(shape), neighbours):
-            a, b = energy._pair_slices(shape, offset)
-            w = energy._pair_weights(
-                image,
-                offset,
-                beta=beta,
-                weight=weight,
-                spacing=(1.0,) * len(shape),
-                neighbours=neighbours,
-            )
-            both = (fixed[a] >= 0) & (fixed[b] >= 0)
-            total -= int(w[both & (labels[a] != labels[b])].sum())
+        total += int(w[(labels[a] != labels[b]) & ~(held[a] & held[b])].sum())
     return total
 
 
