@@ -333,6 +333,19 @@ def test_probabilities_stay_in_memory_unless_asked(small):
     assert set(np.unique(smoothed["labels/0"][...])) <= set(model.classes.tolist())
 
 
+def test_info_shows_the_smoothing_of_an_output(small, capsys):
+    from tiledseg.cli import main
+
+    ph, model, root = small
+    out = root / "info.zarr"
+    ts.predict(ph.image, model, out=out, smooth="graphcut", smooth_weight=1.5)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "smoothing:" in x][0]
+    assert "graphcut (weight 1.5, neighbours 6, margin 8, seam 4, iterations 1" in line
+    assert "beta " in line
+
+
 def test_worker_processes_give_the_threaded_result(small):
     ph, model, root = small
     a = ts.predict(ph.image, model, out=root / "t.zarr", block=16, smooth="graphcut")

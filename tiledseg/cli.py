@@ -418,6 +418,10 @@ def info(path, as_json) -> None:
             click.echo(f"{'classes':>12}: {info.get('classes')}")
             click.echo(f"{'model':>12}: {info.get('model_checksum')}")
             click.echo(f"{'command':>12}: {info.get('command')}")
+            smoothing = info.get("smoothing")
+            if smoothing:
+                settings = ", ".join(f"{k} {v}" for k, v in smoothing.items() if k != "method")
+                click.echo(f"{'smoothing':>12}: {smoothing.get('method')} ({settings})")
 
 
 def _print_model(data: dict[str, Any]) -> None:
