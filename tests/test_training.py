@@ -139,7 +139,7 @@ def test_unknown_classifier(pair, small_bank):
     image, labels = pair
     with pytest.raises(TiledsegError, match="'svm' is unknown"):
         ts.train(image, labels, features=small_bank, classifier="svm", cache_dir=None)
-    with pytest.raises(TiledsegError, match="no fit/predict_proba"):
+    with pytest.raises(TiledsegError, match="no fit and predict"):
         ts.train(image, labels, features=small_bank, classifier=object(), cache_dir=None)
 
 

@@ -231,7 +231,8 @@ def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class SklearnClassifier(Classifier):
-    """Any scikit-learn-style estimator with ``fit`` and ``predict_proba``.
+    """Any scikit-learn-style estimator with ``fit`` and ``predict_proba`` (or only
+    ``predict``: such a model labels, but gives no probabilities to write or smooth).
 
     ``random-forest`` is ``RandomForestClassifier(n_estimators=100)``, balanced
     by the same per-voxel weights as XGBoost; prediction runs single-threaded per block (the
@@ -245,8 +246,8 @@ class SklearnClassifier(Classifier):
             and (hasattr(estimator, "predict_proba") or hasattr(estimator, "predict"))
         ):
             raise TiledsegError(
-                f"classifier {type(estimator).__name__} has no fit/predict_proba; pass a "
-                "scikit-learn-style classifier, 'xgboost' or 'random-forest'"
+                f"classifier {type(estimator).__name__} has no fit and predict(_proba); pass "
+                "a scikit-learn-style classifier, 'xgboost' or 'random-forest'"
             )
         self.estimator = estimator
 

@@ -95,10 +95,15 @@ class Executor:
             with threadpool_limits(limits=1):
                 done = dask.persist(*tasks, scheduler="threads", num_workers=self.n_workers)
         else:
-            from distributed import wait
+            from distributed import futures_of, wait
 
             done = self.client.persist(list(tasks))
-            wait(done)
+            futures = futures_of(done)
+            wait(futures)
+            # wait() returns on failure too: raise the first task's error here
+            for future in futures:
+                if future.status == "error":
+                    future.result()
         return list(done)
 
     def _compute_threads(self, tasks, bar) -> list[Any]:

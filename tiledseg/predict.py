@@ -324,13 +324,14 @@ def _predict_smoothed(
     with executor.progress(len(blocks), "predict + graph cut") as bar:
         plan.run(
             costs=lambda b: dask.delayed(_costs_task)(
-                by_index[b.index], dask_key_name=f"costs-{b.index}"
+                by_index[b.index], dask_key_name=f"costs-{plan.token}-{b.index}"
             ),
             write=lambda b, labels: dask.delayed(_write_labels_task)(
-                out, b, labels, values, dask_key_name=f"write-{b.index}"
+                out, b, labels, values, dask_key_name=f"write-{plan.token}-{b.index}"
             ),
             persist=executor.persist,
             progress=bar.update,
+            workers=executor.n_workers,
         )
     # every write has run when run() returns (persist waits for its wave)
     return sum(math.prod(b.shape) for b in blocks), settings.to_dict(beta)

@@ -65,6 +65,8 @@ NEIGHBOURHOODS = {2: (4, 8), 3: (6, 26)}
 def check_weight(weight: float) -> float:
     """Return ``weight`` as a float, or raise if the solver cannot represent it."""
     try:
+        if isinstance(weight, bool):
+            raise TypeError
         value = float(weight)
     except (TypeError, ValueError):
         raise TiledsegError(
@@ -119,7 +121,7 @@ def check_neighbours(neighbours: int | None, ndim: int) -> int:
     offered = NEIGHBOURHOODS.get(ndim, ())
     if neighbours is None:
         return offered[0]
-    if int(neighbours) not in offered:
+    if isinstance(neighbours, bool) or str(neighbours).strip() not in {str(n) for n in offered}:
         choices = " or ".join(str(n) for n in offered)
         raise TiledsegError(
             f"smooth neighbourhood {neighbours} is not offered for {ndim}D images; use {choices}"
@@ -311,6 +313,7 @@ def solve(
                 held = fixed[fixed_slices][edge]
                 np.add.at(costs, ids, we[:, None])
                 np.add.at(costs, (ids, held), -we)
+    # class indices fit uint8: training refuses more than 100 classes
     labels = np.zeros(shape, dtype=np.uint8)
     if fixed is not None:
         labels[~free] = fixed[~free]
