@@ -518,3 +518,7 @@ def test_two_runs_at_once_on_one_cluster_keep_their_own_results(
         t.join()
     assert np.array_equal(results["a"], expected["a"])
     assert np.array_equal(results["b"], expected["b"])
+    # and dask's global scheduler setting is left as it was
+    import dask
+
+    assert dask.config.get("scheduler", None) is None

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -95,15 +96,10 @@ class Executor:
             with threadpool_limits(limits=1):
                 done = dask.persist(*tasks, scheduler="threads", num_workers=self.n_workers)
         else:
-            from distributed import futures_of, wait
+            from distributed import futures_of
 
             done = self.client.persist(list(tasks))
-            futures = futures_of(done)
-            wait(futures)
-            # wait() returns on failure too: raise the first task's error here
-            for future in futures:
-                if future.status == "error":
-                    future.result()
+            _wait(futures_of(done))
         return list(done)
 
     def _compute_threads(self, tasks, bar) -> list[Any]:
@@ -123,12 +119,29 @@ class Executor:
             return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
 
     def _compute_distributed(self, tasks, bar) -> list[Any]:
-        from distributed import as_completed
-
         futures = self.client.compute(list(tasks))
-        for _ in as_completed(futures):
-            bar.update(1)
+        _wait(futures, bar)
         return self.client.gather(futures)
+
+
+def _wait(futures: Sequence[Any], bar: Any = None) -> None:
+    """Wait for futures, ticking ``bar``; raise the first failed one's error.
+
+    distributed's ``wait`` and ``as_completed`` look for the default client, and
+    making ours the default (or current) sets dask's global scheduler config, which
+    two runs in two threads would restore out of order: the futures are polled instead.
+    """
+    pending = list(futures)
+    while pending:
+        still = [f for f in pending if f.status == "pending"]
+        if bar is not None and len(still) < len(pending):
+            bar.update(len(pending) - len(still))
+        pending = still
+        if pending:
+            time.sleep(0.02)
+    for future in futures:
+        if future.status != "finished":
+            future.result()  # raises the task's error (or CancelledError)
 
 
 def _progress(total: int, desc: str, *, disable: bool):
@@ -161,7 +174,8 @@ def open_executor(
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler is not None:
-        with Client(scheduler) as client:
+        # not the default client: two runs in two threads must not swap dask's global config
+        with Client(scheduler, set_as_default=False) as client:
             n = max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
             yield Executor(client=client, n_workers=n, quiet=quiet)
         return
@@ -173,7 +187,7 @@ def open_executor(
             dashboard_address=":0",
             silence_logs=logging.ERROR,
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, set_as_default=False) as client,
     ):
         if not quiet:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
