@@ -235,7 +235,7 @@ def _pair_weights(
     distance = math.sqrt(sum((o * s) ** 2 for o, s in zip(offset, spacing, strict=True)))
     contrast = np.exp(-beta * _squared_differences(image, offset))
     scale = weight * SCALE / distance * _neighbourhood_norm(len(offset), neighbours)
-    return np.rint(contrast * scale).astype(np.int64)
+    return np.rint(contrast * scale).astype(np.intc)
 
 
 def _neighbourhood_norm(ndim: int, neighbours: int) -> float:
@@ -288,10 +288,12 @@ def solve(
         free = np.ones(shape, dtype=bool)
     else:
         free = fixed < 0
-    site = np.full(shape, -1, dtype=np.int64)
-    site[free] = np.arange(int(free.sum()))
-    costs = unary[free].astype(np.int64)
-    firsts, seconds, weights = [], [], []
+    # int32 throughout (the solver's type; every sum stays below 2.7e7, see SCALE):
+    # the arrays here are a fifth of a window's memory, the solver's graph the rest
+    site = np.full(shape, -1, dtype=np.intc)
+    site[free] = np.arange(int(free.sum()), dtype=np.intc)
+    costs = unary[free].astype(np.intc)
+    firsts, seconds, weight_parts = [], [], []
     for offset in neighbour_offsets(len(shape), neighbours):
         a, b = _pair_slices(shape, offset)
         w = _pair_weights(
@@ -301,7 +303,7 @@ def solve(
         both = (sa >= 0) & (sb >= 0)
         firsts.append(sa[both])
         seconds.append(sb[both])
-        weights.append(w[both])
+        weight_parts.append(w[both])
         if fixed is not None:
             # an edge to a fixed voxel becomes a unary term of its free end
             for free_side, fixed_side, fixed_slices in ((sa, sb, b), (sb, sa, a)):
@@ -318,12 +320,12 @@ def solve(
     if fixed is not None:
         labels[~free] = fixed[~free]
     if costs.shape[0]:
-        solved = gco.expansion(
-            costs.astype(np.intc),
-            np.concatenate(firsts).astype(np.intc),
-            np.concatenate(seconds).astype(np.intc),
-            np.concatenate(weights).astype(np.intc),
-            iterations=iterations,
+        first, second, weights = (
+            np.concatenate(firsts),
+            np.concatenate(seconds),
+            np.concatenate(weight_parts),
         )
+        del firsts, seconds, weight_parts
+        solved = gco.expansion(costs, first, second, weights, iterations=iterations)
         labels[free] = solved
     return labels
