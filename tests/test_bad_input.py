@@ -204,6 +204,25 @@ def test_bad_predict_option(work, capsys, option, value, needle):
     refused(capsys, [*PREDICT, option, value], needle)
 
 
+def test_scheduler_that_cannot_be_reached(work, capsys):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        refused(
+            capsys,
+            [*PREDICT, "--scheduler", "tcp://127.0.0.1:9"],
+            "--scheduler tcp://127.0.0.1:9: cannot reach a dask scheduler there",
+        )
+
+
+def test_workers_and_scheduler_together(work, capsys):
+    refused(
+        capsys,
+        [*TRAIN, "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"],
+        "--workers 2 and --scheduler tcp://127.0.0.1:9: give one",
+    )
+
+
 # -- graph-cut smoothing ----------------------------------------------------------------
 
 SMOOTH = [*PREDICT, "--smooth", "graphcut"]

@@ -335,6 +335,44 @@ def test_predict_on_worker_processes(tmp_path, inputs, model_path, full_labels):
     np.testing.assert_array_equal(labels, full_labels)
 
 
+def test_train_and_predict_on_a_running_scheduler(tmp_path, inputs, model_path, full_labels):
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        model = tmp_path / "m.tseg"
+        run_ok(
+            "train",
+            inputs["image", "npy"],
+            inputs["scribbles", "npy"],
+            "--model",
+            model,
+            "--scheduler",
+            address,
+            "--quiet",
+        )
+        out = tmp_path / "sched.zarr"
+        text = run_ok(
+            "predict",
+            inputs["image", "npy"],
+            "--model",
+            model_path,
+            "--out",
+            out,
+            "--scheduler",
+            address,
+            "--block",
+            "20",
+            "--quiet",
+        )
+    assert "64,000 voxels in 8 blocks" in text
+    assert model.exists()
+    labels = zarr.open_group(str(out), mode="r")["labels/0"][...]
+    np.testing.assert_array_equal(labels, full_labels)
+
+
 def test_info_on_an_output_shows_its_provenance(tmp_path, inputs, model_path):
     out = tmp_path / "out.zarr"
     run_ok("predict", inputs["image", "npy"], "--model", model_path, "--out", out, "--quiet")

@@ -50,6 +50,15 @@ def _workers_option(f):
     )(f)
 
 
+def _scheduler_option(f):
+    return click.option(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Run on the workers of a running dask scheduler (e.g. tcp://host:8786).",
+    )(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks (accepted anywhere on the line).")
 @click.version_option(package_name="tiledseg")
@@ -74,6 +83,7 @@ def cli(debug: bool) -> None:
 @_channel_axis_option
 @_block_option
 @_workers_option
+@_scheduler_option
 @click.option("--no-cache", is_flag=True, help="Do not read or write the training-table cache.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
@@ -88,6 +98,7 @@ def train(
     channel_axis,
     block,
     workers,
+    scheduler,
     no_cache,
     seed,
     overwrite,
@@ -107,6 +118,7 @@ def train(
         channel_axis=channel_axis,
         block=block,
         workers=workers,
+        scheduler=scheduler,
         cache_dir=None if no_cache else True,
         seed=seed,
         quiet=quiet,
@@ -181,6 +193,7 @@ def _print_training(model, model_path) -> None:
 @_channel_axis_option
 @_block_option
 @_workers_option
+@_scheduler_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(
@@ -198,6 +211,7 @@ def predict(
     channel_axis,
     block,
     workers,
+    scheduler,
     overwrite,
     quiet,
 ) -> None:
@@ -219,6 +233,7 @@ def predict(
         block=block,
         channel_axis=channel_axis,
         workers=workers,
+        scheduler=scheduler,
         overwrite=overwrite,
         quiet=quiet,
         command=_command_line(),
@@ -282,6 +297,7 @@ def segment(config_path, overwrite, quiet) -> None:
         channel_axis=config.channel_axis,
         block=config.block,
         workers=config.workers,
+        scheduler=config.scheduler,
         seed=config.seed,
         quiet=quiet,
     )
@@ -302,6 +318,7 @@ def segment(config_path, overwrite, quiet) -> None:
         block=config.block,
         channel_axis=config.channel_axis,
         workers=config.workers,
+        scheduler=config.scheduler,
         overwrite=overwrite,
         quiet=quiet,
         command=f"tiledseg segment {config_path}",

@@ -167,6 +167,11 @@ def open_executor(
     """
     if workers is not None and int(workers) <= 0:
         raise TiledsegError(f"--workers {workers}: give a positive number of worker processes")
+    if workers is not None and scheduler is not None:
+        raise TiledsegError(
+            f"--workers {workers} and --scheduler {scheduler}: give one (local worker "
+            "processes, or the workers of a running scheduler)"
+        )
     if workers is None and scheduler is None:
         yield Executor(n_workers=available_cores(), quiet=quiet)
         return
@@ -174,8 +179,15 @@ def open_executor(
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler is not None:
-        # not the default client: two runs in two threads must not swap dask's global config
-        with Client(scheduler, set_as_default=False) as client:
+        try:
+            # not the default client: two runs in two threads must not swap dask's config
+            client = Client(scheduler, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise TiledsegError(
+                f"--scheduler {scheduler}: cannot reach a dask scheduler there ({exc}); start "
+                "one ('dask scheduler' and 'dask worker ADDRESS') or leave --scheduler out"
+            ) from None
+        with client:
             n = max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
             yield Executor(client=client, n_workers=n, quiet=quiet)
         return

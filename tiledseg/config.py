@@ -37,6 +37,7 @@ class SegmentConfig(BaseModel):
     channel_axis: int | None = None
     block: PositiveInt | list[PositiveInt] | None = None
     workers: PositiveInt | None = None
+    scheduler: str | None = Field(None, description="address of a running dask scheduler")
     probabilities: bool = False
     uncertainty: bool = False
     roi: str | None = None
