@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tiledseg.errors import BlockSizeError
 
-__all__ = ["DEFAULT_BLOCK", "Block", "haloed", "plan_blocks", "resolve_block"]
+__all__ = ["DEFAULT_BLOCK", "Block", "haloed", "plan_blocks", "resolve_block", "within"]
 
 Region = tuple[slice, ...]
 
@@ -38,10 +38,7 @@ class Block:
     @property
     def inner(self) -> Region:
         """The write region's position inside the read region."""
-        return tuple(
-            slice(w.start - r.start, w.stop - r.start)
-            for w, r in zip(self.region, self.read, strict=True)
-        )
+        return within(self.region, self.read)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -124,6 +121,13 @@ def resolve_block(
                 f"need there; use --block {max(halo)} or more (or a bank with smaller scales)"
             )
     return tuple(min(v, n) for v, n in zip(values, shape, strict=True))
+
+
+def within(inner: Region, outer: Region) -> Region:
+    """The position of region ``inner`` inside region ``outer`` (which contains it)."""
+    return tuple(
+        slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)
+    )
 
 
 def haloed(region: Region, halo: Sequence[int], shape: Sequence[int]) -> Region:

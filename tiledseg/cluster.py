@@ -67,13 +67,10 @@ class Executor:
         """
         if not tasks:
             return []
-        bar = _progress(len(tasks), desc, disable=self.quiet)
-        try:
+        with self.progress(len(tasks), desc) as bar:
             if self.client is None:
                 return self._compute_threads(tasks, bar)
             return self._compute_distributed(tasks, bar)
-        finally:
-            bar.close()
 
     @contextlib.contextmanager
     def progress(self, total: int, desc: str) -> Iterator[Any]:

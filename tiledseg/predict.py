@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_SMOOTH_WEIGHT",
     "PredictionResult",
     "check_finite",
+    "block_probabilities",
     "classify_block",
     "predict",
     "smooth_settings",
@@ -56,14 +57,21 @@ class PredictionResult:
         return self.voxels / self.seconds if self.seconds > 0 else float("inf")
 
 
+def block_probabilities(
+    volume: Volume, block: Block, model: Model, *, n_threads: int = 1
+) -> np.ndarray:
+    """Return the class probabilities ``(n, k)`` of one block's voxels."""
+    feats = features_of_block(volume, block, bank=model.bank, spacing=model.spacing)
+    # (features, voxels) -> the transposed view: no copy into a features-last table
+    table = feats.reshape(feats.shape[0], -1).T
+    return model.predict_proba(table, n_threads=n_threads)
+
+
 def classify_block(
     volume: Volume, block: Block, model: Model, *, n_threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block."""
-    feats = features_of_block(volume, block, bank=model.bank, spacing=model.spacing)
-    # (features, voxels) -> the transposed view: no copy into a features-last table
-    table = feats.reshape(feats.shape[0], -1).T
-    proba = model.predict_proba(table, n_threads=n_threads)
+    proba = block_probabilities(volume, block, model, n_threads=n_threads)
     labels = model.classes.astype(model.label_dtype)[proba.argmax(axis=1)].reshape(block.shape)
     return labels, proba
 
@@ -102,7 +110,7 @@ def _costs_task(args: tuple) -> np.ndarray:
     from tiledseg.smoothing.energy import unary_costs
 
     volume, block, model, out, want_proba, want_unc, n_threads = args
-    _, proba = classify_block(volume, block, model, n_threads=n_threads)
+    proba = block_probabilities(volume, block, model, n_threads=n_threads)
     _write_extras(out, block, proba, want_proba, want_unc)
     return unary_costs(proba).reshape(*block.shape, proba.shape[1])
 
@@ -282,7 +290,13 @@ def predict(
             voxels = sum(executor.map(_predict_task, tasks, desc="predict"))
         else:
             voxels, extra["smoothing"] = _predict_smoothed(
-                tasks, blocks, volume=volume, model=model, settings=smoothing, executor=executor
+                tasks,
+                blocks,
+                out=str(path),
+                volume=volume,
+                model=model,
+                settings=smoothing,
+                executor=executor,
             )
     seconds = time.perf_counter() - started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
@@ -302,6 +316,7 @@ def _predict_smoothed(
     tasks: list[tuple],
     blocks: list[Block],
     *,
+    out: str,
     volume: Volume,
     model: Model,
     settings: Any,
@@ -311,16 +326,15 @@ def _predict_smoothed(
 
     from tiledseg.smoothing.tiled import SmoothingPlan, image_beta
 
-    finest = min(model.spacing)
     beta = image_beta(
         volume,
         executor,
         sigma=settings.contrast_sigma,
-        spacing=tuple(s / finest for s in model.spacing),
+        spacing=relative_spacing(model.spacing),
     )
     plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=model.spacing, settings=settings)
     by_index = {b.index: task for b, task in zip(blocks, tasks, strict=True)}
-    out, values = tasks[0][3], model.classes.astype(model.label_dtype)
+    values = model.classes.astype(model.label_dtype)
     with executor.progress(len(blocks), "predict + graph cut") as bar:
         plan.run(
             costs=lambda b: dask.delayed(_costs_task)(

@@ -21,6 +21,8 @@ the scheduler, the order of tasks or the number of workers.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.blocks import DEFAULT_BLOCK, Block, plan_blocks
+from tiledseg.blocks import DEFAULT_BLOCK, Block, haloed, plan_blocks, within
+from tiledseg.features.bank import relative_spacing
 from tiledseg.smoothing import energy
 
 __all__ = [
@@ -106,13 +109,10 @@ def read_contrast(
     ndarray
         float64, channel-first, ``(channels, *region shape)``.
     """
-    from tiledseg.blocks import haloed
-
     grown = haloed(region, energy.contrast_halo(sigma, spacing), volume.shape)
-    inner = tuple(
-        slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown, strict=True)
+    return energy.contrast_image(
+        volume.read(grown), sigma=sigma, spacing=spacing, inner=within(region, grown)
     )
-    return energy.contrast_image(volume.read(grown), sigma=sigma, spacing=spacing, inner=inner)
 
 
 def _beta_task(args: tuple) -> tuple[float, int]:
@@ -121,8 +121,7 @@ def _beta_task(args: tuple) -> tuple[float, int]:
         slice(s.start, min(s.stop + 1, n)) for s, n in zip(region, volume.shape, strict=True)
     )
     image = read_contrast(volume, grown, sigma=sigma, spacing=spacing)
-    inner = tuple(slice(0, s.stop - s.start) for s in region)
-    return energy.squared_difference_sums(image, inner)
+    return energy.squared_difference_sums(image, within(region, grown))
 
 
 def image_beta(
@@ -162,6 +161,11 @@ class _Grid:
     def __init__(self, blocks: Sequence[Block]):
         self.blocks = {b.index: b for b in blocks}
         ndim = len(blocks[0].region)
+        # the grid is regular: each axis's block extents, once
+        self.spans = [
+            sorted({(b.region[a].start, b.region[a].stop, b.index[a]) for b in blocks})
+            for a in range(ndim)
+        ]
         self.box = tuple(
             slice(min(b.region[a].start for b in blocks), max(b.region[a].stop for b in blocks))
             for a in range(ndim)
@@ -174,22 +178,19 @@ class _Grid:
         )
 
     def meeting(self, region: Region) -> list[Block]:
-        found = []
-        for block in self.blocks.values():
-            if all(
-                r.start < s.stop and s.start < r.stop
-                for r, s in zip(region, block.region, strict=True)
-            ):
-                found.append(block)
-        return found
+        """The blocks that overlap ``region``, found per axis (not by a scan of all blocks)."""
+        ranges = []
+        for axis, r in enumerate(region):
+            spans = self.spans[axis]  # (start, stop, index) sorted by start
+            first = bisect.bisect_right([stop for _, stop, _ in spans], r.start)
+            ranges.append([i for start, _, i in spans[first:] if start < r.stop])
+        return [self.blocks[index] for index in itertools.product(*ranges)]
 
 
-def _assemble(
-    region: Region, parts: Sequence[tuple[Region, np.ndarray]], *, fill: int = 0
-) -> np.ndarray:
-    """Copy the parts of blocks into one array over ``region`` (gaps get ``fill``)."""
+def _assemble(region: Region, parts: Sequence[tuple[Region, np.ndarray]]) -> np.ndarray:
+    """Copy the parts of blocks into one array over ``region`` (gaps stay 0)."""
     trailing = parts[0][1].shape[len(region) :]
-    out = np.full((*(s.stop - s.start for s in region), *trailing), fill, dtype=parts[0][1].dtype)
+    out = np.zeros((*(s.stop - s.start for s in region), *trailing), dtype=parts[0][1].dtype)
     for where, data in parts:
         common = tuple(
             slice(max(r.start, w.start), min(r.stop, w.stop))
@@ -197,20 +198,8 @@ def _assemble(
         )
         if any(c.start >= c.stop for c in common):
             continue
-        dst = tuple(
-            slice(c.start - r.start, c.stop - r.start) for c, r in zip(common, region, strict=True)
-        )
-        src = tuple(
-            slice(c.start - w.start, c.stop - w.start) for c, w in zip(common, where, strict=True)
-        )
-        out[dst] = data[src]
+        out[within(common, region)] = data[within(common, where)]
     return out
-
-
-def _within(inner: Region, outer: Region) -> Region:
-    return tuple(
-        slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)
-    )
 
 
 @dataclass(frozen=True)
@@ -241,7 +230,7 @@ class _Solve:
 def _first_pass(solve: _Solve, block: Block, window: Region, regions, *costs) -> np.ndarray:
     unary = _assemble(window, list(zip(regions, costs, strict=True)))
     labels = solve(unary, window)
-    return labels[_within(block.region, window)]
+    return labels[within(block.region, window)]
 
 
 def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *parts) -> np.ndarray:
@@ -264,13 +253,13 @@ def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *pa
             for p, b in zip(piece, box, strict=True)
         )
         fixed = _assemble(window, labels).astype(np.int16)
-        fixed[_within(piece, window)] = -1
+        fixed[within(piece, window)] = -1
         solved = solve(_assemble(window, costs), window, fixed)
         mine = tuple(
             slice(max(p.start, r.start), min(p.stop, r.stop))
             for p, r in zip(piece, block.region, strict=True)
         )
-        result[_within(mine, block.region)] = solved[_within(mine, window)]
+        result[within(mine, block.region)] = solved[within(mine, window)]
     return result
 
 
@@ -309,29 +298,31 @@ class SmoothingPlan:
         self.grid = _Grid(blocks)
         # task names must not meet another run's on a shared scheduler
         self.token = uuid.uuid4().hex[:12]
-        finest = min(spacing)
-        self.solve = _Solve(volume, float(beta), tuple(s / finest for s in spacing), settings)
+        self.solve = _Solve(volume, float(beta), relative_spacing(spacing), settings)
         ndim = len(self.grid.box)
         self.last = ndim
-        self.deps: dict[tuple, list[tuple]] = {}
+        self.windows: dict[tuple[int, ...], Region] = {}
+        # the blocks whose results each node reads
         self.near: dict[tuple, list[Block]] = {}
         for index, block in self.grid.blocks.items():
-            window = self.grid.grow(block.region, (settings.margin,) * ndim)
-            near = self.grid.meeting(window)
-            self.near[0, index] = near
-            self.deps[0, index] = [("costs", b.index) for b in near]
+            self.windows[index] = self.grid.grow(block.region, (settings.margin,) * ndim)
+            self.near[0, index] = self.grid.meeting(self.windows[index])
             for axis in range(ndim):
                 reach = [1] * ndim
                 reach[axis] = settings.seam + 1
-                near = self.grid.meeting(self.grid.grow(block.region, reach))
-                self.near[1 + axis, index] = near
-                self.deps[1 + axis, index] = [("costs", b.index) for b in near] + [
-                    (axis, b.index) for b in near
-                ]
+                self.near[1 + axis, index] = self.grid.meeting(self.grid.grow(block.region, reach))
         self.consumers: dict[tuple, set[tuple]] = {}
-        for node, needs in self.deps.items():
-            for need in needs:
+        for node in self.near:
+            for need in self.needs(node):
                 self.consumers.setdefault(need, set()).add(node)
+
+    def needs(self, node: tuple) -> list[tuple]:
+        """The nodes ``node`` reads: its near blocks' costs (and, for a seam pass, their
+        labels after the previous pass), in the order its task takes them."""
+        p, _ = node
+        near = self.near[node]
+        costs = [("costs", b.index) for b in near]
+        return costs if p == 0 else costs + [(p - 1, b.index) for b in near]
 
     def _task(self, node: tuple, inputs: list[Any]) -> Any:
         import dask
@@ -344,7 +335,7 @@ class SmoothingPlan:
             return dask.delayed(_first_pass)(
                 self.solve,
                 block,
-                self.grid.grow(block.region, (self.solve.settings.margin,) * self.last),
+                self.windows[index],
                 regions,
                 *inputs,
                 dask_key_name=f"graphcut-first-{self.token}-{index}",
@@ -375,7 +366,7 @@ class SmoothingPlan:
             if node[0] == "costs":
                 built[node] = costs(self.grid.blocks[node[1]])
             else:
-                needs = [self.build(n, built, costs=costs, kept=kept) for n in self.deps[node]]
+                needs = [self.build(n, built, costs=costs, kept=kept) for n in self.needs(node)]
                 built[node] = self._task(node, needs)
         return built[node]
 
