@@ -339,7 +339,7 @@ def test_train_and_predict_on_a_running_scheduler(tmp_path, inputs, model_path, 
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         address = cluster.scheduler_address
         model = tmp_path / "m.tseg"

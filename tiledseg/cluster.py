@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,19 +49,43 @@ class Executor:
         self.quiet = quiet
 
     def threads_per_task(self, n_tasks: int) -> int:
-        """Threads a task may give to XGBoost when ``n_tasks`` tasks share the cores."""
-        if self.client is not None:
-            return 1
-        return max(1, available_cores() // max(1, min(self.n_workers, n_tasks)))
+        """Threads a task may give to XGBoost when ``n_tasks`` tasks share the cores.
 
-    def map(self, func: Callable, items: Sequence[Any], *, desc: str) -> list[Any]:
-        """Run ``func(item)`` for every item and return the results in order."""
+        On a cluster: the cores of each worker's host (or SLURM job) over the worker
+        threads that share them, at least 1. The number is passed to XGBoost
+        explicitly, because dask's worker launcher sets ``OMP_NUM_THREADS=1`` in
+        workers and XGBoost's default would then be one thread, silently.
+        """
+        if self.client is None:
+            return max(1, available_cores() // max(1, min(self.n_workers, n_tasks)))
+        return cluster_threads_per_task(self.client)
+
+    def map(
+        self,
+        func: Callable,
+        items: Sequence[Any],
+        *,
+        desc: str,
+        on_error: Callable[[int, BaseException], Any] | None = None,
+    ) -> list[Any]:
+        """Run ``func(item)`` for every item and return the results in order.
+
+        ``on_error(i, exc)``, when given, stands in for the result of an item whose
+        task was lost on a cluster (e.g. its workers kept dying); without it the
+        error is raised. Errors inside ``func`` are ``func``'s to handle.
+        """
         import dask
 
         tasks = [dask.delayed(func, pure=False)(item) for item in items]
-        return self.compute(tasks, desc=desc)
+        return self.compute(tasks, desc=desc, on_error=on_error)
 
-    def compute(self, tasks: Sequence[Any], *, desc: str) -> list[Any]:
+    def compute(
+        self,
+        tasks: Sequence[Any],
+        *,
+        desc: str,
+        on_error: Callable[[int, BaseException], Any] | None = None,
+    ) -> list[Any]:
         """Compute dask delayed objects (and the graph behind them); results in order.
 
         The progress bar counts ``tasks``, not the intermediate steps they need.
@@ -70,7 +95,7 @@ class Executor:
         with self.progress(len(tasks), desc) as bar:
             if self.client is None:
                 return self._compute_threads(tasks, bar)
-            return self._compute_distributed(tasks, bar)
+            return self._compute_distributed(tasks, bar, on_error)
 
     @contextlib.contextmanager
     def progress(self, total: int, desc: str) -> Iterator[Any]:
@@ -99,6 +124,16 @@ class Executor:
             _wait(futures_of(done))
         return list(done)
 
+    def gather(self, persisted: Sequence[Any]) -> list[Any]:
+        """The values of objects returned by :meth:`persist`."""
+        if not persisted:
+            return []
+        if self.client is None:
+            import dask
+
+            return list(dask.compute(*persisted, scheduler="sync"))
+        return self.client.gather(self.client.compute(list(persisted)))
+
     def _compute_threads(self, tasks, bar) -> list[Any]:
         import dask
         from dask.callbacks import Callback
@@ -115,13 +150,49 @@ class Executor:
         with threadpool_limits(limits=1), _Tick():
             return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
 
-    def _compute_distributed(self, tasks, bar) -> list[Any]:
+    def _compute_distributed(self, tasks, bar, on_error=None) -> list[Any]:
         futures = self.client.compute(list(tasks))
-        _wait(futures, bar)
-        return self.client.gather(futures)
+        _wait(futures, bar, raise_errors=on_error is None)
+        results = []
+        for i, future in enumerate(futures):
+            if future.status == "finished":
+                results.append(future.result())
+            else:
+                try:
+                    future.result()
+                except BaseException as exc:  # the task's error, or its workers' loss
+                    results.append(on_error(i, exc))
+        return results
 
 
-def _wait(futures: Sequence[Any], bar: Any = None) -> None:
+def _cores_here() -> tuple[str, int]:
+    """(group, cores) of the calling worker: workers in one group share those cores."""
+    cores = available_cores()
+    # a SLURM job may hold fewer cores than the node's affinity mask shows
+    allocated = os.environ.get("SLURM_CPUS_ON_NODE", "")
+    if allocated.isdigit():
+        cores = min(cores, int(allocated))
+    return f"{socket.gethostname()}/{os.environ.get('SLURM_JOB_ID', '')}", cores
+
+
+def cluster_threads_per_task(client: Any) -> int:
+    """Cores per worker thread on the cluster's most crowded host (at least 1)."""
+    try:
+        found = client.run(_cores_here)
+    except Exception:  # no workers yet (adaptive), or a worker that left meanwhile
+        return 1
+    workers = client.scheduler_info().get("workers", {})
+    groups: dict[str, list[int]] = {}
+    for address, (group, cores) in found.items():
+        info = workers.get(address)
+        if info is not None:
+            groups.setdefault(group, [cores, 0])[1] += int(info.get("nthreads", 1))
+    if not groups:
+        return 1
+    return max(1, min(cores // max(1, threads) for cores, threads in groups.values()))
+
+
+def _wait(futures: Sequence[Any], bar: Any = None, *, raise_errors: bool = True) -> None:
     """Wait for futures, ticking ``bar``; raise the first failed one's error.
 
     distributed's ``wait`` and ``as_completed`` look for the default client, and
@@ -136,6 +207,8 @@ def _wait(futures: Sequence[Any], bar: Any = None) -> None:
         pending = still
         if pending:
             time.sleep(0.02)
+    if not raise_errors:
+        return
     for future in futures:
         if future.status != "finished":
             future.result()  # raises the task's error (or CancelledError)
@@ -149,9 +222,13 @@ def _progress(total: int, desc: str, *, disable: bool):
 
 @contextlib.contextmanager
 def open_executor(
-    workers: int | None = None, *, quiet: bool = False, scheduler: str | None = None
+    workers: int | None = None,
+    *,
+    quiet: bool = False,
+    scheduler: str | os.PathLike | None = None,
+    cluster: Any = None,
 ) -> Iterator[Executor]:
-    """Open an executor: threads by default, ``workers`` local processes, or a scheduler.
+    """Open an executor: threads by default, local processes, a scheduler or a cluster.
 
     Parameters
     ----------
@@ -159,45 +236,99 @@ def open_executor(
         Start a dask LocalCluster with this many single-threaded worker processes.
     quiet : bool
         No progress bar and no dashboard line.
-    scheduler : str, optional
-        Address of a running dask scheduler to use instead.
+    scheduler : str or path, optional
+        Address of a running dask scheduler, or the path of its scheduler file
+        (``dask scheduler --scheduler-file FILE``), to use instead.
+    cluster : path or ClusterConfig, optional
+        A cluster configuration file (:mod:`tiledseg.cluster_config`) to start a
+        cluster from: local processes, SLURM jobs or one worker per GPU.
     """
+    given = [
+        name
+        for name, value in (
+            (f"--workers {workers}", workers),
+            (f"--scheduler {scheduler}", scheduler),
+            (f"--cluster {cluster}", cluster),
+        )
+        if value is not None
+    ]
     if workers is not None and int(workers) <= 0:
         raise TiledsegError(f"--workers {workers}: give a positive number of worker processes")
-    if workers is not None and scheduler is not None:
+    if len(given) > 1:
         raise TiledsegError(
-            f"--workers {workers} and --scheduler {scheduler}: give one (local worker "
-            "processes, or the workers of a running scheduler)"
+            f"{' and '.join(given)}: give one (local worker processes, the workers of a "
+            "running scheduler, or a cluster config)"
         )
-    if workers is None and scheduler is None:
+    if not given:
         yield Executor(n_workers=available_cores(), quiet=quiet)
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler is not None:
-        try:
-            # not the default client: two runs in two threads must not swap dask's config
-            client = Client(scheduler, set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise TiledsegError(
-                f"--scheduler {scheduler}: cannot reach a dask scheduler there ({exc}); start "
-                "one ('dask scheduler' and 'dask worker ADDRESS') or leave --scheduler out"
-            ) from None
+        client = _connect(scheduler)
         with client:
             n = max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
+            _announce(client, quiet)
             yield Executor(client=client, n_workers=n, quiet=quiet)
         return
-    with (
-        LocalCluster(
-            n_workers=int(workers),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        if not quiet:
-            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
-        yield Executor(client=client, n_workers=int(workers), quiet=quiet)
+    config = cluster_config(workers=workers, cluster=cluster)
+    with config.start() as running, Client(running, set_as_default=False) as client:
+        _announce(client, quiet)
+        yield Executor(client=client, n_workers=config.planned_threads(), quiet=quiet)
+
+
+def cluster_config(*, workers: int | None = None, cluster: Any = None) -> Any:
+    """The :class:`~tiledseg.cluster_config.ClusterConfig` of ``--workers`` or ``--cluster``."""
+    from tiledseg.cluster_config import ClusterConfig, load_cluster_config
+
+    if isinstance(cluster, ClusterConfig):
+        return cluster
+    if cluster is not None:
+        return load_cluster_config(cluster)
+    return ClusterConfig(
+        "local",
+        {
+            "n_workers": int(workers),
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": ":0",
+            "silence_logs": logging.ERROR,
+        },
+        source="--workers",
+    )
+
+
+def planned_workers(
+    workers: int | None = None, *, scheduler: Any = None, cluster: Any = None
+) -> int:
+    """Tasks that will run at once, known before the executor opens (for block planning)."""
+    if workers is not None:
+        return max(1, int(workers))
+    if cluster is not None:
+        return cluster_config(cluster=cluster).planned_threads()
+    return available_cores()
+
+
+def _connect(scheduler: str | os.PathLike) -> Any:
+    from distributed import Client
+
+    where = str(scheduler)
+    # not the default client: two runs in two threads must not swap dask's config
+    try:
+        if os.path.isfile(where):
+            return Client(scheduler_file=where, set_as_default=False, timeout="20s")
+        return Client(where, set_as_default=False, timeout="20s")
+    except (OSError, TimeoutError, ValueError, KeyError) as exc:
+        raise TiledsegError(
+            f"--scheduler {where}: cannot reach a dask scheduler there ({exc}); start one "
+            "('dask scheduler' and 'dask worker ADDRESS'), give its scheduler file, or leave "
+            "--scheduler out"
+        ) from None
+
+
+def _announce(client: Any, quiet: bool) -> None:
+    if not quiet:
+        link = client.dashboard_link
+        if link:
+            print(f"dask dashboard: {link}", file=sys.stderr)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "BlockSizeError",
+    "BlocksFailedError",
+    "ClusterConfigError",
     "InputDataError",
     "MissingExtraError",
     "ModelFileError",
@@ -40,3 +42,21 @@ class OutputExistsError(TiledsegError):
 
 class MissingExtraError(TiledsegError):
     """An option that needs an optional dependency (an extra) that is not installed."""
+
+
+class ClusterConfigError(TiledsegError):
+    """A cluster configuration file (``--cluster FILE``) that cannot be used as written."""
+
+
+class BlocksFailedError(TiledsegError):
+    """Some blocks failed; the others were written and the run may be resumed.
+
+    The message is a report with one line per failed block. The command line
+    exits with :attr:`exit_code` (1: the run failed, not its input options).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, failures: list):
+        super().__init__(message)
+        self.failures = failures

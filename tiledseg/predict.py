@@ -7,7 +7,6 @@ the output store. Nothing larger than one block's features is ever in memory.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -19,12 +18,22 @@ from typing import Any
 import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
-from tiledseg.cluster import Executor, available_cores, open_executor
+from tiledseg.cluster import Executor, open_executor, planned_workers
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model, versions
-from tiledseg.runs import create_output, mark_complete, prepare_output
+from tiledseg.runs import (
+    BlockFailure,
+    create_output,
+    done_blocks,
+    guarded,
+    mark_block_done,
+    mark_complete,
+    prepare_output,
+    raise_failures,
+    record_resume,
+)
 from tiledseg.volume import Volume, open_volume, parse_region, split_dataset
 
 __all__ = [
@@ -50,10 +59,12 @@ class PredictionResult:
     blocks: int
     voxels: int
     seconds: float
+    skipped: int = 0
 
     @property
     def voxels_per_second(self) -> float:
-        """Throughput over the whole run (reading, features, classification, writing)."""
+        """Throughput of this run (reading, features, classification, writing), over the
+        voxels it computed (not those of blocks skipped as already done)."""
         return self.voxels / self.seconds if self.seconds > 0 else float("inf")
 
 
@@ -94,19 +105,24 @@ def _write_extras(out: str, block: Block, proba: np.ndarray, want_proba: bool, w
         ).reshape(block.shape)
 
 
-def _predict_task(args: tuple) -> int:
+def _predict_block(args: tuple) -> int:
     import zarr
 
     volume, block, model, out, want_proba, want_unc, n_threads = args
     labels, proba = classify_block(volume, block, model, n_threads=n_threads)
     _write_extras(out, block, proba, want_proba, want_unc)
-    # labels last: a block whose labels are written has all its outputs written
+    # labels last, then the marker: a block marked done has all its outputs written
     zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = labels
+    mark_block_done(out, block.index)
     return int(labels.size)
 
 
-def _costs_task(args: tuple) -> np.ndarray:
-    """Probabilities of a block -> its graph-cut unary costs ``(*block.shape, k)``."""
+def _predict_task(args: tuple) -> int | BlockFailure:
+    block = args[1]
+    return guarded(_predict_block, block.name, block.index, args)
+
+
+def _block_costs(args: tuple) -> np.ndarray:
     from tiledseg.smoothing.energy import unary_costs
 
     volume, block, model, out, want_proba, want_unc, n_threads = args
@@ -115,11 +131,26 @@ def _costs_task(args: tuple) -> np.ndarray:
     return unary_costs(proba).reshape(*block.shape, proba.shape[1])
 
 
-def _write_labels_task(out: str, block: Block, indices: np.ndarray, values: np.ndarray) -> int:
+def _costs_task(args: tuple) -> np.ndarray | BlockFailure:
+    """Probabilities of a block -> its graph-cut unary costs ``(*block.shape, k)``."""
+    block = args[1]
+    return guarded(_block_costs, block.name, block.index, args)
+
+
+def _write_labels(out: str, block: Block, indices: np.ndarray, values: np.ndarray) -> int:
     import zarr
 
     zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = values[indices]
+    mark_block_done(out, block.index)
     return int(indices.size)
+
+
+def _write_labels_task(
+    out: str, block: Block, indices: np.ndarray | BlockFailure, values: np.ndarray
+) -> int | BlockFailure:
+    if isinstance(indices, BlockFailure):
+        return indices
+    return guarded(_write_labels, block.name, block.index, out, block, indices, values)
 
 
 def smooth_settings(
@@ -181,6 +212,7 @@ def predict(
     channel_axis: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    cluster: Any = None,
     smooth: str | None = None,
     smooth_weight: float | None = None,
     smooth_neighbours: int | None = None,
@@ -212,7 +244,9 @@ def predict(
     workers : int, optional
         Run on that many local worker processes instead of threads.
     scheduler : str, optional
-        Address of a running dask scheduler.
+        Address (or scheduler file) of a running dask scheduler.
+    cluster : path or ClusterConfig, optional
+        Start a cluster from this config (:mod:`tiledseg.cluster_config`).
     smooth : {None, "graphcut"}
         Smooth the labels with a contrast-sensitive Potts graph cut over the
         probabilities, blockwise without seams (needs the ``graphcut`` extra).
@@ -225,7 +259,9 @@ def predict(
     smooth_contrast_sigma : float, optional
         Blur of the image the contrast term compares (default 1; 0: raw intensities).
     overwrite : bool
-        Replace an existing tiledseg output at ``out``.
+        Replace an existing tiledseg output at ``out``. Without it, an unfinished
+        run into ``out`` with the same model, image and options is continued: its
+        blocks already done are skipped (:attr:`PredictionResult.skipped`).
     quiet : bool
         No progress bar.
     command : str, optional
@@ -234,6 +270,12 @@ def predict(
     Returns
     -------
     PredictionResult
+
+    Raises
+    ------
+    BlocksFailedError
+        Some blocks failed (e.g. an unreadable chunk of the image); all others are
+        written, the output stays unfinished and a rerun redoes only those blocks.
     """
     started = time.perf_counter()
     if not isinstance(model, Model):
@@ -252,55 +294,101 @@ def predict(
     )
     halo = model.halo
     blocks_shape = resolve_block(
-        block, shape=volume.shape, halo=halo, min_blocks=workers or available_cores()
+        block,
+        shape=volume.shape,
+        halo=halo,
+        min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
     )
     region = parse_region(roi, volume.shape)
     blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
     inputs = [image] if isinstance(image, str | os.PathLike) else []
-    prepare_output(out, overwrite=overwrite, inputs=[str(p) for p in inputs])
-    with open_executor(workers, quiet=quiet, scheduler=scheduler) as executor:
+    identity = {
+        "model_checksum": model.checksum,
+        "image": _where(image, volume),
+        "image_shape": list(volume.shape),
+        "image_dtype": str(volume.dtype),
+        "block": list(blocks_shape),
+        "roi": None if region is None else [[s.start, s.stop] for s in region],
+        "arrays": ["labels"] + ["probabilities"] * probabilities + ["uncertainty"] * uncertainty,
+        "smoothing": None if smoothing is None else smoothing.to_dict(None),
+    }
+    resuming = prepare_output(
+        out, overwrite=overwrite, inputs=[str(p) for p in inputs], identity=identity
+    )
+    with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
         check_finite(volume, roi=region, executor=executor)
-        path = create_output(
-            out,
-            shape=volume.shape,
-            block=blocks_shape,
-            spacing=volume.spacing,
-            label_dtype=model.label_dtype,
-            classes=model.classes,
-            probabilities=probabilities,
-            uncertainty=uncertainty,
-            provenance={
-                "model_checksum": model.checksum,
-                "bank": model.bank.to_dict(),
-                "feature_spacing": list(model.spacing),
-                "image": _where(image, volume),
-                "roi": None if region is None else [[s.start, s.stop] for s in region],
-                "command": command if command is not None else " ".join(sys.argv),
-                "versions": versions(),
-                "model_versions": model.versions,
-            },
-            overwrite=overwrite,
-        )
-        n_threads = executor.threads_per_task(len(blocks))
-        tasks = [
-            (volume, b, model, str(path), probabilities, uncertainty, n_threads) for b in blocks
-        ]
+        if resuming:
+            path = Path(out)
+            done = done_blocks(path)
+            record_resume(path, skipped=len(done), total=len(blocks))
+        else:
+            done = set()
+            path = create_output(
+                out,
+                shape=volume.shape,
+                block=blocks_shape,
+                spacing=volume.spacing,
+                label_dtype=model.label_dtype,
+                classes=model.classes,
+                probabilities=probabilities,
+                uncertainty=uncertainty,
+                provenance={
+                    "model_checksum": model.checksum,
+                    "bank": model.bank.to_dict(),
+                    "feature_spacing": list(model.spacing),
+                    "image": _where(image, volume),
+                    "roi": identity["roi"],
+                    "command": command if command is not None else " ".join(sys.argv),
+                    "versions": versions(),
+                    "model_versions": model.versions,
+                },
+                identity=identity,
+                overwrite=overwrite,
+            )
+        todo = [b for b in blocks if b.index not in done]
+        if done and not quiet:
+            print(
+                f"resuming {path}: {len(blocks) - len(todo)} of {len(blocks)} blocks already "
+                "done, skipped",
+                file=sys.stderr,
+            )
+        n_threads = executor.threads_per_task(len(todo))
+
+        def task_of(b: Block) -> tuple:
+            return (volume, b, model, str(path), probabilities, uncertainty, n_threads)
+
         extra = {}
         if smoothing is None:
-            voxels = sum(executor.map(_predict_task, tasks, desc="predict"))
+            results = executor.map(
+                _predict_task, [task_of(b) for b in todo], desc="predict", on_error=_lost(todo)
+            )
         else:
-            voxels, extra["smoothing"] = _predict_smoothed(
-                tasks,
+            results, extra["smoothing"] = _predict_smoothed(
+                task_of,
                 blocks,
+                done=done,
                 out=str(path),
                 volume=volume,
                 model=model,
                 settings=smoothing,
                 executor=executor,
             )
+    failures = [r for r in results if isinstance(r, BlockFailure)]
+    raise_failures(path, failures, total=len(blocks))
+    voxels = sum(results)
     seconds = time.perf_counter() - started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
-    return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds)
+    skipped = len(blocks) - len(todo)
+    return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds, skipped)
+
+
+def _lost(blocks: Sequence[Block]):
+    """``on_error`` of :meth:`Executor.map`: a block whose task the cluster lost."""
+
+    def failure(i: int, exc: BaseException) -> BlockFailure:
+        return BlockFailure(blocks[i].name, blocks[i].index, f"{type(exc).__name__}: {exc}")
+
+    return failure
 
 
 def _require_probabilities(model: Model, option: str) -> None:
@@ -313,15 +401,16 @@ def _require_probabilities(model: Model, option: str) -> None:
 
 
 def _predict_smoothed(
-    tasks: list[tuple],
+    task_of: Any,
     blocks: list[Block],
     *,
+    done: set[tuple[int, ...]],
     out: str,
     volume: Volume,
     model: Model,
     settings: Any,
     executor: Executor,
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[list[Any], dict[str, Any]]:
     import dask
 
     from tiledseg.smoothing.tiled import SmoothingPlan, image_beta
@@ -333,12 +422,11 @@ def _predict_smoothed(
         spacing=relative_spacing(model.spacing),
     )
     plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=model.spacing, settings=settings)
-    by_index = {b.index: task for b, task in zip(blocks, tasks, strict=True)}
     values = model.classes.astype(model.label_dtype)
-    with executor.progress(len(blocks), "predict + graph cut") as bar:
-        plan.run(
+    with executor.progress(len(blocks) - len(done), "predict + graph cut") as bar:
+        written = plan.run(
             costs=lambda b: dask.delayed(_costs_task)(
-                by_index[b.index], dask_key_name=f"costs-{plan.token}-{b.index}"
+                task_of(b), dask_key_name=f"costs-{plan.token}-{b.index}"
             ),
             write=lambda b, labels: dask.delayed(_write_labels_task)(
                 out, b, labels, values, dask_key_name=f"write-{plan.token}-{b.index}"
@@ -346,9 +434,10 @@ def _predict_smoothed(
             persist=executor.persist,
             progress=bar.update,
             workers=executor.n_workers,
+            done=done,
         )
     # every write has run when run() returns (persist waits for its wave)
-    return sum(math.prod(b.shape) for b in blocks), settings.to_dict(beta)
+    return executor.gather(written), settings.to_dict(beta)
 
 
 def check_finite(

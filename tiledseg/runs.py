@@ -8,6 +8,15 @@ Layout of ``OUT.zarr`` (zarr v3, OME-Zarr 0.5)::
       probabilities/0         optional: uint8 0-255, class axis first
       uncertainty/0           optional: uint8, 255 * (1 - (p_best - p_second))
 
+      .tiledseg-done/         one empty file per finished block (named by its grid index),
+                              made after all of the block's data is written; removed
+                              when the run completes
+
+A run that stopped (killed, walltime, failed blocks) leaves ``complete: false``
+and its done markers: the same command again continues it, skipping the blocks
+already done. What must match for that is the run's *identity* (model, image,
+block, region, arrays, smoothing); anything else is refused rather than mixed.
+
 Each of ``labels``, ``probabilities`` and ``uncertainty`` is a one-level
 OME-Zarr multiscale image, so napari and other OME-Zarr readers open them
 directly. Arrays are chunked like the processing blocks, so every block writes
@@ -19,23 +28,49 @@ a tiledseg output.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tiledseg.errors import OutputExistsError
+from tiledseg.errors import BlocksFailedError, OutputExistsError
 from tiledseg.volume import same_path
 
 __all__ = [
+    "BlockFailure",
+    "DONE_DIR",
     "create_output",
+    "done_blocks",
+    "first_failure",
+    "guarded",
     "is_tiledseg_output",
+    "mark_block_done",
     "mark_complete",
     "prepare_output",
+    "raise_failures",
+    "record_resume",
 ]
+
+#: Folder of the per-block done markers inside the output group.
+DONE_DIR = ".tiledseg-done"
+
+# how the identity's keys are named in a refusal
+_IDENTITY_NAMES = {
+    "model_checksum": "model",
+    "image": "image",
+    "image_shape": "image shape",
+    "image_dtype": "image dtype",
+    "block": "block",
+    "roi": "region (--roi)",
+    "arrays": "outputs (--probabilities/--uncertainty)",
+    "smoothing": "smoothing options",
+}
 
 
 def is_tiledseg_output(path: str | Path) -> bool:
@@ -49,8 +84,41 @@ def is_tiledseg_output(path: str | Path) -> bool:
     return "tiledseg" in group.attrs
 
 
-def prepare_output(path: str | Path, *, overwrite: bool, inputs: Sequence[str] = ()) -> Path:
-    """Check that ``path`` may be written, before any work starts; nothing is changed here."""
+def _stored_run(path: Path) -> dict[str, Any] | None:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs["tiledseg"])
+    except Exception:  # not a readable tiledseg group
+        return None
+
+
+def prepare_output(
+    path: str | Path,
+    *,
+    overwrite: bool,
+    inputs: Sequence[str] = (),
+    identity: dict[str, Any] | None = None,
+) -> bool:
+    """Check that ``path`` may be written, before any work starts; nothing is changed here.
+
+    Parameters
+    ----------
+    path : path
+        The output group.
+    overwrite : bool
+        Start afresh over an existing tiledseg output.
+    inputs : sequence of str
+        Paths the run reads, which the output must not be.
+    identity : dict, optional
+        What a run that wrote ``path`` must have had in common with this one for
+        this one to continue it (see :func:`create_output`). ``None``: no resume.
+
+    Returns
+    -------
+    bool
+        Whether ``path`` holds an unfinished run with this identity, to be continued.
+    """
     path = Path(path)
     for source in inputs:
         if same_path(source, path):
@@ -62,16 +130,39 @@ def prepare_output(path: str | Path, *, overwrite: bool, inputs: Sequence[str] =
             f"the folder of output {str(path)!r} does not exist; create {str(path.parent)!r} first"
         )
     if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise OutputExistsError(
-                f"output {str(path)!r} exists; choose another path or pass --overwrite"
-            )
-        if not is_tiledseg_output(path):
+        stored = _stored_run(path)
+        if stored is None:
             raise OutputExistsError(
                 f"output {str(path)!r} exists and is not a tiledseg output; tiledseg will not "
                 "delete it, even with --overwrite: choose another path"
             )
-    return path
+        if overwrite:
+            return False
+        if identity is None or stored.get("complete", True):
+            raise OutputExistsError(
+                f"output {str(path)!r} exists"
+                + (" and is complete" if stored.get("complete") else "")
+                + "; choose another path or pass --overwrite"
+            )
+        _check_same_run(path, stored.get("identity") or {}, identity)
+        return True
+    return False
+
+
+def _check_same_run(path: Path, stored: dict[str, Any], identity: dict[str, Any]) -> None:
+    for key, name in _IDENTITY_NAMES.items():
+        if stored.get(key) != identity.get(key):
+            raise OutputExistsError(
+                f"output {str(path)!r} holds an unfinished run with another {name} "
+                f"({_short(stored.get(key))}, now {_short(identity.get(key))}); rerun it with "
+                "what it had to resume it, pass --overwrite to start afresh, or choose "
+                "another path"
+            )
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
 def _multiscale_attrs(name: str, axes: str, scale: Sequence[float]) -> dict[str, Any]:
@@ -107,11 +198,17 @@ def create_output(
     uncertainty: bool,
     provenance: dict[str, Any],
     overwrite: bool,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
-    """Create the output group and its empty arrays (after :func:`prepare_output`)."""
+    """Create the output group and its empty arrays (after :func:`prepare_output`).
+
+    ``identity`` is stored in the provenance; a later run with the same identity
+    continues this one (:func:`prepare_output`).
+    """
     import zarr
 
-    path = prepare_output(path, overwrite=overwrite)
+    path = Path(path)
+    prepare_output(path, overwrite=overwrite)
     if path.exists():
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
@@ -141,6 +238,7 @@ def create_output(
         group.create_array("0", shape=arr_shape, chunks=chunks, dtype=dtype, fill_value=0)
     root.attrs["tiledseg"] = {
         **provenance,
+        "identity": identity,
         "arrays": [w[0] for w in wanted],
         "classes": [int(c) for c in classes],
         "block": list(block),
@@ -158,3 +256,88 @@ def mark_complete(path: str | Path, **extra: Any) -> None:
     info = dict(root.attrs["tiledseg"])
     info.update(extra, complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     root.attrs["tiledseg"] = info
+    # the markers only serve an unfinished run
+    shutil.rmtree(Path(path) / DONE_DIR, ignore_errors=True)
+
+
+def record_resume(path: str | Path, *, skipped: int, total: int) -> None:
+    """Note in the provenance that a run was continued, and how much it skipped."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    info = dict(root.attrs["tiledseg"])
+    info["resumed"] = [
+        *info.get("resumed", []),
+        {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "skipped": skipped, "blocks": total},
+    ]
+    root.attrs["tiledseg"] = info
+
+
+def _marker_name(index: Sequence[int]) -> str:
+    return "_".join(str(int(i)) for i in index)
+
+
+def mark_block_done(path: str | Path, index: Sequence[int]) -> None:
+    """Record that the block at grid ``index`` is written (call after its last write)."""
+    folder = Path(path) / DONE_DIR
+    folder.mkdir(exist_ok=True)
+    # an empty file: its creation is the whole record, so a kill leaves it or not
+    os.close(os.open(folder / _marker_name(index), os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def done_blocks(path: str | Path) -> set[tuple[int, ...]]:
+    """The grid indices of the blocks an unfinished run at ``path`` has written."""
+    folder = Path(path) / DONE_DIR
+    if not folder.is_dir():
+        return set()
+    return {
+        tuple(int(i) for i in entry.name.split("_"))
+        for entry in os.scandir(folder)
+        if entry.name.replace("_", "").isdigit()
+    }
+
+
+@dataclass(frozen=True)
+class BlockFailure:
+    """A block whose task raised, with the error as text (it crosses process borders)."""
+
+    name: str
+    index: tuple[int, ...]
+    error: str
+    details: str = ""
+    caused_by: str = ""
+
+    def __str__(self) -> str:
+        return f"block {self.name} (grid index {self.index}): {self.error}"
+
+
+def guarded(func: Callable[..., Any], name: str, index: Sequence[int], *args: Any) -> Any:
+    """``func(*args)``, or a :class:`BlockFailure` if it raises.
+
+    One block's failure (an unreadable chunk) must not stop the others: the run
+    finishes what it can and reports the failures at the end.
+    """
+    try:
+        return func(*args)
+    except Exception as exc:  # any error of this block's task, reported with its block
+        return BlockFailure(
+            name, tuple(index), f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        )
+
+
+def first_failure(values: Sequence[Any]) -> BlockFailure | None:
+    """The first :class:`BlockFailure` among ``values`` (the inputs of a task), if any."""
+    return next((v for v in values if isinstance(v, BlockFailure)), None)
+
+
+def raise_failures(path: str | Path, failures: Sequence[BlockFailure], *, total: int) -> None:
+    """Raise :class:`BlocksFailedError` with a report of ``failures`` (if there are any)."""
+    if not failures:
+        return
+    lines = [
+        f"{len(failures)} of {total} blocks failed; the other blocks are written to "
+        f"{str(path)!r}. Fix the cause and rerun the same command: it redoes only the "
+        "blocks not done."
+    ]
+    lines += [f"  {f}" for f in sorted(failures, key=lambda f: f.index)]
+    raise BlocksFailedError("\n".join(lines), list(failures))

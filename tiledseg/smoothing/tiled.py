@@ -33,6 +33,7 @@ import numpy as np
 
 from tiledseg.blocks import DEFAULT_BLOCK, Block, haloed, plan_blocks, within
 from tiledseg.features.bank import relative_spacing
+from tiledseg.runs import BlockFailure, first_failure
 from tiledseg.smoothing import energy
 
 __all__ = [
@@ -227,13 +228,37 @@ class _Solve:
         )
 
 
-def _first_pass(solve: _Solve, block: Block, window: Region, regions, *costs) -> np.ndarray:
+def _failed_input(block: Block, inputs: Sequence[Any]) -> BlockFailure | None:
+    """The failure a node passes on when one of its inputs failed (``None`` if none did).
+
+    A block's own failure is passed as it is; a neighbour's becomes this block's,
+    naming the block that failed, so the report names every block not written.
+    """
+    failed = first_failure(inputs)
+    if failed is None or failed.index == block.index:
+        return failed
+    own = next((f for f in inputs if isinstance(f, BlockFailure) and f.index == block.index), None)
+    if own is not None:
+        return own
+    cause = failed.caused_by or failed.name
+    return BlockFailure(
+        block.name, block.index, f"not smoothed: it needs block {cause}, which failed", "", cause
+    )
+
+
+def _first_pass(solve: _Solve, block: Block, window: Region, regions, *costs) -> Any:
+    failed = _failed_input(block, costs)
+    if failed is not None:
+        return failed
     unary = _assemble(window, list(zip(regions, costs, strict=True)))
     labels = solve(unary, window)
     return labels[within(block.region, window)]
 
 
-def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *parts) -> np.ndarray:
+def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *parts) -> Any:
+    failed = _failed_input(block, parts)
+    if failed is not None:
+        return failed
     n = len(regions)
     costs = list(zip(regions, parts[:n], strict=True))
     labels = list(zip(regions, parts[n:], strict=True))
@@ -378,8 +403,9 @@ class SmoothingPlan:
         persist: Callable[[list[Any]], list[Any]],
         progress: Callable[[int], Any] | None = None,
         workers: int = 1,
+        done: set[tuple[int, ...]] = frozenset(),
     ) -> list[Any]:
-        """Compute every block's smoothed labels and hand them to ``write``.
+        """Compute every block's smoothed labels (but those ``done``) and hand them to ``write``.
 
         Parameters
         ----------
@@ -395,12 +421,28 @@ class SmoothingPlan:
             Called with the number of blocks written after each wave.
         workers : int
             Tasks that run at once: a wave takes enough rows to give each a block.
+        done : set of tuple
+            Grid indices of blocks already written (a resumed run): they get no
+            write, and their nodes are computed only where another block needs them.
 
         Returns
         -------
         list
             The persisted results of ``write``, in row order.
         """
+        # the nodes this run computes: what the writes need, and nothing else
+        needed: set[tuple] = set()
+        stack = [(self.last, index) for index in self.grid.blocks if index not in done]
+        while stack:
+            node = stack.pop()
+            if node not in needed:
+                needed.add(node)
+                if node[0] != "costs":
+                    stack.extend(self.needs(node))
+
+        def readers(node: tuple) -> set[tuple]:
+            return self.consumers.get(node, set()) & needed
+
         kept: dict[tuple, Any] = {}
         finished: set[tuple] = set()
         written: list[Any] = []
@@ -416,18 +458,20 @@ class SmoothingPlan:
             targets = [
                 write(block, self.build((self.last, index), built, costs=costs, kept=kept))
                 for index, block in self.grid.blocks.items()
-                if index[axis] in wave
+                if index[axis] in wave and index not in done
             ]
+            if not targets:
+                continue
             finished.update(built)
             # keep what a node not yet computed will read
-            keep = [node for node in built if not self.consumers.get(node, set()) <= finished]
-            done = persist(targets + [built[n] for n in keep])
-            written.extend(done[: len(targets)])
+            keep = [node for node in built if not readers(node) <= finished]
+            results = persist(targets + [built[n] for n in keep])
+            written.extend(results[: len(targets)])
             if progress is not None:
                 progress(len(targets))
-            kept.update(zip(keep, done[len(targets) :], strict=True))
+            kept.update(zip(keep, results[len(targets) :], strict=True))
             for node in list(kept):
-                if self.consumers.get(node, set()) <= finished:
+                if readers(node) <= finished:
                     del kept[node]
         return written
 
