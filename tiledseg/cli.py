@@ -51,11 +51,20 @@ def _workers_option(f):
 
 
 def _scheduler_option(f):
+    f = click.option(
+        "--cluster",
+        "cluster",
+        default=None,
+        metavar="FILE",
+        help="Start the dask cluster a config file describes: local processes, SLURM jobs "
+        "(dask-jobqueue) or one worker per GPU; examples in cluster_configs/.",
+    )(f)
     return click.option(
         "--scheduler",
         default=None,
-        metavar="ADDRESS",
-        help="Run on the workers of a running dask scheduler (e.g. tcp://host:8786).",
+        metavar="ADDRESS|FILE",
+        help="Run on the workers of a running dask scheduler: its address (tcp://host:8786) "
+        "or its scheduler file.",
     )(f)
 
 
@@ -99,6 +108,7 @@ def train(
     block,
     workers,
     scheduler,
+    cluster,
     no_cache,
     seed,
     overwrite,
@@ -119,6 +129,7 @@ def train(
         block=block,
         workers=workers,
         scheduler=scheduler,
+        cluster=cluster,
         cache_dir=None if no_cache else True,
         seed=seed,
         quiet=quiet,
@@ -212,10 +223,15 @@ def predict(
     block,
     workers,
     scheduler,
+    cluster,
     overwrite,
     quiet,
 ) -> None:
-    """Classify every voxel of IMAGE and write OUT.zarr."""
+    """Classify every voxel of IMAGE and write OUT.zarr.
+
+    A run that stopped (killed, out of walltime, failed blocks) continues when the
+    same command is run again: blocks already written are skipped.
+    """
     import tiledseg
 
     result = tiledseg.predict(
@@ -234,6 +250,7 @@ def predict(
         channel_axis=channel_axis,
         workers=workers,
         scheduler=scheduler,
+        cluster=cluster,
         overwrite=overwrite,
         quiet=quiet,
         command=_command_line(),
@@ -249,8 +266,13 @@ def _command_line() -> str:
 
 
 def _print_prediction(result) -> None:
+    if result.skipped:
+        click.echo(
+            f"resumed: {result.skipped} of {result.blocks} blocks were already done and skipped"
+        )
     click.echo(
-        f"{result.voxels:,} voxels in {result.blocks} blocks, {result.seconds:.1f} s "
+        f"{result.voxels:,} voxels in {result.blocks - result.skipped} blocks, "
+        f"{result.seconds:.1f} s "
         f"({result.voxels_per_second / 1e6:.2f} Mvox/s); written to {result.path}"
     )
 
@@ -275,8 +297,11 @@ def segment(config_path, overwrite, quiet) -> None:
             f"config {config_path!r}: model and out are the same path {config.out!r}; "
             "give them different paths"
         )
-    check_model_path(config.model, overwrite=overwrite, inputs=inputs)
-    prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
+    # a rerun after a kill during prediction: the model it wrote is used again
+    model = None if overwrite else _model_of_unfinished_run(config.model, config.out)
+    if model is None:
+        check_model_path(config.model, overwrite=overwrite, inputs=inputs)
+        prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
     # one opened volume for train and predict: its whole-image NaN check is done once
     volume = _check_segment_inputs(config)
     # smoothing options are checked before training, not after it
@@ -288,21 +313,15 @@ def segment(config_path, overwrite, quiet) -> None:
         contrast_sigma=config.smooth_contrast_sigma,
         ndim=volume.ndim,
     )
-    model = tiledseg.train(
-        volume,
-        config.labels,
-        features=config.features,
-        classifier=config.classifier,
-        spacing=config.spacing,
-        channel_axis=config.channel_axis,
-        block=config.block,
-        workers=config.workers,
-        scheduler=config.scheduler,
-        seed=config.seed,
-        quiet=quiet,
-    )
-    model.save(config.model, overwrite=overwrite)
-    _print_training(model, config.model)
+    if model is not None:
+        click.echo(
+            f"model {config.model} is the model of the unfinished output {config.out}: "
+            "training skipped, prediction resumed"
+        )
+    else:
+        model = _train_for_segment(config, volume, quiet=quiet)
+        model.save(config.model, overwrite=overwrite)
+        _print_training(model, config.model)
     result = tiledseg.predict(
         volume,
         model,
@@ -319,6 +338,7 @@ def segment(config_path, overwrite, quiet) -> None:
         channel_axis=config.channel_axis,
         workers=config.workers,
         scheduler=config.scheduler,
+        cluster=config.cluster,
         overwrite=overwrite,
         quiet=quiet,
         command=f"tiledseg segment {config_path}",
@@ -326,6 +346,41 @@ def segment(config_path, overwrite, quiet) -> None:
     _print_prediction(result)
     if config.truth is not None:
         _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
+
+
+def _train_for_segment(config, volume, *, quiet: bool):
+    import tiledseg
+
+    return tiledseg.train(
+        volume,
+        config.labels,
+        features=config.features,
+        classifier=config.classifier,
+        spacing=config.spacing,
+        channel_axis=config.channel_axis,
+        block=config.block,
+        workers=config.workers,
+        scheduler=config.scheduler,
+        cluster=config.cluster,
+        seed=config.seed,
+        quiet=quiet,
+    )
+
+
+def _model_of_unfinished_run(model_path: str, out: str):
+    """The model at ``model_path`` if ``out`` is an unfinished run made with it, else None."""
+    from tiledseg.errors import ModelFileError
+    from tiledseg.model import load_model
+    from tiledseg.runs import unfinished_run
+
+    stored = unfinished_run(out)
+    if stored is None or not Path(model_path).is_file():
+        return None
+    try:
+        model = load_model(model_path)
+    except ModelFileError:
+        return None
+    return model if (stored.get("identity") or {}).get("model_checksum") == model.checksum else None
 
 
 def _check_segment_inputs(config):
@@ -506,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         click.echo(f"tiledseg: error: {exc}", err=True)
-        return 2
+        # 2: the input or options are wrong; a run with failed blocks says 1
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         click.echo("tiledseg: interrupted", err=True)
         return 130

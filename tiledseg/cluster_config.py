@@ -315,7 +315,8 @@ def _allowed_keys(kind: str, source: str) -> set[str]:
 
 def _defaults(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     """tiledseg's defaults where the file says nothing (never over what it says)."""
-    options = dict(options)
+    # an empty value means "not set": the class's (or tiledseg's) default applies
+    options = {k: v for k, v in options.items() if v is not None}
     if kind == "local":
         from tiledseg.cluster import available_cores
 

@@ -37,7 +37,12 @@ class SegmentConfig(BaseModel):
     channel_axis: int | None = None
     block: PositiveInt | list[PositiveInt] | None = None
     workers: PositiveInt | None = None
-    scheduler: str | None = Field(None, description="address of a running dask scheduler")
+    scheduler: str | None = Field(
+        None, description="address (or scheduler file) of a running dask scheduler"
+    )
+    cluster: str | None = Field(
+        None, description="cluster config file (cluster_configs/: local, slurm, ...)"
+    )
     probabilities: bool = False
     uncertainty: bool = False
     roi: str | None = None
@@ -67,6 +72,8 @@ class SegmentConfig(BaseModel):
             return head if dataset is None else f"{head}:{dataset}"
 
         updates = {k: fix(getattr(self, k)) for k in ("image", "labels", "model", "out", "truth")}
+        if self.cluster is not None and self.cluster.endswith((".yaml", ".yml")):
+            updates["cluster"] = fix(self.cluster)
         if isinstance(self.features, str) and self.features.endswith((".yaml", ".yml")):
             updates["features"] = fix(self.features)
         return self.model_copy(update=updates)

@@ -193,11 +193,18 @@ def smooth_settings(
     return settings
 
 
-def _check_finite(args: tuple[Volume, Block]) -> None:
+def _check_finite(args: tuple[Volume, Block]) -> bool:
+    """Whether the block could be read (a NaN or infinity raises)."""
     from tiledseg.features.tiled import read_finite
 
     volume, block = args
-    read_finite(volume, block.region)
+    try:
+        read_finite(volume, block.region)
+    except TiledsegError:
+        raise
+    except Exception:  # unreadable: the blocks that need it report it when they run
+        return False
+    return True
 
 
 def predict(
@@ -461,12 +468,13 @@ def check_finite(
         (0,) * volume.ndim,
         roi=roi,
     )
+    tasks = [(volume, b) for b in blocks]
     if executor is None:
         with open_executor(workers, quiet=True) as own:
-            own.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
+            readable = own.map(_check_finite, tasks, desc="checking image")
     else:
-        executor.map(_check_finite, [(volume, b) for b in blocks], desc="checking image")
-    volume.checked_finite = roi is None
+        readable = executor.map(_check_finite, tasks, desc="checking image")
+    volume.checked_finite = roi is None and all(readable)
 
 
 def _where(image: Any, volume: Volume) -> str:

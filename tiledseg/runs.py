@@ -55,6 +55,7 @@ __all__ = [
     "prepare_output",
     "raise_failures",
     "record_resume",
+    "unfinished_run",
 ]
 
 #: Folder of the per-block done markers inside the output group.
@@ -91,6 +92,15 @@ def _stored_run(path: Path) -> dict[str, Any] | None:
         return dict(zarr.open_group(str(path), mode="r").attrs["tiledseg"])
     except Exception:  # not a readable tiledseg group
         return None
+
+
+def unfinished_run(path: str | Path) -> dict[str, Any] | None:
+    """The provenance of the unfinished tiledseg run at ``path`` (``None``: there is none)."""
+    path = Path(path)
+    stored = _stored_run(path) if path.exists() else None
+    if stored is None or stored.get("complete", True):
+        return None
+    return stored
 
 
 def prepare_output(

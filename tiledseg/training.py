@@ -23,7 +23,7 @@ import numpy as np
 
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.classifiers import make_classifier
-from tiledseg.cluster import Executor, available_cores, open_executor
+from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_finite
@@ -241,6 +241,7 @@ def train(
     block: int | Sequence[int] | str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    cluster: Any = None,
     cache_dir: str | os.PathLike | None | bool = True,
     seed: int = 0,
     quiet: bool = True,
@@ -268,7 +269,9 @@ def train(
     workers : int, optional
         Run on that many local worker processes instead of threads.
     scheduler : str, optional
-        Address of a running dask scheduler.
+        Address (or scheduler file) of a running dask scheduler.
+    cluster : path or ClusterConfig, optional
+        Start a cluster from this config (:mod:`tiledseg.cluster_config`).
     cache_dir : path, True or None
         Where the training table is cached (``True``: :func:`default_cache_dir`;
         ``None``/``False``: no cache).
@@ -288,7 +291,7 @@ def train(
         block,
         shape=volume.shape,
         halo=bank.halo(volume.spacing),
-        min_blocks=workers or available_cores(),
+        min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
     )
     clf = make_classifier(classifier, seed=seed)
     if cache_dir is True:
@@ -297,7 +300,7 @@ def train(
         cache = None
     else:
         cache = Path(cache_dir)
-    with open_executor(workers, quiet=quiet, scheduler=scheduler) as executor:
+    with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
         table = training_table(
             volume, label_volume, bank=bank, block=blocks, executor=executor, cache_dir=cache
         )
