@@ -125,7 +125,7 @@ class ClusterConfig:
 def shipped_configs() -> dict[str, Path]:
     """The example configs shipped in ``cluster_configs/`` (name -> path), when present."""
     folder = Path(__file__).resolve().parents[1] / "cluster_configs"
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"), key=lambda p: p.stem)}
 
 
 def _expand(text: str, source: str) -> str:
@@ -187,8 +187,8 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
     if not file.is_file():
         shipped = ", ".join(shipped_configs()) or "none found"
         raise ClusterConfigError(
-            f"cluster config {source!r} does not exist; give a YAML file (examples in "
-            f"cluster_configs/: {shipped})"
+            f"cluster config {source!r} does not exist; give a YAML file, or the name of one "
+            f"in cluster_configs/ ({shipped})"
         )
     try:
         data = yaml.safe_load(_expand(file.read_text(), source))

@@ -1,0 +1,232 @@
+"""Cluster configs (``--cluster FILE``), scheduler files and worker threads, on real clusters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import tiledseg as ts
+from tiledseg.cluster import Executor, open_executor
+from tiledseg.cluster_config import load_cluster_config, shipped_configs
+from tiledseg.errors import ClusterConfigError, MissingExtraError, TiledsegError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_configs_are_found_and_valid(monkeypatch):
+    assert set(shipped_configs()) == {"local", "slurm", "slurm-gpu", "local-cuda"}
+    pytest.importorskip("dask_jobqueue")
+    for name in ("local", "slurm", "slurm-gpu"):
+        config = load_cluster_config(ROOT / "cluster_configs" / f"{name}.yaml")
+        assert config.kind == name.split("-")[0]
+    slurm = load_cluster_config("slurm")
+    # what a user fills in comes from the environment; nothing else needs editing
+    assert "queue" not in slurm.options
+    assert slurm.options["python"] == sys.executable
+    assert slurm.adapt == {"minimum_jobs": 1, "maximum_jobs": 4}
+    monkeypatch.setenv("TILEDSEG_SLURM_PARTITION", "short")
+    monkeypatch.setenv("TILEDSEG_SLURM_CORES", "2")
+    slurm = load_cluster_config("slurm")
+    assert (slurm.options["queue"], slurm.options["cores"]) == ("short", 2)
+    assert slurm.planned_threads() == 8
+    assert load_cluster_config("slurm-gpu").options["job_extra_directives"] == ["--gres=gpu:1"]
+
+
+def test_local_cuda_needs_dask_cuda():
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingExtraError, match=r"pip install 'tiledseg\[gpu\]'"):
+            load_cluster_config("local-cuda")
+    else:
+        assert load_cluster_config("local-cuda").kind == "local-cuda"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "slurm:\n  walltme: '01:00:00'\n",
+            "unknown key 'walltme' under 'slurm' (did you mean 'walltime'?)",
+        ),
+        ("slurm:\n  job-extra: ['--qos=x']\n", "renamed it 'job_extra_directives'"),
+        (
+            "local:\n  n_worker: 2\n",
+            "unknown key 'n_worker' under 'local' (did you mean 'n_workers'?)",
+        ),
+        (
+            "local:\n  n_workers: 2\nadapt:\n  maximum_jobs: 3\n",
+            "unknown key 'maximum_jobs' under 'adapt'",
+        ),
+        (
+            "slurm:\n  cores: 1\nscale:\n  jbos: 2\n",
+            "unknown key 'jbos' under 'scale' (did you mean 'jobs'?)",
+        ),
+        ("slurn:\n  cores: 1\n", "unknown top-level key 'slurn' (did you mean 'slurm'?)"),
+        ("local: {}\nslurm: {}\n", "exactly one cluster kind"),
+        ("slurm: {}\nscale: {jobs: 1}\nadapt: {maximum_jobs: 2}\n", "scale or adapt, not both"),
+        ("slurm:\n  cores: [1\n", "is not valid YAML"),
+        ("- slurm\n", "expected a mapping"),
+        ("slurm: 4\n", "'slurm' must be a mapping"),
+        (
+            "slurm:\n  queue: ${TILEDSEG_TEST_UNSET_VAR}\n",
+            "line 2: environment variable TILEDSEG_TEST_UNSET_VAR is not set",
+        ),
+    ],
+)
+def test_a_bad_config_is_one_clear_error(tmp_path, text, message):
+    pytest.importorskip("dask_jobqueue")
+    with pytest.raises(ClusterConfigError) as error:
+        load_cluster_config(write(tmp_path, text))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_hyphens_as_in_jobqueue_yaml_and_comments_are_not_expanded(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    config = load_cluster_config(
+        write(
+            tmp_path,
+            "slurm:  # ${NOT_EXPANDED_IN_A_COMMENT}\n"
+            "  job-extra-directives: ['--qos=low']\n"
+            "  death-timeout: 30\n"
+            "  memory: ${TILEDSEG_TEST_UNSET_VAR:-2GiB}\n",
+        )
+    )
+    assert config.options["job_extra_directives"] == ["--qos=low"]
+    assert config.options["death_timeout"] == 30
+    assert config.options["memory"] == "2GiB"
+
+
+def test_a_missing_config_file_names_the_shipped_ones(tmp_path):
+    with pytest.raises(ClusterConfigError, match="does not exist.*local, local-cuda, slurm"):
+        load_cluster_config(tmp_path / "nope.yaml")
+
+
+def test_cluster_with_workers_is_refused():
+    with pytest.raises(TiledsegError, match="give one"), open_executor(2, cluster="local"):
+        pass
+
+
+def test_predict_on_a_local_cluster_config_equals_threads(tmp_path, phantom3d, model3d):
+    config = write(tmp_path, "local:\n  n_workers: 2\n  threads_per_worker: 1\n")
+    threads = ts.predict(phantom3d.image, model3d, out=tmp_path / "t.zarr", block=8)
+    cluster = ts.predict(phantom3d.image, model3d, out=tmp_path / "c.zarr", block=8, cluster=config)
+    np.testing.assert_array_equal(
+        zarr.open_array(f"{cluster.path}/labels/0")[...],
+        zarr.open_array(f"{threads.path}/labels/0")[...],
+    )
+
+
+def test_the_cli_takes_cluster_and_scheduler_files(tmp_path, phantom3d, model3d):
+    """--cluster FILE (train and predict) and --scheduler SCHEDULER_FILE, as a user runs them."""
+    from distributed import Client, LocalCluster
+
+    np.save(tmp_path / "image.npy", phantom3d.image)
+    np.save(tmp_path / "labels.npy", phantom3d.scribbles)
+    cli = [sys.executable, "-m", "tiledseg.cli"]
+    env = {**os.environ, "TILEDSEG_WORKERS": "2"}
+    config = ROOT / "cluster_configs" / "local.yaml"
+    model = tmp_path / "m.tseg"
+    subprocess.run(
+        [
+            *cli,
+            "train",
+            tmp_path / "image.npy",
+            tmp_path / "labels.npy",
+            "--model",
+            model,
+            "--features",
+            "minimal",
+            "--cluster",
+            config,
+            "--quiet",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        [
+            *cli,
+            "predict",
+            tmp_path / "image.npy",
+            "--model",
+            model,
+            "--out",
+            tmp_path / "a.zarr",
+            "--cluster",
+            config,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert "dask dashboard: http://" in done.stderr
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        client.write_scheduler_file(str(tmp_path / "scheduler.json"))
+        subprocess.run(
+            [
+                *cli,
+                "predict",
+                tmp_path / "image.npy",
+                "--model",
+                model,
+                "--out",
+                tmp_path / "b.zarr",
+                "--scheduler",
+                tmp_path / "scheduler.json",
+                "--quiet",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "a.zarr/labels/0"))[...],
+        zarr.open_array(str(tmp_path / "b.zarr/labels/0"))[...],
+    )
+
+
+def test_xgboost_in_a_worker_gets_the_workers_cores_not_omp_num_threads_1(model3d, phantom3d):
+    """dask's worker launcher sets OMP_NUM_THREADS=1; the threads are passed explicitly."""
+    from distributed import Client, LocalCluster
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        assert set(client.run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}
+        executor = Executor(client=client, n_workers=1)
+        threads = executor.threads_per_task(10)
+        assert threads == len(os.sched_getaffinity(0))
+
+        def booster_threads(model, table, n):
+            model.predict_proba(table, n_threads=n)
+            import json
+
+            config = json.loads(model.classifier.booster.save_config())
+            return int(config["learner"]["generic_param"]["nthread"])
+
+        table = np.zeros((10, model3d.bank.n_features(ndim=model3d.ndim, n_channels=1)), np.float32)
+        used = client.submit(booster_threads, model3d, table, threads).result()
+        assert used == threads
