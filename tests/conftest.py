@@ -137,3 +137,28 @@ def data_dir():
     if not DATA_DIR.is_dir():
         pytest.skip(f"real test data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A private single-node SLURM (munged, slurmctld, slurmd), up for the whole session.
+
+    Installs Debian's slurm packages first when they are missing (root and apt-get
+    needed, else a skip). Clients find it through ``SLURM_CONF``, set while it runs.
+    """
+    from slurm_controller import SlurmController, SlurmUnavailable
+
+    controller = SlurmController(tmp_path_factory.mktemp("slurm"))
+    try:
+        controller.start()
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no SLURM to test against: {exc}")
+    yield controller
+    controller.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use the ``slurm`` fixture carry the ``slurm`` marker (-m 'not slurm')."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)

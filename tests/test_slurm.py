@@ -1,0 +1,140 @@
+"""tiledseg and dask on a real (private, single-node) SLURM: see the ``slurm`` fixture.
+
+The first use installs Debian's slurm packages when they are missing (root only, else
+the tests skip); the daemons then start in about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_array_equal
+
+import tiledseg as ts
+from tiledseg.classifiers import XGBoostClassifier
+from tiledseg.demo import write_ome_zarr
+from tiledseg.testing import make_phantom
+
+ROOT = Path(__file__).resolve().parents[1]
+INSIDE_ALLOCATION = ROOT / "examples" / "slurm" / "inside-allocation.sbatch"
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment a job gets (sbatch exports it): this venv and this tiledseg first."""
+    package_root = str(Path(ts.__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": pythonpath, **extra}
+
+
+def test_sbatch_runs_a_job(slurm, tmp_path):
+    """Controller, slurmd and munge work together: a batch job runs and writes its output."""
+    out = tmp_path / "hello.out"
+    job_id = slurm.submit(
+        f"--output={out}",
+        f"--chdir={tmp_path}",
+        "--wrap",
+        "echo hello from $SLURM_JOB_ID on $SLURM_JOB_PARTITION",
+    )
+    assert slurm.wait(job_id, timeout=30) == ("COMPLETED", "0:0")
+    assert out.read_text().strip() == f"hello from {job_id} on {slurm.partition}"
+
+
+def test_slurm_cluster_workers_are_jobs(slurm, tmp_path):
+    """dask-jobqueue's SLURMCluster: two jobs, two workers, two SLURM job ids."""
+    pytest.importorskip("dask_jobqueue")
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    with (
+        SLURMCluster(
+            cores=1,
+            processes=1,
+            memory="1GiB",
+            python=sys.executable,
+            interface="lo",
+            log_directory=str(tmp_path),
+            walltime="00:10:00",
+            queue=slurm.partition,
+            scheduler_options={"dashboard_address": ":0"},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        cluster.scale(jobs=2)
+        client.wait_for_workers(2, timeout=60)
+        # os.getenv, not os.environ.get: that bound method would carry this process's
+        # os.environ along to the workers and read it there
+        job_ids = client.run(os.getenv, "SLURM_JOB_ID")
+    assert len(job_ids) == 2
+    assert all(job_ids.values())
+    assert len(set(job_ids.values())) == 2
+
+
+@pytest.fixture(scope="module")
+def allocation_inputs(tmp_path_factory):
+    """A 3D phantom as OME-Zarr, a model trained on it, and a local threaded prediction."""
+    folder = tmp_path_factory.mktemp("allocation")
+    phantom = make_phantom(
+        (24, 40, 40), n_classes=3, feature_size=6.0, scribble_fraction=0.03, seed=3
+    )
+    image = folder / "image.zarr"
+    write_ome_zarr(image, phantom.image, spacing=(1.0, 1.0, 1.0), chunks=(12, 20, 20))
+    bank = ts.FeatureBank({"gaussian_smoothing": [0.7, 1.6], "gaussian_gradient_magnitude": [1.0]})
+    model = ts.train(
+        str(image),
+        phantom.scribbles,
+        features=bank,
+        classifier=XGBoostClassifier(max_rounds=15, patience=3, max_depth=3, seed=0),
+        cache_dir=None,
+    )
+    model_path = model.save(folder / "model.tiledseg")
+    block = "12,20,20"
+    local = ts.predict(str(image), model_path, out=folder / "local.zarr", block=block)
+    labels = zarr.open_array(f"{local.path}/labels/0", mode="r")[...]
+    return image, model_path, block, labels
+
+
+def test_inside_one_allocation(slurm, tmp_path, allocation_inputs):
+    """examples/slurm/inside-allocation.sbatch: scheduler + srun workers + predict, one job."""
+    image, model_path, block, expected = allocation_inputs
+    out = tmp_path / "out.zarr"
+    log = tmp_path / "job.out"
+    env = job_env(
+        TILEDSEG_VENV=str(Path(sys.executable).parent.parent),
+        # one node: the loopback interface is always there (a real cluster: ib0, eth0...)
+        TILEDSEG_DASK_INTERFACE="lo",
+    )
+    job_id = slurm.submit(
+        f"--output={log}",
+        f"--chdir={tmp_path}",
+        "--mem-per-cpu=1G",
+        "--time=00:05:00",
+        str(INSIDE_ALLOCATION),
+        str(image),
+        str(model_path),
+        str(out),
+        "--block",
+        block,
+        env=env,
+    )
+    state = slurm.wait(job_id, timeout=240)
+    text = log.read_text() if log.exists() else "(no job output)"
+    assert state == ("COMPLETED", "0:0"), text
+    workers = re.search(r"dask workers: (\d+) \((.*)\)", text)
+    assert workers, text
+    assert workers[1] == "2", text
+    assert "task 0 on" in workers[2], text
+    assert "task 1 on" in workers[2], text
+    assert re.search(r"voxels in \d+ blocks", text), text
+    labels = zarr.open_array(f"{out}/labels/0", mode="r")[...]
+    assert labels.dtype == expected.dtype
+    assert_array_equal(labels, expected)
+    assert len(np.unique(labels)) == 3
+    assert not list(tmp_path.glob("dask-scheduler-*.json")), "the scheduler file is removed"
