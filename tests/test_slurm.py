@@ -138,3 +138,59 @@ def test_inside_one_allocation(slurm, tmp_path, allocation_inputs):
     assert_array_equal(labels, expected)
     assert len(np.unique(labels)) == 3
     assert not list(tmp_path.glob("dask-scheduler-*.json")), "the scheduler file is removed"
+
+
+def test_train_and_predict_through_the_shipped_slurm_config(slurm, tmp_path, allocation_inputs):
+    """cluster_configs/slurm.yaml as shipped, filled in by environment variables only:
+    training and prediction run as SLURM jobs and give the local threaded run's labels."""
+    import subprocess
+
+    pytest.importorskip("dask_jobqueue")
+    image, model_path, block, expected = allocation_inputs
+    logs = tmp_path / "logs"
+    env = job_env(
+        TILEDSEG_SLURM_PARTITION=slurm.partition,
+        TILEDSEG_SLURM_CORES="1",
+        TILEDSEG_SLURM_MEMORY="1GiB",
+        TILEDSEG_SLURM_WALLTIME="00:10:00",
+        TILEDSEG_SLURM_MAX_JOBS="2",
+        # one node: the loopback interface (a real cluster: ib0, eth0, ...)
+        TILEDSEG_SLURM_INTERFACE="lo",
+        TILEDSEG_SLURM_LOGS=str(logs),
+        TILEDSEG_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    config = ROOT / "cluster_configs" / "slurm.yaml"
+    cli = [sys.executable, "-m", "tiledseg.cli"]
+    scribbles = tmp_path / "scribbles.npy"
+    # the model trained on SLURM workers equals the one trained on threads
+    np.save(
+        scribbles,
+        make_phantom(
+            (24, 40, 40), n_classes=3, feature_size=6.0, scribble_fraction=0.03, seed=3
+        ).scribbles,
+    )
+    trained = tmp_path / "m.tseg"
+    for args in (
+        ["train", image, scribbles, "--model", trained, "--features", "minimal"],
+        ["predict", image, "--model", model_path, "--out", tmp_path / "out.zarr", "--block", block],
+    ):
+        done = subprocess.run(
+            [*cli, *map(str, args), "--cluster", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "dask dashboard: http://" in done.stderr
+    labels = zarr.open_array(str(tmp_path / "out.zarr/labels/0"), mode="r")[...]
+    assert_array_equal(labels, expected)
+    # the workers were SLURM jobs: dask-jobqueue's job logs are where the config says
+    assert list(logs.glob("dask-worker-*.err"))
+    local = ts.train(str(image), np.load(scribbles), features="minimal", cache_dir=None)
+    remote = ts.load_model(trained)
+    # (the saved summary is JSON: its class keys are strings)
+    assert remote.summary["labelled_voxels"] == {
+        str(k): v for k, v in local.summary["labelled_voxels"].items()
+    }
+    assert remote.classifier.to_bytes() == local.classifier.to_bytes()
