@@ -8,8 +8,10 @@ without pickle (XGBoost's own UBJSON format, or skops for scikit-learn).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -60,9 +62,18 @@ class Classifier(ABC):
     #: Whether :meth:`predict_proba` gives graded probabilities, not one-hot labels.
     has_probabilities: bool = True
 
+    #: Whether :meth:`fit_distributed` can train on the workers of a dask cluster.
+    trains_distributed: bool = False
+
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
         """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1)."""
+
+    def fit_distributed(self, client: Any, X: Any, y: np.ndarray) -> dict[str, Any]:
+        """Fit on the workers of a dask cluster, where the rows of ``X`` are."""
+        raise TiledsegError(
+            f"classifier {self.name} cannot train on a dask cluster; only xgboost can"
+        )
 
     @abstractmethod
     def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
@@ -96,6 +107,7 @@ class XGBoostClassifier(Classifier):
     """
 
     name = "xgboost"
+    trains_distributed = True
 
     def __init__(
         self,
@@ -183,6 +195,108 @@ class XGBoostClassifier(Classifier):
         self._nthread = n_threads
         return summary
 
+    def fit_distributed(self, client: Any, X: Any, y: np.ndarray) -> dict[str, Any]:
+        """Fit with ``xgboost.dask`` on the workers that hold the rows, as :meth:`fit` does.
+
+        The recipe is :meth:`fit`'s: the same booster parameters, balanced weights,
+        the same stratified held-out split (drawn here from ``y``, so the very same
+        rows are held out), a probe with early stopping that chooses the number of
+        rounds (floor ``min_rounds``), and a final fit on all rows. One difference
+        in form, not in effect: the held-out rows stay in the probe's training
+        matrix with weight 0 (they add nothing to the gradients, hessians or the
+        intercept), and the held-out matrix is the same rows weighted the other
+        way, so no subset of the table is copied on the workers. Only the
+        quantile cut points still see the held-out values. The result is an
+        ordinary :class:`xgboost.Booster`.
+
+        Threads: ``xgboost.dask`` (3.2, ``dask/__init__.py`` ``do_train`` and
+        ``dask/utils.py`` ``get_n_threads``) gives every worker's booster, DMatrix
+        and global config an explicit ``nthread`` equal to that worker's dask thread
+        count (``worker.state.nthreads``) unless the parameters carry another one;
+        an explicit ``nthread`` is not capped by ``OMP_NUM_THREADS=1``, which dask's
+        nanny sets in every worker process (measured: a 2-thread worker trained at
+        1.9 cores of CPU time per second, 1.0 with ``nthread=1``). So no ``nthread``
+        is passed: one from the driver would override every worker's own.
+
+        Parameters
+        ----------
+        client : distributed.Client
+            The cluster's client.
+        X : dask.array.Array
+            Features (n, f) float32, chunked along rows only, its chunks held on the
+            workers (persisted or scattered). They never come to this process.
+        y : numpy.ndarray
+            Class indices (0..k-1) of the n rows. The labels are already here (the
+            scan of the scribbles returns them) and are a ``1/f`` part of the table;
+            they, the weights and the split are scattered in ``X``'s chunks.
+
+        Returns
+        -------
+        dict
+            :meth:`fit`'s summary, with ``distributed: True`` and
+            ``training_workers``, the number of workers that held rows and trained.
+        """
+        import xgboost.dask as dxgb
+
+        self.n_classes = int(y.max()) + 1
+        params = self._booster_params(self.n_classes, 1)
+        del params["nthread"]  # each worker uses its own thread count (see above)
+        chunks = X.chunks[0]
+        weights = balanced_weights(y)
+        train, held = _stratified_split(y, self.params["held_out"], self.params["seed"])
+        rounds = self.params["max_rounds"]
+        summary: dict[str, Any] = {"max_rounds": rounds}
+        label = _scattered(client, y.astype(np.float32), chunks)
+        with _current_client(client):
+            if len(held) and len(np.unique(y[train])) == self.n_classes:
+                in_held = np.zeros(len(y), dtype=bool)
+                in_held[held] = True
+                zero = np.float32(0)
+                dtrain = dxgb.DaskQuantileDMatrix(
+                    client,
+                    X,
+                    label,
+                    weight=_scattered(client, np.where(in_held, zero, weights), chunks),
+                )
+                dheld = dxgb.DaskQuantileDMatrix(
+                    client,
+                    X,
+                    label,
+                    weight=_scattered(client, np.where(in_held, weights, zero), chunks),
+                    ref=dtrain,
+                )
+                probe = dxgb.train(
+                    client,
+                    params,
+                    dtrain,
+                    num_boost_round=rounds,
+                    evals=[(dheld, "held_out")],
+                    early_stopping_rounds=self.params["patience"],
+                    verbose_eval=False,
+                )["booster"]
+                del dtrain, dheld
+                rounds = min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
+                scored = min(rounds, probe.num_boosted_rounds())
+                # predicted on all rows (on the workers) and counted on the held-out ones:
+                # only the count comes back
+                raw = dxgb.inplace_predict(client, probe, X, iteration_range=(0, scored))
+                predicted = raw > 0.5 if raw.ndim == 1 else raw.argmax(axis=1)
+                hits = (predicted == label) & _scattered(client, in_held, chunks)
+                correct = client.compute(hits.sum()).result()
+                summary["held_out_accuracy"] = float(correct) / len(held)
+                summary["held_out_voxels"] = int(len(held))
+            summary["rounds"] = rounds
+            dall = dxgb.DaskQuantileDMatrix(
+                client, X, label, weight=_scattered(client, weights, chunks)
+            )
+            self.booster = dxgb.train(
+                client, params, dall, num_boost_round=rounds, verbose_eval=False
+            )["booster"]
+        self._nthread = None  # the training worker's count: predict_proba sets its own
+        summary["distributed"] = True
+        summary["training_workers"] = len(dall.worker_map)
+        return summary
+
     def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
         # set_param unconfigures the booster, which blocks predicting on other threads
         # then fail on ("Check failed: !this->need_configuration_"): set it only when
@@ -221,6 +335,42 @@ class XGBoostClassifier(Classifier):
 
 
 _PARAM_LOCK = threading.Lock()
+_CLIENT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _current_client(client: Any) -> Iterator[None]:
+    """Make ``client`` dask's current client while ``xgboost.dask`` runs.
+
+    ``xgboost.dask`` calls ``distributed.get_client()`` even when it is given a
+    client (to check the given one's type), which fails when there is no default
+    or current client, and tiledseg's clients are not the default (see
+    :mod:`tiledseg.cluster`). ``Client.as_current`` also sets dask's global
+    ``scheduler`` config until it exits; one fit at a time holds it, so two fits
+    in two threads cannot restore that config out of order. (tiledseg's own
+    computations name their scheduler, so they do not read it.)
+    """
+    with _CLIENT_LOCK, client.as_current():
+        yield
+
+
+def _scattered(client: Any, values: np.ndarray, chunks: tuple[int, ...]) -> Any:
+    """A 1-d dask array of ``values`` in the given row chunks, scattered to the workers.
+
+    Scattered, not put into the graph: a graph holding them would be sent (and warned
+    about, past 10 MB) with every computation built on it.
+    """
+    import dask.array as da
+
+    bounds = np.cumsum((0, *chunks))
+    parts = [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    futures = client.scatter(parts, hash=False)
+    return da.concatenate(
+        [
+            da.from_delayed(f, shape=p.shape, dtype=p.dtype)
+            for f, p in zip(futures, parts, strict=True)
+        ]
+    )
 
 
 def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:

@@ -93,6 +93,13 @@ def cli(debug: bool) -> None:
 @_block_option
 @_workers_option
 @_scheduler_option
+@click.option(
+    "--distributed-training/--local-training",
+    "distributed_training",
+    default=None,
+    help="Fit XGBoost on the cluster's workers with xgboost.dask, the training table left "
+    "on them (default: when the table exceeds 1 GiB and there is a cluster).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the training-table cache.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
@@ -109,6 +116,7 @@ def train(
     workers,
     scheduler,
     cluster,
+    distributed_training,
     no_cache,
     seed,
     overwrite,
@@ -130,6 +138,7 @@ def train(
         workers=workers,
         scheduler=scheduler,
         cluster=cluster,
+        distributed_training=distributed_training,
         cache_dir=None if no_cache else True,
         seed=seed,
         quiet=quiet,
@@ -156,6 +165,8 @@ def _print_training(model, model_path) -> None:
         line += f", accuracy on held-out scribble voxels {s['held_out_accuracy']:.3f}"
     if s.get("table_from_cache"):
         line += " (training table from cache)"
+    if s.get("distributed"):
+        line += f", trained on {s.get('training_workers')} dask workers (xgboost.dask)"
     click.echo(line + f", {s['seconds']:.1f} s")
     click.echo(f"model written to {model_path}")
 
@@ -362,6 +373,7 @@ def _train_for_segment(config, volume, *, quiet: bool):
         workers=config.workers,
         scheduler=config.scheduler,
         cluster=config.cluster,
+        distributed_training=config.distributed_training,
         seed=config.seed,
         quiet=quiet,
     )

@@ -19,7 +19,14 @@ from typing import Any
 
 from tiledseg.errors import TiledsegError
 
-__all__ = ["Executor", "available_cores", "open_executor"]
+__all__ = [
+    "Executor",
+    "available_cores",
+    "cluster_threads_per_task",
+    "open_executor",
+    "planned_workers",
+    "wait_futures",
+]
 
 
 def available_cores() -> int:
@@ -121,7 +128,7 @@ class Executor:
             from distributed import futures_of
 
             done = self.client.persist(list(tasks))
-            _wait(futures_of(done))
+            wait_futures(futures_of(done))
         return list(done)
 
     def gather(self, persisted: Sequence[Any]) -> list[Any]:
@@ -152,7 +159,7 @@ class Executor:
 
     def _compute_distributed(self, tasks, bar, on_error=None) -> list[Any]:
         futures = self.client.compute(list(tasks))
-        _wait(futures, bar, raise_errors=on_error is None)
+        wait_futures(futures, bar, raise_errors=on_error is None)
         results = []
         for i, future in enumerate(futures):
             if future.status == "finished":
@@ -192,7 +199,7 @@ def cluster_threads_per_task(client: Any) -> int:
     return max(1, min(cores // max(1, threads) for cores, threads in groups.values()))
 
 
-def _wait(futures: Sequence[Any], bar: Any = None, *, raise_errors: bool = True) -> None:
+def wait_futures(futures: Sequence[Any], bar: Any = None, *, raise_errors: bool = True) -> None:
     """Wait for futures, ticking ``bar``; raise the first failed one's error.
 
     distributed's ``wait`` and ``as_completed`` look for the default client, and

@@ -43,6 +43,9 @@ class SegmentConfig(BaseModel):
     cluster: str | None = Field(
         None, description="cluster config file (cluster_configs/: local, slurm, ...)"
     )
+    distributed_training: bool | None = Field(
+        None, description="fit XGBoost on the cluster (default: when the table exceeds 1 GiB)"
+    )
     probabilities: bool = False
     uncertainty: bool = False
     roi: str | None = None

@@ -6,6 +6,10 @@ The table is cached on disk under a key made from the *content* of what it
 depends on (labelled voxels, the image around them, bank, spacing), so a second
 training with another classifier skips the feature computation, and a changed
 image or scribble can never hit a stale entry.
+
+With a dask cluster and a large table (or ``distributed_training=True``) the
+table's rows stay on the workers and XGBoost trains there with ``xgboost.dask``
+(:data:`DISTRIBUTED_TABLE_BYTES`).
 """
 
 from __future__ import annotations
@@ -23,20 +27,42 @@ import numpy as np
 
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.classifiers import make_classifier
-from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers
-from tiledseg.errors import InputDataError
+from tiledseg.cluster import Executor, wait_futures, available_cores, open_executor, planned_workers
+from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_finite
 from tiledseg.model import Model, versions
 from tiledseg.volume import Volume, open_volume
 
-__all__ = ["TrainingTable", "default_cache_dir", "read_labels", "train", "training_table"]
+__all__ = [
+    "DISTRIBUTED_TABLE_BYTES",
+    "TrainingTable",
+    "default_cache_dir",
+    "read_labels",
+    "train",
+    "training_table",
+]
 
 _TABLE_VERSION = 1
 #: More classes than this is almost surely the image given as labels (255 grey values).
 _MAX_CLASSES = 100
 # the libraries whose versions can change feature values
 _FEATURE_LIBRARIES = ("tiledseg", "numpy", "scipy")
+
+#: A table larger than this (rows x features x 4 bytes) trains on the cluster when
+#: there is one and ``distributed_training`` is left automatic. Training in one
+#: process holds the table about 7.5 times at its peak (the table, its train and
+#: held-out copies, and XGBoost's DMatrix of each and of the whole, which stores 8
+#: bytes a value): 1.25 GiB on top of a 191 MiB table, measured. So
+#: 1 GiB of table is about 8 GiB on the driver, past what a laptop or a login node
+#: spares. Below it one process trains faster: the cluster pays for a tracker, three
+#: quantile matrices and a histogram allreduce per tree level (2 cores, 2 single-
+#: threaded workers: 42k x 18 rows fit in 3-5 s here against 8-15 s there; 374k x 18
+#: in 11-20 s against 20 s). A fixed size, not a share of the driver's memory, so the
+#: same run takes the same path on every machine.
+DISTRIBUTED_TABLE_BYTES = 1 << 30
+# rows of a cached table scattered to the workers per chunk
+_SCATTER_CHUNK_BYTES = 64 << 20
 
 
 def default_cache_dir() -> Path:
@@ -71,12 +97,25 @@ def read_labels(labels: Volume, region: tuple[slice, ...]) -> np.ndarray:
 
 @dataclass
 class TrainingTable:
-    """Features and label values of every labelled voxel."""
+    """Features and label values of every labelled voxel.
 
-    X: np.ndarray  # (n, n_features) float32
+    ``X`` is a numpy array, or for a distributed table a dask array whose row
+    chunks are held on the cluster's workers (one chunk per box of scribbles,
+    or per slice of a cached table). ``y`` is always here: the scan of the
+    scribbles returns it, and it is a ``1/n_features`` part of the table.
+    """
+
+    X: Any  # (n, n_features) float32: numpy, or dask with its chunks on the workers
     y: np.ndarray  # (n,) the user's label values
     from_cache: bool
     key: str | None  # the cache key; None when no cache is used
+    #: whether the table is in the cache after this call (found there or written)
+    cached: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the rows are on a cluster's workers (``X`` is a dask array)."""
+        return not isinstance(self.X, np.ndarray)
 
 
 @dataclass
@@ -168,8 +207,36 @@ def training_table(
     block: tuple[int, ...],
     executor: Executor,
     cache_dir: Path | None,
+    distributed: bool | None = False,
 ) -> TrainingTable:
-    """Build (or fetch from the cache) the features of every labelled voxel."""
+    """Build (or fetch from the cache) the features of every labelled voxel.
+
+    Parameters
+    ----------
+    image, labels : Volume
+        The image and its scribbles.
+    bank : FeatureBank
+        The features.
+    block : tuple of int
+        Processing block.
+    executor : Executor
+        Where the blocks' features are computed.
+    cache_dir : Path or None
+        The table cache; ``None``: no cache.
+    distributed : bool or None
+        Keep the rows on the executor's cluster (``X`` a dask array) instead of
+        gathering them here. ``None``: when there is a cluster and the table
+        exceeds :data:`DISTRIBUTED_TABLE_BYTES`. A distributed table found in the
+        cache is read here and scattered to the workers (it was written from here,
+        so it fits); a freshly built one is *not* written to the cache, which
+        would gather it whole.
+
+    Returns
+    -------
+    TrainingTable
+    """
+    if distributed and executor.client is None:
+        raise TiledsegError(_NEEDS_CLUSTER)
     halo = bank.halo(image.spacing)
     blocks = plan_blocks(image.shape, block, halo)
     cached = cache_dir is not None
@@ -194,24 +261,70 @@ def training_table(
             f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
             "scribbles of at least two classes"
         )
+    if distributed is None:
+        n_features = bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
+        distributed = (
+            executor.client is not None and len(values) * n_features * 4 > DISTRIBUTED_TABLE_BYTES
+        )
     key = _table_key(image, bank, scans) if cached else None
     path = cache_dir / f"table-{key}.npz" if cached else None
     if path is not None and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                return TrainingTable(stored["X"], stored["y"], True, key)
+                X, y = stored["X"], stored["y"]
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged entry is rebuilt
-    rows = executor.map(
-        _block_rows, [(image, s, bank, image.spacing) for s in scans], desc="training features"
-    )
-    table = TrainingTable(np.concatenate(rows), values, False, key)
+        else:
+            if distributed:
+                X = _scatter_rows(executor, X)
+            return TrainingTable(X, y, True, key, cached=True)
+    tasks = [(image, s, bank, image.spacing) for s in scans]
+    if distributed:
+        X = _persist_rows(
+            executor, tasks, n_cols=bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
+        )
+        return TrainingTable(X, values, False, key, cached=False)
+    rows = executor.map(_block_rows, tasks, desc="training features")
+    table = TrainingTable(np.concatenate(rows), values, False, key, cached=path is not None)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
         np.savez(tmp, X=table.X, y=table.y)
         os.replace(tmp, path)
     return table
+
+
+def _persist_rows(executor: Executor, tasks: list[tuple], *, n_cols: int) -> Any:
+    """Compute the row blocks on the cluster and keep them there, as one dask array."""
+    import dask
+    import dask.array as da
+    from distributed import futures_of
+
+    delayed = [dask.delayed(_block_rows, pure=False)(task) for task in tasks]
+    with executor.progress(len(delayed), "training features") as bar:
+        persisted = executor.client.persist(delayed)
+        wait_futures(futures_of(persisted), bar)
+    return da.concatenate(
+        [
+            da.from_delayed(d, shape=(len(task[1].flat), n_cols), dtype=np.float32)
+            for d, task in zip(persisted, tasks, strict=True)
+        ]
+    )
+
+
+def _scatter_rows(executor: Executor, X: np.ndarray) -> Any:
+    """Scatter a table read here to the workers in slices of rows, as one dask array."""
+    import dask.array as da
+
+    n_parts = max(executor.n_workers, -(-X.nbytes // _SCATTER_CHUNK_BYTES))
+    parts = np.array_split(X, min(n_parts, max(len(X), 1)))
+    futures = executor.client.scatter(parts, hash=False)
+    return da.concatenate(
+        [
+            da.from_delayed(f, shape=p.shape, dtype=p.dtype)
+            for f, p in zip(futures, parts, strict=True)
+        ]
+    )
 
 
 def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan]) -> str:
@@ -245,6 +358,7 @@ def train(
     cache_dir: str | os.PathLike | None | bool = True,
     seed: int = 0,
     quiet: bool = True,
+    distributed_training: bool | None = None,
 ) -> Model:
     """Train a voxel classifier on the labelled voxels of ``labels``.
 
@@ -279,10 +393,22 @@ def train(
         Seed of the classifier and of the held-out split.
     quiet : bool
         No progress bars.
+    distributed_training : bool, optional
+        Train with ``xgboost.dask`` on the cluster's workers, where the table's
+        rows stay (they never come to this process whole). ``None`` (default):
+        when there is a cluster (``workers`` or ``scheduler``), the classifier is
+        XGBoost and the table exceeds :data:`DISTRIBUTED_TABLE_BYTES`. ``True``
+        needs a cluster and XGBoost; ``False`` always trains here. A freshly built
+        distributed table is not written to the cache (``summary["table_cached"]``);
+        a cached one is read here and scattered. Distributed models are not
+        bit-for-bit reproducible: the quantile sketch and the sums depend on how
+        the rows are spread over the workers.
 
     Returns
     -------
     Model
+        Its summary holds ``distributed_training``, and with it XGBoost's
+        ``training_workers``.
     """
     started = time.perf_counter()
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
@@ -294,6 +420,16 @@ def train(
         min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
     )
     clf = make_classifier(classifier, seed=seed)
+    if distributed_training and not clf.trains_distributed:
+        raise TiledsegError(
+            f"distributed training needs the xgboost classifier; {clf.name} trains in one "
+            "process: use classifier xgboost or leave distributed training off"
+        )
+    if distributed_training is None:
+        # automatic: only XGBoost can train on the cluster, the others gather the table
+        distributed: bool | None = None if clf.trains_distributed else False
+    else:
+        distributed = bool(distributed_training)
     if cache_dir is True:
         cache: Path | None = default_cache_dir()
     elif cache_dir in (None, False):
@@ -301,19 +437,39 @@ def train(
     else:
         cache = Path(cache_dir)
     with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
+        if distributed and executor.client is None:
+            raise TiledsegError(_NEEDS_CLUSTER)
         table = training_table(
-            volume, label_volume, bank=bank, block=blocks, executor=executor, cache_dir=cache
+            volume,
+            label_volume,
+            bank=bank,
+            block=blocks,
+            executor=executor,
+            cache_dir=cache,
+            distributed=distributed,
         )
-    classes, y = np.unique(table.y, return_inverse=True)
-    fit_started = time.perf_counter()
-    fit_summary = clf.fit(table.X, y, n_threads=available_cores())
+        classes, y = np.unique(table.y, return_inverse=True)
+        n_features = int(table.X.shape[1])
+        on_cluster = table.distributed
+        if on_cluster:
+            fit_started = time.perf_counter()
+            fit_summary = clf.fit_distributed(executor.client, table.X, y)
+            fit_seconds = time.perf_counter() - fit_started
+            table.X = None  # its futures are released while the client is open
+    if not on_cluster:
+        # after the executor is closed: a LocalCluster's workers have given their memory back
+        fit_started = time.perf_counter()
+        fit_summary = clf.fit(table.X, y, n_threads=available_cores())
+        fit_seconds = time.perf_counter() - fit_started
     counts = {int(c): int(n) for c, n in zip(classes, np.bincount(y), strict=True)}
     summary = {
         "labelled_voxels": counts,
-        "n_features": int(table.X.shape[1]),
+        "n_features": n_features,
         "table_from_cache": table.from_cache,
+        "table_cached": table.cached,
         "table_key": table.key,
-        "fit_seconds": round(time.perf_counter() - fit_started, 3),
+        "distributed_training": on_cluster,
+        "fit_seconds": round(fit_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "image": volume.name,
         "labels": label_volume.name,
@@ -330,6 +486,12 @@ def train(
         channel_axis=volume.channel_axis,
         summary=summary,
     )
+
+
+_NEEDS_CLUSTER = (
+    "distributed training needs a dask cluster: give --workers N, --scheduler ADDRESS or "
+    "--cluster FILE (workers=, scheduler= in Python), or leave distributed training off"
+)
 
 
 def _open_pair(image, labels, *, channel_axis, spacing) -> tuple[Volume, Volume]:
