@@ -52,9 +52,9 @@ def gathered(monkeypatch):
     names: list[str] = []
     compute = Executor.compute
 
-    def spy(self, tasks, *, desc):
+    def spy(self, tasks, **kwargs):
         names.extend(str(task.key).split("-", 1)[0] for task in tasks)
-        return compute(self, tasks, desc=desc)
+        return compute(self, tasks, **kwargs)
 
     monkeypatch.setattr(Executor, "compute", spy)
     return names
