@@ -152,6 +152,9 @@ def slurm(tmp_path_factory):
     try:
         controller.start()
     except SlurmUnavailable as exc:
+        # CI sets TILEDSEG_REQUIRE_SLURM=1: there a missing SLURM is a failure, not a skip
+        if os.environ.get("TILEDSEG_REQUIRE_SLURM") == "1":
+            pytest.fail(f"TILEDSEG_REQUIRE_SLURM=1 but no SLURM to test against: {exc}")
         pytest.skip(f"no SLURM to test against: {exc}")
     yield controller
     controller.stop()
