@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -176,6 +177,21 @@ def test_solves_on_many_threads_at_once_match_one_at_a_time():
     assert len(results) == 6 * len(problems)
     for (_, j), got in results.items():
         assert np.array_equal(got, expected[j])
+
+
+def test_the_per_thread_library_copies_leave_no_files(tmp_path, monkeypatch):
+    """Removed as soon as loaded: a killed worker must not leave them in /tmp."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    unary = energy.unary_costs(np.full((8, 2), 0.5, np.float32)).reshape(2, 4, 2)
+    thread = threading.Thread(
+        target=energy.solve,
+        args=(unary, np.zeros((1, 2, 4))),
+        kwargs={"beta": 0, "weight": 1, "spacing": (1, 1), "neighbours": 4},
+    )
+    thread.start()
+    thread.join()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_solving_leaves_numpy_unpatched():

@@ -17,7 +17,6 @@ Why not gco-wrapper's Python functions (``cut_general_graph``):
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import importlib.util
 import shutil
@@ -32,8 +31,6 @@ from tiledseg.errors import MissingExtraError
 __all__ = ["check_available", "expansion"]
 
 _local = threading.local()
-_copies: list[str] = []
-_copies_lock = threading.Lock()
 
 
 def _library_file() -> Path:
@@ -58,25 +55,21 @@ def check_available() -> None:
     _library_file()
 
 
-def _remove_copies() -> None:
-    for folder in _copies:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _library() -> ctypes.CDLL:
     lib = getattr(_local, "lib", None)
     if lib is not None:
         return lib
     source = _library_file()
     folder = tempfile.mkdtemp(prefix="tiledseg-gco-")
-    with _copies_lock:
-        if not _copies:
-            atexit.register(_remove_copies)
-        _copies.append(folder)
-    # a copy under another path is a separate dlopen with its own static graph map
-    path = Path(folder) / source.name
-    shutil.copyfile(source, path)
-    lib = ctypes.CDLL(str(path))
+    try:
+        # a copy under another path is a separate dlopen with its own static graph map
+        path = Path(folder) / source.name
+        shutil.copyfile(source, path)
+        lib = ctypes.CDLL(str(path))
+    finally:
+        # the loaded library stays mapped: removing the file now leaves nothing behind,
+        # even when the process is killed (an atexit hook would not run then)
+        shutil.rmtree(folder, ignore_errors=True)
     ints = np.ctypeslib.ndpointer(dtype=np.intc, flags="C_CONTIGUOUS")
     handle = ctypes.c_int
     lib.gcoCreateGeneralGraph.argtypes = [ctypes.c_int, ctypes.c_int, ints]
