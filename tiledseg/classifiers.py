@@ -161,6 +161,11 @@ class XGBoostClassifier(Classifier):
             )
         return params
 
+    def _rounds_after(self, probe: Any, rounds: int) -> int:
+        """Rounds for the final fit: where the probe's held-out error was best, at least
+        ``min_rounds`` (and at most ``rounds``)."""
+        return min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
+
     def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
         import xgboost as xgb
 
@@ -183,7 +188,7 @@ class XGBoostClassifier(Classifier):
             )
             # the error is coarse on few held-out voxels and can plateau after 2-3
             # rounds; a floor of min_rounds keeps the model from stopping that soon
-            rounds = min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
+            rounds = self._rounds_after(probe, rounds)
             # (the probe may have stopped before min_rounds: score the trees it has)
             scored = min(rounds, probe.num_boosted_rounds())
             proba = _as_proba(probe.predict(dheld, iteration_range=(0, scored)), self.n_classes)
@@ -275,7 +280,7 @@ class XGBoostClassifier(Classifier):
                     verbose_eval=False,
                 )["booster"]
                 del dtrain, dheld
-                rounds = min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
+                rounds = self._rounds_after(probe, rounds)
                 scored = min(rounds, probe.num_boosted_rounds())
                 # predicted on all rows (on the workers) and counted on the held-out ones:
                 # only the count comes back

@@ -498,7 +498,15 @@ def info(path, as_json) -> None:
         if "provenance" in data:
             info = data["provenance"]
             arrays = ", ".join(info.get("arrays", []))
-            click.echo(f"{'output':>12}: {arrays}; complete: {info.get('complete')}")
+            state = f"complete: {info.get('complete')}"
+            if not info.get("complete"):
+                from tiledseg.runs import done_blocks
+
+                state += (
+                    f" ({len(done_blocks(path))} blocks done; the same command again "
+                    "continues the run)"
+                )
+            click.echo(f"{'output':>12}: {arrays}; {state}")
             click.echo(f"{'classes':>12}: {info.get('classes')}")
             click.echo(f"{'model':>12}: {info.get('model_checksum')}")
             click.echo(f"{'command':>12}: {info.get('command')}")
