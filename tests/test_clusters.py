@@ -82,7 +82,7 @@ def test_local_cuda_needs_dask_cuda():
         ("slurm: 4\n", "'slurm' must be a mapping"),
         (
             "slurm:\n  queue: ${TILEDSEG_TEST_UNSET_VAR}\n",
-            "line 2: environment variable TILEDSEG_TEST_UNSET_VAR is not set",
+            "slurm.queue needs environment variable TILEDSEG_TEST_UNSET_VAR, which is not set",
         ),
     ],
 )
@@ -230,3 +230,88 @@ def test_xgboost_in_a_worker_gets_the_workers_cores_not_omp_num_threads_1(model3
         table = np.zeros((10, model3d.bank.n_features(ndim=model3d.ndim, n_channels=1)), np.float32)
         used = client.submit(booster_threads, model3d, table, threads).result()
         assert used == threads
+
+
+def test_environment_values_keep_their_meaning(tmp_path, monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    path = write(
+        tmp_path,
+        "slurm:\n"
+        "  account: ${ACCT}\n"
+        "  cores: ${CORES:-4}\n"
+        "  memory: ${MEM:-2GiB}\n"
+        "  queue: 'a # ${PART:-short}'\n"
+        "  job_extra_directives: ['--qos=${QOS:-normal}']\n"
+        "  extra: null\n",
+    )
+    monkeypatch.setenv("ACCT", "012345")  # an account, not an octal number
+    monkeypatch.setenv("CORES", "")  # set but empty: the default, as in the shell
+    monkeypatch.setenv("QOS", "high: now")  # cannot change the file's structure
+    config = load_cluster_config(path)
+    assert config.options["account"] == "012345"
+    assert config.options["cores"] == 4
+    assert config.options["queue"] == "a # short"
+    assert config.options["job_extra_directives"] == ["--qos=high: now"]
+    assert "extra" not in config.options  # jobqueue.yaml's own empty deprecated keys pass
+    assert config.scale == {"jobs": 1}  # neither scale nor adapt: one job, not none
+
+
+@pytest.mark.parametrize(
+    ("text", "threads"),
+    [
+        ("slurm: {cores: 4, processes: 2}\nadapt: {maximum_jobs: 3}\n", 12),
+        ("slurm: {cores: 4, processes: 2}\nadapt: {maximum: 4}\n", 8),
+        ("slurm: {cores: 4, processes: 2}\nscale: {cores: 16}\n", 16),
+        ("slurm: {cores: 4}\nscale: {jobs: 2}\n", 8),
+        ("slurm: {cores: 2}\n", 2),
+        ("local: {n_workers: 3, threads_per_worker: 2}\n", 6),
+        ("local: {n_workers: 0}\nadapt: {maximum: 8}\n", 8),
+    ],
+)
+def test_planned_threads_counts_workers_at_full_size(tmp_path, text, threads):
+    pytest.importorskip("dask_jobqueue")
+    assert load_cluster_config(write(tmp_path, text)).planned_threads() == threads
+
+
+def test_a_scheduler_file_that_does_not_exist_is_one_line_at_once(tmp_path):
+    import time
+
+    started = time.perf_counter()
+    with (
+        pytest.raises(TiledsegError, match="neither a scheduler address .* nor an existing"),
+        open_executor(scheduler=tmp_path / "scheduler.json"),
+    ):
+        pass
+    assert time.perf_counter() - started < 5
+
+
+def test_a_corrupt_chunk_in_training_is_one_line_naming_the_block(tmp_path, phantom3d, capsys):
+    from tiledseg.cli import main
+
+    image = tmp_path / "image.zarr"
+    zarr.create_array(str(image), shape=phantom3d.image.shape, chunks=(10, 11, 9), dtype="f4")[
+        ...
+    ] = phantom3d.image
+    np.save(tmp_path / "labels.npy", phantom3d.scribbles)
+    for chunk in (image / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"not a chunk")
+    code = main(
+        [
+            "train",
+            str(image),
+            str(tmp_path / "labels.npy"),
+            "--model",
+            str(tmp_path / "m.tseg"),
+            "--features",
+            "minimal",
+            "--quiet",
+            "--no-cache",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("tiledseg: error: reading block z ")
+    assert "the store may be damaged" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.tseg").exists()

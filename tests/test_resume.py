@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import tiledseg as ts
 from tiledseg.blocks import Block
-from tiledseg.cli import cli
+from tiledseg.cli import cli, main
 from tiledseg.errors import BlocksFailedError, OutputExistsError
 from tiledseg.runs import DONE_DIR, done_blocks
 from tiledseg.testing import make_phantom
@@ -92,11 +92,15 @@ def uninterrupted(work):
 def kill_after_markers(args: list[str], out: Path, at_least: int) -> int:
     """Start ``tiledseg ARGS`` and SIGKILL it once ``at_least`` blocks are marked done."""
     markers = out / DONE_DIR
+    # two cores at most, whatever the machine: on many cores every block would start
+    # at once and the run could end before a few markers appear
+    cores = sorted(os.sched_getaffinity(0))[:2]
     with subprocess.Popen(
         [sys.executable, "-m", "tiledseg.cli", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
     ) as proc:
         try:
             while proc.poll() is None:
@@ -255,10 +259,12 @@ def test_overwrite_starts_afresh(work, partial):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("model", "another model"),
-        ("image", "another image"),
-        ("block", "another block"),
-        ("probabilities", "another outputs"),
+        ("model", r"a different model \(checksum\)"),
+        ("image", "a different image "),
+        ("block", r"a different block \(it had \[16, 16, 16\], this run has \[24, 24, 24\]\)"),
+        ("probabilities", "a different set of outputs"),
+        ("roi", "a different region"),
+        ("smooth", "a different smoothing"),
     ],
 )
 def test_an_unfinished_output_is_not_continued_with_another_run(
@@ -280,6 +286,10 @@ def test_an_unfinished_output_is_not_continued_with_another_run(
         image = str(tmp_path / "other.npy")
     elif change == "block":
         kwargs["block"] = 24
+    elif change == "roi":
+        kwargs["roi"] = "0:16,:,:"
+    elif change == "smooth":
+        kwargs["smooth"] = "graphcut"
     else:
         kwargs["probabilities"] = True
     before = done_blocks(out)
@@ -309,16 +319,18 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_output_is_identical(
         Client(cluster, set_as_default=False) as client,
     ):
         pids = client.run(os.getpid)
-        errors = []
+        errors, results = [], []
 
         def run():
             try:
-                ts.predict(
-                    str(work["image"]),
-                    str(work["model"]),
-                    out=out,
-                    block=BLOCK,
-                    scheduler=cluster.scheduler_address,
+                results.append(
+                    ts.predict(
+                        str(work["image"]),
+                        str(work["model"]),
+                        out=out,
+                        block=BLOCK,
+                        scheduler=cluster.scheduler_address,
+                    )
                 )
             except Exception as exc:  # reported below
                 errors.append(exc)
@@ -336,4 +348,67 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_output_is_identical(
         # the nanny started a new worker process in place of the killed one
         assert victim not in client.run(os.getpid).values()
     assert provenance(out)["complete"] is True
+    # every block counted once, the lost worker's included
+    assert results[0].voxels == provenance(out)["voxels"] == np.prod(SHAPE)
     np.testing.assert_array_equal(read_outputs(out)["labels"], uninterrupted()["labels"])
+
+
+def test_a_refusal_names_the_setting_that_differs(tmp_path):
+    from tiledseg.runs import _check_same_run
+
+    was = {"smoothing": {"method": "graphcut", "weight": 2.0, "neighbours": 6}}
+    now = {"smoothing": {"method": "graphcut", "weight": 3.0, "neighbours": 6}}
+    with pytest.raises(OutputExistsError) as error:
+        _check_same_run(tmp_path, was, now)
+    assert "a different smoothing weight (it had 2.0, this run has 3.0)" in str(error.value)
+
+
+def test_an_in_memory_image_is_never_resumed(work, tmp_path, partial):
+    out, _ = partial()
+    with pytest.raises(OutputExistsError, match="exists; choose another path or pass --overwrite"):
+        ts.predict(work["phantom"].image, str(work["model"]), out=out, block=BLOCK)
+
+
+def test_info_says_how_far_an_unfinished_output_got(partial):
+    out, _ = partial()
+    result = CliRunner().invoke(cli, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"complete: False ({N - 8} blocks done; the same command again continues" in (
+        result.output
+    )
+
+
+def test_segment_continues_with_the_model_its_first_run_wrote(work, tmp_path, monkeypatch, capsys):
+    ph = work["phantom"]
+    np.save(tmp_path / "labels.npy", ph.scribbles)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"image: {work['image']}\nlabels: labels.npy\nmodel: m.tseg\nout: out.zarr\n"
+        f"features: minimal\nblock: {BLOCK}\n"
+    )
+    real = predict_module._predict_block
+
+    def failing(args):
+        if args[1].index[0] == 1:
+            raise OSError("disk full (on purpose)")
+        return real(args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_module, "_predict_block", failing)
+        assert main(["segment", str(config), "--quiet"]) == 1
+    assert "16 of 32 blocks failed" in capsys.readouterr().err
+    checksum = ts.load_model(tmp_path / "m.tseg").checksum
+    assert main(["segment", str(config), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "training skipped, prediction resumed" in said
+    assert "resumed: 16 of 32 blocks were already done and skipped" in said
+    assert ts.load_model(tmp_path / "m.tseg").checksum == checksum
+    # another bank in the config: the old model is not reused (and not overwritten)
+    (tmp_path / "out.zarr" / DONE_DIR).mkdir()  # (as if unfinished again)
+    zarr.open_group(str(tmp_path / "out.zarr")).attrs["tiledseg"] = {
+        **provenance(tmp_path / "out.zarr"),
+        "complete": False,
+    }
+    config.write_text(config.read_text().replace("minimal", "default"))
+    assert main(["segment", str(config), "--quiet"]) == 2
+    assert "m.tseg' exists" in capsys.readouterr().err

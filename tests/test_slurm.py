@@ -194,3 +194,38 @@ def test_train_and_predict_through_the_shipped_slurm_config(slurm, tmp_path, all
         str(k): v for k, v in local.summary["labelled_voxels"].items()
     }
     assert remote.classifier.to_bytes() == local.classifier.to_bytes()
+
+
+def test_a_partition_slurm_refuses_is_one_line_not_a_run_that_waits(slurm, tmp_path):
+    import subprocess
+
+    pytest.importorskip("dask_jobqueue")
+    np.save(tmp_path / "image.npy", np.zeros((8, 8), np.float32))
+    env = job_env(
+        TILEDSEG_SLURM_PARTITION="no-such-partition",
+        TILEDSEG_SLURM_INTERFACE="lo",
+        TILEDSEG_SLURM_LOGS=str(tmp_path / "logs"),
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tiledseg.cli",
+            "train",
+            str(tmp_path / "image.npy"),
+            str(tmp_path / "image.npy"),
+            "--model",
+            str(tmp_path / "m.tseg"),
+            "--cluster",
+            str(ROOT / "cluster_configs" / "slurm.yaml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "SLURM would not run the worker job" in lines[0]
+    assert "invalid partition" in lines[0].lower()

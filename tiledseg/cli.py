@@ -7,6 +7,7 @@ status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
@@ -309,7 +310,7 @@ def segment(config_path, overwrite, quiet) -> None:
             "give them different paths"
         )
     # a rerun after a kill during prediction: the model it wrote is used again
-    model = None if overwrite else _model_of_unfinished_run(config.model, config.out)
+    model = None if overwrite else _model_of_unfinished_run(config)
     if model is None:
         check_model_path(config.model, overwrite=overwrite, inputs=inputs)
         prepare_output(config.out, overwrite=overwrite, inputs=[i for i in inputs if i is not None])
@@ -324,16 +325,49 @@ def segment(config_path, overwrite, quiet) -> None:
         contrast_sigma=config.smooth_contrast_sigma,
         ndim=volume.ndim,
     )
-    if model is not None:
-        click.echo(
-            f"model {config.model} is the model of the unfinished output {config.out}: "
-            "training skipped, prediction resumed"
+    with _one_cluster(config, quiet=quiet) as scheduler:
+        if model is not None:
+            click.echo(
+                f"model {config.model} is the model of the unfinished output {config.out}: "
+                "training skipped, prediction resumed"
+            )
+        else:
+            model = _train_for_segment(config, volume, scheduler=scheduler, quiet=quiet)
+            model.save(config.model, overwrite=overwrite)
+            _print_training(model, config.model)
+        result = _predict_for_segment(
+            config,
+            volume,
+            model,
+            scheduler=scheduler,
+            overwrite=overwrite,
+            quiet=quiet,
+            command=f"tiledseg segment {config_path}",
         )
-    else:
-        model = _train_for_segment(config, volume, quiet=quiet)
-        model.save(config.model, overwrite=overwrite)
-        _print_training(model, config.model)
-    result = tiledseg.predict(
+    _print_prediction(result)
+    if config.truth is not None:
+        _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
+
+
+@contextlib.contextmanager
+def _one_cluster(config, *, quiet: bool):
+    """The scheduler ``segment``'s steps share: one cluster (one set of SLURM jobs) for
+    training and prediction, not one each. Yields its address (or the config's own)."""
+    if config.cluster is None and config.workers is None:
+        yield config.scheduler
+        return
+    from tiledseg.cluster import open_executor
+
+    with open_executor(config.workers, cluster=config.cluster, quiet=quiet) as executor:
+        yield executor.client.scheduler.address
+
+
+def _predict_for_segment(
+    config, volume, model, *, scheduler, overwrite: bool, quiet: bool, command: str
+):
+    import tiledseg
+
+    return tiledseg.predict(
         volume,
         model,
         out=config.out,
@@ -347,19 +381,14 @@ def segment(config_path, overwrite, quiet) -> None:
         smooth_contrast_sigma=config.smooth_contrast_sigma,
         block=config.block,
         channel_axis=config.channel_axis,
-        workers=config.workers,
-        scheduler=config.scheduler,
-        cluster=config.cluster,
+        scheduler=scheduler,
         overwrite=overwrite,
         quiet=quiet,
-        command=f"tiledseg segment {config_path}",
+        command=command,
     )
-    _print_prediction(result)
-    if config.truth is not None:
-        _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
 
 
-def _train_for_segment(config, volume, *, quiet: bool):
+def _train_for_segment(config, volume, *, scheduler, quiet: bool):
     import tiledseg
 
     return tiledseg.train(
@@ -370,29 +399,35 @@ def _train_for_segment(config, volume, *, quiet: bool):
         spacing=config.spacing,
         channel_axis=config.channel_axis,
         block=config.block,
-        workers=config.workers,
-        scheduler=config.scheduler,
-        cluster=config.cluster,
+        scheduler=scheduler,
         distributed_training=config.distributed_training,
         seed=config.seed,
         quiet=quiet,
     )
 
 
-def _model_of_unfinished_run(model_path: str, out: str):
-    """The model at ``model_path`` if ``out`` is an unfinished run made with it, else None."""
+def _model_of_unfinished_run(config):
+    """The model file of ``config`` if its output is an unfinished run made with it and
+    the config still asks for that model (bank and classifier), else ``None``."""
     from tiledseg.errors import ModelFileError
+    from tiledseg.features.bank import resolve_bank
     from tiledseg.model import load_model
     from tiledseg.runs import unfinished_run
 
-    stored = unfinished_run(out)
-    if stored is None or not Path(model_path).is_file():
+    stored = unfinished_run(config.out)
+    if stored is None or not Path(config.model).is_file():
         return None
     try:
-        model = load_model(model_path)
-    except ModelFileError:
+        model = load_model(config.model)
+        bank = resolve_bank(config.features)
+    except (ModelFileError, TiledsegError):
         return None
-    return model if (stored.get("identity") or {}).get("model_checksum") == model.checksum else None
+    same = (
+        (stored.get("identity") or {}).get("model_checksum") == model.checksum
+        and bank.to_dict() == model.bank.to_dict()
+        and model.classifier.name == config.classifier
+    )
+    return model if same else None
 
 
 def _check_segment_inputs(config):

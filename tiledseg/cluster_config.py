@@ -17,9 +17,10 @@ Kinds: ``local`` (LocalCluster), ``slurm`` (dask-jobqueue SLURMCluster),
 ``local-cuda`` (dask-cuda LocalCUDACluster). Keys are checked against the
 class's own parameters (hyphens as in jobqueue.yaml, or underscores as in
 Python); an unknown key is an error that names it. ``${NAME}`` and
-``${NAME:-default}`` outside comments are replaced by environment variables
-before the YAML is read, so a shipped file needs no edit: an empty value
-means "not set" (the class's default).
+``${NAME:-default}`` in values are replaced by environment variables after the
+YAML is read, so a shipped file needs no edit: an empty value means "not set"
+(the class's default). A SLURM config with neither ``scale`` nor ``adapt``
+gets one job.
 
 Workers run the driver's Python (``python:`` changes it for SLURM jobs).
 """
@@ -51,7 +52,14 @@ _DEPRECATED = {
     "header_skip": "job_directives_skip",
 }
 # keyword arguments LocalCluster passes on to its workers
-_LOCAL_WORKER_KEYS = {"memory_limit", "local_directory", "resources", "lifetime"}
+_LOCAL_WORKER_KEYS = {
+    "memory_limit",
+    "local_directory",
+    "resources",
+    "lifetime",
+    "lifetime_stagger",
+    "lifetime_restart",
+}
 _SCALE_KEYS = {"local": {"n"}, "local-cuda": {"n"}, "slurm": {"jobs", "n", "cores", "memory"}}
 _ADAPT_KEYS = {"minimum", "maximum", "interval", "wait_count", "target_duration"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -87,24 +95,28 @@ class ClusterConfig:
         """Worker threads once scaled up (adaptive: at its maximum); for block planning."""
         from tiledseg.cluster import available_cores
 
-        opts = self.options
+        opts, grow = self.options, self.adapt or self.scale or {}
         if self.kind == "slurm":
-            processes = int(opts.get("processes") or 1)
-            per_job = int(opts.get("cores") or 1)
-            if self.adapt:
-                jobs = int(self.adapt.get("maximum_jobs") or self.adapt.get("maximum") or 1)
-            elif self.scale:
-                jobs = int(self.scale.get("jobs") or -(-int(self.scale.get("n", 1)) // processes))
+            processes = max(1, int(opts.get("processes") or 1))
+            per_worker = max(1, int(opts.get("cores") or 1) // processes)
+            if "maximum_jobs" in grow or "jobs" in grow:
+                workers = int(grow.get("maximum_jobs", grow.get("jobs")) or 0) * processes
+            elif "maximum" in grow or "n" in grow:
+                workers = int(grow.get("maximum", grow.get("n")) or 0)
+            elif "cores" in grow:
+                workers = int(grow["cores"]) // per_worker
             else:
-                jobs = 1
-            return max(1, jobs * max(per_job, processes))
+                workers = int(opts.get("n_workers") or 0)
+            return max(1, workers * per_worker)
+        per_worker = max(1, int(opts.get("threads_per_worker") or 1))
+        if "maximum" in grow or "n" in grow:
+            return max(1, int(grow.get("maximum", grow.get("n")) or 0) * per_worker)
         if self.kind == "local":
-            n = opts.get("n_workers", available_cores())
-            return max(1, int(n) * int(opts.get("threads_per_worker", 1)))
-        # local-cuda: one worker per visible GPU, one thread each by default
+            return max(1, int(opts.get("n_workers", available_cores())) * per_worker)
+        # local-cuda: one worker per visible GPU
         visible = opts.get("CUDA_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES")
         n = opts.get("n_workers") or (len(str(visible).split(",")) if visible else 1)
-        return max(1, int(n) * int(opts.get("threads_per_worker", 1)))
+        return max(1, int(n) * per_worker)
 
     def start(self) -> Any:
         """Start the cluster and scale it as configured; returns the cluster object."""
@@ -113,13 +125,49 @@ class ClusterConfig:
             cluster = cls(**self.options)
         except (TypeError, ValueError) as exc:
             raise ClusterConfigError(
-                f"cluster config {self.source}: {cls.__name__} refused its options: {exc}"
+                f"cluster config {self.source}: {cls.__name__} refused its options: "
+                + " ".join(str(exc).split())
             ) from None
-        if self.adapt is not None:
-            cluster.adapt(**self.adapt)
-        elif self.scale is not None:
-            cluster.scale(**self.scale)
+        try:
+            if self.kind == "slurm":
+                _check_job_script(cluster.job_script(), self.source)
+            if self.adapt is not None:
+                cluster.adapt(**self.adapt)
+            elif self.scale is not None:
+                cluster.scale(**self.scale)
+        except BaseException:
+            cluster.close()
+            raise
         return cluster
+
+
+def _check_job_script(script: str, source: str) -> None:
+    """Ask SLURM whether it would run a worker job (``sbatch --test-only``), so a wrong
+    partition, account or size is one clear error, not a run that waits forever."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("sbatch") is None:
+        raise ClusterConfigError(
+            f"cluster config {source}: sbatch is not on PATH; a slurm cluster config runs "
+            "where SLURM jobs can be submitted (a login node, or inside a job)"
+        )
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="tiledseg-job-") as file:
+        file.write(script)
+        file.flush()
+        try:
+            done = subprocess.run(
+                ["sbatch", "--test-only", file.name], capture_output=True, text=True, timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            return  # a slow controller is no reason to refuse: the jobs will tell
+    if done.returncode != 0:
+        said = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
+        raise ClusterConfigError(
+            f"cluster config {source}: SLURM would not run the worker job ({said}); check "
+            "queue (partition), account, cores, memory and walltime"
+        )
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -128,34 +176,64 @@ def shipped_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"), key=lambda p: p.stem)}
 
 
-def _expand(text: str, source: str) -> str:
-    """Replace ``${NAME}`` / ``${NAME:-default}`` outside comments by the environment."""
-    lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        code, hash_, comment = _split_comment(line)
-
-        def value(match: re.Match, number: int = number) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise ClusterConfigError(
-                f"cluster config {source}, line {number}: environment variable {name} is not "
-                f"set; set it (export {name}=...) or write ${{{name}:-default}}"
-            )
-
-        lines.append(_ENV.sub(value, code) + hash_ + comment)
-    return "\n".join(lines)
+# values read as strings even when they look like numbers ("0", "012345")
+_STRING_KEYS = {
+    "CUDA_VISIBLE_DEVICES",
+    "account",
+    "queue",
+    "name",
+    "job_name",
+    "walltime",
+    "memory",
+    "interface",
+    "log_directory",
+    "local_directory",
+    "python",
+}
 
 
-def _split_comment(line: str) -> tuple[str, str, str]:
-    """A line's YAML code and its comment (a '#' at the start or after a space)."""
-    match = re.search(r"(^|\s)#", line)
-    if match is None:
-        return line, "", ""
-    at = match.start() + len(match.group(1))
-    return line[:at], "#", line[at + 1 :]
+def _substitute(value: Any, where: str, source: str) -> Any:
+    """``value`` with ``${NAME}`` / ``${NAME:-default}`` replaced from the environment.
+
+    Done on the parsed values, not the text, so comments and quoting are YAML's own
+    and an environment value cannot change the file's structure. A value that is one
+    reference alone takes the variable's type (an integer for ``4``; an empty value
+    is "not set"), except for keys that are strings by nature.
+    """
+    if isinstance(value, dict):
+        return {
+            k: _substitute(v, f"{where}.{k}" if where else str(k), source) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_substitute(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        # as in the shell's ${NAME:-default}: unset or empty takes the default
+        found = os.environ.get(name, "")
+        if found != "":
+            return found
+        if default is not None:
+            return default
+        raise ClusterConfigError(
+            f"cluster config {source}: {where} needs environment variable {name}, which is "
+            f"not set; set it (export {name}=...) or write ${{{name}:-default}}"
+        )
+
+    text = _ENV.sub(lookup, value)
+    if _ENV.fullmatch(value) is None:
+        return text
+    if text == "":
+        return None
+    if where.rsplit(".", 1)[-1].replace("-", "_") in _STRING_KEYS:
+        return text
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text):
+        return int(text)
+    if re.fullmatch(r"-?[0-9]*\.[0-9]+", text):
+        return float(text)
+    return text
 
 
 def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
@@ -191,7 +269,7 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
             f"in cluster_configs/ ({shipped})"
         )
     try:
-        data = yaml.safe_load(_expand(file.read_text(), source))
+        data = yaml.safe_load(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ClusterConfigError(
             f"cluster config {source} is not valid YAML: {str(exc).splitlines()[0]}"
@@ -214,9 +292,16 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
             f"cluster config {source}: give exactly one cluster kind as a top key (one of "
             f"{', '.join(KINDS)}), not {len(kinds)}"
         )
+    data = _substitute(data, "", source)
     kind = kinds[0]
     options = _mapping(data[kind], kind, source)
-    options = {_python_name(k): v for k, v in options.items()}
+    # deprecated jobqueue.yaml keys left empty (as in dask-jobqueue's own defaults) are
+    # the same as absent
+    options = {
+        _python_name(k): v
+        for k, v in options.items()
+        if not (v is None and _python_name(k) in _DEPRECATED)
+    }
     _check_keys(options, _allowed_keys(kind, source), kind, source)
     if "scale" in data and "adapt" in data:
         raise ClusterConfigError(
@@ -232,6 +317,9 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
         allowed = _ADAPT_KEYS | ({"minimum_jobs", "maximum_jobs"} if kind == "slurm" else set())
         _check_keys(adapt, allowed, "adapt", source)
     options = _defaults(kind, options)
+    if kind == "slurm" and scale is None and adapt is None and not options.get("n_workers"):
+        # a SLURMCluster starts with no job at all: without this the run would wait forever
+        scale = {"jobs": 1}
     return ClusterConfig(kind, options, scale=scale, adapt=adapt, source=source)
 
 
@@ -310,7 +398,10 @@ def _allowed_keys(kind: str, source: str) -> set[str]:
         # what jobqueue.yaml lists for slurm (the job's options) and the cluster's own
         job = {_python_name(k) for k in dask.config.get("jobqueue.slurm")}
         return (job | _parameters(JobQueueCluster.__init__)) - set(_DEPRECATED) - {"job_cls"}
-    return _parameters(cls.__init__)
+    # LocalCUDACluster passes what it does not name on to LocalCluster
+    from distributed import LocalCluster
+
+    return _parameters(cls.__init__) | _parameters(LocalCluster.__init__) | _LOCAL_WORKER_KEYS
 
 
 def _defaults(kind: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
-from tiledseg.errors import InputDataError, TiledsegError
+from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model, versions
@@ -33,6 +33,7 @@ from tiledseg.runs import (
     prepare_output,
     raise_failures,
     record_resume,
+    unfinished_run,
 )
 from tiledseg.volume import Volume, open_volume, parse_region, split_dataset
 
@@ -300,6 +301,14 @@ def predict(
         model=model,
     )
     halo = model.halo
+    # an in-memory array has no identity a later run could check: it is never resumed
+    if isinstance(image, Volume) and image.path is not None:
+        image = image.path  # (its identity is its path, as for a path given directly)
+    resumable = isinstance(image, str | os.PathLike)
+    stored = unfinished_run(out) if resumable and not overwrite else None
+    if block is None and stored is not None and "block" in stored:
+        # the default block depends on the cores: a rerun elsewhere keeps the run's own
+        block = stored["block"]
     blocks_shape = resolve_block(
         block,
         shape=volume.shape,
@@ -320,7 +329,10 @@ def predict(
         "smoothing": None if smoothing is None else smoothing.to_dict(None),
     }
     resuming = prepare_output(
-        out, overwrite=overwrite, inputs=[str(p) for p in inputs], identity=identity
+        out,
+        overwrite=overwrite,
+        inputs=[str(p) for p in inputs],
+        identity=identity if resumable else None,
     )
     with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
         check_finite(volume, roi=region, executor=executor)
@@ -381,7 +393,7 @@ def predict(
                 executor=executor,
             )
     failures = [r for r in results if isinstance(r, BlockFailure)]
-    raise_failures(path, failures, total=len(blocks))
+    raise_failures(path, failures, total=len(blocks), skipped=len(blocks) - len(todo))
     voxels = sum(results)
     seconds = time.perf_counter() - started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
@@ -431,18 +443,26 @@ def _predict_smoothed(
     plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=model.spacing, settings=settings)
     values = model.classes.astype(model.label_dtype)
     with executor.progress(len(blocks) - len(done), "predict + graph cut") as bar:
-        written = plan.run(
-            costs=lambda b: dask.delayed(_costs_task)(
-                task_of(b), dask_key_name=f"costs-{plan.token}-{b.index}"
-            ),
-            write=lambda b, labels: dask.delayed(_write_labels_task)(
-                out, b, labels, values, dask_key_name=f"write-{plan.token}-{b.index}"
-            ),
-            persist=executor.persist,
-            progress=bar.update,
-            workers=executor.n_workers,
-            done=done,
-        )
+        try:
+            written = plan.run(
+                costs=lambda b: dask.delayed(_costs_task)(
+                    task_of(b), dask_key_name=f"costs-{plan.token}-{b.index}"
+                ),
+                write=lambda b, labels: dask.delayed(_write_labels_task)(
+                    out, b, labels, values, dask_key_name=f"write-{plan.token}-{b.index}"
+                ),
+                persist=executor.persist,
+                progress=bar.update,
+                workers=executor.n_workers,
+                done=done,
+            )
+        except Exception as exc:  # a task the cluster lost (its workers kept dying)
+            raise BlocksFailedError(
+                f"the graph cut stopped: {type(exc).__name__}: {' '.join(str(exc).split())}. "
+                f"The blocks written so far are kept in {out!r}: rerun the same command to "
+                "continue",
+                [],
+            ) from exc
     # every write has run when run() returns (persist waits for its wave)
     return executor.gather(written), settings.to_dict(beta)
 

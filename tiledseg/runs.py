@@ -63,14 +63,14 @@ DONE_DIR = ".tiledseg-done"
 
 # how the identity's keys are named in a refusal
 _IDENTITY_NAMES = {
-    "model_checksum": "model",
+    "model_checksum": "model (checksum)",
     "image": "image",
     "image_shape": "image shape",
     "image_dtype": "image dtype",
     "block": "block",
     "roi": "region (--roi)",
-    "arrays": "outputs (--probabilities/--uncertainty)",
-    "smoothing": "smoothing options",
+    "arrays": "set of outputs (--probabilities/--uncertainty)",
+    "smoothing": "smoothing",
 }
 
 
@@ -161,13 +161,18 @@ def prepare_output(
 
 def _check_same_run(path: Path, stored: dict[str, Any], identity: dict[str, Any]) -> None:
     for key, name in _IDENTITY_NAMES.items():
-        if stored.get(key) != identity.get(key):
-            raise OutputExistsError(
-                f"output {str(path)!r} holds an unfinished run with another {name} "
-                f"({_short(stored.get(key))}, now {_short(identity.get(key))}); rerun it with "
-                "what it had to resume it, pass --overwrite to start afresh, or choose "
-                "another path"
-            )
+        was, now = stored.get(key), identity.get(key)
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict):
+            # name the setting that differs, not two long dicts
+            sub = next(k for k in sorted({*was, *now}) if was.get(k) != now.get(k))
+            name, was, now = f"{name} {sub}", was.get(sub), now.get(sub)
+        raise OutputExistsError(
+            f"output {str(path)!r} holds an unfinished run with a different {name} "
+            f"(it had {_short(was)}, this run has {_short(now)}); rerun it as it was to "
+            "continue it, pass --overwrite to start afresh, or choose another path"
+        )
 
 
 def _short(value: Any) -> str:
@@ -318,7 +323,9 @@ class BlockFailure:
     caused_by: str = ""
 
     def __str__(self) -> str:
-        return f"block {self.name} (grid index {self.index}): {self.error}"
+        # one line per block in the report: the first line of the error
+        first = self.error.splitlines()[0] if self.error else ""
+        return f"block {self.name} (grid index {self.index}): {first}"
 
 
 def guarded(func: Callable[..., Any], name: str, index: Sequence[int], *args: Any) -> Any:
@@ -340,14 +347,29 @@ def first_failure(values: Sequence[Any]) -> BlockFailure | None:
     return next((v for v in values if isinstance(v, BlockFailure)), None)
 
 
-def raise_failures(path: str | Path, failures: Sequence[BlockFailure], *, total: int) -> None:
-    """Raise :class:`BlocksFailedError` with a report of ``failures`` (if there are any)."""
+def raise_failures(
+    path: str | Path, failures: Sequence[BlockFailure], *, total: int, skipped: int = 0
+) -> None:
+    """Raise :class:`BlocksFailedError` with a report of ``failures`` (if there are any).
+
+    Parameters
+    ----------
+    path : path
+        The output, named in the report.
+    failures : sequence of BlockFailure
+        The blocks that failed, one line each in the report.
+    total : int
+        Blocks in the run.
+    skipped : int
+        Blocks this run skipped as done by an earlier one.
+    """
     if not failures:
         return
+    resumed = f" (this run skipped {skipped} blocks already done)" if skipped else ""
     lines = [
         f"{len(failures)} of {total} blocks failed; the other blocks are written to "
-        f"{str(path)!r}. Fix the cause and rerun the same command: it redoes only the "
-        "blocks not done."
+        f"{str(path)!r}{resumed}. Fix the cause and rerun the same command: it redoes only "
+        "the blocks not done."
     ]
     lines += [f"  {f}" for f in sorted(failures, key=lambda f: f.index)]
     raise BlocksFailedError("\n".join(lines), list(failures))

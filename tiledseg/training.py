@@ -14,11 +14,12 @@ table's rows stay on the workers and XGBoost trains there with ``xgboost.dask``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,33 @@ def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]
     return done
 
 
+@contextlib.contextmanager
+def _reading(block: Block, *sources: Volume) -> Iterator[None]:
+    """Turn a read that fails (a corrupt or missing chunk) into one line naming the block.
+
+    Training needs every scribbled block: unlike prediction it cannot go on without one.
+    """
+    try:
+        yield
+    except TiledsegError:
+        raise
+    except Exception as exc:  # the codec's or the store's error, whatever its type
+        said = " ".join(str(exc).split())[:200]
+        raise InputDataError(
+            f"reading block {block.name} of {' / '.join(v.name for v in sources)} failed "
+            f"({type(exc).__name__}: {said}); the store may be damaged: repair or rewrite it"
+        ) from None
+
+
 def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...], bool]) -> list[_Scan]:
+    image, labels, block = args[:3]
+    with _reading(block, labels, image):
+        return _scan(*args)
+
+
+def _scan(
+    image: Volume, labels: Volume, block: Block, halo: tuple[int, ...], digest_wanted: bool
+) -> list[_Scan]:
     """Find a block's labelled voxels and the boxes around them that training filters.
 
     Features do not depend on the tiling, so a box (with its own halo) gives its
@@ -166,7 +193,6 @@ def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...], bool]) -> li
     the cost when scribbles are strokes on a few slices. With a cache, the box's
     image is read and hashed for the cache key; without one it is not read here.
     """
-    image, labels, block, halo, digest_wanted = args
     lab = read_labels(labels, block.region)
     coords = np.argwhere(lab)
     if len(coords) == 0:
@@ -195,7 +221,8 @@ def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...], bool]) -> li
 
 def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...]]) -> np.ndarray:
     image, scan, bank, spacing = args
-    feats = features_of_block(image, scan.block, bank=bank, spacing=spacing)
+    with _reading(scan.block, image):
+        feats = features_of_block(image, scan.block, bank=bank, spacing=spacing)
     return np.ascontiguousarray(feats.reshape(feats.shape[0], -1)[:, scan.flat].T)
 
 

@@ -157,6 +157,8 @@ class Volume:
     attrs: dict = field(default_factory=dict)
     #: Set once every voxel was read and found finite (``predict.check_finite``).
     checked_finite: bool = field(default=False, compare=False)
+    #: The path it was opened from (``None``: an in-memory array), as the user gave it.
+    path: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -370,7 +372,15 @@ def open_volume(
         parsed = tuple(meta["spacing"]) if from_meta else (1.0,) * spatial
         if len(parsed) != spatial:
             parsed, from_meta = (1.0,) * spatial, False
-    return Volume(source, channel_axis, parsed, name, from_meta, meta.get("attrs", {}))
+    return Volume(
+        source,
+        channel_axis,
+        parsed,
+        name,
+        from_meta,
+        meta.get("attrs", {}),
+        path=str(image) if isinstance(image, str | os.PathLike) else None,
+    )
 
 
 def _check_dtype(dtype: np.dtype, name: str, role: str) -> None:

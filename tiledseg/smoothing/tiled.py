@@ -33,7 +33,7 @@ import numpy as np
 
 from tiledseg.blocks import DEFAULT_BLOCK, Block, haloed, plan_blocks, within
 from tiledseg.features.bank import relative_spacing
-from tiledseg.runs import BlockFailure, first_failure
+from tiledseg.runs import BlockFailure, first_failure, guarded
 from tiledseg.smoothing import energy
 
 __all__ = [
@@ -250,15 +250,23 @@ def _first_pass(solve: _Solve, block: Block, window: Region, regions, *costs) ->
     failed = _failed_input(block, costs)
     if failed is not None:
         return failed
-    unary = _assemble(window, list(zip(regions, costs, strict=True)))
-    labels = solve(unary, window)
-    return labels[within(block.region, window)]
+    return guarded(_solve_first, block.name, block.index, solve, block, window, regions, costs)
 
 
 def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *parts) -> Any:
     failed = _failed_input(block, parts)
     if failed is not None:
         return failed
+    return guarded(_solve_seams, block.name, block.index, solve, block, axis, box, regions, parts)
+
+
+def _solve_first(solve: _Solve, block: Block, window: Region, regions, costs) -> np.ndarray:
+    unary = _assemble(window, list(zip(regions, costs, strict=True)))
+    labels = solve(unary, window)
+    return labels[within(block.region, window)]
+
+
+def _solve_seams(solve: _Solve, block: Block, axis: int, box: Region, regions, parts) -> np.ndarray:
     n = len(regions)
     costs = list(zip(regions, parts[:n], strict=True))
     labels = list(zip(regions, parts[n:], strict=True))
