@@ -229,3 +229,43 @@ def test_a_partition_slurm_refuses_is_one_line_not_a_run_that_waits(slurm, tmp_p
     assert len(lines) == 1, done.stderr
     assert "SLURM would not run the worker job" in lines[0]
     assert "invalid partition" in lines[0].lower()
+
+
+def test_the_whole_job_inside_one_allocation(slurm, tmp_path, allocation_inputs):
+    """TILEDSEG_LABELS: the same script trains the model on its workers, then predicts;
+    the model and labels equal a local threaded train + predict."""
+    image = allocation_inputs[0]
+    phantom = make_phantom(
+        (24, 40, 40), n_classes=3, feature_size=6.0, scribble_fraction=0.03, seed=3
+    )
+    np.save(tmp_path / "scribbles.npy", phantom.scribbles)
+    local_model = ts.train(str(image), phantom.scribbles, features="minimal", cache_dir=None)
+    local = ts.predict(str(image), local_model, out=tmp_path / "local.zarr")
+    model = tmp_path / "trained.tseg"
+    log = tmp_path / "job.out"
+    env = job_env(
+        TILEDSEG_VENV=str(Path(sys.executable).parent.parent),
+        TILEDSEG_DASK_INTERFACE="lo",
+        TILEDSEG_LABELS=str(tmp_path / "scribbles.npy"),
+        TILEDSEG_TRAIN_OPTIONS="--features minimal --no-cache",
+    )
+    job_id = slurm.submit(
+        f"--output={log}",
+        f"--chdir={tmp_path}",
+        "--mem-per-cpu=1G",
+        "--time=00:05:00",
+        str(INSIDE_ALLOCATION),
+        str(image),
+        str(model),
+        str(tmp_path / "out.zarr"),
+        env=env,
+    )
+    state = slurm.wait(job_id, timeout=240)
+    text = log.read_text() if log.exists() else "(no job output)"
+    assert state == ("COMPLETED", "0:0"), text
+    assert "model written to" in text, text
+    assert ts.load_model(model).classifier.to_bytes() == local_model.classifier.to_bytes()
+    assert_array_equal(
+        zarr.open_array(str(tmp_path / "out.zarr/labels/0"), mode="r")[...],
+        zarr.open_array(f"{local.path}/labels/0", mode="r")[...],
+    )
