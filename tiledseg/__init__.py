@@ -11,7 +11,7 @@ import os
 # xgboost is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tiledseg.errors import BlocksFailedError, TiledsegError  # noqa: E402
+from tiledseg.errors import BlocksFailedError, ClusterConfigError, TiledsegError  # noqa: E402
 from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.tiled import feature_array
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlocksFailedError",
+    "ClusterConfigError",
     "FeatureBank",
     "Model",
     "PredictionResult",

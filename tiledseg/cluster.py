@@ -233,7 +233,7 @@ def wait_futures(futures: Sequence[Any], bar: Any = None, *, raise_errors: bool 
             future.result()  # raises the task's error (or CancelledError)
 
 
-def _progress(total: int, desc: str, *, disable: bool):
+def _progress(total: int, desc: str, *, disable: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="block", file=sys.stderr, disable=disable, leave=False)

@@ -8,6 +8,8 @@ with status 2.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BlockSizeError",
     "BlocksFailedError",
@@ -57,6 +59,7 @@ class BlocksFailedError(TiledsegError):
 
     exit_code = 1
 
-    def __init__(self, message: str, failures: list):
+    def __init__(self, message: str, failures: list[Any]):
         super().__init__(message)
+        #: The :class:`~tiledseg.runs.BlockFailure` of each failed block.
         self.failures = failures

@@ -401,7 +401,7 @@ def predict(
     return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds, skipped)
 
 
-def _lost(blocks: Sequence[Block]):
+def _lost(blocks: Sequence[Block]) -> Any:
     """``on_error`` of :meth:`Executor.map`: a block whose task the cluster lost."""
 
     def failure(i: int, exc: BaseException) -> BlockFailure:
