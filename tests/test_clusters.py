@@ -315,3 +315,12 @@ def test_a_corrupt_chunk_in_training_is_one_line_naming_the_block(tmp_path, phan
     assert "the store may be damaged" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.tseg").exists()
+
+
+def test_local_workers_keep_glibcs_adaptive_malloc():
+    """dask's nanny sets MALLOC_TRIM_THRESHOLD_ in workers: blocks were 1.5x slower."""
+    with open_executor(1, quiet=True) as executor:
+        assert executor.client.run(os.getenv, "MALLOC_TRIM_THRESHOLD_") == {
+            address: None for address in executor.client.scheduler_info()["workers"]
+        }
+        assert set(executor.client.run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}

@@ -120,9 +120,18 @@ class ClusterConfig:
 
     def start(self) -> Any:
         """Start the cluster and scale it as configured; returns the cluster object."""
+        import dask
+
         cls = self.cluster_class()
+        # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off
+        # glibc's dynamic mmap threshold: every feature image of a block became a fresh
+        # mmap and blocks took 1.5x as long (benchmarks/RESULTS.md, section 6). Workers
+        # started here go without it; SLURM jobs set MALLOC_MMAP_THRESHOLD_ instead
+        # (slurm.yaml), as their nannies read their own config.
+        keep_malloc = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
         try:
-            cluster = cls(**self.options)
+            with dask.config.set(keep_malloc if self.kind != "slurm" else {}):
+                cluster = cls(**self.options)
         except (TypeError, ValueError) as exc:
             raise ClusterConfigError(
                 f"cluster config {self.source}: {cls.__name__} refused its options: "
