@@ -52,7 +52,10 @@ _DEPRECATED = {
     "header_skip": "job_directives_skip",
 }
 # keyword arguments LocalCluster passes on to its workers
+#: glibc's mmap threshold in workers (bytes): blocks' arrays reuse the heap
+_MMAP_THRESHOLD = "33554432"
 _LOCAL_WORKER_KEYS = {
+    "env",
     "memory_limit",
     "local_directory",
     "resources",
@@ -126,12 +129,16 @@ class ClusterConfig:
         # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off
         # glibc's dynamic mmap threshold: every feature image of a block became a fresh
         # mmap and blocks took 1.5x as long (benchmarks/RESULTS.md, section 6). Workers
-        # started here go without it; SLURM jobs set MALLOC_MMAP_THRESHOLD_ instead
-        # (slurm.yaml), as their nannies read their own config.
+        # started here go without it, and with a fixed mmap threshold in case they inherit
+        # it anyway (a nanny started earlier in this process leaves it in os.environ);
+        # SLURM jobs set the threshold in their job script (slurm.yaml).
         keep_malloc = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+        options = dict(self.options)
+        if self.kind != "slurm":
+            options["env"] = {"MALLOC_MMAP_THRESHOLD_": _MMAP_THRESHOLD, **options.get("env", {})}
         try:
             with dask.config.set(keep_malloc if self.kind != "slurm" else {}):
-                cluster = cls(**self.options)
+                cluster = cls(**options)
         except (TypeError, ValueError) as exc:
             raise ClusterConfigError(
                 f"cluster config {self.source}: {cls.__name__} refused its options: "
