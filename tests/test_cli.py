@@ -86,7 +86,11 @@ def test_train_predict_evaluate(tmp_path, inputs, fmt):
     image, scribbles, truth = (inputs[n, fmt] for n in ("image", "scribbles", "truth"))
     model = tmp_path / "model.tseg"
     out = run_ok("train", image, scribbles, "--model", model, "--no-cache", "--quiet")
-    assert "labelled voxels per class: 1: 25, 2: 25, 3: 25, 4: 25" in out
+    assert (
+        "labelled voxels per class: 1: 25 (25.0%), 2: 25 (25.0%), 3: 25 (25.0%), 4: 25 (25.0%)"
+        in out
+    )
+    assert "note: class" not in out
     assert f"model written to {model}" in out
     assert model.is_file()
     assert not (tmp_path / "cache").exists()  # --no-cache
@@ -382,3 +386,21 @@ def test_info_on_an_output_shows_its_provenance(tmp_path, inputs, model_path):
     data = json.loads(run_ok("info", out, "--json"))
     assert data["kind"] == "tiledseg output"
     assert data["provenance"]["model_checksum"] == tiledseg.load_model(model_path).checksum
+
+
+def test_a_rare_class_gets_a_note_after_training(tmp_path, inputs, phantom):
+    scribbles = phantom.scribbles.copy()
+    rare = np.argwhere(scribbles == 4)
+    scribbles[tuple(rare[1:].T)] = 0  # one voxel of class 4 left
+    np.save(tmp_path / "scribbles.npy", scribbles)
+    out = run_ok(
+        "train",
+        inputs["image", "npy"],
+        tmp_path / "scribbles.npy",
+        "--model",
+        tmp_path / "m.tseg",
+        "--no-cache",
+        "--quiet",
+    )
+    assert "4: 1 (1.3%)" in out
+    assert "note: class(es) 4 hold less than 2% of the labelled voxels" in out

@@ -155,10 +155,23 @@ def _bank_file(features: Any) -> str | None:
     return None
 
 
+#: Below this share of the labelled voxels a class gets a note after training.
+_RARE_CLASS_SHARE = 0.02
+
+
 def _print_training(model, model_path) -> None:
     s = model.summary
-    counts = ", ".join(f"{k}: {v}" for k, v in s["labelled_voxels"].items())
+    mix = s["labelled_voxels"]
+    total = max(1, sum(mix.values()))
+    counts = ", ".join(f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in mix.items())
     click.echo(f"labelled voxels per class: {counts}")
+    rare = [k for k, v in mix.items() if v / total < _RARE_CLASS_SHARE]
+    if rare:
+        click.echo(
+            f"note: class(es) {', '.join(map(str, rare))} hold less than "
+            f"{100 * _RARE_CLASS_SHARE:.0f}% of the labelled voxels; training weighs every "
+            "class equally, but so few examples may not describe them: paint more there"
+        )
     line = f"{s['n_features']} features, {model.classifier.name}"
     if "rounds" in s:
         line += f", {s['rounds']} rounds"
