@@ -24,6 +24,7 @@ __all__ = [
     "SklearnClassifier",
     "XGBoostClassifier",
     "balanced_weights",
+    "stratified_split",
     "make_classifier",
 ]
 
@@ -41,7 +42,7 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
     return (len(y) / (len(counts) * counts))[inverse].astype(np.float32)
 
 
-def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a train/held-out split that keeps at least one sample per class in each part."""
     rng = np.random.default_rng(seed)
     train, held = [], []
@@ -172,7 +173,7 @@ class XGBoostClassifier(Classifier):
         self.n_classes = int(y.max()) + 1
         params = self._booster_params(self.n_classes, n_threads)
         weights = balanced_weights(y)
-        train, held = _stratified_split(y, self.params["held_out"], self.params["seed"])
+        train, held = stratified_split(y, self.params["held_out"], self.params["seed"])
         rounds = self.params["max_rounds"]
         summary: dict[str, Any] = {"max_rounds": rounds}
         if len(held) and len(np.unique(y[train])) == self.n_classes:
@@ -248,7 +249,7 @@ class XGBoostClassifier(Classifier):
         del params["nthread"]  # each worker uses its own thread count (see above)
         chunks = X.chunks[0]
         weights = balanced_weights(y)
-        train, held = _stratified_split(y, self.params["held_out"], self.params["seed"])
+        train, held = stratified_split(y, self.params["held_out"], self.params["seed"])
         rounds = self.params["max_rounds"]
         summary: dict[str, Any] = {"max_rounds": rounds}
         label = _scattered(client, y.astype(np.float32), chunks)

@@ -101,6 +101,14 @@ def cli(debug: bool) -> None:
     help="Fit XGBoost on the cluster's workers with xgboost.dask, the training table left "
     "on them (default: when the table exceeds 1 GiB and there is a cluster).",
 )
+@click.option(
+    "--select-features",
+    type=int,
+    default=None,
+    metavar="K",
+    help="Keep the K most important features (checked on held-out scribbles); the model "
+    "then computes only the families and scales that hold them.",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the training-table cache.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
@@ -118,6 +126,7 @@ def train(
     scheduler,
     cluster,
     distributed_training,
+    select_features,
     no_cache,
     seed,
     overwrite,
@@ -140,6 +149,7 @@ def train(
         scheduler=scheduler,
         cluster=cluster,
         distributed_training=distributed_training,
+        select_features=select_features,
         cache_dir=None if no_cache else True,
         seed=seed,
         quiet=quiet,
@@ -182,6 +192,13 @@ def _print_training(model, model_path) -> None:
     if s.get("distributed"):
         line += f", trained on {s.get('training_workers')} dask workers (xgboost.dask)"
     click.echo(line + f", {s['seconds']:.1f} s")
+    if "selected_features" in s:
+        click.echo(
+            f"feature selection: kept {s['selected_features']} of {s['of_features']} features "
+            f"({', '.join(f'{f} {v}' for f, v in model.bank.to_dict().items())}); held-out "
+            f"accuracy {s['held_out_accuracy_all_features']:.3f} with all, "
+            f"{s['held_out_accuracy_selected']:.3f} with the kept ones"
+        )
     click.echo(f"model written to {model_path}")
 
 
@@ -414,6 +431,7 @@ def _train_for_segment(config, volume, *, scheduler, quiet: bool):
         block=config.block,
         scheduler=scheduler,
         distributed_training=config.distributed_training,
+        select_features=config.select_features,
         seed=config.seed,
         quiet=quiet,
     )

@@ -46,6 +46,9 @@ class SegmentConfig(BaseModel):
     distributed_training: bool | None = Field(
         None, description="fit XGBoost on the cluster (default: when the table exceeds 1 GiB)"
     )
+    select_features: PositiveInt | None = Field(
+        None, description="keep the K most important features (held-out check)"
+    )
     probabilities: bool = False
     uncertainty: bool = False
     roi: str | None = None

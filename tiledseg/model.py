@@ -79,6 +79,9 @@ class Model:
         Channel axis of the training image, the default for prediction.
     summary : dict
         Training summary (voxels per class, rounds, held-out accuracy, ...).
+    columns : tuple of int, optional
+        The bank's features the classifier uses, by position (``--select-features``);
+        ``None``: all of them.
     """
 
     classifier: Classifier
@@ -91,11 +94,14 @@ class Model:
     summary: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
     checksum: str | None = None
+    columns: tuple[int, ...] | None = None
 
     @property
     def feature_names(self) -> list[str]:
-        """Name of every feature, in stack order."""
-        return [str(n) for n in self.bank.feature_names(ndim=self.ndim, n_channels=self.n_channels)]
+        """Name of every feature the classifier uses, in stack order."""
+        layout = self.bank.feature_names(ndim=self.ndim, n_channels=self.n_channels)
+        names = [str(n) for n in layout]
+        return names if self.columns is None else [names[i] for i in self.columns]
 
     @property
     def halo(self) -> tuple[int, ...]:
@@ -108,7 +114,9 @@ class Model:
         return label_dtype(self.classes)
 
     def predict_proba(self, features: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
-        """Class probabilities of a feature table ``(n, n_features)``."""
+        """Class probabilities of a feature table ``(n, n_features)`` of the whole bank."""
+        if self.columns is not None:
+            features = features[:, list(self.columns)]
         return self.classifier.predict_proba(features, n_threads=n_threads)
 
     # -- file ------------------------------------------------------------------------
@@ -131,6 +139,7 @@ class Model:
             "spacing": list(self.spacing),
             "bank": self.bank.to_dict(),
             "feature_names": self.feature_names,
+            "columns": None if self.columns is None else list(self.columns),
             "halo": list(self.halo),
             "classifier": clf,
             "summary": self.summary,
@@ -299,4 +308,5 @@ def load_model(path: str | os.PathLike) -> Model:
         summary=header.get("summary", {}),
         versions=header.get("versions", {}),
         checksum=hashlib.sha256(data).hexdigest(),
+        columns=None if header.get("columns") is None else tuple(header["columns"]),
     )

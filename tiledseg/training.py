@@ -33,6 +33,8 @@ from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_finite
 from tiledseg.model import Model, versions
+from tiledseg.selection import check_k
+from tiledseg.selection import select_features as select_features_of
 from tiledseg.volume import Volume, open_volume
 
 __all__ = [
@@ -386,6 +388,7 @@ def train(
     seed: int = 0,
     quiet: bool = True,
     distributed_training: bool | None = None,
+    select_features: int | None = None,
 ) -> Model:
     """Train a voxel classifier on the labelled voxels of ``labels``.
 
@@ -430,6 +433,11 @@ def train(
         a cached one is read here and scattered. Distributed models are not
         bit-for-bit reproducible: the quantile sketch and the sums depend on how
         the rows are spread over the workers.
+    select_features : int, optional
+        Keep the K features the classifier finds most important
+        (:mod:`tiledseg.selection`): the model then computes only the families and
+        scales that hold them. The summary reports the held-out accuracy with all
+        features and with the kept ones.
 
     Returns
     -------
@@ -452,11 +460,21 @@ def train(
             f"distributed training needs the xgboost classifier; {clf.name} trains in one "
             "process: use classifier xgboost or leave distributed training off"
         )
+    if select_features is not None:
+        check_k(
+            int(select_features), bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels)
+        )
+    if select_features is not None and distributed_training:
+        raise TiledsegError(
+            "--select-features trains on this machine: leave --distributed-training out"
+        )
     if distributed_training is None:
         # automatic: only XGBoost can train on the cluster, the others gather the table
         distributed: bool | None = None if clf.trains_distributed else False
     else:
         distributed = bool(distributed_training)
+    if select_features is not None:
+        distributed = False  # selection fits three times on the table: it comes here
     if cache_dir is True:
         cache: Path | None = default_cache_dir()
     elif cache_dir in (None, False):
@@ -483,10 +501,28 @@ def train(
             fit_summary = clf.fit_distributed(executor.client, table.X, y)
             fit_seconds = time.perf_counter() - fit_started
             table.X = None  # its futures are released while the client is open
+    columns = None
     if not on_cluster:
         # after the executor is closed: a LocalCluster's workers have given their memory back
         fit_started = time.perf_counter()
-        fit_summary = clf.fit(table.X, y, n_threads=available_cores())
+        X = table.X
+        if select_features is not None:
+            chosen = select_features_of(
+                X,
+                y,
+                k=int(select_features),
+                bank=bank,
+                ndim=volume.ndim,
+                n_channels=volume.n_channels,
+                make=lambda: make_classifier(classifier, seed=seed),
+                seed=seed,
+                n_threads=available_cores(),
+            )
+            X = np.ascontiguousarray(X[:, list(chosen.kept)])
+            bank, columns = chosen.bank, chosen.columns
+        fit_summary = clf.fit(X, y, n_threads=available_cores())
+        if select_features is not None:
+            fit_summary.update(chosen.summary(n_features))
         fit_seconds = time.perf_counter() - fit_started
     counts = {int(c): int(n) for c, n in zip(classes, np.bincount(y), strict=True)}
     summary = {
@@ -512,6 +548,7 @@ def train(
         spacing=volume.spacing,
         channel_axis=volume.channel_axis,
         summary=summary,
+        columns=columns,
     )
 
 
