@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +318,14 @@ def test_refuses_a_folder_it_did_not_make(run2d, tmp_path, capsys):
         match="not a tiledseg report's",
     )
     assert (tmp_path / "r_files" / "mine.txt").read_text() == "keep me"
+
+
+def test_refuses_without_matplotlib(run2d, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    _refused(capsys, tmp_path, run2d, "--out", tmp_path / "r.html", match=r"tiledseg\[report\]")
+
+
+def test_matplotlib_is_imported_lazily():
+    code = "import sys, tiledseg.report, tiledseg.cli; print('matplotlib' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
