@@ -516,6 +516,43 @@ def _print_scores(scores: dict[str, Any], *, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("output", metavar="OUT.zarr")
+@click.option("--out", required=True, metavar="REPORT.html", help="The HTML file to write.")
+@click.option(
+    "--truth", default=None, help="Dense ground truth: adds IoU bars and the confusion matrix."
+)
+@click.option(
+    "--image", default=None, help="Image under the labels (default: the output's own image)."
+)
+@click.option(
+    "--model", "model_path", default=None, help="Model file: adds its feature importances."
+)
+@_channel_axis_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+def report(output, out, truth, image, model_path, channel_axis, overwrite) -> None:
+    """Draw OUT.zarr's middle planes, uncertainty, scores and importances into an HTML page.
+
+    The PNGs (and manifest.json) go to a folder named after the page: report_files/
+    beside report.html.
+    """
+    from tiledseg.report import make_report
+
+    result = make_report(
+        output,
+        out=out,
+        truth=truth,
+        image=image,
+        model=model_path,
+        channel_axis=channel_axis,
+        overwrite=overwrite,
+    )
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    names = ", ".join(p.name for p in result.panels)
+    click.echo(f"report written to {result.html} (panels: {names}; pictures in {result.folder})")
+
+
+@cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json) -> None:
