@@ -87,6 +87,34 @@ def test_round_trip_gives_identical_predictions(
     assert len(info["importance"]) == len(info["features"])
 
 
+def test_round_trip_with_the_newer_families(tmp_path, phantom2d, fast_xgboost):
+    """A bank with the families after ilastik's six is stored, reloaded and predicts the same."""
+    bank = {
+        "gaussian_smoothing": [1.0],
+        "sobel": [1.0],
+        "local_std": [2.0],
+        "median": [1.5],
+        "gabor": [4.0],
+    }
+    model = ts.train(
+        phantom2d.image,
+        phantom2d.scribbles,
+        features=bank,
+        classifier=fast_xgboost(),
+        spacing=(1.0, 1.5),
+        cache_dir=None,
+    )
+    path = model.save(tmp_path / "m.tiledseg")
+    loaded = load_model(path)
+    assert loaded.bank == model.bank == ts.resolve_bank(bank)
+    assert loaded.feature_names == model.feature_names
+    assert len(loaded.feature_names) == 1 + 3 + 1 + 1 + 4
+    assert "sobel(sigma=1, channel=0, magnitude)" in loaded.feature_names
+    assert "gabor(wavelength=4, channel=0, theta=45)" in loaded.feature_names
+    table = feature_table(phantom2d.image, model)
+    np.testing.assert_array_equal(loaded.predict_proba(table), model.predict_proba(table))
+
+
 def test_saving_over_an_existing_file_needs_overwrite(tmp_path, rf_model):
     path = tmp_path / "m.tiledseg"
     path.write_bytes(b"precious")

@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 from tiledseg.blocks import Block
 from tiledseg.errors import TiledsegError
 from tiledseg.features import FAMILIES, NAMED_BANKS, FeatureBank, block_features, resolve_bank
-from tiledseg.features.bank import TRUNCATE, kernel_radius, relative_spacing
+from tiledseg.features.bank import ILASTIK_FAMILIES, TRUNCATE, kernel_radius, relative_spacing
 from tiledseg.testing import strategies as tst
 
 # -- validation ------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def test_every_ilastik_name_is_accepted():
         "StructureTensorEigenvalues": [1.0],
         "HessianOfGaussianEigenvalues": [1.0],
     }
-    assert tuple(FeatureBank(ilastik).families) == FAMILIES
+    assert tuple(FeatureBank(ilastik).families) == ILASTIK_FAMILIES == FAMILIES[:6]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_from_dict_accepts_a_single_scale_and_refuses_text_scales():
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("n_channels", [1, 3])
 def test_count_names_and_stack_agree(ndim, n_channels):
-    bank = FeatureBank({f: [1.0, 1.6] for f in FAMILIES})
+    bank = FeatureBank({f: [1.0, 1.6] for f in ILASTIK_FAMILIES})
     names = bank.feature_names(ndim=ndim, n_channels=n_channels)
     # 4 scalar families + 2 eigen families of ndim values, at 2 scales
     assert len(names) == bank.n_features(ndim=ndim, n_channels=n_channels)
@@ -217,4 +217,4 @@ def test_named_banks():
     # the default bank fits the default 3D block of 128 with room to spare
     assert max(NAMED_BANKS["default"].halo((1.0, 1.0, 1.0))) <= 32
     full = NAMED_BANKS["ilastik-full"]
-    assert set(full.families) == set(FAMILIES)
+    assert set(full.families) == set(ILASTIK_FAMILIES)

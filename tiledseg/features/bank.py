@@ -4,10 +4,12 @@ A :class:`FeatureBank` is data (family -> scales). Everything that depends on it
 (the number of features, their names, the halo a block needs) is derived here,
 so the kernels in :mod:`tiledseg.features.filters` and the tiling code agree.
 
-Scales are Gaussian standard deviations in voxels of the finest axis. With an
-anisotropic ``spacing`` the standard deviation along axis ``a`` is
-``sigma * min(spacing) / spacing[a]``, so a filter covers the same physical
-distance along every axis.
+Scales are lengths in voxels of the finest axis: a Gaussian standard deviation
+for the Gaussian families and ``sobel``, a window radius for the local-statistics
+and rank families, a wavelength for ``gabor`` (:data:`SCALE_MEANING`). With an
+anisotropic ``spacing`` the length along axis ``a`` is
+``scale * min(spacing) / spacing[a]`` voxels of that axis, so a filter covers the
+same physical distance along every axis.
 """
 
 from __future__ import annotations
@@ -27,10 +29,19 @@ from tiledseg.yamlfile import read_yaml
 __all__ = [
     "DOG_RATIO",
     "FAMILIES",
+    "GABOR_BANDWIDTH",
+    "GABOR_N_STDS",
+    "GABOR_ORIENTATIONS",
+    "ILASTIK_FAMILIES",
     "NAMED_BANKS",
+    "SCALE_MEANING",
     "ST_OUTER_RATIO",
     "TRUNCATE",
     "FeatureBank",
+    "ball_extent",
+    "box_radius",
+    "gabor_half_sizes",
+    "gabor_sigma",
     "kernel_radius",
     "relative_spacing",
     "resolve_bank",
@@ -44,8 +55,15 @@ DOG_RATIO = 0.66
 #: Structure tensor: gradient at sigma, products smoothed at ST_OUTER_RATIO * sigma, as ilastik.
 ST_OUTER_RATIO = 0.5
 
-#: The families, in the order their features appear in a stack.
-FAMILIES: tuple[str, ...] = (
+#: Gabor: orientations ``k * 180 / GABOR_ORIENTATIONS`` degrees, k = 0, 1, ...
+GABOR_ORIENTATIONS = 4
+#: Gabor: bandwidth in octaves (scikit-image's default); sigma = 0.56 wavelength.
+GABOR_BANDWIDTH = 1.0
+#: Gabor: the envelope is cut at this many standard deviations (scikit-image's default).
+GABOR_N_STDS = 3.0
+
+#: The six ilastik families (the first six of :data:`FAMILIES`).
+ILASTIK_FAMILIES: tuple[str, ...] = (
     "gaussian_smoothing",
     "laplacian_of_gaussian",
     "gaussian_gradient_magnitude",
@@ -54,8 +72,33 @@ FAMILIES: tuple[str, ...] = (
     "hessian_of_gaussian_eigenvalues",
 )
 
-# ilastik's own names, accepted in bank files so that an ilastik feature table can be pasted.
-_ILASTIK_ALIASES = {
+#: The families, in the order their features appear in a stack. New families are
+#: appended, so that the feature order of older models never changes.
+FAMILIES: tuple[str, ...] = (
+    *ILASTIK_FAMILIES,
+    "sobel",
+    "local_mean",
+    "local_variance",
+    "local_std",
+    "median",
+    "minimum",
+    "maximum",
+    "gabor",
+)
+
+#: What a scale of each family is (all in voxels of the finest axis).
+SCALE_MEANING: dict[str, str] = {
+    **dict.fromkeys(ILASTIK_FAMILIES, "sigma"),
+    "sobel": "sigma",
+    **dict.fromkeys(("local_mean", "local_variance", "local_std"), "radius"),
+    **dict.fromkeys(("median", "minimum", "maximum"), "radius"),
+    "gabor": "wavelength",
+}
+
+# ilastik's own names, accepted in bank files so that an ilastik feature table can be pasted,
+# and other accepted aliases.
+_ALIASES = {
+    "multiscale_gaussian": "gaussian_smoothing",
     "GaussianSmoothing": "gaussian_smoothing",
     "LaplacianOfGaussian": "laplacian_of_gaussian",
     "GaussianGradientMagnitude": "gaussian_gradient_magnitude",
@@ -76,6 +119,54 @@ def kernel_radius(sigma: float) -> int:
     return int(TRUNCATE * float(sigma) + 0.5)
 
 
+def box_radius(radius: float) -> int:
+    """Return the half-width in voxels of a box window of ``radius`` (rounded half up)."""
+    return int(float(radius) + 0.5)
+
+
+def ball_extent(radius: float, step: float) -> int:
+    """Return the largest ``d >= 0`` with ``(d * step)**2 <= radius**2``.
+
+    It is how far a ball of ``radius`` (in voxels of the finest axis) reaches along an
+    axis whose voxels are ``step`` finest voxels long; the rank filters' footprint is
+    built with the same inequality, so this is their exact halo.
+    """
+    r2 = float(radius) ** 2
+    d = int(math.floor(float(radius) / step))
+    while ((d + 1) * step) ** 2 <= r2:
+        d += 1
+    while d > 0 and (d * step) ** 2 > r2:
+        d -= 1
+    return d
+
+
+def gabor_sigma(wavelength: float) -> float:
+    """Return the Gaussian envelope's standard deviation of a Gabor filter of ``wavelength``.
+
+    As ``skimage.filters.gabor_kernel`` with ``frequency = 1 / wavelength`` and
+    ``bandwidth = GABOR_BANDWIDTH`` (about 0.56 wavelength for one octave).
+    """
+    b = GABOR_BANDWIDTH
+    prefactor = 1.0 / math.pi * math.sqrt(math.log(2) / 2.0) * (2.0**b + 1) / (2.0**b - 1)
+    return prefactor / (1.0 / float(wavelength))
+
+
+def gabor_orientations() -> tuple[float, ...]:
+    """Return the Gabor orientations in radians: ``k * pi / GABOR_ORIENTATIONS``."""
+    return tuple(k * math.pi / GABOR_ORIENTATIONS for k in range(GABOR_ORIENTATIONS))
+
+
+def gabor_half_sizes(wavelength: float, theta: float, rel_yx: Sequence[float]) -> tuple[int, int]:
+    """Return the (y, x) half-sizes in voxels of the Gabor kernel at one orientation.
+
+    scikit-image's box, ``ceil(max(|n s cos t|, |n s sin t|, 1))``, measured in
+    finest-axis voxels and divided by the relative spacing of the y and x axes.
+    """
+    reach = GABOR_N_STDS * gabor_sigma(wavelength)
+    extent = max(abs(reach * math.cos(theta)), abs(reach * math.sin(theta)), 1.0)
+    return (math.ceil(extent / rel_yx[0]), math.ceil(extent / rel_yx[1]))
+
+
 def relative_spacing(spacing: Sequence[float]) -> tuple[float, ...]:
     """Return ``spacing / min(spacing)``: 1 along the finest axis, larger along coarser ones."""
     finest = min(spacing)
@@ -84,7 +175,13 @@ def relative_spacing(spacing: Sequence[float]) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class FeatureName:
-    """The name of one feature: family, scale, channel and component."""
+    """The name of one feature: family, scale, channel and component.
+
+    ``sigma`` holds the family's scale, whatever it means (:data:`SCALE_MEANING`);
+    the printed name uses that meaning (``radius=``, ``wavelength=``). ``component``
+    is the eigenvalue (largest first), the Sobel axis (``-1``: the magnitude), or the
+    Gabor orientation index; ``None`` for single-valued families.
+    """
 
     family: str
     sigma: float
@@ -92,8 +189,17 @@ class FeatureName:
     component: int | None = None
 
     def __str__(self) -> str:
-        text = f"{self.family}(sigma={self.sigma:g}, channel={self.channel}"
-        if self.component is not None:
+        label = SCALE_MEANING.get(self.family, "sigma")
+        text = f"{self.family}({label}={self.sigma:g}, channel={self.channel}"
+        if self.component is None:
+            pass
+        elif self.family == "sobel":
+            # components 0..ndim-1 are the axes; the last one is the magnitude
+            text += f", axis={self.component}" if self.component >= 0 else ", magnitude"
+        elif self.family == "gabor":
+            degrees = self.component * 180 / GABOR_ORIENTATIONS
+            text += f", theta={degrees:g}"
+        else:
             text += f", eigenvalue={self.component}"
         return text + ")"
 
@@ -114,7 +220,7 @@ class FeatureBank:
     def __post_init__(self) -> None:
         clean: dict[str, tuple[float, ...]] = {}
         for raw_name, raw_scales in dict(self.families).items():
-            name = _ILASTIK_ALIASES.get(raw_name, raw_name)
+            name = _ALIASES.get(raw_name, raw_name)
             if name not in FAMILIES:
                 raise TiledsegError(
                     f"unknown feature family {raw_name!r}; choose from {', '.join(FAMILIES)}"
@@ -133,7 +239,13 @@ class FeatureBank:
     # -- derived layout ---------------------------------------------------------------
     def components(self, family: str, ndim: int) -> int:
         """Return how many values ``family`` gives per voxel in ``ndim`` dimensions."""
-        return ndim if family in _EIGEN_FAMILIES else 1
+        if family in _EIGEN_FAMILIES:
+            return ndim
+        if family == "sobel":
+            return ndim + 1  # one derivative per axis, then the magnitude
+        if family == "gabor":
+            return GABOR_ORIENTATIONS
+        return 1
 
     def feature_names(self, *, ndim: int, n_channels: int) -> list[FeatureName]:
         """Return the name of every feature, in stack order (channel, family, scale, component)."""
@@ -143,7 +255,10 @@ class FeatureBank:
                 for sigma in scales:
                     n = self.components(family, ndim)
                     for k in range(n):
-                        names.append(FeatureName(family, sigma, channel, k if n > 1 else None))
+                        component = k if n > 1 else None
+                        if family == "sobel" and k == ndim:
+                            component = -1  # the magnitude
+                        names.append(FeatureName(family, sigma, channel, component))
         return names
 
     def n_features(self, *, ndim: int, n_channels: int) -> int:
@@ -169,7 +284,21 @@ class FeatureBank:
                     need = kernel_radius(sigma / step)
                     if family == "structure_tensor_eigenvalues":
                         need += kernel_radius(ST_OUTER_RATIO * sigma / step)
+                    elif family == "sobel":
+                        need += 1  # the 3-tap Sobel kernel on the smoothed image
+                    elif family in ("local_mean", "local_variance", "local_std"):
+                        need = box_radius(sigma / step)
+                    elif family in ("median", "minimum", "maximum"):
+                        need = ball_extent(sigma, step)
+                    elif family == "gabor":
+                        need = 0  # along a plane's axes below; nothing across planes
                     halo[axis] = max(halo[axis], need)
+                if family == "gabor":
+                    yx = len(rel) - 2
+                    for theta in gabor_orientations():
+                        sizes = gabor_half_sizes(sigma, theta, rel[yx:])
+                        for axis, size in zip((yx, yx + 1), sizes, strict=True):
+                            halo[axis] = max(halo[axis], size)
         return tuple(halo)
 
     # -- (de)serialisation --------------------------------------------------------------

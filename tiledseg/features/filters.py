@@ -17,6 +17,8 @@ the true edges of the volume; ``d_a`` a derivative along axis ``a``):
 - ``structure_tensor_eigenvalues``: eigenvalues, largest first, of
   ``G_{0.5 s} * (d_a G_s * I)(d_b G_s * I)``
 - ``hessian_of_gaussian_eigenvalues``: eigenvalues, largest first, of ``d_a d_b G_s * I``
+- the families after these six (Sobel, local statistics, rank filters, Gabor) are
+  computed by :mod:`tiledseg.features.extra`, one family and scale at a time
 
 Derivatives are exact derivative-of-Gaussian kernels (not finite differences),
 computed as a tree of separable 1-D passes that shares the passes common to
@@ -46,6 +48,7 @@ from tiledseg.features.bank import (
     kernel_radius,
     relative_spacing,
 )
+from tiledseg.features.extra import EXTRA_FAMILIES, extra_features
 
 __all__ = ["block_features", "symmetric_eigenvalues"]
 
@@ -94,6 +97,11 @@ def block_features(
         for sigma, families in _by_scale(bank).items():
             for family, k, value in _scale_features(image, sigma, families, inner, rel, be):
                 out[base + layout[family, sigma] + k] = value
+        for family, scales in bank.families.items():
+            if family in EXTRA_FAMILIES:
+                for sigma in scales:
+                    for k, value in extra_features(image, family, sigma, inner, rel, be):
+                        out[base + layout[family, sigma] + k] = value
     return out
 
 
@@ -111,6 +119,8 @@ def _layout(bank: FeatureBank, ndim: int) -> dict[tuple[str, float], int]:
 def _by_scale(bank: FeatureBank) -> dict[float, list[str]]:
     groups: dict[float, list[str]] = defaultdict(list)
     for family, scales in bank.families.items():
+        if family in EXTRA_FAMILIES:
+            continue
         for sigma in scales:
             groups[sigma].append(family)
     return dict(sorted(groups.items()))
