@@ -123,3 +123,38 @@ def test_ilastik_3d_correlation(data_dir, tmp_path):
         f"argmax agreement {agree:.4f}"
     )
     assert r >= 0.9  # 0.988 measured; a guard against regressions, forests being random
+
+
+def test_ilastik_3d_probabilities_reproduced_over_seeds(data_dir, tmp_path):
+    """The issue's bar: r >= 0.95 with ilastik's probabilities, over five forests.
+
+    Random forests are random, and ilastik's reference is one forest: two of our own
+    forests agree with each other only at r 0.99 (every tree is a stump on 60 scribbled
+    voxels), so the check is over seeds: the mean and every seed, and the argmax of the
+    five forests' mean probability (docs/features.md, "ilastik compatibility").
+    """
+    folder = data_dir / "ilastik-3d"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    image = str(folder / "image.npy")
+    theirs = np.load(folder / "ilastik_probabilities.npy")
+    rs, mean_proba = [], 0.0
+    for seed in range(5):
+        model = ts.train(
+            image,
+            str(folder / "scribbles.tif"),
+            channel_axis=3,
+            features=ILASTIK_3D_BANK,
+            classifier="random-forest",
+            seed=seed,
+            cache_dir=None,
+        )
+        result = ts.predict(image, model, out=tmp_path / f"s{seed}.zarr", probabilities=True)
+        ours = zarr.open_array(f"{result.path}/probabilities/0")[...].astype(np.float64) / 255.0
+        rs.append(float(np.corrcoef(ours[1].ravel(), theirs[..., 1].ravel())[0, 1]))
+        mean_proba = mean_proba + ours / 5
+    agree = float(np.mean(np.argmax(mean_proba, axis=0) == theirs.argmax(-1)))
+    print(f"\nilastik-3d over 5 seeds: r {np.round(rs, 4)}; 5-forest agreement {agree:.4f}")
+    assert min(rs) >= 0.95  # 0.9746 measured
+    assert np.mean(rs) >= 0.975  # 0.9827 measured
+    assert agree >= 0.88  # 0.919 measured
