@@ -330,3 +330,16 @@ def test_a_pipeline_trains_and_round_trips(tmp_path):
     loaded = ts.load_model(path)
     X = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
     np.testing.assert_array_equal(model.predict_proba(X), loaded.predict_proba(X))
+
+
+def test_a_model_with_class_values_like_85_170_255_loads_again(tmp_path):
+    """The summary's class keys are integers: the header digest must be of the JSON form."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(20, 30)).astype(np.float32)
+    image[:, 15:] += 2
+    labels = np.zeros(image.shape, np.uint8)
+    labels[3:17, 3], labels[3:17, 27], labels[10, 5:25] = 85, 170, 255
+    model = ts.train(image, labels, features={"gaussian_smoothing": [1.0]}, cache_dir=None)
+    again = ts.load_model(model.save(tmp_path / "m.tseg"))
+    assert again.classes.tolist() == [85, 170, 255]
+    assert again.summary["labelled_voxels"] == {"85": 14, "170": 14, "255": 20}

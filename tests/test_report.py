@@ -329,3 +329,20 @@ def test_matplotlib_is_imported_lazily():
     code = "import sys, tiledseg.report, tiledseg.cli; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_region_run_is_drawn_through_its_region_and_said(run3d, tmp_path):
+    folder = run3d.parent
+    out = tmp_path / "roi.zarr"
+    ts.predict(
+        str(folder / "image.npy"), folder / "model.tseg", out=out, roi="0:8,0:10,0:10", block=8
+    )
+    html = tmp_path / "roi.html"
+    run_ok("report", out, "--out", html)
+    manifest = _manifest(html)
+    slices = {p["name"]: p for p in manifest["panels"]}["slices"]
+    # the planes through the middle of the predicted region, not of the volume
+    assert slices["axes"][-3:] == ["labels, z = 4", "labels, y = 5", "labels, x = 5"]
+    assert any(
+        "only the blocks meeting the region z 0:8, y 0:10, x 0:10" in n for n in manifest["notes"]
+    )

@@ -105,3 +105,33 @@ def test_the_cli_reports_accuracy_before_and_after(tmp_path, phantom3d):
     assert "held-out accuracy" in result.output
     info = CliRunner().invoke(cli, ["info", str(tmp_path / "m.tseg")])
     assert "4 features" in info.output
+
+
+def test_an_estimator_object_is_copied_for_each_fit(phantom3d):
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    estimator = ExtraTreesClassifier(n_estimators=10, random_state=0)
+    model = ts.train(
+        phantom3d.image,
+        phantom3d.scribbles,
+        features=BANK,
+        classifier=estimator,
+        select_features=2,
+        cache_dir=None,
+    )
+    assert len(model.feature_names) == 2
+    assert model.summary["held_out_accuracy_all_features"] > 0.5
+
+
+def test_a_selected_model_file_says_format_2_and_a_plain_one_format_1(selected, model3d, tmp_path):
+    import json
+
+    from tiledseg.model import MAGIC
+
+    def version(model, name):
+        data = model.save(tmp_path / name).read_bytes()
+        size = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 8], "big")
+        return json.loads(data[len(MAGIC) + 8 : len(MAGIC) + 8 + size])["format_version"]
+
+    assert version(selected, "s.tseg") == 2
+    assert version(model3d, "p.tseg") == 1

@@ -182,7 +182,7 @@ def _print_training(model, model_path) -> None:
             f"{100 * _RARE_CLASS_SHARE:.0f}% of the labelled voxels; training weighs every "
             "class equally, but so few examples may not describe them: paint more there"
         )
-    line = f"{s['n_features']} features, {model.classifier.name}"
+    line = f"{len(model.feature_names)} features, {model.classifier.name}"
     if "rounds" in s:
         line += f", {s['rounds']} rounds"
     if "held_out_accuracy" in s:

@@ -37,7 +37,10 @@ from tiledseg.volume import same_path
 __all__ = ["MAGIC", "Model", "check_model_path", "load_model", "versions"]
 
 MAGIC = b"TILEDSEG-MODEL\n"
-FORMAT_VERSION = 1
+#: Version 2 adds ``columns`` (a feature-selected model); a model without them is
+#: written as version 1, which older tiledseg reads too.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _LENGTH = struct.Struct(">Q")
 
 
@@ -131,7 +134,7 @@ class Model:
             clf = {"kind": "sklearn", "estimator": type(self.classifier.estimator).__name__}
         return {
             "format": "tiledseg-model",
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.columns is not None else 1,
             "classes": [int(c) for c in self.classes],
             "ndim": self.ndim,
             "n_channels": self.n_channels,
@@ -151,7 +154,9 @@ class Model:
     def to_bytes(self) -> bytes:
         """The model file's bytes."""
         payload = self.classifier.to_bytes()
-        header = self._header(payload)
+        # as JSON will give it back: integer keys (a summary's class values) become
+        # strings, and the digest must be of what load_model reads
+        header = json.loads(json.dumps(self._header(payload)))
         header["header_sha256"] = _header_digest(header)
         blob = json.dumps(header, sort_keys=True).encode()
         return MAGIC + _LENGTH.pack(len(blob)) + blob + payload
@@ -285,10 +290,11 @@ def load_model(path: str | os.PathLike) -> Model:
         raise ModelFileError(
             f"model file {name!r} has been modified (payload checksum mismatch); retrain it"
         )
-    if header.get("format_version") != FORMAT_VERSION:
+    if header.get("format_version") not in _READABLE_VERSIONS:
         raise ModelFileError(
             f"model file {name!r} has format version {header.get('format_version')}; this "
-            f"tiledseg reads version {FORMAT_VERSION}"
+            f"tiledseg reads versions {', '.join(map(str, _READABLE_VERSIONS))}: update "
+            "tiledseg or retrain"
         )
     clf_info = header["classifier"]
     if clf_info["kind"] == "xgboost":

@@ -101,11 +101,13 @@ class ReportResult:
 # -- pure helpers ---------------------------------------------------------------------
 
 
-def middle_views(shape: Sequence[int], *, max_edge: int = MAX_EDGE) -> list[View]:
+def middle_views(
+    shape: Sequence[int], *, max_edge: int = MAX_EDGE, centre: Sequence[int] | None = None
+) -> list[View]:
     """The planes a report draws: the middle z, y and x planes in 3D, the image in 2D.
 
     One stride for every axis (so the aspect is kept) makes the longest edge at most
-    ``max_edge``.
+    ``max_edge``. ``centre`` (e.g. of a predicted region) replaces the volume's middle.
     """
     shape = tuple(int(n) for n in shape)
     step = max(1, math.ceil(max(shape) / max_edge))
@@ -115,7 +117,7 @@ def middle_views(shape: Sequence[int], *, max_edge: int = MAX_EDGE) -> list[View
         return [View("yx", title, (every, every), None, ("y", "x"), step)]
     views = []
     for axis, letter in enumerate("zyx"):
-        middle = shape[axis] // 2
+        middle = shape[axis] // 2 if centre is None else int(centre[axis])
         region = [every] * 3
         region[axis] = slice(middle, middle + 1)
         rest = tuple(a for a in "zyx" if a != letter)
@@ -548,7 +550,19 @@ def make_report(
     if scores is not None:
         classes += [c for c in scores["classes"] if c not in classes]
     colours = class_colours(classes)
-    views = middle_views(labels.shape, max_edge=max_edge)
+    roi = provenance.get("roi")
+    centre = None
+    if roi:
+        # only the region was predicted: draw the planes through its middle
+        centre = [(start + stop) // 2 for start, stop in roi]
+        where = ", ".join(
+            f"{a} {start}:{stop}" for a, (start, stop) in zip("zyx"[-len(roi) :], roi, strict=True)
+        )
+        notes.append(
+            f"only the blocks meeting the region {where} were predicted (--roi): the rest "
+            "of the output is 0 (blank, and uncertainty 0), and is not scored"
+        )
+    views = middle_views(labels.shape, max_edge=max_edge, centre=centre)
     if views[0].step > 1:
         notes.append(f"planes drawn with every {views[0].step}th voxel along each axis")
 

@@ -15,6 +15,7 @@ table's rows stay on the workers and XGBoost trains there with ``xgboost.dask``
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -514,7 +515,11 @@ def train(
                 bank=bank,
                 ndim=volume.ndim,
                 n_channels=volume.n_channels,
-                make=lambda: make_classifier(classifier, seed=seed),
+                # a fresh copy per fit: an estimator object must not be refitted in place
+                make=lambda: make_classifier(
+                    classifier if isinstance(classifier, str) else copy.deepcopy(classifier),
+                    seed=seed,
+                ),
                 seed=seed,
                 n_threads=available_cores(),
             )
