@@ -32,6 +32,7 @@ __all__ = [
     "GABOR_BANDWIDTH",
     "GABOR_N_STDS",
     "GABOR_ORIENTATIONS",
+    "EXTRA_FAMILIES",
     "ILASTIK_FAMILIES",
     "NAMED_BANKS",
     "SCALE_MEANING",
@@ -74,8 +75,8 @@ ILASTIK_FAMILIES: tuple[str, ...] = (
 
 #: The families, in the order their features appear in a stack. New families are
 #: appended, so that the feature order of older models never changes.
-FAMILIES: tuple[str, ...] = (
-    *ILASTIK_FAMILIES,
+#: The families after ilastik's (computed in :mod:`tiledseg.features.extra`).
+EXTRA_FAMILIES: tuple[str, ...] = (
     "sobel",
     "local_mean",
     "local_variance",
@@ -85,6 +86,7 @@ FAMILIES: tuple[str, ...] = (
     "maximum",
     "gabor",
 )
+FAMILIES: tuple[str, ...] = (*ILASTIK_FAMILIES, *EXTRA_FAMILIES)
 
 #: What a scale of each family is (all in voxels of the finest axis).
 SCALE_MEANING: dict[str, str] = {

@@ -36,21 +36,9 @@ from tiledseg.features.bank import (
     kernel_radius,
 )
 
-__all__ = ["EXTRA_FAMILIES", "ball_footprint", "extra_features", "gabor_kernel"]
+__all__ = ["ball_footprint", "extra_features", "gabor_kernel"]
 
 Region = tuple[slice, ...]
-
-#: The families this module computes.
-EXTRA_FAMILIES = (
-    "sobel",
-    "local_mean",
-    "local_variance",
-    "local_std",
-    "median",
-    "minimum",
-    "maximum",
-    "gabor",
-)
 
 _LOCAL = ("local_mean", "local_variance", "local_std")
 _RANK = ("median", "minimum", "maximum")
@@ -66,7 +54,7 @@ def extra_features(
     image : float32 array
         One channel of the haloed block.
     family : str
-        One of :data:`EXTRA_FAMILIES`.
+        One of :data:`tiledseg.features.bank.EXTRA_FAMILIES`.
     scale : float
         The bank's scale (a sigma, radius or wavelength in finest-axis voxels).
     inner : tuple of slice

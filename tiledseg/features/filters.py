@@ -42,13 +42,14 @@ import numpy as np
 from tiledseg.features.backend import Backend, get_backend
 from tiledseg.features.bank import (
     DOG_RATIO,
+    EXTRA_FAMILIES,
     ST_OUTER_RATIO,
     TRUNCATE,
     FeatureBank,
     kernel_radius,
     relative_spacing,
 )
-from tiledseg.features.extra import EXTRA_FAMILIES, extra_features
+from tiledseg.features.extra import extra_features
 
 __all__ = ["block_features", "symmetric_eigenvalues"]
 
