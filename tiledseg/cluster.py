@@ -168,14 +168,17 @@ class Executor:
 
         futures = self.client.compute(list(tasks))
         wait_futures(futures, bar, raise_errors=on_error is None)
-        finished = [i for i, f in enumerate(futures) if f.status == "finished"]
+        # one look at the statuses: a future may change state while results are fetched
+        finished, rest = [], []
+        for i, future in enumerate(futures):
+            (finished if future.status == "finished" else rest).append(i)
         results: list[Any] = [None] * len(futures)
         # one gather for the many; the rest one by one (a "lost" result is recomputed)
         for i, value in zip(
             finished, self.client.gather([futures[i] for i in finished]), strict=True
         ):
             results[i] = value
-        for i in sorted(set(range(len(futures))) - set(finished)):
+        for i in rest:
             try:
                 results[i] = futures[i].result()
             except (Exception, asyncio.CancelledError) as exc:  # its error, or its workers' loss
@@ -318,17 +321,7 @@ def cluster_config(*, workers: int | None = None, cluster: Any = None) -> Any:
         return cluster
     if cluster is not None:
         return load_cluster_config(cluster)
-    return ClusterConfig(
-        "local",
-        {
-            "n_workers": int(workers),
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": ":0",
-            "silence_logs": logging.ERROR,
-        },
-        source="--workers",
-    )
+    return ClusterConfig.local_workers(workers)
 
 
 def planned_workers(

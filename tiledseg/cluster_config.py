@@ -90,6 +90,11 @@ class ClusterConfig:
     adapt: dict[str, Any] | None = None
     source: str = "<config>"
 
+    @classmethod
+    def local_workers(cls, n_workers: int) -> ClusterConfig:
+        """The LocalCluster of ``--workers N``: N single-threaded worker processes."""
+        return cls("local", _defaults("local", {"n_workers": int(n_workers)}), source="--workers")
+
     def cluster_class(self) -> type:
         """The cluster class (imported only now: each is an optional dependency)."""
         return _cluster_class(self.kind, self.source)
@@ -431,16 +436,16 @@ def _defaults(kind: str, options: dict[str, Any]) -> dict[str, Any]:
         # blocks are the parallelism: one thread per worker process
         options.setdefault("threads_per_worker", 1)
         options.setdefault("processes", True)
-    if kind == "slurm":
-        # workers must run the Python (and the tiledseg) that planned the run
-        if options.get("python") is None:
-            options["python"] = sys.executable
     # distributed's INFO lines would bury the progress bar
     options.setdefault("silence_logs", logging.ERROR)
     # no fixed dashboard port: two runs on one host would clash on :8787
     if kind == "slurm":
-        options.setdefault("scheduler_options", {})
-        options["scheduler_options"] = {"dashboard_address": ":0", **options["scheduler_options"]}
+        # workers must run the Python (and the tiledseg) that planned the run
+        options.setdefault("python", sys.executable)
+        options["scheduler_options"] = {
+            "dashboard_address": ":0",
+            **options.get("scheduler_options", {}),
+        }
     else:
         options.setdefault("dashboard_address", ":0")
     return options

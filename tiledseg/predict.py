@@ -34,6 +34,7 @@ from tiledseg.runs import (
     raise_failures,
     record_resume,
     unfinished_run,
+    update_provenance,
 )
 from tiledseg.volume import Volume, open_volume, parse_region, split_dataset
 
@@ -335,12 +336,13 @@ def predict(
         identity=identity if resumable else None,
     )
     with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
-        check_finite(volume, roi=region, executor=executor)
         if resuming:
+            # the run that started this output checked the image (same path, shape, dtype)
             path = Path(out)
             done = done_blocks(path)
             record_resume(path, skipped=len(done), total=len(blocks))
         else:
+            check_finite(volume, roi=region, executor=executor)
             done = set()
             path = create_output(
                 out,
@@ -386,6 +388,7 @@ def predict(
                 task_of,
                 blocks,
                 done=done,
+                beta=stored.get("smoothing_beta") if resuming else None,
                 out=str(path),
                 volume=volume,
                 model=model,
@@ -424,6 +427,7 @@ def _predict_smoothed(
     blocks: list[Block],
     *,
     done: set[tuple[int, ...]],
+    beta: float | None,
     out: str,
     volume: Volume,
     model: Model,
@@ -434,12 +438,15 @@ def _predict_smoothed(
 
     from tiledseg.smoothing.tiled import SmoothingPlan, image_beta
 
-    beta = image_beta(
-        volume,
-        executor,
-        sigma=settings.contrast_sigma,
-        spacing=relative_spacing(model.spacing),
-    )
+    if beta is None:
+        # a whole-image pass: computed once per output, kept for a resumed run
+        beta = image_beta(
+            volume,
+            executor,
+            sigma=settings.contrast_sigma,
+            spacing=relative_spacing(model.spacing),
+        )
+        update_provenance(out, smoothing_beta=beta)
     plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=model.spacing, settings=settings)
     values = model.classes.astype(model.label_dtype)
     with executor.progress(len(blocks) - len(done), "predict + graph cut") as bar:

@@ -47,7 +47,6 @@ __all__ = [
     "DONE_DIR",
     "create_output",
     "done_blocks",
-    "first_failure",
     "guarded",
     "is_tiledseg_output",
     "mark_block_done",
@@ -56,6 +55,7 @@ __all__ = [
     "raise_failures",
     "record_resume",
     "unfinished_run",
+    "update_provenance",
 ]
 
 #: Folder of the per-block done markers inside the output group.
@@ -260,32 +260,30 @@ def create_output(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False,
     }
+    (path / DONE_DIR).mkdir()
     return path
+
+
+def update_provenance(path: str | Path, **items: Any) -> None:
+    """Set ``items`` in the output's provenance (``attrs["tiledseg"]``)."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs["tiledseg"] = {**root.attrs["tiledseg"], **items}
 
 
 def mark_complete(path: str | Path, **extra: Any) -> None:
     """Record in the provenance that every planned block was written."""
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r+")
-    info = dict(root.attrs["tiledseg"])
-    info.update(extra, complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    root.attrs["tiledseg"] = info
+    update_provenance(path, **extra, complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     # the markers only serve an unfinished run
     shutil.rmtree(Path(path) / DONE_DIR, ignore_errors=True)
 
 
 def record_resume(path: str | Path, *, skipped: int, total: int) -> None:
     """Note in the provenance that a run was continued, and how much it skipped."""
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r+")
-    info = dict(root.attrs["tiledseg"])
-    info["resumed"] = [
-        *info.get("resumed", []),
-        {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "skipped": skipped, "blocks": total},
-    ]
-    root.attrs["tiledseg"] = info
+    earlier = (_stored_run(Path(path)) or {}).get("resumed", [])
+    now = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "skipped": skipped, "blocks": total}
+    update_provenance(path, resumed=[*earlier, now])
 
 
 def _marker_name(index: Sequence[int]) -> str:
@@ -294,10 +292,9 @@ def _marker_name(index: Sequence[int]) -> str:
 
 def mark_block_done(path: str | Path, index: Sequence[int]) -> None:
     """Record that the block at grid ``index`` is written (call after its last write)."""
-    folder = Path(path) / DONE_DIR
-    folder.mkdir(exist_ok=True)
     # an empty file: its creation is the whole record, so a kill leaves it or not
-    os.close(os.open(folder / _marker_name(index), os.O_CREAT | os.O_WRONLY, 0o644))
+    marker = Path(path) / DONE_DIR / _marker_name(index)
+    os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
 def done_blocks(path: str | Path) -> set[tuple[int, ...]]:
@@ -340,11 +337,6 @@ def guarded(func: Callable[..., Any], name: str, index: Sequence[int], *args: An
         return BlockFailure(
             name, tuple(index), f"{type(exc).__name__}: {exc}", traceback.format_exc()
         )
-
-
-def first_failure(values: Sequence[Any]) -> BlockFailure | None:
-    """The first :class:`BlockFailure` among ``values`` (the inputs of a task), if any."""
-    return next((v for v in values if isinstance(v, BlockFailure)), None)
 
 
 def raise_failures(

@@ -33,7 +33,7 @@ import numpy as np
 
 from tiledseg.blocks import DEFAULT_BLOCK, Block, haloed, plan_blocks, within
 from tiledseg.features.bank import relative_spacing
-from tiledseg.runs import BlockFailure, first_failure, guarded
+from tiledseg.runs import BlockFailure, guarded
 from tiledseg.smoothing import energy
 
 __all__ = [
@@ -234,13 +234,13 @@ def _failed_input(block: Block, inputs: Sequence[Any]) -> BlockFailure | None:
     A block's own failure is passed as it is; a neighbour's becomes this block's,
     naming the block that failed, so the report names every block not written.
     """
-    failed = first_failure(inputs)
-    if failed is None or failed.index == block.index:
-        return failed
-    own = next((f for f in inputs if isinstance(f, BlockFailure) and f.index == block.index), None)
+    failed = [f for f in inputs if isinstance(f, BlockFailure)]
+    if not failed:
+        return None
+    own = next((f for f in failed if f.index == block.index), None)
     if own is not None:
         return own
-    cause = failed.caused_by or failed.name
+    cause = failed[0].caused_by or failed[0].name
     return BlockFailure(
         block.name, block.index, f"not smoothed: it needs block {cause}, which failed", "", cause
     )
