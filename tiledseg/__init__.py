@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from tiledseg.errors import BlocksFailedError, ClusterConfigError, TiledsegError  # noqa: E402
 from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
+from tiledseg.features.plugins import check_plugin, feature_plugin, register_feature
 from tiledseg.features.tiled import feature_array
 from tiledseg.model import Model, load_model
 from tiledseg.predict import PredictionResult, predict
@@ -30,11 +31,14 @@ __all__ = [
     "PredictionResult",
     "TiledsegError",
     "Volume",
+    "check_plugin",
     "evaluate",
     "feature_array",
+    "feature_plugin",
     "load_model",
     "open_volume",
     "predict",
+    "register_feature",
     "resolve_bank",
     "train",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 
 from tiledseg.classifiers import Classifier, stratified_split
 from tiledseg.errors import TiledsegError
-from tiledseg.features.bank import FeatureBank
+from tiledseg.features.bank import RAW, FeatureBank
 
 __all__ = ["Selection", "check_k", "select_features"]
 
@@ -121,8 +121,9 @@ def select_features(
     names = bank.feature_names(ndim=ndim, n_channels=n_channels)
     wanted: dict[str, set[float]] = {}
     for i in kept:
-        wanted.setdefault(names[i].family, set()).add(names[i].sigma)
-    smaller = FeatureBank({family: sorted(scales) for family, scales in wanted.items()})
+        if names[i].family != RAW:  # extra channels' raw values are always there
+            wanted.setdefault(names[i].family, set()).add(names[i].sigma)
+    smaller = bank.restricted({family: sorted(scales) for family, scales in wanted.items()})
     layout = smaller.feature_names(ndim=ndim, n_channels=n_channels)
     position = {name: i for i, name in enumerate(layout)}
     columns = tuple(position[names[i]] for i in kept)

@@ -15,8 +15,8 @@ same physical distance along every axis.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "GABOR_N_STDS",
     "GABOR_ORIENTATIONS",
     "EXTRA_FAMILIES",
+    "RAW",
     "ILASTIK_FAMILIES",
     "NAMED_BANKS",
     "SCALE_MEANING",
@@ -43,6 +44,7 @@ __all__ = [
     "box_radius",
     "gabor_half_sizes",
     "gabor_sigma",
+    "is_builtin",
     "kernel_radius",
     "relative_spacing",
     "resolve_bank",
@@ -110,6 +112,15 @@ _ALIASES = {
 }
 
 _EIGEN_FAMILIES = ("structure_tensor_eigenvalues", "hessian_of_gaussian_eigenvalues")
+
+#: Keys of a bank file that are options, not families.
+IN_2D_KEY = "in_2d"
+EXTRA_KEY = "extra_channels"
+
+
+def is_builtin(name: str) -> bool:
+    """Return whether ``name`` is a built-in family or one of its accepted aliases."""
+    return name in FAMILIES or name in _ALIASES
 
 
 def kernel_radius(sigma: float) -> int:
@@ -181,17 +192,23 @@ class FeatureName:
 
     ``sigma`` holds the family's scale, whatever it means (:data:`SCALE_MEANING`);
     the printed name uses that meaning (``radius=``, ``wavelength=``). ``component``
-    is the eigenvalue (largest first), the Sobel axis (``-1``: the magnitude), or the
-    Gabor orientation index; ``None`` for single-valued families.
+    is the eigenvalue (largest first), the Sobel axis (``-1``: the magnitude), the
+    Gabor orientation index or a plug-in's output; ``None`` for single-valued
+    families. ``planar`` marks a family computed in 2D on each plane of a volume;
+    the family ``raw`` is an extra channel's own values.
     """
 
     family: str
     sigma: float
     channel: int
     component: int | None = None
+    planar: bool = False
+    meaning: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        label = SCALE_MEANING.get(self.family, "sigma")
+        if self.family == RAW:
+            return f"raw(channel={self.channel})"
+        label = self.meaning or SCALE_MEANING.get(self.family, "sigma")
         text = f"{self.family}({label}={self.sigma:g}, channel={self.channel}"
         if self.component is None:
             pass
@@ -201,46 +218,103 @@ class FeatureName:
         elif self.family == "gabor":
             degrees = self.component * 180 / GABOR_ORIENTATIONS
             text += f", theta={degrees:g}"
-        else:
+        elif self.family in _EIGEN_FAMILIES:
             text += f", eigenvalue={self.component}"
+        else:
+            text += f", output={self.component}"
+        if self.planar:
+            text += ", in 2D"
         return text + ")"
+
+
+#: The family name of an extra channel's raw values in feature names.
+RAW = "raw"
 
 
 @dataclass(frozen=True)
 class FeatureBank:
-    """Filter families at chosen scales.
+    """Filter families at chosen scales, and how each channel is used.
 
     Parameters
     ----------
     families : mapping of str to sequence of float
-        Family name (one of :data:`FAMILIES`, or its ilastik name) to the scales at
-        which it is computed. Families with no scales are dropped.
+        Family name (one of :data:`FAMILIES`, its ilastik name, or a plug-in's name,
+        see :mod:`tiledseg.features.plugins`) to the scales at which it is
+        computed. Families with no scales are dropped.
+    in_2d : collection of str
+        Families computed in 2D on each yx plane of a volume (ilastik's "compute in
+        2D"), for stacks whose planes are far apart: no filtering across planes,
+        and no halo along z for them. No effect on 2D images.
+    extra_channels : int
+        The last ``extra_channels`` channels are co-registered extra inputs
+        (``--extra-channels``): each contributes its raw value as a feature.
+    filter_extra : bool
+        Whether the extra channels also get every family of the bank, as the
+        image's own channels do.
     """
 
     families: Mapping[str, tuple[float, ...]]
+    in_2d: Collection[str] = ()
+    extra_channels: int = 0
+    filter_extra: bool = False
+    plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        from tiledseg.features.plugins import find_plugin
+
         clean: dict[str, tuple[float, ...]] = {}
+        plugins = dict(self.plugins)
         for raw_name, raw_scales in dict(self.families).items():
             name = _ALIASES.get(raw_name, raw_name)
-            if name not in FAMILIES:
-                raise TiledsegError(
-                    f"unknown feature family {raw_name!r}; choose from {', '.join(FAMILIES)}"
-                )
+            if name not in FAMILIES and name not in plugins:
+                plugin = find_plugin(name)
+                if plugin is None:
+                    raise TiledsegError(
+                        f"unknown feature family {raw_name!r}; choose from {', '.join(FAMILIES)}, "
+                        "or name a plug-in feature as 'package.module:function'"
+                    )
+                plugins[name] = plugin
             scales = _check_scales(name, raw_scales)
             if scales:
                 clean[name] = tuple(sorted(set(clean.get(name, ()) + scales)))
-        if not clean:
+        extra = self.extra_channels
+        if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+            raise TiledsegError(f"extra_channels must be a count >= 0, got {extra!r}")
+        if not clean and not extra:
             raise TiledsegError(
                 "the feature bank is empty; give at least one family with one scale, "
                 "e.g. {'gaussian_smoothing': [1.0]}"
             )
+        if isinstance(self.in_2d, str):
+            raise TiledsegError(
+                f"in_2d is a list of families, e.g. [{self.in_2d}], got {self.in_2d!r}"
+            )
+        planar = set()
+        for raw_name in self.in_2d:
+            name = _ALIASES.get(raw_name, raw_name)
+            if name not in clean:
+                raise TiledsegError(
+                    f"in_2d names {raw_name!r}, which is not a family of this bank "
+                    f"({', '.join(clean) or 'none'})"
+                )
+            planar.add(name)
         ordered = {name: clean[name] for name in FAMILIES if name in clean}
+        ordered.update((name, clean[name]) for name in sorted(clean) if name not in FAMILIES)
         object.__setattr__(self, "families", ordered)
+        object.__setattr__(self, "in_2d", frozenset(planar))
+        object.__setattr__(self, "filter_extra", bool(self.filter_extra) and extra > 0)
+        object.__setattr__(self, "plugins", {n: plugins[n] for n in ordered if n in plugins})
 
     # -- derived layout ---------------------------------------------------------------
+    def family_ndim(self, family: str, ndim: int) -> int:
+        """Return the dimensionality ``family`` is computed in (2 for ``in_2d`` families)."""
+        return 2 if family in self.in_2d else ndim
+
     def components(self, family: str, ndim: int) -> int:
         """Return how many values ``family`` gives per voxel in ``ndim`` dimensions."""
+        ndim = self.family_ndim(family, ndim)
+        if family in self.plugins:
+            return self.plugins[family].n_outputs(ndim)
         if family in _EIGEN_FAMILIES:
             return ndim
         if family == "sobel":
@@ -249,26 +323,54 @@ class FeatureBank:
             return GABOR_ORIENTATIONS
         return 1
 
+    def filtered(self, channel: int, n_channels: int) -> bool:
+        """Return whether ``channel`` (of ``n_channels``, extras last) gets the bank's families."""
+        return self.filter_extra or channel < n_channels - self.extra_channels
+
     def feature_names(self, *, ndim: int, n_channels: int) -> list[FeatureName]:
-        """Return the name of every feature, in stack order (channel, family, scale, component)."""
+        """Return the name of every feature, in stack order.
+
+        Per channel: an extra channel's raw value first, then (for filtered channels)
+        family, scale, component.
+        """
+        self.check_channels(n_channels)
         names = []
         for channel in range(n_channels):
+            if channel >= n_channels - self.extra_channels:
+                names.append(FeatureName(RAW, 0.0, channel))
+            if not self.filtered(channel, n_channels):
+                continue
             for family, scales in self.families.items():
+                plugin = self.plugins.get(family)
+                meaning = plugin.scale if plugin is not None else None
+                planar = family in self.in_2d and ndim == 3
                 for sigma in scales:
                     n = self.components(family, ndim)
                     for k in range(n):
                         component = k if n > 1 else None
-                        if family == "sobel" and k == ndim:
+                        if family == "sobel" and k == n - 1:
                             component = -1  # the magnitude
-                        names.append(FeatureName(family, sigma, channel, component))
+                        names.append(
+                            FeatureName(family, sigma, channel, component, planar, meaning)
+                        )
         return names
 
     def n_features(self, *, ndim: int, n_channels: int) -> int:
         """Return the number of features per voxel."""
+        self.check_channels(n_channels)
         per_channel = sum(
             len(scales) * self.components(family, ndim) for family, scales in self.families.items()
         )
-        return per_channel * n_channels
+        filtered = sum(self.filtered(c, n_channels) for c in range(n_channels))
+        return per_channel * filtered + self.extra_channels
+
+    def check_channels(self, n_channels: int) -> None:
+        """Refuse a channel count that leaves no image channel besides the extra ones."""
+        if n_channels <= self.extra_channels:
+            raise TiledsegError(
+                f"the bank expects {self.extra_channels} extra channel(s) after the image's "
+                f"own, but the input has {n_channels} channel(s) in all"
+            )
 
     def halo(self, spacing: Sequence[float]) -> tuple[int, ...]:
         """Return the halo per axis that makes tiled features equal untiled ones.
@@ -276,24 +378,15 @@ class FeatureBank:
         It is the largest support of the whole filter chain of any feature: one
         Gaussian radius for the plain and derivative filters, and inner + outer
         radius for the structure tensor, whose smoothed products need gradients
-        that far beyond the block.
+        that far beyond the block. ``in_2d`` families need none along z.
         """
         rel = relative_spacing(spacing)
         halo = [0] * len(rel)
         for family, scales in self.families.items():
+            first = 1 if family in self.in_2d and len(rel) == 3 else 0
             for sigma in scales:
-                for axis, step in enumerate(rel):
-                    need = kernel_radius(sigma / step)
-                    if family == "structure_tensor_eigenvalues":
-                        need += kernel_radius(ST_OUTER_RATIO * sigma / step)
-                    elif family == "sobel":
-                        need += 1  # the 3-tap Sobel kernel on the smoothed image
-                    elif family in ("local_mean", "local_variance", "local_std"):
-                        need = box_radius(sigma / step)
-                    elif family in ("median", "minimum", "maximum"):
-                        need = ball_extent(sigma, step)
-                    elif family == "gabor":
-                        need = 0  # along a plane's axes below; nothing across planes
+                for axis in range(first, len(rel)):
+                    need = self._reach(family, sigma, rel[axis])
                     halo[axis] = max(halo[axis], need)
                 if family == "gabor":
                     yx = len(rel) - 2
@@ -303,19 +396,65 @@ class FeatureBank:
                             halo[axis] = max(halo[axis], size)
         return tuple(halo)
 
+    def _reach(self, family: str, sigma: float, step: float) -> int:
+        """Halo along an axis of relative spacing ``step`` (Gabor: see :meth:`halo`)."""
+        if family in self.plugins:
+            return self.plugins[family].reach(sigma)
+        if family in ("local_mean", "local_variance", "local_std"):
+            return box_radius(sigma / step)
+        if family in ("median", "minimum", "maximum"):
+            return ball_extent(sigma, step)
+        if family == "gabor":
+            return 0  # along a plane's axes only, in halo(); nothing across planes
+        need = kernel_radius(sigma / step)
+        if family == "structure_tensor_eigenvalues":
+            need += kernel_radius(ST_OUTER_RATIO * sigma / step)
+        elif family == "sobel":
+            need += 1  # the 3-tap Sobel kernel on the smoothed image
+        return need
+
+    def restricted(self, families: Mapping[str, Iterable[float]]) -> FeatureBank:
+        """Return a bank with only ``families`` (a subset), keeping the channel options."""
+        return FeatureBank(
+            {f: tuple(s) for f, s in families.items()},
+            in_2d=[f for f in self.in_2d if f in families],
+            extra_channels=self.extra_channels,
+            filter_extra=self.filter_extra,
+            plugins=self.plugins,
+        )
+
     # -- (de)serialisation --------------------------------------------------------------
-    def to_dict(self) -> dict[str, list[float]]:
-        """Return the bank as plain data (family -> scales)."""
-        return {name: list(scales) for name, scales in self.families.items()}
+    def to_dict(self) -> dict[str, Any]:
+        """Return the bank as plain data: family -> scales, and the options if set."""
+        data: dict[str, Any] = {name: list(scales) for name, scales in self.families.items()}
+        if self.in_2d:
+            data[IN_2D_KEY] = [f for f in self.families if f in self.in_2d]
+        if self.extra_channels:
+            data[EXTRA_KEY] = {"count": self.extra_channels, "filtered": self.filter_extra}
+        return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Iterable[float]]) -> FeatureBank:
-        """Build a bank from ``family -> scales`` data."""
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureBank:
+        """Build a bank from ``family -> scales`` data, with the optional ``in_2d`` list."""
         if not isinstance(data, Mapping):
             raise TiledsegError(
                 f"a feature bank is a mapping 'family: [scales]', got {type(data).__name__}"
             )
-        return cls({str(k): _as_tuple(k, v) for k, v in data.items()})
+        data = dict(data)
+        in_2d = data.pop(IN_2D_KEY, None) or ()
+        if isinstance(in_2d, str) or not isinstance(in_2d, Iterable):
+            raise TiledsegError(f"{IN_2D_KEY} must be a list of families, got {in_2d!r}")
+        extra = data.pop(EXTRA_KEY, None) or {}
+        if not isinstance(extra, Mapping) or set(extra) - {"count", "filtered"}:
+            raise TiledsegError(
+                f"{EXTRA_KEY} must be a mapping with 'count' and 'filtered', got {extra!r}"
+            )
+        return cls(
+            {str(k): _as_tuple(k, v) for k, v in data.items()},
+            in_2d=[str(f) for f in in_2d],
+            extra_channels=extra.get("count", 0),
+            filter_extra=bool(extra.get("filtered", False)),
+        )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> FeatureBank:
@@ -323,12 +462,27 @@ class FeatureBank:
         data = read_yaml(path, what="feature bank file")
         return cls.from_dict(data or {})
 
-    def describe(self) -> str:
-        """Return one line per family: ``family: scales``."""
-        return "\n".join(
-            f"{name}: {', '.join(f'{s:g}' for s in scales)}"
-            for name, scales in self.families.items()
+    def with_extra_channels(self, count: int, *, filtered: bool) -> FeatureBank:
+        """Return this bank for an input with ``count`` extra channels after the image's."""
+        return FeatureBank(
+            self.families,
+            in_2d=self.in_2d,
+            extra_channels=count,
+            filter_extra=filtered,
+            plugins=self.plugins,
         )
+
+    def describe(self) -> str:
+        """Return one line per family: ``family: scales``, and the options."""
+        lines = [
+            f"{name}: {', '.join(f'{s:g}' for s in scales)}"
+            + (" (in 2D)" if name in self.in_2d else "")
+            for name, scales in self.families.items()
+        ]
+        if self.extra_channels:
+            how = "raw and filtered" if self.filter_extra else "raw"
+            lines.append(f"extra channels: {self.extra_channels} ({how})")
+        return "\n".join(lines)
 
 
 def _as_tuple(family: Any, scales: Any) -> tuple[float, ...]:

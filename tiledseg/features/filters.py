@@ -18,7 +18,10 @@ the true edges of the volume; ``d_a`` a derivative along axis ``a``):
   ``G_{0.5 s} * (d_a G_s * I)(d_b G_s * I)``
 - ``hessian_of_gaussian_eigenvalues``: eigenvalues, largest first, of ``d_a d_b G_s * I``
 - the families after these six (Sobel, local statistics, rank filters, Gabor) are
-  computed by :mod:`tiledseg.features.extra`, one family and scale at a time
+  computed by :mod:`tiledseg.features.extra`, one family and scale at a time;
+  plug-ins (:mod:`tiledseg.features.plugins`) on the block grown by their halo
+- ``in_2d`` families: the same kernels on each yx plane of a volume
+- an extra channel's raw value, before its filtered features if any
 
 Derivatives are exact derivative-of-Gaussian kernels (not finite differences),
 computed as a tree of separable 1-D passes that shares the passes common to
@@ -42,7 +45,7 @@ import numpy as np
 from tiledseg.features.backend import Backend, get_backend
 from tiledseg.features.bank import (
     DOG_RATIO,
-    EXTRA_FAMILIES,
+    ILASTIK_FAMILIES,
     ST_OUTER_RATIO,
     TRUNCATE,
     FeatureBank,
@@ -70,7 +73,8 @@ def block_features(
     haloed : array, shape (channels, *spatial)
         The block and its halo. Where the block touches the edge of the volume the
         halo is absent on that side, and the filters' own boundary mode applies,
-        exactly as on the whole volume.
+        exactly as on the whole volume. The last ``bank.extra_channels`` channels
+        are extra inputs (their raw values come first in their features).
     bank : FeatureBank
         The families and scales to compute.
     inner : tuple of slice
@@ -89,42 +93,84 @@ def block_features(
     rel = relative_spacing(spacing if spacing is not None else (1.0,) * ndim)
     inner = tuple(slice(*s.indices(n)[:2]) for s, n in zip(inner, haloed.shape[1:], strict=True))
     block_shape = tuple(s.stop - s.start for s in inner)
-    layout = _layout(bank, ndim)
-    per_channel = bank.n_features(ndim=ndim, n_channels=1)
-    out = be.xp.empty((per_channel * n_channels, *block_shape), dtype=np.float32)
+    layout, per_channel = _layout(bank, ndim)
+    out = be.xp.empty((bank.n_features(ndim=ndim, n_channels=n_channels), *block_shape), np.float32)
+    planar = {f: s for f, s in bank.families.items() if f in bank.in_2d and ndim == 3}
+    volumetric = {f: s for f, s in bank.families.items() if f not in planar}
+    base = 0
     for channel in range(n_channels):
         image = be.xp.asarray(haloed[channel], dtype=np.float32)
-        base = channel * per_channel
-        for sigma, families in _by_scale(bank).items():
-            for family, k, value in _scale_features(image, sigma, families, inner, rel, be):
-                out[base + layout[family, sigma] + k] = value
-        for family, scales in bank.families.items():
-            if family in EXTRA_FAMILIES:
-                for sigma in scales:
-                    for k, value in extra_features(image, family, sigma, inner, rel, be):
-                        out[base + layout[family, sigma] + k] = value
+        if channel >= n_channels - bank.extra_channels:
+            out[base] = image[inner]
+            base += 1
+        if not bank.filtered(channel, n_channels):
+            continue
+        for family, sigma, k, value in _family_values(image, volumetric, inner, rel, bank, be):
+            out[base + layout[family, sigma] + k] = value
+        if planar:
+            # ilastik's "compute in 2D": the same kernels on each plane of the block
+            for z in range(inner[0].start, inner[0].stop):
+                values = _family_values(image[z], planar, inner[1:], rel[1:], bank, be)
+                for family, sigma, k, value in values:
+                    out[base + layout[family, sigma] + k, z - inner[0].start] = value
+        base += per_channel
     return out
 
 
-def _layout(bank: FeatureBank, ndim: int) -> dict[tuple[str, float], int]:
-    """Return the offset, within one channel, of each (family, scale)."""
+def _layout(bank: FeatureBank, ndim: int) -> tuple[dict[tuple[str, float], int], int]:
+    """Return the offset, within one filtered channel, of each (family, scale), and the total."""
     offsets = {}
     position = 0
     for family, scales in bank.families.items():
         for sigma in scales:
             offsets[family, sigma] = position
             position += bank.components(family, ndim)
-    return offsets
+    return offsets, position
 
 
-def _by_scale(bank: FeatureBank) -> dict[float, list[str]]:
-    groups: dict[float, list[str]] = defaultdict(list)
-    for family, scales in bank.families.items():
-        if family in EXTRA_FAMILIES:
+def _family_values(
+    image: Any,
+    families: dict[str, tuple[float, ...]],
+    inner: Region,
+    rel: Sequence[float],
+    bank: FeatureBank,
+    be: Backend,
+) -> Iterator[tuple[str, float, int, Any]]:
+    """Yield ``(family, scale, component, values on the block)`` of ``families``."""
+    by_scale: dict[float, list[str]] = defaultdict(list)
+    for family, scales in families.items():
+        if family in ILASTIK_FAMILIES:
+            for sigma in scales:
+                by_scale[sigma].append(family)
+    for sigma, members in sorted(by_scale.items()):
+        for family, k, value in _scale_features(image, sigma, members, inner, rel, be):
+            yield family, sigma, k, value
+    for family, scales in families.items():
+        if family in ILASTIK_FAMILIES:
             continue
+        plugin = bank.plugins.get(family)
         for sigma in scales:
-            groups[sigma].append(family)
-    return dict(sorted(groups.items()))
+            if plugin is None:
+                values = extra_features(image, family, sigma, inner, rel, be)
+            else:
+                values = _plugin_values(image, plugin, sigma, inner, rel)
+            for k, value in values:
+                yield family, sigma, k, value
+
+
+def _plugin_values(image, plugin, scale, inner, rel) -> Iterator[tuple[int, Any]]:
+    """A plug-in's outputs on the block, computed on the block grown by its declared halo."""
+    reach = plugin.reach(scale)
+    grown = tuple(
+        slice(max(0, s.start - reach), min(n, s.stop + reach))
+        for s, n in zip(inner, image.shape, strict=True)
+    )
+    within = tuple(
+        slice(s.start - g.start, s.stop - g.start) for s, g in zip(inner, grown, strict=True)
+    )
+    values = plugin.compute(image[grown], scale, rel)
+    for k in range(values.shape[0]):
+        yield k, values[k][within]
 
 
 def _unit(ndim: int, *axes: int) -> tuple[int, ...]:

@@ -1,0 +1,208 @@
+"""Plug-in features: a user function with a declared halo and output count is a family.
+
+The example plug-in lives in ``plugin_example.py`` (an importable module, as a user's
+would be); it is named in banks as ``plugin_example:smoothed_and_max``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+from plugin_example import reference
+from test_filters import whole
+from test_tiling import check_case
+
+import tiledseg as ts
+from tiledseg import TiledsegError, check_plugin, register_feature
+from tiledseg.features import FeatureBank
+from tiledseg.features.bank import relative_spacing
+from tiledseg.testing import strategies as tst
+
+NAME = "plugin_example:smoothed_and_max"
+HERE = Path(__file__).parent
+
+
+def test_a_plugin_is_its_function_on_the_whole_array():
+    image = np.random.default_rng(0).random((20, 23), dtype=np.float32) * 100
+    out = whole(image, FeatureBank({NAME: [1.0, 2.0]}))
+    expected = np.concatenate([reference(image, s, (1.0, 1.0)) for s in (1.0, 2.0)])
+    assert_array_equal(out, expected, strict=True)
+    bank = FeatureBank({NAME: [2.0]})
+    assert bank.halo((1.0, 1.0)) == (7 + 1, 7 + 1)
+    assert [str(n) for n in bank.feature_names(ndim=2, n_channels=1)] == [
+        f"{NAME}(sigma=2, channel=0, output=0)",
+        f"{NAME}(sigma=2, channel=0, output=1)",
+    ]
+
+
+def test_a_plugin_sees_the_relative_spacing():
+    image = np.random.default_rng(1).random((9, 16, 14), dtype=np.float32)
+    out = whole(image, FeatureBank({NAME: [1.5]}), spacing=(3.0, 1.0, 1.0))
+    assert_array_equal(out, reference(image, 1.5, relative_spacing((3.0, 1.0, 1.0))))
+
+
+@pytest.mark.parametrize(
+    ("shape", "block", "spacing"),
+    [((31, 26), (9, 11), (1.0, 1.0)), ((14, 19, 17), (6, 7, 8), (2.0, 1.0, 1.0))],
+)
+def test_a_plugin_tiles_exactly_on_uneven_blocks(shape, block, spacing):
+    # the declared halo is the same along every axis, whatever the spacing
+    bank = FeatureBank({NAME: [0.7, 1.5], "gaussian_smoothing": [1.0]})
+    assert bank.halo(spacing) == (6,) * len(shape)
+    check_case(tst.TilingCase(shape, 2, "float32", bank, spacing, block, seed=5))
+
+
+@given(
+    tst.tiling_cases(
+        bank=st.sampled_from(
+            [
+                FeatureBank({NAME: [1.0]}),
+                FeatureBank({NAME: [0.7, 2.0], "sobel": [1.0]}, in_2d=[NAME]),
+            ]
+        )
+    )
+)
+def test_plugin_tiling_is_exact_for_drawn_cases(case):
+    check_case(case)
+
+
+# -- registering through the API ---------------------------------------------------------------
+
+
+def local_range(image, scale, *, spacing):
+    """Maximum minus minimum in a (2r+1) box: a registered (not decorated) function."""
+    from scipy import ndimage as ndi
+
+    size = 2 * int(scale) + 1
+    return (
+        ndi.maximum_filter(image, size=size, mode="reflect")
+        - ndi.minimum_filter(image, size=size, mode="reflect")
+    )[np.newaxis]
+
+
+def test_a_registered_function_is_a_family_under_its_short_name():
+    plugin = register_feature(local_range, halo=lambda s: int(s), outputs=1, name="local_range")
+    assert plugin.name == "local_range"
+    image = np.random.default_rng(2).random((25, 30), dtype=np.float32)
+    bank = FeatureBank({"local_range": [2, 3]})
+    assert bank.halo((1.0, 1.0)) == (3, 3)
+    out = whole(image, bank)
+    assert_array_equal(out[1], local_range(image, 3, spacing=(1, 1))[0])
+    check_plugin("local_range", scale=3)
+    check_plugin(local_range, scale=2)
+    # its module:function name reaches the same function
+    assert FeatureBank({f"{__name__}:local_range": [2]}).n_features(ndim=2, n_channels=1) == 1
+
+
+def test_check_plugin_catches_a_halo_smaller_than_the_reach():
+    register_feature(local_range, halo=lambda s: int(s) - 1, outputs=1, name="range_short_halo")
+    with pytest.raises(TiledsegError, match="differs tiled and untiled.*declared halo 2"):
+        check_plugin("range_short_halo", scale=3)
+
+
+def wrong_shape(image, scale, *, spacing):
+    return image[np.newaxis, 1:]
+
+
+def test_a_plugin_that_returns_the_wrong_shape_is_named():
+    register_feature(wrong_shape, halo=0, outputs=1, name="wrong_shape")
+    with pytest.raises(TiledsegError, match="'wrong_shape' returned shape .* must return"):
+        whole(np.zeros((8, 8), np.float32), FeatureBank({"wrong_shape": [1]}))
+
+
+def undeclared(image, scale, *, spacing):
+    return image[np.newaxis]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_such_family", "unknown feature family 'no_such_family'.*package.module:function"),
+        ("no_such_module_xyz:f", "cannot be imported here \\(ModuleNotFoundError"),
+        ("plugin_example:missing", "cannot be imported here \\(AttributeError"),
+        (f"{__name__}:undeclared", "is not a declared feature: decorate it"),
+    ],
+)
+def test_an_unknown_or_undeclared_plugin_is_one_clear_error(name, message):
+    with pytest.raises(TiledsegError, match=message):
+        FeatureBank({name: [1.0]})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"halo": -1, "outputs": 1}, "halo of plug-in feature .* integer >= 0"),
+        ({"halo": 1, "outputs": 0}, "output count of plug-in feature .* integer >= 1"),
+        ({"halo": 1.5, "outputs": 1}, "integer >= 0, got 1.5"),
+        ({"halo": 1, "outputs": 1, "name": "sobel"}, "taken by a built-in family"),
+    ],
+)
+def test_bad_declarations_are_refused_when_registered(kwargs, message):
+    with pytest.raises(TiledsegError, match=message):
+        register_feature(undeclared, **kwargs)
+
+
+def test_outputs_may_depend_on_the_dimensionality_and_planes():
+    def gradient(image, scale, *, spacing):
+        return np.stack(np.gradient(image))
+
+    register_feature(gradient, halo=1, outputs=lambda ndim: ndim, name="np_gradient")
+    volume = np.random.default_rng(3).random((6, 12, 13), dtype=np.float32)
+    assert FeatureBank({"np_gradient": [1]}).n_features(ndim=3, n_channels=1) == 3
+    planar = FeatureBank({"np_gradient": [1]}, in_2d=["np_gradient"])
+    assert planar.n_features(ndim=3, n_channels=1) == 2
+    assert planar.halo((1, 1, 1)) == (0, 1, 1)
+    out = whole(volume, planar)
+    assert_array_equal(out[:, 2], np.stack(np.gradient(volume[2])))
+
+
+# -- a plug-in through the whole engine ------------------------------------------------------
+
+
+def test_a_plugin_bank_file_trains_and_predicts_in_fresh_processes(tmp_path):
+    """The CLI in new processes, and dask worker processes, import the plug-in by name."""
+    from tiledseg.testing import make_phantom
+
+    ph = make_phantom((40, 44), n_classes=2, scribble_fraction=0.03, seed=2)
+    np.save(tmp_path / "image.npy", ph.image)
+    np.save(tmp_path / "labels.npy", ph.scribbles)
+    (tmp_path / "bank.yaml").write_text(f"gaussian_smoothing: [1.0]\n'{NAME}': [1.0, 2.0]\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def cli(*args):
+        run = subprocess.run(
+            [sys.executable, "-m", "tiledseg", *args], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run
+
+    cli("train", str(tmp_path / "image.npy"), str(tmp_path / "labels.npy"),
+        "--features", str(tmp_path / "bank.yaml"), "--model", str(tmp_path / "m.tsm"),
+        "--quiet")  # fmt: skip
+    info = cli("info", str(tmp_path / "m.tsm")).stdout
+    assert f"{NAME}(sigma=2, channel=0, output=1)" in info
+    cli("predict", str(tmp_path / "image.npy"), "--model", str(tmp_path / "m.tsm"),
+        "--out", str(tmp_path / "threads.zarr"), "--block", "17")  # fmt: skip
+    cli("predict", str(tmp_path / "image.npy"), "--model", str(tmp_path / "m.tsm"),
+        "--out", str(tmp_path / "workers.zarr"), "--block", "23", "--workers", "2")  # fmt: skip
+    model = ts.load_model(tmp_path / "m.tsm")
+    assert NAME in model.bank.families
+    one = tmp_path / "one.zarr"
+    ts.predict(ph.image, model, out=one, block=ph.image.shape)
+    expected = zarr.open_array(f"{one}/labels/0", mode="r")[...]
+    for name in ("threads", "workers"):
+        got = zarr.open_array(f"{tmp_path}/{name}.zarr/labels/0", mode="r")[...]
+        assert_array_equal(got, expected)
+    assert (expected == ph.truth).mean() > 0.8
