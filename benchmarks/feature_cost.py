@@ -10,6 +10,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/feature_cost.py                    # 128^3, scale 1.6, gabor 4
     .venv/bin/python benchmarks/feature_cost.py --shape 64 --families sobel median
     .venv/bin/python benchmarks/feature_cost.py --scale 3.5 --gabor-wavelength 8 --json out.json
+    .venv/bin/python benchmarks/feature_cost.py --in-2d     # also each family per plane
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ import numpy as np  # noqa: E402
 from tiledseg.features import FAMILIES, FeatureBank, block_features  # noqa: E402
 
 
-def measure(family: str, scale: float, side: int, repeat: int, seed: int = 0) -> dict:
-    """Time one family at one scale on a ``side``^3 block read with its halo."""
-    bank = FeatureBank({family: [scale]})
+def measure(
+    family: str, scale: float, side: int, repeat: int, seed: int = 0, in_2d: bool = False
+) -> dict:
+    """Time one family at one scale on a ``side``^3 block read with its halo
+    (``in_2d``: computed on each plane, ilastik's "compute in 2D")."""
+    bank = FeatureBank({family: [scale]}, in_2d=[family] if in_2d else ())
     halo = bank.halo((1.0, 1.0, 1.0))
     rng = np.random.default_rng(seed)
     haloed = rng.random((1, *(side + 2 * h for h in halo)), dtype=np.float32)
@@ -44,6 +48,7 @@ def measure(family: str, scale: float, side: int, repeat: int, seed: int = 0) ->
     mvox = side**3 / 1e6
     return {
         "family": family,
+        "in_2d": in_2d,
         "scale": scale,
         "features": int(out.shape[0]),
         "halo": list(halo),
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--repeat", type=int, default=3, help="runs per family; best is kept")
+    parser.add_argument(
+        "--in-2d", action="store_true", help="also time each family computed per plane"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -73,13 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for family in args.families:
         scale = args.gabor_wavelength if family == "gabor" else args.scale
-        row = measure(family, scale, args.shape, args.repeat)
-        rows.append(row)
-        print(
-            f"{family:34} {scale:6g} {row['features']:4d} {max(row['halo']):5d} "
-            f"{row['seconds']:8.3f} {row['s_per_mvox']:8.3f}",
-            flush=True,
-        )
+        for planar in (False, True) if args.in_2d else (False,):
+            row = measure(family, scale, args.shape, args.repeat, in_2d=planar)
+            rows.append(row)
+            name = family + (" (in 2D)" if planar else "")
+            print(
+                f"{name:34} {scale:6g} {row['features']:4d} {max(row['halo']):5d} "
+                f"{row['seconds']:8.3f} {row['s_per_mvox']:8.3f}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"shape": args.shape, "results": rows}, fh, indent=2)

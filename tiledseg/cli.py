@@ -41,6 +41,18 @@ def _channel_axis_option(f):
     )(f)
 
 
+def _extra_channels_option(f):
+    return click.option(
+        "--extra-channels",
+        "extra_channels",
+        multiple=True,
+        metavar="PATH ...",
+        help="Co-registered images of IMAGE's spatial shape (another modality, a distance "
+        "map...): each channel adds its raw value as a feature. Several paths may follow "
+        "one flag; the model records them and predict needs the same, in the same order.",
+    )(f)
+
+
 def _workers_option(f):
     return click.option(
         "--workers",
@@ -91,6 +103,12 @@ def cli(debug: bool) -> None:
     "--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata)."
 )
 @_channel_axis_option
+@_extra_channels_option
+@click.option(
+    "--filter-extra-channels",
+    is_flag=True,
+    help="Also compute the bank's families on the extra channels.",
+)
 @_block_option
 @_workers_option
 @_scheduler_option
@@ -121,6 +139,8 @@ def train(
     classifier,
     spacing,
     channel_axis,
+    extra_channels,
+    filter_extra_channels,
     block,
     workers,
     scheduler,
@@ -136,7 +156,11 @@ def train(
     import tiledseg
     from tiledseg.model import check_model_path
 
-    check_model_path(model_path, overwrite=overwrite, inputs=[image, labels, _bank_file(features)])
+    check_model_path(
+        model_path,
+        overwrite=overwrite,
+        inputs=[image, labels, _bank_file(features), *extra_channels],
+    )
     model = tiledseg.train(
         image,
         labels,
@@ -144,6 +168,8 @@ def train(
         classifier=classifier,
         spacing=spacing,
         channel_axis=channel_axis,
+        extra_channels=list(extra_channels),
+        filter_extra_channels=filter_extra_channels,
         block=block,
         workers=workers,
         scheduler=scheduler,
@@ -244,6 +270,7 @@ def _print_training(model, model_path) -> None:
     help="Blur of the image the graph cut's contrast term compares (default 1; 0: raw).",
 )
 @_channel_axis_option
+@_extra_channels_option
 @_block_option
 @_workers_option
 @_scheduler_option
@@ -262,6 +289,7 @@ def predict(
     smooth_iterations,
     smooth_contrast_sigma,
     channel_axis,
+    extra_channels,
     block,
     workers,
     scheduler,
@@ -290,6 +318,7 @@ def predict(
         smooth_contrast_sigma=smooth_contrast_sigma,
         block=block,
         channel_axis=channel_axis,
+        extra_channels=list(extra_channels),
         workers=workers,
         scheduler=scheduler,
         cluster=cluster,
@@ -334,6 +363,7 @@ def segment(config_path, overwrite, quiet) -> None:
     config = load_config(config_path)
     overwrite = overwrite or config.overwrite
     inputs = [config.image, config.labels, config.truth, _bank_file(config.features)]
+    inputs += config.extra_channels or []
     if same_path(config.model, config.out):
         raise OutputExistsError(
             f"config {config_path!r}: model and out are the same path {config.out!r}; "
@@ -432,6 +462,7 @@ def _train_for_segment(config, volume, *, scheduler, quiet: bool):
         scheduler=scheduler,
         distributed_training=config.distributed_training,
         select_features=config.select_features,
+        filter_extra_channels=config.filter_extra_channels,
         seed=config.seed,
         quiet=quiet,
     )
@@ -453,6 +484,10 @@ def _model_of_unfinished_run(config):
         bank = resolve_bank(config.features)
     except (ModelFileError, TiledsegError):
         return None
+    if config.extra_channels:  # the count is the extras' channels, which the model has
+        bank = bank.with_extra_channels(
+            model.bank.extra_channels, filtered=config.filter_extra_channels
+        )
     same = (
         (stored.get("identity") or {}).get("model_checksum") == model.checksum
         and bank.to_dict() == model.bank.to_dict()
@@ -465,9 +500,11 @@ def _check_segment_inputs(config):
     """Open the image and refuse a bad ROI, truth or image before a model file is written."""
     from tiledseg.errors import InputDataError
     from tiledseg.predict import check_finite
-    from tiledseg.volume import open_volume, parse_region
+    from tiledseg.volume import open_volume, parse_region, with_extra_channels
 
     volume = open_volume(config.image, channel_axis=config.channel_axis, spacing=config.spacing)
+    if config.extra_channels:
+        volume = with_extra_channels(volume, config.extra_channels)
     parse_region(config.roi, volume.shape)
     # training reads only the scribbled blocks: check the whole image before a model is written
     check_finite(volume, workers=config.workers)
@@ -626,6 +663,16 @@ def _print_model(data: dict[str, Any]) -> None:
     )
     click.echo(f"checksum: {data['checksum']}")
     summary = data["summary"]
+    extra = data["bank"].get("extra_channels")
+    if extra:
+        how = "raw values and the bank's families" if extra["filtered"] else "raw values"
+        paths = ", ".join(summary.get("extra_channels") or [])
+        click.echo(
+            f"extra channels: {extra['count']} ({how}), trained with {paths}; predict needs "
+            "--extra-channels"
+        )
+    if data["bank"].get("in_2d"):
+        click.echo(f"computed in 2D per plane: {', '.join(data['bank']['in_2d'])}")
     click.echo(
         "training: "
         + ", ".join(
@@ -664,12 +711,34 @@ def demo(out, size, workers, quiet) -> None:
     click.echo(f"demo done in {time.perf_counter() - started:.1f} s")
 
 
+def _spread_multiple(args: list[str], option: str) -> list[str]:
+    """``--opt A B C`` -> ``--opt A --opt B --opt C``: click options take one value each.
+
+    The values run to the next argument that starts with ``-``; put positional
+    arguments before the option (or repeat the option for each value).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        out.append(args[i])
+        i += 1
+        if out[-1] != option:
+            continue
+        if i < len(args):  # the first value, as click takes it
+            out.append(args[i])
+            i += 1
+        while i < len(args) and not args[i].startswith("-"):
+            out.extend((option, args[i]))
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one line and an exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
     # --debug is accepted anywhere on the line, not only before the command
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    args = _spread_multiple([a for a in args if a != "--debug"], "--extra-channels")
     try:
         cli.main(args=args, prog_name="tiledseg", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Abort:

@@ -35,6 +35,12 @@ class SegmentConfig(BaseModel):
     classifier: Literal["xgboost", "random-forest"] = "xgboost"
     spacing: list[float] | str | None = Field(None, description='[z, y, x] or "z,y,x"')
     channel_axis: int | None = None
+    extra_channels: list[str] | None = Field(
+        None, description="co-registered images whose channels add their raw values as features"
+    )
+    filter_extra_channels: bool = Field(
+        False, description="also compute the bank's families on the extra channels"
+    )
     block: PositiveInt | list[PositiveInt] | None = None
     workers: PositiveInt | None = None
     scheduler: str | None = Field(
@@ -78,6 +84,8 @@ class SegmentConfig(BaseModel):
             return head if dataset is None else f"{head}:{dataset}"
 
         updates = {k: fix(getattr(self, k)) for k in ("image", "labels", "model", "out", "truth")}
+        if self.extra_channels is not None:
+            updates["extra_channels"] = [fix(p) for p in self.extra_channels]
         if self.cluster is not None and self.cluster.endswith((".yaml", ".yml")):
             updates["cluster"] = fix(self.cluster)
         if isinstance(self.features, str) and self.features.endswith((".yaml", ".yml")):

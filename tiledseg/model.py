@@ -37,8 +37,9 @@ from tiledseg.volume import same_path
 __all__ = ["MAGIC", "Model", "check_model_path", "load_model", "versions"]
 
 MAGIC = b"TILEDSEG-MODEL\n"
-#: Version 2 adds ``columns`` (a feature-selected model); a model without them is
-#: written as version 1, which older tiledseg reads too.
+#: Version 2 adds ``columns`` (a feature-selected model) and bank options (``in_2d``,
+#: ``extra_channels``, plug-in families); a model without them is written as version 1,
+#: which older tiledseg reads too.
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _LENGTH = struct.Struct(">Q")
@@ -123,6 +124,14 @@ class Model:
         return self.classifier.predict_proba(features, n_threads=n_threads)
 
     # -- file ------------------------------------------------------------------------
+    @property
+    def _needs_version_2(self) -> bool:
+        """Whether version-1 readers would misread the file (selected columns, a bank
+        with options or plug-ins); other models stay version 1, readable by them."""
+        bank = self.bank
+        options = bank.in_2d or bank.extra_channels or bank.plugins
+        return self.columns is not None or bool(options)
+
     def _header(self, payload: bytes) -> dict[str, Any]:
         if isinstance(self.classifier, XGBoostClassifier):
             clf = {
@@ -134,7 +143,7 @@ class Model:
             clf = {"kind": "sklearn", "estimator": type(self.classifier.estimator).__name__}
         return {
             "format": "tiledseg-model",
-            "format_version": FORMAT_VERSION if self.columns is not None else 1,
+            "format_version": FORMAT_VERSION if self._needs_version_2 else 1,
             "classes": [int(c) for c in self.classes],
             "ndim": self.ndim,
             "n_channels": self.n_channels,

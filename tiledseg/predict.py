@@ -36,7 +36,13 @@ from tiledseg.runs import (
     unfinished_run,
     update_provenance,
 )
-from tiledseg.volume import Volume, open_volume, parse_region, split_dataset
+from tiledseg.volume import (
+    Volume,
+    open_volume,
+    parse_region,
+    split_dataset,
+    with_extra_channels,
+)
 
 __all__ = [
     "DEFAULT_SMOOTH_WEIGHT",
@@ -230,6 +236,7 @@ def predict(
     overwrite: bool = False,
     quiet: bool = True,
     command: str | None = None,
+    extra_channels: Sequence[Any] | None = None,
 ) -> PredictionResult:
     """Classify every voxel of ``image`` (or of the blocks ``roi`` needs) into an OME-Zarr group.
 
@@ -275,6 +282,8 @@ def predict(
         No progress bar.
     command : str, optional
         The command line, recorded in the provenance.
+    extra_channels : sequence of path or array, optional
+        The extra channels the model was trained with, in the same order.
 
     Returns
     -------
@@ -289,7 +298,7 @@ def predict(
     started = time.perf_counter()
     if not isinstance(model, Model):
         model = load_model(model)
-    volume = _open_for_model(image, model, channel_axis)
+    volume = _open_for_model(image, model, channel_axis, extra_channels)
     if probabilities or uncertainty:
         _require_probabilities(model, "--probabilities" if probabilities else "--uncertainty")
     smoothing = smooth_settings(
@@ -305,7 +314,8 @@ def predict(
     # an in-memory array has no identity a later run could check: it is never resumed
     if isinstance(image, Volume) and image.path is not None:
         image = image.path  # (its identity is its path, as for a path given directly)
-    resumable = isinstance(image, str | os.PathLike)
+    # (with extra channels: when they are paths too, as the stack's path says)
+    resumable = isinstance(image, str | os.PathLike) and (not volume.n_extra or volume.path)
     stored = unfinished_run(out) if resumable and not overwrite else None
     if block is None and stored is not None and "block" in stored:
         # the default block depends on the cores: a rerun elsewhere keeps the run's own
@@ -319,9 +329,19 @@ def predict(
     region = parse_region(roi, volume.shape)
     blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
     inputs = [image] if isinstance(image, str | os.PathLike) else []
+    inputs += list(volume.extra_paths) if resumable else []
     identity = {
         "model_checksum": model.checksum,
         "image": _where(image, volume),
+        **(
+            {
+                "extra_channels": [
+                    p if p[:1] == "<" else _where(p, volume) for p in volume.extra_paths
+                ]
+            }
+            if volume.n_extra
+            else {}
+        ),
         "image_shape": list(volume.shape),
         "image_dtype": str(volume.dtype),
         "block": list(blocks_shape),
@@ -513,7 +533,58 @@ def _where(image: Any, volume: Volume) -> str:
     return volume.name
 
 
-def _open_for_model(image: Any, model: Model, channel_axis: int | None) -> Volume:
+def _open_for_model(
+    image: Any, model: Model, channel_axis: int | None, extra_channels: Sequence[Any] | None
+) -> Volume:
+    if isinstance(image, Volume) and image.n_extra:
+        volume = image  # already stacked (segment opens it once for both steps)
+    else:
+        volume = _open_image_for_model(image, model, channel_axis)
+        if extra_channels:
+            volume = with_extra_channels(volume, extra_channels)
+    _check_extra_channels(volume, model)
+    if volume.n_channels != model.n_channels:
+        raise InputDataError(
+            f"image {volume.name} has {volume.n_channels} channel(s) but the model was trained "
+            f"on {model.n_channels}; predict on images with the training image's channels"
+        )
+    # features must be computed as in training: the model carries the spacing, and an
+    # image whose metadata says otherwise would get features at the wrong scale
+    if volume.spacing_from_metadata and not np.allclose(
+        relative_spacing(volume.spacing), relative_spacing(model.spacing), rtol=1e-3
+    ):
+        raise InputDataError(
+            f"image {volume.name} has spacing {list(volume.spacing)} in its metadata but the "
+            f"model was trained with spacing {list(model.spacing)}; its features would be at "
+            "other scales: retrain with this image's spacing"
+        )
+    volume.spacing = tuple(model.spacing)
+    return volume
+
+
+def _check_extra_channels(volume: Volume, model: Model) -> None:
+    need = model.bank.extra_channels
+    if volume.n_extra == need:
+        return
+    trained = model.summary.get("extra_channels") or []
+    which = f" ({', '.join(map(str, trained))})" if trained else ""
+    if not volume.n_extra:
+        raise InputDataError(
+            f"the model was trained with {need} extra channel(s){which}; give the same "
+            "co-registered images with --extra-channels, in the same order"
+        )
+    if not need:
+        raise InputDataError(
+            "the model was trained without extra channels; leave --extra-channels out "
+            "(or retrain with them)"
+        )
+    raise InputDataError(
+        f"the extra channels give {volume.n_extra} channel(s) but the model was trained with "
+        f"{need}{which}; give the same extras in the same order"
+    )
+
+
+def _open_image_for_model(image: Any, model: Model, channel_axis: int | None) -> Volume:
     try:
         volume = open_volume(image, channel_axis=channel_axis)
     except InputDataError:
@@ -534,20 +605,4 @@ def _open_for_model(image: Any, model: Model, channel_axis: int | None) -> Volum
             f"image {volume.name} has {volume.ndim} spatial axes but the model was trained on "
             f"{model.ndim}D images"
         )
-    if volume.n_channels != model.n_channels:
-        raise InputDataError(
-            f"image {volume.name} has {volume.n_channels} channel(s) but the model was trained "
-            f"on {model.n_channels}; predict on images with the training image's channels"
-        )
-    # features must be computed as in training: the model carries the spacing, and an
-    # image whose metadata says otherwise would get features at the wrong scale
-    if volume.spacing_from_metadata and not np.allclose(
-        relative_spacing(volume.spacing), relative_spacing(model.spacing), rtol=1e-3
-    ):
-        raise InputDataError(
-            f"image {volume.name} has spacing {list(volume.spacing)} in its metadata but the "
-            f"model was trained with spacing {list(model.spacing)}; its features would be at "
-            "other scales: retrain with this image's spacing"
-        )
-    volume.spacing = tuple(model.spacing)
     return volume

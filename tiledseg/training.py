@@ -36,7 +36,7 @@ from tiledseg.features.tiled import features_of_block, read_finite
 from tiledseg.model import Model, versions
 from tiledseg.selection import check_k
 from tiledseg.selection import select_features as select_features_of
-from tiledseg.volume import Volume, open_volume
+from tiledseg.volume import Volume, open_volume, with_extra_channels
 
 __all__ = [
     "DISTRIBUTED_TABLE_BYTES",
@@ -390,6 +390,8 @@ def train(
     quiet: bool = True,
     distributed_training: bool | None = None,
     select_features: int | None = None,
+    extra_channels: Sequence[Any] | None = None,
+    filter_extra_channels: bool = False,
 ) -> Model:
     """Train a voxel classifier on the labelled voxels of ``labels``.
 
@@ -439,6 +441,12 @@ def train(
         (:mod:`tiledseg.selection`): the model then computes only the families and
         scales that hold them. The summary reports the held-out accuracy with all
         features and with the kept ones.
+    extra_channels : sequence of path or array, optional
+        Co-registered images of the same spatial shape (another modality, a
+        distance map, ...): each channel adds its raw value as a feature. The model
+        records them, and prediction needs the same extras in the same order.
+    filter_extra_channels : bool
+        Also compute the bank's families on the extra channels.
 
     Returns
     -------
@@ -448,7 +456,20 @@ def train(
     """
     started = time.perf_counter()
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
+    if extra_channels:
+        volume = with_extra_channels(volume, extra_channels)
     bank = resolve_bank(features)
+    if volume.n_extra or bank.extra_channels:
+        if not volume.n_extra:
+            raise TiledsegError(
+                f"the feature bank expects {bank.extra_channels} extra channel(s); give them "
+                "with --extra-channels (extra_channels= in Python)"
+            )
+        bank = bank.with_extra_channels(volume.n_extra, filtered=filter_extra_channels)
+    elif filter_extra_channels:
+        raise TiledsegError(
+            "--filter-extra-channels needs extra channels: give them with --extra-channels"
+        )
     blocks = resolve_block(
         block,
         shape=volume.shape,
@@ -540,6 +561,7 @@ def train(
         "fit_seconds": round(fit_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "image": volume.name,
+        **({"extra_channels": list(volume.extra_paths)} if volume.n_extra else {}),
         "labels": label_volume.name,
         "shape": list(volume.shape),
         **fit_summary,
@@ -551,7 +573,7 @@ def train(
         ndim=volume.ndim,
         n_channels=volume.n_channels,
         spacing=volume.spacing,
-        channel_axis=volume.channel_axis,
+        channel_axis=volume.image_channel_axis if volume.n_extra else volume.channel_axis,
         summary=summary,
         columns=columns,
     )

@@ -30,6 +30,7 @@ __all__ = [
     "parse_spacing",
     "same_path",
     "split_dataset",
+    "with_extra_channels",
 ]
 
 Region = tuple[slice, ...]
@@ -159,6 +160,13 @@ class Volume:
     checked_finite: bool = field(default=False, compare=False)
     #: The path it was opened from (``None``: an in-memory array), as the user gave it.
     path: str | None = None
+    #: Extra channels appended by :func:`with_extra_channels`: their paths (or names)...
+    extra_paths: tuple[str, ...] = ()
+    #: ...and how many channels they add, after the image's own.
+    n_extra: int = 0
+    #: The image's own channel axis when extra channels were appended (then ``channel_axis``
+    #: is the stack's, 0).
+    image_channel_axis: int | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -380,6 +388,90 @@ def open_volume(
         from_meta,
         meta.get("attrs", {}),
         path=str(image) if isinstance(image, str | os.PathLike) else None,
+    )
+
+
+class _ChannelStack:
+    """Volumes of one spatial shape read as one source ``(channels, *spatial)``."""
+
+    def __init__(self, volumes: Sequence[Volume]):
+        self.volumes = tuple(volumes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(v.n_channels for v in self.volumes), *self.volumes[0].shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.result_type(*(v.dtype for v in self.volumes))
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        first = self.volumes[0].chunks
+        if first is None or len(first) != len(self.volumes[0].source.shape):
+            return None
+        spatial = list(first)
+        if self.volumes[0].channel_axis is not None:
+            del spatial[self.volumes[0].channel_axis]
+        return (self.shape[0], *spatial)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        region = tuple(index)[1:]  # the channel axis is read whole
+        dtype = self.dtype
+        return np.concatenate([v.read(region).astype(dtype, copy=False) for v in self.volumes])
+
+
+def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
+    """Return ``volume`` with co-registered extra images appended as channels, after its own.
+
+    Parameters
+    ----------
+    volume : Volume
+        The image.
+    extras : sequence of path, array or Volume
+        Images of the same spatial shape (each may have channels of its own, as its
+        OME axes say). They take the image's spacing.
+
+    Returns
+    -------
+    Volume
+        Channels first; ``extra_paths`` names the extras, ``n_extra`` counts their channels.
+
+    Raises
+    ------
+    InputDataError
+        For an extra of another spatial shape or with other spacing in its metadata.
+    """
+    opened = [open_volume(e, role="extra channel") for e in extras]
+    for extra in opened:
+        if extra.shape != volume.shape:
+            raise InputDataError(
+                f"extra channel {extra.name} has spatial shape {extra.shape} but image "
+                f"{volume.name} has {volume.shape}; extra channels must be co-registered with "
+                "the image, voxel for voxel (resample them first)"
+            )
+        if (
+            extra.spacing_from_metadata
+            and volume.spacing_from_metadata
+            and not np.allclose(extra.spacing, volume.spacing, rtol=1e-3)
+        ):
+            raise InputDataError(
+                f"extra channel {extra.name} has spacing {list(extra.spacing)} in its metadata "
+                f"but image {volume.name} has {list(volume.spacing)}; extra channels must be "
+                "co-registered with the image"
+            )
+    paths = [e.path for e in opened]
+    return Volume(
+        _ChannelStack([volume, *opened]),
+        0,
+        volume.spacing,
+        " + ".join([volume.name, *(e.name for e in opened)]),
+        volume.spacing_from_metadata,
+        volume.attrs,
+        path=volume.path if all(p is not None for p in paths) else None,
+        extra_paths=tuple(e.path or e.name for e in opened),
+        n_extra=sum(e.n_channels for e in opened),
+        image_channel_axis=volume.channel_axis,
     )
 
 

@@ -206,3 +206,24 @@ def test_a_plugin_bank_file_trains_and_predicts_in_fresh_processes(tmp_path):
         got = zarr.open_array(f"{tmp_path}/{name}.zarr/labels/0", mode="r")[...]
         assert_array_equal(got, expected)
     assert (expected == ph.truth).mean() > 0.8
+
+
+def test_a_model_whose_plugin_is_not_here_is_one_clear_error(tmp_path, monkeypatch, fast_xgboost):
+    from tiledseg.features import plugins
+    from tiledseg.testing import make_phantom
+
+    register_feature(local_range, halo=lambda s: int(s), outputs=1, name="local_range")
+    ph = make_phantom((30, 32), n_classes=2, scribble_fraction=0.05, seed=1)
+    model = ts.train(
+        ph.image,
+        ph.scribbles,
+        features={"local_range": [1], "gaussian_smoothing": [1.0]},
+        classifier=fast_xgboost(),
+        cache_dir=None,
+    )
+    model.save(tmp_path / "m.tsm")
+    assert ts.load_model(tmp_path / "m.tsm").bank == model.bank
+    # a new session that has not registered the short name
+    monkeypatch.setattr(plugins, "_REGISTRY", {})
+    with pytest.raises(TiledsegError, match="unknown feature family 'local_range'"):
+        ts.load_model(tmp_path / "m.tsm")

@@ -271,7 +271,8 @@ class FeatureBank:
                 if plugin is None:
                     raise TiledsegError(
                         f"unknown feature family {raw_name!r}; choose from {', '.join(FAMILIES)}, "
-                        "or name a plug-in feature as 'package.module:function'"
+                        "or name a plug-in feature as 'package.module:function' (a plug-in's "
+                        "short name must be registered with tiledseg.register_feature first)"
                     )
                 plugins[name] = plugin
             scales = _check_scales(name, raw_scales)

@@ -18,7 +18,7 @@ from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.filters import block_features
-from tiledseg.volume import Volume, open_volume
+from tiledseg.volume import Volume, open_volume, with_extra_channels
 
 __all__ = ["feature_array", "features_of_block", "read_finite"]
 
@@ -51,6 +51,8 @@ def feature_array(
     block: int | Sequence[int] | str | None = None,
     spacing: Sequence[float] | str | None = None,
     channel_axis: int | None = None,
+    extra_channels: Sequence[Any] | None = None,
+    filter_extra_channels: bool = False,
 ) -> Any:
     """Return the features of a whole image as a lazy dask array.
 
@@ -66,6 +68,10 @@ def feature_array(
         Voxel spacing.
     channel_axis : int, optional
         Channel axis of ``image``.
+    extra_channels : sequence of path or array, optional
+        Co-registered images appended as channels: their raw values, and with
+        ``filter_extra_channels`` the bank's families of them too.
+    filter_extra_channels : bool
 
     Returns
     -------
@@ -75,6 +81,9 @@ def feature_array(
 
     volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
     bank = resolve_bank(features)
+    if extra_channels:
+        volume = with_extra_channels(volume, extra_channels)
+        bank = bank.with_extra_channels(volume.n_extra, filtered=filter_extra_channels)
     halo = bank.halo(volume.spacing)
     shape = volume.shape
     blocks = resolve_block(block, shape=shape, halo=halo)
