@@ -85,6 +85,10 @@ def test_a_second_modality_separates_what_the_image_cannot(modalities, fast_xgbo
     assert scores["with extra"] > 0.95, scores
 
 
+def extra_shape(files):
+    return np.load(files["extra"], mmap_mode="r").shape
+
+
 @pytest.fixture
 def files(tmp_path, modalities):
     ph, image, extra = modalities
@@ -132,6 +136,16 @@ def test_the_cli_records_the_extras_and_predict_needs_them(files, tmp_path, caps
     assert_array_equal(read(out), read(api))
     identity = zarr.open_group(out, mode="r").attrs["tiledseg"]["identity"]
     assert len(identity["extra_channels"]) == 2
+    # an unfinished run is continued only with the same extras, in the same order
+    root = zarr.open_group(out, mode="r+")
+    root.attrs["tiledseg"] = {**root.attrs["tiledseg"], "complete": False}
+    swapped = [*predict, "--out", out, "--extra-channels", files["extra2"], files["extra"]]
+    assert main(swapped) == 2
+    assert "unfinished run with a different set of extra channels" in capsys.readouterr().err
+    # and no extra is ever the output
+    assert main([*predict, "--out", files["extra2"], "--extra-channels", files["extra"],
+                 files["extra2"], "--overwrite"]) == 2  # fmt: skip
+    assert zarr.open_array(files["extra2"], mode="r").shape == extra_shape(files)
 
 
 def test_bad_extra_channels_are_one_clear_line(files, tmp_path, capsys):
@@ -184,9 +198,10 @@ def test_a_selected_model_keeps_its_extra_channels(modalities, tmp_path):
         filter_extra_channels=True,
         select_features=3,
     )
-    assert model.bank.extra_channels == 1
     assert len(model.feature_names) == 3
     model.save(tmp_path / "m.tsm")
+    with pytest.raises(ts.TiledsegError, match="trained with 1 extra channel"):
+        ts.predict(image, model, out=tmp_path / "none.zarr")
     again = ts.load_model(tmp_path / "m.tsm")
     assert again.feature_names == model.feature_names
     ts.predict(image, again, out=tmp_path / "o.zarr", extra_channels=[extra])

@@ -480,8 +480,9 @@ def _model_of_unfinished_run(config):
     if stored is None or not Path(config.model).is_file():
         return None
     try:
-        model = load_model(config.model)
+        # the config's bank first: it imports (and so allows) the plug-ins it names
         bank = resolve_bank(config.features)
+        model = load_model(config.model)
     except (ModelFileError, TiledsegError):
         return None
     if config.extra_channels:  # the count is the extras' channels, which the model has
@@ -492,6 +493,7 @@ def _model_of_unfinished_run(config):
         (stored.get("identity") or {}).get("model_checksum") == model.checksum
         and bank.to_dict() == model.bank.to_dict()
         and model.classifier.name == config.classifier
+        and list(config.extra_channels or []) == model.summary.get("extra_channels", [])
     )
     return model if same else None
 
@@ -722,9 +724,11 @@ def _spread_multiple(args: list[str], option: str) -> list[str]:
     while i < len(args):
         out.append(args[i])
         i += 1
-        if out[-1] != option:
+        if out[-1].startswith(option + "="):  # --option=A B: A is taken, B follows
+            pass
+        elif out[-1] != option:
             continue
-        if i < len(args):  # the first value, as click takes it
+        elif i < len(args):  # the first value, as click takes it
             out.append(args[i])
             i += 1
         while i < len(args) and not args[i].startswith("-"):

@@ -37,11 +37,12 @@ from tiledseg.volume import same_path
 __all__ = ["MAGIC", "Model", "check_model_path", "load_model", "versions"]
 
 MAGIC = b"TILEDSEG-MODEL\n"
-#: Version 2 adds ``columns`` (a feature-selected model) and bank options (``in_2d``,
-#: ``extra_channels``, plug-in families); a model without them is written as version 1,
-#: which older tiledseg reads too.
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: Version 2 adds ``columns`` (a feature-selected model); version 3 bank options
+#: (``in_2d``, ``extra_channels``) and plug-in families. A model is written with the
+#: lowest version that holds it, so older tiledseg reads what it can understand and
+#: refuses the rest with "update tiledseg".
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _LENGTH = struct.Struct(">Q")
 
 
@@ -125,12 +126,12 @@ class Model:
 
     # -- file ------------------------------------------------------------------------
     @property
-    def _needs_version_2(self) -> bool:
-        """Whether version-1 readers would misread the file (selected columns, a bank
-        with options or plug-ins); other models stay version 1, readable by them."""
+    def _format_version(self) -> int:
+        """The lowest format version that holds this model (see :data:`FORMAT_VERSION`)."""
         bank = self.bank
-        options = bank.in_2d or bank.extra_channels or bank.plugins
-        return self.columns is not None or bool(options)
+        if bank.in_2d or bank.extra_channels or bank.plugins:
+            return 3
+        return 2 if self.columns is not None else 1
 
     def _header(self, payload: bytes) -> dict[str, Any]:
         if isinstance(self.classifier, XGBoostClassifier):
@@ -143,7 +144,7 @@ class Model:
             clf = {"kind": "sklearn", "estimator": type(self.classifier.estimator).__name__}
         return {
             "format": "tiledseg-model",
-            "format_version": FORMAT_VERSION if self._needs_version_2 else 1,
+            "format_version": self._format_version,
             "classes": [int(c) for c in self.classes],
             "ndim": self.ndim,
             "n_channels": self.n_channels,
@@ -315,7 +316,7 @@ def load_model(path: str | os.PathLike) -> Model:
     return Model(
         classifier=classifier,
         classes=np.asarray(header["classes"]),
-        bank=FeatureBank.from_dict(header["bank"]),
+        bank=_bank_of(header["bank"]),
         ndim=int(header["ndim"]),
         n_channels=int(header["n_channels"]),
         spacing=tuple(header["spacing"]),
@@ -325,3 +326,12 @@ def load_model(path: str | os.PathLike) -> Model:
         checksum=hashlib.sha256(data).hexdigest(),
         columns=None if header.get("columns") is None else tuple(header["columns"]),
     )
+
+
+def _bank_of(data: dict[str, Any]) -> FeatureBank:
+    """The model's bank; a plug-in's module is imported only if allowed (a model file
+    may come from anywhere: :func:`tiledseg.features.plugins.untrusted_source`)."""
+    from tiledseg.features.plugins import untrusted_source
+
+    with untrusted_source():
+        return FeatureBank.from_dict(data)

@@ -329,7 +329,7 @@ def predict(
     region = parse_region(roi, volume.shape)
     blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
     inputs = [image] if isinstance(image, str | os.PathLike) else []
-    inputs += list(volume.extra_paths) if resumable else []
+    inputs += [p for p in volume.extra_paths if p[:1] != "<"]  # never written over
     identity = {
         "model_checksum": model.checksum,
         "image": _where(image, volume),
@@ -348,6 +348,7 @@ def predict(
         "roi": None if region is None else [[s.start, s.stop] for s in region],
         "arrays": ["labels"] + ["probabilities"] * probabilities + ["uncertainty"] * uncertainty,
         "smoothing": None if smoothing is None else smoothing.to_dict(None),
+        **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
     }
     resuming = prepare_output(
         out,

@@ -71,6 +71,8 @@ _IDENTITY_NAMES = {
     "roi": "region (--roi)",
     "arrays": "set of outputs (--probabilities/--uncertainty)",
     "smoothing": "smoothing",
+    "extra_channels": "set of extra channels",
+    "plugins": "plug-in feature code",
 }
 
 

@@ -363,6 +363,7 @@ def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan]) -> str:
         "version": _TABLE_VERSION,
         "libraries": {k: v for k, v in versions().items() if k in _FEATURE_LIBRARIES},
         "bank": bank.to_dict(),
+        **({"plugins": bank.fingerprints()} if bank.plugins else {}),
         "spacing": list(image.spacing),
         "channels": image.n_channels,
         "shape": list(image.shape),
@@ -460,12 +461,14 @@ def train(
         volume = with_extra_channels(volume, extra_channels)
     bank = resolve_bank(features)
     if volume.n_extra or bank.extra_channels:
-        if not volume.n_extra:
+        if bank.extra_channels and bank.extra_channels != volume.n_extra:
             raise TiledsegError(
-                f"the feature bank expects {bank.extra_channels} extra channel(s); give them "
-                "with --extra-channels (extra_channels= in Python)"
+                f"the feature bank expects {bank.extra_channels} extra channel(s) but "
+                f"{volume.n_extra} were given; give them with --extra-channels "
+                "(extra_channels= in Python)"
             )
-        bank = bank.with_extra_channels(volume.n_extra, filtered=filter_extra_channels)
+        filtered = filter_extra_channels or bank.filter_extra
+        bank = bank.with_extra_channels(volume.n_extra, filtered=filtered)
     elif filter_extra_channels:
         raise TiledsegError(
             "--filter-extra-channels needs extra channels: give them with --extra-channels"

@@ -31,6 +31,22 @@ def test_a_planar_family_is_the_2d_kernel_on_each_plane(family):
         assert_array_equal(planar[:, z], flat, strict=True)
 
 
+def test_planar_families_equal_scipy_on_each_plane():
+    from scipy import ndimage as ndi
+
+    from tiledseg.features.bank import TRUNCATE
+
+    bank = FeatureBank(
+        {"gaussian_smoothing": [1.6], "gaussian_gradient_magnitude": [1.6]},
+        in_2d=["gaussian_smoothing", "gaussian_gradient_magnitude"],
+    )
+    out = whole(VOLUME, bank, spacing=(3, 1, 1))
+    for z in range(VOLUME.shape[0]):
+        kwargs = {"mode": "reflect", "truncate": TRUNCATE}
+        assert_array_equal(out[0, z], ndi.gaussian_filter(VOLUME[z], 1.6, **kwargs))
+        assert_array_equal(out[1, z], ndi.gaussian_gradient_magnitude(VOLUME[z], 1.6, **kwargs))
+
+
 def test_planar_families_need_no_halo_along_z_and_have_2d_components():
     families = {"gaussian_smoothing": [2.0], "hessian_of_gaussian_eigenvalues": [2.0]}
     volumetric = FeatureBank(families)

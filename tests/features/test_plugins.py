@@ -128,6 +128,8 @@ def undeclared(image, scale, *, spacing):
     [
         ("no_such_family", "unknown feature family 'no_such_family'.*package.module:function"),
         ("no_such_module_xyz:f", "cannot be imported here \\(ModuleNotFoundError"),
+        (":f", "is not a 'package.module:function' name"),
+        (".x:f", "is not a 'package.module:function' name"),
         ("plugin_example:missing", "cannot be imported here \\(AttributeError"),
         (f"{__name__}:undeclared", "is not a declared feature: decorate it"),
     ],
@@ -176,10 +178,8 @@ def test_a_plugin_bank_file_trains_and_predicts_in_fresh_processes(tmp_path):
     np.save(tmp_path / "image.npy", ph.image)
     np.save(tmp_path / "labels.npy", ph.scribbles)
     (tmp_path / "bank.yaml").write_text(f"gaussian_smoothing: [1.0]\n'{NAME}': [1.0, 2.0]\n")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "TILEDSEG_PLUGINS": "plugin_example"}
 
     def cli(*args):
         run = subprocess.run(
@@ -191,6 +191,16 @@ def test_a_plugin_bank_file_trains_and_predicts_in_fresh_processes(tmp_path):
     cli("train", str(tmp_path / "image.npy"), str(tmp_path / "labels.npy"),
         "--features", str(tmp_path / "bank.yaml"), "--model", str(tmp_path / "m.tsm"),
         "--quiet")  # fmt: skip
+    # a model file imports plug-in code only where TILEDSEG_PLUGINS allows it
+    refused = subprocess.run(
+        [sys.executable, "-m", "tiledseg", "info", str(tmp_path / "m.tsm")],
+        env={**env, "TILEDSEG_PLUGINS": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert "only when allowed: set TILEDSEG_PLUGINS=plugin_example" in refused.stderr
+    assert refused.stderr.count("\n") == 1
     info = cli("info", str(tmp_path / "m.tsm")).stdout
     assert f"{NAME}(sigma=2, channel=0, output=1)" in info
     cli("predict", str(tmp_path / "image.npy"), "--model", str(tmp_path / "m.tsm"),
@@ -227,3 +237,109 @@ def test_a_model_whose_plugin_is_not_here_is_one_clear_error(tmp_path, monkeypat
     monkeypatch.setattr(plugins, "_REGISTRY", {})
     with pytest.raises(TiledsegError, match="unknown feature family 'local_range'"):
         ts.load_model(tmp_path / "m.tsm")
+
+
+PROBE = """
+import pathlib
+import numpy as np
+import tiledseg
+
+pathlib.Path(__file__).with_name("imported").touch()
+
+
+@tiledseg.feature_plugin(halo=0, outputs=1)
+def double(image, scale, *, spacing):
+    return (image * scale)[np.newaxis]
+"""
+
+
+def tiny_pair():
+    image = np.random.default_rng(0).random((20, 20), dtype=np.float32)
+    labels = np.zeros((20, 20), np.uint8)
+    labels[:5], labels[-5:] = 1, 2
+    return image, labels
+
+
+def test_loading_a_model_imports_no_code_unless_allowed(tmp_path, monkeypatch, fast_xgboost):
+    """A model file may come from anywhere: naming a module must not run it."""
+    from tiledseg.features import plugins
+
+    (tmp_path / "probe_plugin.py").write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    image, labels = tiny_pair()
+    bank = {"probe_plugin:double": [1.0], "gaussian_smoothing": [1.0]}  # a bank: imported
+    model = ts.train(image, labels, features=bank, classifier=fast_xgboost(), cache_dir=None)
+    model.save(tmp_path / "m.tsm")
+    assert (tmp_path / "imported").exists()
+    # a new session: nothing imported or registered yet
+    (tmp_path / "imported").unlink()
+    monkeypatch.delitem(sys.modules, "probe_plugin")
+    monkeypatch.setattr(plugins, "_REGISTRY", {})
+    monkeypatch.delenv("TILEDSEG_PLUGINS", raising=False)
+    with pytest.raises(TiledsegError, match="set TILEDSEG_PLUGINS=probe_plugin if you trust"):
+        ts.load_model(tmp_path / "m.tsm")
+    assert not (tmp_path / "imported").exists()
+    monkeypatch.setenv("TILEDSEG_PLUGINS", "other, probe_plugin")
+    assert ts.load_model(tmp_path / "m.tsm").bank == model.bank
+    assert (tmp_path / "imported").exists()
+
+
+def test_models_with_bank_options_or_plugins_are_format_version_3(fast_xgboost):
+    import json
+    import struct
+
+    from tiledseg.model import MAGIC
+
+    image, labels = tiny_pair()
+    banks = {
+        "plain": ({"gaussian_smoothing": [1.0], "sobel": [1.0]}, 1),
+        "planar": (FeatureBank({"sobel": [1.0]}, in_2d=["sobel"]), 3),
+        "plugin": ({NAME: [1.0]}, 3),
+    }
+    for name, (bank, version) in banks.items():
+        model = ts.train(image, labels, features=bank, classifier=fast_xgboost(), cache_dir=None)
+        data = model.to_bytes()
+        (length,) = struct.unpack(">Q", data[len(MAGIC) : len(MAGIC) + 8])
+        header = json.loads(data[len(MAGIC) + 8 : len(MAGIC) + 8 + length])
+        assert header["format_version"] == version, name
+
+
+def test_a_changed_plugin_does_not_reuse_the_cached_table(tmp_path, fast_xgboost):
+    def first(image, scale, *, spacing):
+        return image[np.newaxis] * 2
+
+    def second(image, scale, *, spacing):
+        return image[np.newaxis] * 3
+
+    image, labels = tiny_pair()
+    reused = []
+    for function in (first, first, second):
+        register_feature(function, halo=0, outputs=1, name="edited")
+        model = ts.train(
+            image, labels, features={"edited": [1]}, classifier=fast_xgboost(), cache_dir=tmp_path
+        )
+        reused.append(model.summary["table_from_cache"])
+    assert reused == [False, True, False]
+
+
+def in_place(image, scale, *, spacing):
+    image *= 2
+    return image[np.newaxis]
+
+
+def test_a_plugin_cannot_change_the_block_others_read():
+    register_feature(in_place, halo=0, outputs=1, name="in_place")
+    with pytest.raises(TiledsegError, match="'in_place' failed at scale 1 .*read-only"):
+        whole(np.ones((6, 6), np.float32), FeatureBank({"in_place": [1, 2]}))
+
+
+@pytest.mark.parametrize("name", ["raw", "in_2d", "extra_channels"])
+def test_reserved_names_are_refused(name):
+    with pytest.raises(TiledsegError, match="taken by a built-in family or bank key"):
+        register_feature(undeclared, halo=0, outputs=1, name=name)
+
+
+def test_a_short_name_does_not_change_the_module_name_declaration():
+    register_feature(local_range, halo=lambda s: int(s), outputs=1, name="local_range")
+    register_feature(local_range, halo=0, outputs=1, name="range_no_halo")
+    assert FeatureBank({f"{__name__}:local_range": [3]}).halo((1, 1)) == (3, 3)

@@ -414,6 +414,11 @@ class FeatureBank:
             need += 1  # the 3-tap Sobel kernel on the smoothed image
         return need
 
+    def fingerprints(self) -> dict[str, str]:
+        """The plug-ins' code digests by name (empty without plug-ins), for cache keys and
+        run identities: a bank's name alone does not say what a plug-in computes."""
+        return {name: plugin.fingerprint() for name, plugin in self.plugins.items()}
+
     def restricted(self, families: Mapping[str, Iterable[float]]) -> FeatureBank:
         """Return a bank with only ``families`` (a subset), keeping the channel options."""
         return FeatureBank(

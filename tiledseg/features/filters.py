@@ -168,7 +168,11 @@ def _plugin_values(image, plugin, scale, inner, rel) -> Iterator[tuple[int, Any]
     within = tuple(
         slice(s.start - g.start, s.stop - g.start) for s, g in zip(inner, grown, strict=True)
     )
-    values = plugin.compute(image[grown], scale, rel)
+    view = image[grown]
+    if hasattr(view, "flags"):  # numpy: the block is shared by every later family and scale
+        view = view.view()
+        view.flags.writeable = False
+    values = plugin.compute(view, scale, rel)
     for k in range(values.shape[0]):
         yield k, values[k][within]
 

@@ -20,12 +20,24 @@ makes it usable in a bank as ``"package.module:function"`` in any process (a mod
 file, a YAML bank, dask workers); :func:`register_feature` also gives it a short
 name in the registering process. A registered plug-in travels to dask workers
 inside the bank (cloudpickle), so short names work on clusters too.
+
+A model file is data from wherever it came from: loading one imports a plug-in's
+module only if it is already registered in this process or its top-level package
+is listed in the ``TILEDSEG_PLUGINS`` environment variable (comma-separated), so a
+crafted model file cannot make tiledseg import code. Bank files and banks given
+in Python are the user's own choice and import what they name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import importlib
-from collections.abc import Callable, Sequence
+import inspect
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +46,41 @@ import numpy as np
 from tiledseg.errors import TiledsegError
 
 __all__ = [
+    "ALLOW_VARIABLE",
     "FeaturePlugin",
     "check_plugin",
     "feature_plugin",
     "find_plugin",
     "register_feature",
+    "untrusted_source",
 ]
 
 _ATTRIBUTE = "__tiledseg_feature__"
 _REGISTRY: dict[str, FeaturePlugin] = {}
+#: ``module.path:function.name``
+_IMPORTABLE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+#: Names that mean something else in a bank or in feature names.
+RESERVED = ("raw", "in_2d", "extra_channels")
+#: Environment variable listing the packages whose plug-ins a model file may import.
+ALLOW_VARIABLE = "TILEDSEG_PLUGINS"
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("tiledseg_plugins", default=True)
+
+
+@contextlib.contextmanager
+def untrusted_source() -> Iterator[None]:
+    """Within this block, banks import plug-in modules only where ``TILEDSEG_PLUGINS`` allows."""
+    token = _TRUSTED.set(False)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _allowed(module: str) -> bool:
+    if _TRUSTED.get():
+        return True
+    allowed = {p.strip() for p in os.environ.get(ALLOW_VARIABLE, "").split(",") if p.strip()}
+    return module.split(".")[0] in allowed or module in allowed
 
 
 @dataclass(frozen=True)
@@ -79,10 +117,25 @@ class FeaturePlugin:
         value = self.outputs(ndim) if callable(self.outputs) else self.outputs
         return _count(value, f"output count of plug-in feature {self.name!r}", 1)
 
+    def fingerprint(self) -> str:
+        """A digest of the function's code and declarations: a cached training table or an
+        unfinished run made with other code is not reused."""
+        h = hashlib.sha256(self.name.encode())
+        for part in (self.function, self.halo, self.outputs):
+            h.update(_code_of(part).encode())
+        h.update(self.scale.encode())
+        return h.hexdigest()[:16]
+
     def compute(self, image: Any, scale: float, rel: Sequence[float]) -> Any:
         """Call the function and check the shape of what it returns."""
         n = self.n_outputs(image.ndim)
-        values = self.function(image, scale, spacing=tuple(rel))
+        try:
+            values = self.function(image, scale, spacing=tuple(rel))
+        except Exception as exc:  # the user's code: one line naming it, not an internal error
+            raise TiledsegError(
+                f"plug-in feature {self.name!r} failed at scale {scale:g} on a block of shape "
+                f"{image.shape}: {type(exc).__name__}: {exc}"
+            ) from exc
         shape = getattr(values, "shape", None)
         if shape != (n, *image.shape):
             raise TiledsegError(
@@ -91,6 +144,20 @@ class FeaturePlugin:
                 f"{(n, *image.shape)}"
             )
         return values
+
+
+def _code_of(part: Any) -> str:
+    """Source of a callable (its bytecode where there is no source); repr of a value."""
+    if not callable(part):
+        return repr(part)
+    target = getattr(part, "__func__", part)
+    try:
+        return inspect.getsource(target)
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        if code is not None:
+            return code.co_code.hex() + repr(code.co_consts)
+        return f"{type(part).__module__}.{type(part).__qualname__}"
 
 
 def _count(value: Any, what: str, least: int) -> int:
@@ -108,9 +175,10 @@ def _plugin(function, *, halo, outputs, name, scale) -> FeaturePlugin:
         raise TiledsegError(f"a plug-in feature's name must be a non-empty string, got {name!r}")
     from tiledseg.features.bank import FAMILIES, is_builtin
 
-    if is_builtin(name):
+    if is_builtin(name) or name in RESERVED:
         raise TiledsegError(
-            f"plug-in feature name {name!r} is taken by a built-in family ({', '.join(FAMILIES)})"
+            f"plug-in feature name {name!r} is taken by a built-in family or bank key "
+            f"({', '.join((*FAMILIES, *RESERVED))})"
         )
     plugin = FeaturePlugin(name, function, halo, outputs, scale)
     if not callable(halo):
@@ -153,12 +221,14 @@ def register_feature(
     plugin = _plugin(function, halo=halo, outputs=outputs, name=name, scale=scale)
     _REGISTRY[plugin.name] = plugin
     canonical = f"{function.__module__}:{function.__qualname__}"
-    if canonical != plugin.name:
+    # the module:function name keeps the declaration made under it (or the first one):
+    # registering the function again under a short name does not change it
+    if canonical == plugin.name or canonical not in _REGISTRY:
         _REGISTRY[canonical] = FeaturePlugin(canonical, function, halo, outputs, scale)
-    try:
-        setattr(function, _ATTRIBUTE, _REGISTRY[canonical])
-    except (AttributeError, TypeError):  # builtins and some callables refuse attributes
-        pass
+        try:
+            setattr(function, _ATTRIBUTE, _REGISTRY[canonical])
+        except (AttributeError, TypeError):  # builtins and some callables refuse attributes
+            pass
     return plugin
 
 
@@ -195,12 +265,20 @@ def find_plugin(name: str) -> FeaturePlugin | None:
         return _REGISTRY[name]
     if ":" not in name:
         return None
+    if not _IMPORTABLE.match(name):
+        raise TiledsegError(f"plug-in feature {name!r} is not a 'package.module:function' name")
     module_name, _, qualname = name.partition(":")
+    if not _allowed(module_name):
+        raise TiledsegError(
+            f"the model names plug-in feature {name!r}; tiledseg imports a model's plug-in "
+            f"code only when allowed: set {ALLOW_VARIABLE}={module_name.split('.')[0]} if you "
+            "trust it (or import and register it before loading the model)"
+        )
     try:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # any failure of the user's module is one line
         raise TiledsegError(
             f"plug-in feature {name!r} cannot be imported here ({type(exc).__name__}: {exc}); "
             "install its package on this machine and on the workers, or register it "
@@ -249,18 +327,17 @@ def check_plugin(
     from tiledseg.features.bank import FeatureBank
     from tiledseg.features.tiled import feature_array
 
-    if isinstance(plugin, FeaturePlugin):
-        name = plugin.name
-        if _REGISTRY.get(name) is not plugin:
-            _REGISTRY[name] = plugin
-    elif callable(plugin):
+    if callable(plugin) and not isinstance(plugin, FeaturePlugin):
         found = getattr(plugin, _ATTRIBUTE, None)
         if found is None:
             raise TiledsegError(f"{plugin!r} is not a registered plug-in feature")
-        name = found.name
+        plugin = found
+    if isinstance(plugin, FeaturePlugin):
+        name = plugin.name
+        bank = FeatureBank({name: [scale]}, plugins={name: plugin})
     else:
         name = str(plugin)
-    bank = FeatureBank({name: [scale]})
+        bank = FeatureBank({name: [scale]})
     halo = bank.halo((1.0,) * len(shape))
     sizes = (block,) * len(shape) if isinstance(block, int) else tuple(block)
     # blocks no smaller than the halo (the planner's rule), and at least two uneven ones per axis
@@ -273,6 +350,7 @@ def check_plugin(
         where = np.argwhere(untiled != tiled)[0]
         raise TiledsegError(
             f"plug-in feature {name!r} at scale {scale:g} differs tiled and untiled (output "
-            f"{where[0]}, voxel {tuple(int(v) for v in where[1:])}); its declared halo "
-            f"{halo[0]} is smaller than what the function reads"
+            f"{where[0]}, voxel {tuple(int(v) for v in where[1:])}): the function reads "
+            f"farther than its declared halo {halo[0]}, or its values depend on the shape "
+            "of the array it is given"
         )
