@@ -2,8 +2,9 @@
 
 A kernel never imports numpy or scipy by name: it receives a :class:`Backend`
 chosen from the type of the block it is given, as dask-image's dispatch does.
-numpy + scipy.ndimage is the only backend today; a cupy backend is an entry in
-``_LAZY`` (cupy + cupyx.scipy.ndimage), imported only when a cupy block arrives.
+numpy + scipy.ndimage, and cupy + cupyx.scipy.ndimage for cupy blocks (imported only
+when a cupy block arrives; checked against the CPU in ``tests/features/test_gpu.py``,
+which needs a GPU).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Backend:
 # imported the first time a block of that type is seen.
 _LAZY: dict[str, tuple[str, str]] = {
     "numpy": ("numpy", "scipy.ndimage"),
+    "cupy": ("cupy", "cupyx.scipy.ndimage"),
 }
 _LOADED: dict[str, Backend] = {}
 

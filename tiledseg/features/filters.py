@@ -169,7 +169,7 @@ def _plugin_values(image, plugin, scale, inner, rel) -> Iterator[tuple[int, Any]
         slice(s.start - g.start, s.stop - g.start) for s, g in zip(inner, grown, strict=True)
     )
     view = image[grown]
-    if hasattr(view, "flags"):  # numpy: the block is shared by every later family and scale
+    if isinstance(view, np.ndarray):  # the block is shared by every later family and scale
         view = view.view()
         view.flags.writeable = False
     values = plugin.compute(view, scale, rel)
