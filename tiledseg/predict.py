@@ -329,16 +329,12 @@ def predict(
     region = parse_region(roi, volume.shape)
     blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
     inputs = [image] if isinstance(image, str | os.PathLike) else []
-    inputs += [p for p in volume.extra_paths if p[:1] != "<"]  # never written over
+    inputs += [v.path for v in volume.extra_volumes if v.path]  # never written over
     identity = {
         "model_checksum": model.checksum,
         "image": _where(image, volume),
         **(
-            {
-                "extra_channels": [
-                    p if p[:1] == "<" else _where(p, volume) for p in volume.extra_paths
-                ]
-            }
+            {"extra_channels": [_where(v.path, v) for v in volume.extra_volumes]}
             if volume.n_extra
             else {}
         ),

@@ -372,15 +372,20 @@ def _draw_slices(plt, planes, views, spacing, colours, folder: Path) -> Panel:
                     aspect=aspect,
                     interpolation="nearest",
                 )
-            ax.set_title(f"{row}, {view.title}")
-            ax.set_ylabel(view.axes[0])
-            ax.set_xlabel(view.axes[1])
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _label_plane(ax, view, f"{row}, {view.title}")
     _legend(fig, colours)
     fig.tight_layout(rect=(0, 0.8 / (3.6 * len(rows) + 0.8), 1, 1))
     title = "middle planes: " + ", ".join(rows)
     return _save(fig, folder, "slices", title)
+
+
+def _label_plane(ax, view, title: str) -> None:
+    """Title and axis letters of a drawn plane; no ticks (voxel indices say nothing here)."""
+    ax.set_title(title)
+    ax.set_ylabel(view.axes[0])
+    ax.set_xlabel(view.axes[1])
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _draw_uncertainty(plt, planes, views, spacing, folder: Path) -> Panel:
@@ -396,11 +401,7 @@ def _draw_uncertainty(plt, planes, views, spacing, folder: Path) -> Panel:
             aspect=_aspect(view, spacing),
             interpolation="nearest",
         )
-        ax.set_title(f"uncertainty, {view.title}")
-        ax.set_ylabel(view.axes[0])
-        ax.set_xlabel(view.axes[1])
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _label_plane(ax, view, f"uncertainty, {view.title}")
     fig.colorbar(shown, ax=list(axes[0]), label="1 - (p_best - p_second)", shrink=0.8)
     return _save(fig, folder, "uncertainty", "uncertainty (1 - margin of the two best classes)")
 

@@ -564,7 +564,11 @@ def train(
         "fit_seconds": round(fit_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "image": volume.name,
-        **({"extra_channels": list(volume.extra_paths)} if volume.n_extra else {}),
+        **(
+            {"extra_channels": [v.path or v.name for v in volume.extra_volumes]}
+            if volume.n_extra
+            else {}
+        ),
         "labels": label_volume.name,
         "shape": list(volume.shape),
         **fit_summary,
@@ -576,7 +580,7 @@ def train(
         ndim=volume.ndim,
         n_channels=volume.n_channels,
         spacing=volume.spacing,
-        channel_axis=volume.image_channel_axis if volume.n_extra else volume.channel_axis,
+        channel_axis=volume.image_channel_axis,
         summary=summary,
         columns=columns,
     )

@@ -160,13 +160,6 @@ class Volume:
     checked_finite: bool = field(default=False, compare=False)
     #: The path it was opened from (``None``: an in-memory array), as the user gave it.
     path: str | None = None
-    #: Extra channels appended by :func:`with_extra_channels`: their paths (or names)...
-    extra_paths: tuple[str, ...] = ()
-    #: ...and how many channels they add, after the image's own.
-    n_extra: int = 0
-    #: The image's own channel axis when extra channels were appended (then ``channel_axis``
-    #: is the stack's, 0).
-    image_channel_axis: int | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -175,6 +168,23 @@ class Volume:
         if self.channel_axis is not None:
             del shape[self.channel_axis]
         return tuple(shape)
+
+    @property
+    def extra_volumes(self) -> tuple[Volume, ...]:
+        """The extra images :func:`with_extra_channels` appended (none for a plain image)."""
+        return self.source.volumes[1:] if isinstance(self.source, _ChannelStack) else ()
+
+    @property
+    def n_extra(self) -> int:
+        """How many channels the extra images add, after the image's own."""
+        return sum(v.n_channels for v in self.extra_volumes)
+
+    @property
+    def image_channel_axis(self) -> int | None:
+        """The image's own channel axis (with extras appended, ``channel_axis`` is the stack's)."""
+        if isinstance(self.source, _ChannelStack):
+            return self.source.volumes[0].channel_axis
+        return self.channel_axis
 
     @property
     def ndim(self) -> int:
@@ -435,7 +445,7 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
     Returns
     -------
     Volume
-        Channels first; ``extra_paths`` names the extras, ``n_extra`` counts their channels.
+        Channels first; ``extra_volumes`` are the extras, ``n_extra`` counts their channels.
 
     Raises
     ------
@@ -460,7 +470,6 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
                 f"but image {volume.name} has {list(volume.spacing)}; extra channels must be "
                 "co-registered with the image"
             )
-    paths = [e.path for e in opened]
     return Volume(
         _ChannelStack([volume, *opened]),
         0,
@@ -468,10 +477,7 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
         " + ".join([volume.name, *(e.name for e in opened)]),
         volume.spacing_from_metadata,
         volume.attrs,
-        path=volume.path if all(p is not None for p in paths) else None,
-        extra_paths=tuple(e.path or e.name for e in opened),
-        n_extra=sum(e.n_channels for e in opened),
-        image_channel_axis=volume.channel_axis,
+        path=volume.path if all(e.path is not None for e in opened) else None,
     )
 
 

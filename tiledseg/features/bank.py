@@ -14,6 +14,7 @@ same physical distance along every axis.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -421,12 +422,10 @@ class FeatureBank:
 
     def restricted(self, families: Mapping[str, Iterable[float]]) -> FeatureBank:
         """Return a bank with only ``families`` (a subset), keeping the channel options."""
-        return FeatureBank(
-            {f: tuple(s) for f, s in families.items()},
+        return dataclasses.replace(
+            self,
+            families={f: tuple(s) for f, s in families.items()},
             in_2d=[f for f in self.in_2d if f in families],
-            extra_channels=self.extra_channels,
-            filter_extra=self.filter_extra,
-            plugins=self.plugins,
         )
 
     # -- (de)serialisation --------------------------------------------------------------
@@ -470,13 +469,7 @@ class FeatureBank:
 
     def with_extra_channels(self, count: int, *, filtered: bool) -> FeatureBank:
         """Return this bank for an input with ``count`` extra channels after the image's."""
-        return FeatureBank(
-            self.families,
-            in_2d=self.in_2d,
-            extra_channels=count,
-            filter_extra=filtered,
-            plugins=self.plugins,
-        )
+        return dataclasses.replace(self, extra_channels=count, filter_extra=filtered)
 
     def describe(self) -> str:
         """Return one line per family: ``family: scales``, and the options."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg import blocks
 from tiledseg.features.backend import Backend
 from tiledseg.features.bank import (
     TRUNCATE,
@@ -36,7 +37,7 @@ from tiledseg.features.bank import (
     kernel_radius,
 )
 
-__all__ = ["ball_footprint", "extra_features", "gabor_kernel"]
+__all__ = ["ball_footprint", "extra_features", "gabor_kernel", "grow"]
 
 Region = tuple[slice, ...]
 
@@ -75,16 +76,10 @@ def extra_features(
         raise ValueError(f"unknown feature family {family!r}")
 
 
-def _grow(inner: Region, margin: Sequence[int], shape: Sequence[int]) -> tuple[Region, Region]:
+def grow(inner: Region, margin: Sequence[int], shape: Sequence[int]) -> tuple[Region, Region]:
     """Return the block grown by ``margin`` (clipped to ``shape``) and the block inside it."""
-    grown = tuple(
-        slice(max(0, s.start - m), min(n, s.stop + m))
-        for s, m, n in zip(inner, margin, shape, strict=True)
-    )
-    within = tuple(
-        slice(s.start - g.start, s.stop - g.start) for s, g in zip(inner, grown, strict=True)
-    )
-    return grown, within
+    grown = blocks.haloed(inner, margin, shape)
+    return grown, blocks.within(inner, grown)
 
 
 # -- Sobel -------------------------------------------------------------------------------------
@@ -99,14 +94,10 @@ def _sobel(image, sigma, inner, rel, be: Backend):
     """
     ndim = image.ndim
     sigmas = tuple(sigma / step for step in rel)
-    grown, within = _grow(inner, (1,) * ndim, image.shape)
-    smooth_region, _ = _grow(grown, tuple(kernel_radius(s) for s in sigmas), image.shape)
+    grown, within = grow(inner, (1,) * ndim, image.shape)
+    smooth_region, _ = grow(grown, tuple(kernel_radius(s) for s in sigmas), image.shape)
     smooth = image[smooth_region]
-    # crop of the grown block inside the smoothed region
-    keep = tuple(
-        slice(g.start - r.start, g.stop - r.start)
-        for g, r in zip(grown, smooth_region, strict=True)
-    )
+    keep = blocks.within(grown, smooth_region)
     for axis in range(ndim):
         smooth = be.ndi.gaussian_filter1d(
             smooth, sigmas[axis], axis=axis, output=np.float32, mode="reflect", truncate=TRUNCATE
@@ -142,7 +133,7 @@ def _box_sum(x, half: Sequence[int], within: Region, be: Backend):
 
 def _local_statistic(image, family, radius, inner, rel, be: Backend):
     half = tuple(box_radius(radius / step) for step in rel)
-    grown, within = _grow(inner, half, image.shape)
+    grown, within = grow(inner, half, image.shape)
     x = be.xp.asarray(image[grown], dtype=np.float64)
     count = float(math.prod(2 * h + 1 for h in half))
     mean = _box_sum(x, half, within, be) / count
@@ -175,7 +166,7 @@ def ball_footprint(radius: float, rel: Sequence[float]) -> np.ndarray:
 
 def _rank(image, family, radius, inner, rel, be: Backend):
     footprint = ball_footprint(radius, rel)
-    grown, within = _grow(inner, tuple((n - 1) // 2 for n in footprint.shape), image.shape)
+    grown, within = grow(inner, tuple((n - 1) // 2 for n in footprint.shape), image.shape)
     x = image[grown]
     fp = be.xp.asarray(footprint)
     if family == "median":
@@ -224,7 +215,7 @@ def _gabor(image, wavelength, inner, rel, be: Backend):
     for k, theta in enumerate(gabor_orientations()):
         kernel = gabor_kernel(wavelength, theta, rel[-2:])
         margin = (0,) * (ndim - 2) + tuple((n - 1) // 2 for n in kernel.shape)
-        grown, within = _grow(inner, margin, image.shape)
+        grown, within = grow(inner, margin, image.shape)
         x = be.xp.asarray(image[grown], dtype=np.float64)
         kernel = kernel.reshape((1,) * (ndim - 2) + kernel.shape)
         real = be.ndi.convolve(x, be.xp.asarray(np.ascontiguousarray(kernel.real)), mode="reflect")

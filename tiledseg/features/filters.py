@@ -52,7 +52,7 @@ from tiledseg.features.bank import (
     kernel_radius,
     relative_spacing,
 )
-from tiledseg.features.extra import extra_features
+from tiledseg.features.extra import extra_features, grow
 
 __all__ = ["block_features", "symmetric_eigenvalues"]
 
@@ -160,14 +160,7 @@ def _family_values(
 
 def _plugin_values(image, plugin, scale, inner, rel) -> Iterator[tuple[int, Any]]:
     """A plug-in's outputs on the block, computed on the block grown by its declared halo."""
-    reach = plugin.reach(scale)
-    grown = tuple(
-        slice(max(0, s.start - reach), min(n, s.stop + reach))
-        for s, n in zip(inner, image.shape, strict=True)
-    )
-    within = tuple(
-        slice(s.start - g.start, s.stop - g.start) for s, g in zip(inner, grown, strict=True)
-    )
+    grown, within = grow(inner, (plugin.reach(scale),) * image.ndim, image.shape)
     view = image[grown]
     if isinstance(view, np.ndarray):  # the block is shared by every later family and scale
         view = view.view()
@@ -209,13 +202,7 @@ def _scale_features(image, sigma, families, inner, rel, be: Backend) -> Iterator
         margin = tuple(kernel_radius(s) for s in outer)
     else:
         margin = (0,) * ndim
-    target = tuple(
-        slice(max(0, s.start - m), min(n, s.stop + m))
-        for s, m, n in zip(inner, margin, image.shape, strict=True)
-    )
-    in_target = tuple(
-        slice(s.start - t.start, s.stop - t.start) for s, t in zip(inner, target, strict=True)
-    )
+    target, in_target = grow(inner, margin, image.shape)
     deriv = _derivatives(image, sigmas, sorted(orders), target, be)
 
     def on_block(order: tuple[int, ...]):
