@@ -126,6 +126,34 @@ def fast_xgboost():
     return small_xgboost
 
 
+def _cuda_or_skip():
+    """cupy with a CUDA device, or a clean skip (CI has neither)."""
+    cupy = pytest.importorskip("cupy")
+    from tiledseg.device import gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("cupy sees no CUDA device")
+    return cupy
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """The array module a shared test runs on: numpy always, cupy where there is a GPU."""
+    return np if request.param == "numpy" else _cuda_or_skip()
+
+
+@pytest.fixture
+def device(xp) -> str:
+    """The ``--device`` of the backend ``xp``: ``cpu`` for numpy, ``cuda`` for cupy."""
+    return "cpu" if xp is np else "cuda"
+
+
+@pytest.fixture
+def cupy():
+    """cupy on a CUDA device (tests that only make sense on a GPU)."""
+    return _cuda_or_skip()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

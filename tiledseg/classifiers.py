@@ -9,6 +9,7 @@ without pickle (XGBoost's own UBJSON format, or skops for scikit-learn).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg.device import to_host
 from tiledseg.errors import ModelFileError, TiledsegError
+from tiledseg.features.backend import get_backend
 
 __all__ = [
     "CLASSIFIERS",
@@ -67,18 +70,27 @@ class Classifier(ABC):
     trains_distributed: bool = False
 
     @abstractmethod
-    def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
-        """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1)."""
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, *, n_threads: int, device: str = "cpu"
+    ) -> dict[str, Any]:
+        """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1), on
+        ``device`` (``cpu`` or ``cuda``) where the classifier can."""
 
-    def fit_distributed(self, client: Any, X: Any, y: np.ndarray) -> dict[str, Any]:
+    def fit_distributed(
+        self, client: Any, X: Any, y: np.ndarray, *, device: str = "cpu"
+    ) -> dict[str, Any]:
         """Fit on the workers of a dask cluster, where the rows of ``X`` are."""
         raise TiledsegError(
             f"classifier {self.name} cannot train on a dask cluster; only xgboost can"
         )
 
     @abstractmethod
-    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
-        """Return class probabilities (n, k) float32."""
+    def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
+        """Return class probabilities (n, k) float32.
+
+        With ``device="cuda"`` ``X`` may be a cupy array; the probabilities are then
+        a cupy array too where the classifier predicts on the GPU, else numpy.
+        """
 
     @abstractmethod
     def to_bytes(self) -> bytes:
@@ -105,10 +117,17 @@ class XGBoostClassifier(Classifier):
     prediction, which walks every tree for every voxel, ran 2.6x faster at equal
     mIoU on our phantoms once the cap was raised from 30 to 50 rounds
     (benchmarks/RESULTS.md).
-    """
 
-    name = "xgboost"
-    trains_distributed = True
+    With ``forest=True`` it is a random forest in XGBoost's random-forest mode
+    (one round of ``trees`` parallel trees, each on 63% of the rows, each split on
+    the square root of the features, no shrinkage): the ``random-forest`` of
+    ``--device cuda``, trained and predicted on the GPU, and read on any machine.
+
+    On ``cuda`` each class gets its own trees (``one_output_per_tree``): XGBoost's
+    roadmap (dmlc/xgboost#9043) lists GPU histograms and prediction of vector-leaf
+    trees as not done, so a vector-leaf model (trained on the CPU) is predicted on
+    the CPU even when the features are on the GPU.
+    """
 
     def __init__(
         self,
@@ -124,8 +143,11 @@ class XGBoostClassifier(Classifier):
         seed: int = 0,
         booster: Any = None,
         n_classes: int | None = None,
+        forest: bool = False,
+        trees: int = 100,
+        forest_depth: int = 12,
     ):
-        self.params = dict(
+        self.params: dict[str, Any] = dict(
             max_rounds=max_rounds,
             min_rounds=min_rounds,
             patience=patience,
@@ -136,13 +158,43 @@ class XGBoostClassifier(Classifier):
             held_out=held_out,
             seed=seed,
         )
+        if forest:  # (only then: the params of a boosted model stay readable by older tiledseg)
+            self.params.update(
+                forest=True, trees=trees, forest_depth=forest_depth, max_rounds=1, min_rounds=1
+            )
         self.booster = booster
         self.n_classes = n_classes
         self._nthread: int | None = None  # the booster's nthread, when known
+        self._device = "cpu"  # the booster's device
 
-    def _booster_params(self, n_classes: int, n_threads: int) -> dict[str, Any]:
+    @property
+    def forest(self) -> bool:
+        """Whether this is XGBoost's random-forest mode."""
+        return bool(self.params.get("forest", False))
+
+    @property
+    def trains_distributed(self) -> bool:  # type: ignore[override]
+        """Boosting trains on a dask cluster; the forest (one round) in one process."""
+        return not self.forest
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """``xgboost``, or ``random-forest`` in random-forest mode."""
+        return "random-forest" if self.forest else "xgboost"
+
+    @property
+    def vector_leaf(self) -> bool:
+        """Whether the trees have one leaf vector for all classes (CPU prediction only)."""
+        return (self.n_classes or 2) > 2 and self.params.get(
+            "multi_strategy", "one_output_per_tree"
+        ) == "multi_output_tree"
+
+    def _booster_params(
+        self, n_classes: int, n_threads: int, *, n_features: int = 1, device: str = "cpu"
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "tree_method": "hist",
+            "device": device,
             "max_depth": self.params["max_depth"],
             "eta": self.params["learning_rate"],
             # each split sees half the features, as in a random forest: it steadied the
@@ -151,6 +203,14 @@ class XGBoostClassifier(Classifier):
             "seed": self.params["seed"],
             "nthread": n_threads,
         }
+        if self.forest:
+            params.update(
+                max_depth=self.params["forest_depth"],
+                eta=1.0,
+                num_parallel_tree=self.params["trees"],
+                subsample=0.632,  # the share of distinct rows in a bootstrap sample
+                colsample_bynode=min(1.0, math.sqrt(n_features) / n_features),
+            )
         if n_classes == 2:
             params.update(objective="binary:logistic", eval_metric="error")
         else:
@@ -162,21 +222,46 @@ class XGBoostClassifier(Classifier):
             )
         return params
 
+    def _strategy_for(self, n_classes: int, device: str) -> dict[str, Any]:
+        """Train one tree per class on the GPU and in a forest (see the class notes);
+        the model file then says so, and prediction follows."""
+        if n_classes > 2 and (device == "cuda" or self.forest):
+            if self.params.get("multi_strategy") != "one_output_per_tree":
+                self.params["multi_strategy"] = "one_output_per_tree"
+                return {"multi_strategy": "one_output_per_tree"}
+        return {}
+
     def _rounds_after(self, probe: Any, rounds: int) -> int:
         """Rounds for the final fit: where the probe's held-out error was best, at least
         ``min_rounds`` (and at most ``rounds``)."""
         return min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, *, n_threads: int, device: str = "cpu"
+    ) -> dict[str, Any]:
         import xgboost as xgb
 
         self.n_classes = int(y.max()) + 1
-        params = self._booster_params(self.n_classes, n_threads)
+        summary: dict[str, Any] = {"device": device, **self._strategy_for(self.n_classes, device)}
+        params = self._booster_params(
+            self.n_classes, n_threads, n_features=int(X.shape[1]), device=device
+        )
         weights = balanced_weights(y)
         train, held = stratified_split(y, self.params["held_out"], self.params["seed"])
         rounds = self.params["max_rounds"]
-        summary: dict[str, Any] = {"max_rounds": rounds}
-        if len(held) and len(np.unique(y[train])) == self.n_classes:
+        if self.forest:
+            summary["trees"] = self.params["trees"]
+        else:
+            summary["max_rounds"] = rounds
+        if self.forest and len(held) and len(np.unique(y[train])) == self.n_classes:
+            dtrain = xgb.DMatrix(X[train], label=y[train], weight=weights[train], nthread=n_threads)
+            probe = xgb.train(params, dtrain, num_boost_round=1, verbose_eval=False)
+            proba = _as_proba(
+                probe.predict(xgb.DMatrix(X[held], nthread=n_threads)), self.n_classes
+            )
+            summary["held_out_accuracy"] = float(np.mean(proba.argmax(1) == y[held]))
+            summary["held_out_voxels"] = int(len(held))
+        elif len(held) and len(np.unique(y[train])) == self.n_classes:
             dtrain = xgb.DMatrix(X[train], label=y[train], weight=weights[train], nthread=n_threads)
             dheld = xgb.DMatrix(X[held], label=y[held], weight=weights[held], nthread=n_threads)
             probe = xgb.train(
@@ -195,13 +280,16 @@ class XGBoostClassifier(Classifier):
             proba = _as_proba(probe.predict(dheld, iteration_range=(0, scored)), self.n_classes)
             summary["held_out_accuracy"] = float(np.mean(proba.argmax(1) == y[held]))
             summary["held_out_voxels"] = int(len(held))
-        summary["rounds"] = rounds
+        if not self.forest:
+            summary["rounds"] = rounds
         dall = xgb.DMatrix(X, label=y, weight=weights, nthread=n_threads)
         self.booster = xgb.train(params, dall, num_boost_round=rounds, verbose_eval=False)
-        self._nthread = n_threads
+        self._nthread, self._device = n_threads, device
         return summary
 
-    def fit_distributed(self, client: Any, X: Any, y: np.ndarray) -> dict[str, Any]:
+    def fit_distributed(
+        self, client: Any, X: Any, y: np.ndarray, *, device: str = "cpu"
+    ) -> dict[str, Any]:
         """Fit with ``xgboost.dask`` on the workers that hold the rows, as :meth:`fit` does.
 
         The recipe is :meth:`fit`'s: the same booster parameters, balanced weights,
@@ -235,6 +323,9 @@ class XGBoostClassifier(Classifier):
             Class indices (0..k-1) of the n rows. The labels are already here (the
             scan of the scribbles returns them) and are a ``1/f`` part of the table;
             they, the weights and the split are scattered in ``X``'s chunks.
+        device : {"cpu", "cuda"}
+            ``cuda``: every worker trains on its own GPU (the one its
+            ``CUDA_VISIBLE_DEVICES`` shows first).
 
         Returns
         -------
@@ -244,14 +335,19 @@ class XGBoostClassifier(Classifier):
         """
         import xgboost.dask as dxgb
 
+        if self.forest:
+            raise TiledsegError(
+                "the random forest trains in one process: leave distributed training off"
+            )
         self.n_classes = int(y.max()) + 1
-        params = self._booster_params(self.n_classes, 1)
+        summary: dict[str, Any] = {"device": device, **self._strategy_for(self.n_classes, device)}
+        params = self._booster_params(self.n_classes, 1, device=device)
         del params["nthread"]  # each worker uses its own thread count (see above)
         chunks = X.chunks[0]
         weights = balanced_weights(y)
         train, held = stratified_split(y, self.params["held_out"], self.params["seed"])
         rounds = self.params["max_rounds"]
-        summary: dict[str, Any] = {"max_rounds": rounds}
+        summary["max_rounds"] = rounds
         label = _scattered(client, y.astype(np.float32), chunks)
         with _current_client(client):
             if len(held) and len(np.unique(y[train])) == self.n_classes:
@@ -303,14 +399,19 @@ class XGBoostClassifier(Classifier):
         summary["training_workers"] = len(dall.worker_map)
         return summary
 
-    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+    def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
+        if device == "cuda" and self.vector_leaf:
+            device = "cpu"  # (see the class notes)
+        if device == "cpu":
+            X = to_host(X)
         # set_param unconfigures the booster, which blocks predicting on other threads
         # then fail on ("Check failed: !this->need_configuration_"): set it only when
-        # it changes, and once, under a lock
+        # it changes, and once, under a lock. On the GPU the booster must be on the
+        # device too, or XGBoost copies the features back to predict on the CPU.
         with _PARAM_LOCK:
-            if self._nthread != n_threads:
-                self.booster.set_param({"nthread": n_threads})
-                self._nthread = n_threads
+            if self._nthread != n_threads or self._device != device:
+                self.booster.set_param({"nthread": n_threads, "device": device})
+                self._nthread, self._device = n_threads, device
         raw = self.booster.inplace_predict(X, validate_features=False)
         return _as_proba(raw, self.n_classes)
 
@@ -379,10 +480,12 @@ def _scattered(client: Any, values: np.ndarray, chunks: tuple[int, ...]) -> Any:
     )
 
 
-def _as_proba(raw: np.ndarray, n_classes: int) -> np.ndarray:
-    raw = np.asarray(raw, dtype=np.float32)
+def _as_proba(raw: Any, n_classes: int) -> Any:
+    """``(n, k)`` float32 probabilities, in ``raw``'s array module (numpy or cupy)."""
+    xp = get_backend(raw).xp
+    raw = xp.asarray(raw, dtype=xp.float32)
     if n_classes == 2 and raw.ndim == 1:
-        return np.stack([1.0 - raw, raw], axis=1)
+        return xp.stack([1.0 - raw, raw], axis=1)
     return raw.reshape(-1, n_classes)
 
 
@@ -420,7 +523,10 @@ class SklearnClassifier(Classifier):
             return "random-forest"
         return est.__name__
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, n_threads: int) -> dict[str, Any]:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, *, n_threads: int, device: str = "cpu"
+    ) -> dict[str, Any]:
+        # a scikit-learn estimator fits on the CPU whatever the device
         from sklearn.utils.validation import has_fit_parameter
 
         est = self.estimator
@@ -434,7 +540,8 @@ class SklearnClassifier(Classifier):
             est.set_params(n_jobs=1)
         return {"estimator": type(est).__name__}
 
-    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+    def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> np.ndarray:
+        X = to_host(X)  # scikit-learn predicts on the CPU: GPU features come back first
         if self.has_probabilities:
             return np.asarray(self.estimator.predict_proba(X), dtype=np.float32)
         # labels only: one-hot "probabilities" carry the labels and nothing more
@@ -489,14 +596,23 @@ def _refused_types(data: bytes) -> list[str]:
     return [t for t in sio.get_untrusted_types(data=data) if t not in _TRUSTED_TYPES]
 
 
-def make_classifier(spec: str | Any = "xgboost", *, seed: int = 0) -> Classifier:
-    """Return a classifier wrapper from a name or a scikit-learn-style estimator."""
+def make_classifier(
+    spec: str | Any = "xgboost", *, seed: int = 0, device: str = "cpu"
+) -> Classifier:
+    """Return a classifier wrapper from a name or a scikit-learn-style estimator.
+
+    ``random-forest`` is scikit-learn's forest on the CPU and XGBoost's
+    random-forest mode on ``device="cuda"`` (scikit-learn has no GPU; a cuML forest
+    would need cuML, and pickle, to be read back).
+    """
     if isinstance(spec, Classifier):
         return spec
     if isinstance(spec, str):
         if spec == "xgboost":
             return XGBoostClassifier(seed=seed)
         if spec in ("random-forest", "random_forest", "rf"):
+            if device == "cuda":
+                return XGBoostClassifier(seed=seed, forest=True)
             from sklearn.ensemble import RandomForestClassifier
 
             return SklearnClassifier(RandomForestClassifier(n_estimators=100, random_state=seed))

@@ -53,6 +53,17 @@ def _extra_channels_option(f):
     )(f)
 
 
+def _device_option(f):
+    return click.option(
+        "--device",
+        type=click.Choice(["cpu", "cuda", "auto"]),
+        default="cpu",
+        show_default=True,
+        help="Where blocks are computed: cpu, cuda (each worker's GPU; an error where a "
+        "worker has none) or auto (a worker's GPU if it has one). Needs the 'gpu' extra.",
+    )(f)
+
+
 def _workers_option(f):
     return click.option(
         "--workers",
@@ -110,6 +121,7 @@ def cli(debug: bool) -> None:
     help="Also compute the bank's families on the extra channels.",
 )
 @_block_option
+@_device_option
 @_workers_option
 @_scheduler_option
 @click.option(
@@ -142,6 +154,7 @@ def train(
     extra_channels,
     filter_extra_channels,
     block,
+    device,
     workers,
     scheduler,
     cluster,
@@ -171,6 +184,7 @@ def train(
         extra_channels=list(extra_channels),
         filter_extra_channels=filter_extra_channels,
         block=block,
+        device=device,
         workers=workers,
         scheduler=scheduler,
         cluster=cluster,
@@ -209,8 +223,15 @@ def _print_training(model, model_path) -> None:
             "class equally, but so few examples may not describe them: paint more there"
         )
     line = f"{len(model.feature_names)} features, {model.classifier.name}"
+    if "trees" in s:
+        line += f" (XGBoost's random-forest mode, {s['trees']} trees)"
     if "rounds" in s:
         line += f", {s['rounds']} rounds"
+    if s.get("device") == "cuda":
+        line += ", fitted on the GPU"
+    gpu_workers = s.get("feature_device", {}).get("gpu_workers", 0)
+    if gpu_workers:
+        line += f", features on {gpu_workers} GPU worker(s)"
     if "held_out_accuracy" in s:
         line += f", accuracy on held-out scribble voxels {s['held_out_accuracy']:.3f}"
     if s.get("table_from_cache"):
@@ -272,6 +293,7 @@ def _print_training(model, model_path) -> None:
 @_channel_axis_option
 @_extra_channels_option
 @_block_option
+@_device_option
 @_workers_option
 @_scheduler_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
@@ -291,6 +313,7 @@ def predict(
     channel_axis,
     extra_channels,
     block,
+    device,
     workers,
     scheduler,
     cluster,
@@ -319,6 +342,7 @@ def predict(
         block=block,
         channel_axis=channel_axis,
         extra_channels=list(extra_channels),
+        device=device,
         workers=workers,
         scheduler=scheduler,
         cluster=cluster,
@@ -441,6 +465,7 @@ def _predict_for_segment(
         smooth_contrast_sigma=config.smooth_contrast_sigma,
         block=config.block,
         channel_axis=config.channel_axis,
+        device=config.device,
         scheduler=scheduler,
         overwrite=overwrite,
         quiet=quiet,
@@ -459,6 +484,7 @@ def _train_for_segment(config, volume, *, scheduler, quiet: bool):
         spacing=config.spacing,
         channel_axis=config.channel_axis,
         block=config.block,
+        device=config.device,
         scheduler=scheduler,
         distributed_training=config.distributed_training,
         select_features=config.select_features,

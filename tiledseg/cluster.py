@@ -132,6 +132,31 @@ class Executor:
             wait_futures(futures_of(done))
         return list(done)
 
+    def on_workers(
+        self, func: Callable[[], Any], *, wait: float = 120.0
+    ) -> dict[str, tuple[Any, int]]:
+        """Run ``func()`` once in every worker process (here, without a cluster).
+
+        Returns ``{worker: (result, task threads of that worker)}``. On a cluster
+        whose workers are still starting (SLURM jobs in the queue), waits up to
+        ``wait`` seconds for the first. ``func``'s error is raised.
+        """
+        if self.client is None:
+            return {"local": (func(), self.n_workers)}
+        try:
+            self.client.wait_for_workers(1, timeout=wait)
+        except (TimeoutError, OSError):
+            raise TiledsegError(
+                f"no dask worker joined the cluster within {wait:.0f} s; check the cluster "
+                "(its job queue, its logs) and rerun"
+            ) from None
+        found = self.client.run(func)
+        workers = self.client.scheduler_info().get("workers", {})
+        return {
+            address: (value, int(workers.get(address, {}).get("nthreads", 1)))
+            for address, value in found.items()
+        }
+
     def gather(self, persisted: Sequence[Any]) -> list[Any]:
         """The values of objects returned by :meth:`persist`."""
         if not persisted:

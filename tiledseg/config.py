@@ -42,6 +42,9 @@ class SegmentConfig(BaseModel):
         False, description="also compute the bank's families on the extra channels"
     )
     block: PositiveInt | list[PositiveInt] | None = None
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="cpu, cuda (each worker's GPU) or auto (a worker's GPU if it has one)"
+    )
     workers: PositiveInt | None = None
     scheduler: str | None = Field(
         None, description="address (or scheduler file) of a running dask scheduler"

@@ -1,19 +1,42 @@
 """Where blocks are computed: the CPU or a CUDA GPU.
 
-This module decides, it computes nothing: :func:`resolve_device` turns ``cpu``,
-``cuda`` or ``auto`` into the device a worker uses, and :func:`gpu_block` picks a
-block edge that fits a GPU's free memory. cupy is imported lazily, only to ask
-whether a GPU is there.
+This module decides and moves, it computes nothing: :func:`resolve_device` turns
+``cpu``, ``cuda`` or ``auto`` into the device a worker uses (each worker decides for
+itself, where it runs), :func:`gpu_block` picks a block edge that fits a GPU's free
+memory, and :func:`to_device` / :func:`to_host` move a block's arrays. cupy is
+imported lazily, only when a GPU is asked for.
+
+No code here picks a GPU: a process uses the first device it sees, and which one
+that is belongs to ``CUDA_VISIBLE_DEVICES``, which dask-cuda (and SLURM's
+``--gres``) set per worker.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from tiledseg.errors import MissingExtraError, TiledsegError
 
-__all__ = ["DEVICES", "check_device", "gpu_block", "gpu_count", "resolve_device"]
+__all__ = [
+    "DEVICES",
+    "DevicePlan",
+    "check_device",
+    "describe_worker",
+    "free_device_memory",
+    "gpu_block",
+    "gpu_count",
+    "plan_devices",
+    "resolve_device",
+    "to_device",
+    "to_host",
+    "worker_device",
+]
 
 #: Accepted values of ``--device``.
 DEVICES = ("cpu", "cuda", "auto")
@@ -72,6 +95,122 @@ def resolve_device(device: str | None) -> str:
     )
 
 
+@functools.cache
+def worker_device(device: str) -> str:
+    """:func:`resolve_device` once per process: what a worker's block tasks run on."""
+    return resolve_device(device)
+
+
+def free_device_memory() -> int:
+    """Free bytes on this process's CUDA device, counting cupy's pooled free blocks
+    as free (0 without a GPU)."""
+    if gpu_count() == 0:
+        return 0
+    import cupy
+
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+
+
+def describe_worker(device: str) -> dict[str, Any]:
+    """What a worker will compute on: run on each worker before a GPU run.
+
+    Returns ``{"device": "cpu" | "cuda", "gpu": name, "free_bytes": int}`` (the
+    last two only on a GPU). Raises the one-line error of :func:`resolve_device`
+    when ``device`` is ``cuda`` and this worker has no GPU.
+    """
+    resolved = worker_device(device)
+    if resolved == "cpu":
+        return {"device": "cpu"}
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
+    name = props["name"]
+    return {
+        "device": "cuda",
+        "gpu": name.decode() if isinstance(name, bytes) else str(name),
+        "free_bytes": free_device_memory(),
+    }
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What the workers of a run compute on, found by asking each of them.
+
+    Attributes
+    ----------
+    requested : str
+        ``cpu``, ``cuda`` or ``auto``, as given; every block task resolves it again
+        where it runs (:func:`worker_device`), so a worker added later decides for itself.
+    workers : tuple of dict
+        :func:`describe_worker` of every worker there was when the run started, with
+        ``threads``, its task threads (blocks in flight on its device).
+    """
+
+    requested: str
+    workers: tuple[dict[str, Any], ...]
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether any worker computes on a GPU."""
+        return any(w["device"] == "cuda" for w in self.workers)
+
+    def gpu_block(
+        self, *, shape: Sequence[int], halo: Sequence[int], n_features: int, n_classes: int
+    ) -> tuple[int, ...]:
+        """The largest block the most crowded GPU holds, one per task thread in flight
+        on it (clipped to ``shape``)."""
+        gpus = [w for w in self.workers if w["device"] == "cuda"]
+        free = min(w["free_bytes"] for w in gpus)
+        in_flight = max(w.get("threads") or 1 for w in gpus)
+        edge = gpu_block(
+            free, n_features=n_features, halo=halo, n_classes=n_classes, in_flight=in_flight
+        )
+        return tuple(min(n, e) for n, e in zip(shape, edge, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the provenance: what was asked and what each worker had."""
+        gpus = sorted({w["gpu"] for w in self.workers if w["device"] == "cuda"})
+        return {
+            "requested": self.requested,
+            "workers": len(self.workers),
+            "gpu_workers": sum(w["device"] == "cuda" for w in self.workers),
+            **({"gpus": gpus} if gpus else {}),
+        }
+
+
+def plan_devices(device: str | None, executor: Any) -> DevicePlan:
+    """Ask every worker of ``executor`` what ``device`` means there.
+
+    ``cuda`` on a worker without a GPU (or without cupy) is the one-line error of
+    :func:`resolve_device`, raised before any block is computed.
+    """
+    device = check_device(device)
+    if device == "cpu":
+        return DevicePlan("cpu", ({"device": "cpu"},))
+    found = executor.on_workers(functools.partial(describe_worker, device))
+    return DevicePlan(
+        device, tuple({**info, "threads": threads} for info, threads in found.values())
+    )
+
+
+def to_device(array: np.ndarray, device: str) -> Any:
+    """``array`` on ``device`` (``"cpu"``: unchanged; ``"cuda"``: a cupy array)."""
+    if device == "cpu":
+        return array
+    import cupy
+
+    return cupy.asarray(array)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """``array`` in host memory (a cupy array is copied back; numpy is unchanged)."""
+    if isinstance(array, np.ndarray):
+        return array
+    get = getattr(array, "get", None)
+    return get() if callable(get) else np.asarray(array)
+
+
 def gpu_block(
     free_bytes: int,
     *,
@@ -80,8 +219,10 @@ def gpu_block(
     n_classes: int = 2,
     fraction: float = 0.5,
     multiple: int = 16,
+    in_flight: int = 1,
 ) -> tuple[int, ...]:
-    """Return the largest cubic block whose working set fits ``fraction`` of ``free_bytes``.
+    """Return the largest cubic block whose working set fits ``fraction`` of ``free_bytes``
+    shared by ``in_flight`` blocks computed at once.
 
     The working set is the haloed block times :data:`_WORKING_ARRAYS` float32
     arrays, plus the block's features and class probabilities (float32). The edge is
@@ -100,6 +241,8 @@ def gpu_block(
         Share of the free memory one block may use (the rest: the memory pool's
         slack, XGBoost's buffers, other blocks in flight).
     multiple : int
+    in_flight : int
+        Blocks on the device at the same time (the task threads of its worker).
 
     Returns
     -------
@@ -108,7 +251,7 @@ def gpu_block(
     """
     if free_bytes <= 0 or not 0 < fraction <= 1:
         raise TiledsegError("gpu_block needs free memory > 0 and 0 < fraction <= 1")
-    budget = free_bytes * fraction
+    budget = free_bytes * fraction / max(1, in_flight)
 
     def cost(edge: int) -> float:
         haloed = math.prod(edge + 2 * h for h in halo)

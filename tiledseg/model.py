@@ -38,11 +38,12 @@ __all__ = ["MAGIC", "Model", "check_model_path", "load_model", "versions"]
 
 MAGIC = b"TILEDSEG-MODEL\n"
 #: Version 2 adds ``columns`` (a feature-selected model); version 3 bank options
-#: (``in_2d``, ``extra_channels``) and plug-in families. A model is written with the
-#: lowest version that holds it, so older tiledseg reads what it can understand and
-#: refuses the rest with "update tiledseg".
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+#: (``in_2d``, ``extra_channels``) and plug-in families; version 4 XGBoost's
+#: random-forest mode (the ``random-forest`` of ``--device cuda``). A model is written
+#: with the lowest version that holds it, so older tiledseg reads what it can
+#: understand and refuses the rest with "update tiledseg".
+FORMAT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _LENGTH = struct.Struct(">Q")
 
 
@@ -118,17 +119,20 @@ class Model:
         """dtype of the label maps this model writes."""
         return label_dtype(self.classes)
 
-    def predict_proba(self, features: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
-        """Class probabilities of a feature table ``(n, n_features)`` of the whole bank."""
+    def predict_proba(self, features: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
+        """Class probabilities of a feature table ``(n, n_features)`` of the whole bank
+        (numpy, or cupy on ``device="cuda"``: see :meth:`Classifier.predict_proba`)."""
         if self.columns is not None:
             features = features[:, list(self.columns)]
-        return self.classifier.predict_proba(features, n_threads=n_threads)
+        return self.classifier.predict_proba(features, n_threads=n_threads, device=device)
 
     # -- file ------------------------------------------------------------------------
     @property
     def _format_version(self) -> int:
         """The lowest format version that holds this model (see :data:`FORMAT_VERSION`)."""
         bank = self.bank
+        if getattr(self.classifier, "forest", False):
+            return 4
         if bank.in_2d or bank.extra_channels or bank.plugins:
             return 3
         return 2 if self.columns is not None else 1

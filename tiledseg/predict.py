@@ -7,6 +7,7 @@ the output store. Nothing larger than one block's features is ever in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -19,7 +20,9 @@ import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
+from tiledseg.device import DevicePlan, check_device, plan_devices, to_host, worker_device
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
+from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model, load_model, versions
@@ -77,50 +80,66 @@ class PredictionResult:
 
 
 def block_probabilities(
-    volume: Volume, block: Block, model: Model, *, n_threads: int = 1
-) -> np.ndarray:
-    """Return the class probabilities ``(n, k)`` of one block's voxels."""
-    feats = features_of_block(volume, block, bank=model.bank, spacing=model.spacing)
+    volume: Volume, block: Block, model: Model, *, n_threads: int = 1, device: str = "cpu"
+) -> Any:
+    """Return the class probabilities ``(n, k)`` of one block's voxels.
+
+    ``device="cuda"``: the features are computed on the GPU and handed to the
+    classifier there; the probabilities are a cupy array when it predicts there.
+    """
+    feats = features_of_block(volume, block, bank=model.bank, spacing=model.spacing, device=device)
     # (features, voxels) -> the transposed view: no copy into a features-last table
     table = feats.reshape(feats.shape[0], -1).T
-    return model.predict_proba(table, n_threads=n_threads)
+    return model.predict_proba(table, n_threads=n_threads, device=device)
 
 
 def classify_block(
-    volume: Volume, block: Block, model: Model, *, n_threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block."""
-    proba = block_probabilities(volume, block, model, n_threads=n_threads)
-    labels = model.classes.astype(model.label_dtype)[proba.argmax(axis=1)].reshape(block.shape)
-    return labels, proba
+    volume: Volume, block: Block, model: Model, *, n_threads: int = 1, device: str = "cpu"
+) -> tuple[Any, Any]:
+    """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block, in the
+    array module the probabilities came in (numpy, or cupy on the GPU)."""
+    proba = block_probabilities(volume, block, model, n_threads=n_threads, device=device)
+    xp = get_backend(proba).xp
+    values = xp.asarray(model.classes.astype(model.label_dtype))
+    return values[proba.argmax(axis=1)].reshape(block.shape), proba
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+def _to_uint8(values: Any) -> Any:
+    xp = get_backend(values).xp
+    return xp.rint(xp.clip(values, 0.0, 1.0) * 255.0).astype(xp.uint8)
 
 
-def _write_extras(out: str, block: Block, proba: np.ndarray, want_proba: bool, want_unc: bool):
+def _extras(proba: Any, block: Block, want_proba: bool, want_unc: bool) -> dict[str, Any]:
+    """The requested per-voxel outputs besides the labels, computed where ``proba`` is."""
+    xp = get_backend(proba).xp
+    out = {}
+    if want_proba:
+        out["probabilities"] = _to_uint8(proba.T).reshape((proba.shape[1], *block.shape))
+    if want_unc:
+        top2 = xp.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
+        margin = xp.abs(top2[:, 1] - top2[:, 0])
+        out["uncertainty"] = _to_uint8(1.0 - margin).reshape(block.shape)
+    return out
+
+
+def _write_extras(out: str, block: Block, proba: Any, want_proba: bool, want_unc: bool):
     import zarr
 
-    if want_proba:
-        stack = _to_uint8(proba.T).reshape((proba.shape[1], *block.shape))
-        zarr.open_array(f"{out}/probabilities/0", mode="r+")[(slice(None), *block.region)] = stack
-    if want_unc:
-        top2 = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
-        margin = np.abs(top2[:, 1] - top2[:, 0])
-        zarr.open_array(f"{out}/uncertainty/0", mode="r+")[block.region] = _to_uint8(
-            1.0 - margin
-        ).reshape(block.shape)
+    for name, values in _extras(proba, block, want_proba, want_unc).items():
+        where = (slice(None), *block.region) if name == "probabilities" else block.region
+        zarr.open_array(f"{out}/{name}/0", mode="r+")[where] = to_host(values)
 
 
 def _predict_block(args: tuple) -> int:
     import zarr
 
-    volume, block, model, out, want_proba, want_unc, n_threads = args
-    labels, proba = classify_block(volume, block, model, n_threads=n_threads)
+    volume, block, model, out, want_proba, want_unc, n_threads, device = args
+    labels, proba = classify_block(
+        volume, block, model, n_threads=n_threads, device=worker_device(device)
+    )
     _write_extras(out, block, proba, want_proba, want_unc)
     # labels last, then the marker: a block marked done has all its outputs written
-    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = labels
+    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = to_host(labels)
     mark_block_done(out, block.index)
     return int(labels.size)
 
@@ -133,9 +152,13 @@ def _predict_task(args: tuple) -> int | BlockFailure:
 def _block_costs(args: tuple) -> np.ndarray:
     from tiledseg.smoothing.energy import unary_costs
 
-    volume, block, model, out, want_proba, want_unc, n_threads = args
-    proba = block_probabilities(volume, block, model, n_threads=n_threads)
+    volume, block, model, out, want_proba, want_unc, n_threads, device = args
+    proba = block_probabilities(
+        volume, block, model, n_threads=n_threads, device=worker_device(device)
+    )
     _write_extras(out, block, proba, want_proba, want_unc)
+    # the graph cut runs on the CPU (gco): the probabilities come back
+    proba = to_host(proba)
     return unary_costs(proba).reshape(*block.shape, proba.shape[1])
 
 
@@ -237,6 +260,7 @@ def predict(
     quiet: bool = True,
     command: str | None = None,
     extra_channels: Sequence[Any] | None = None,
+    device: str | None = None,
 ) -> PredictionResult:
     """Classify every voxel of ``image`` (or of the blocks ``roi`` needs) into an OME-Zarr group.
 
@@ -284,6 +308,12 @@ def predict(
         The command line, recorded in the provenance.
     extra_channels : sequence of path or array, optional
         The extra channels the model was trained with, in the same order.
+    device : {"cpu", "cuda", "auto"}, optional
+        Where blocks are computed (default ``cpu``). ``cuda``: on each worker's GPU
+        (features, classifier, argmax and uncertainty there; only the outputs come
+        back); a worker without one is an error. ``auto``: each worker uses its GPU
+        if it has one. Without ``block``, the block is the largest the GPUs' free
+        memory holds (:func:`tiledseg.device.gpu_block`).
 
     Returns
     -------
@@ -296,6 +326,7 @@ def predict(
         written, the output stays unfinished and a rerun redoes only those blocks.
     """
     started = time.perf_counter()
+    device = check_device(device)
     if not isinstance(model, Model):
         model = load_model(model)
     volume = _open_for_model(image, model, channel_axis, extra_channels)
@@ -320,39 +351,60 @@ def predict(
     if block is None and stored is not None and "block" in stored:
         # the default block depends on the cores: a rerun elsewhere keeps the run's own
         block = stored["block"]
-    blocks_shape = resolve_block(
-        block,
-        shape=volume.shape,
-        halo=halo,
-        min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
-    )
-    region = parse_region(roi, volume.shape)
-    blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
-    inputs = [image] if isinstance(image, str | os.PathLike) else []
-    inputs += [v.path for v in volume.extra_volumes if v.path]  # never written over
-    identity = {
-        "model_checksum": model.checksum,
-        "image": _where(image, volume),
-        **(
-            {"extra_channels": [_where(v.path, v) for v in volume.extra_volumes]}
-            if volume.n_extra
-            else {}
-        ),
-        "image_shape": list(volume.shape),
-        "image_dtype": str(volume.dtype),
-        "block": list(blocks_shape),
-        "roi": None if region is None else [[s.start, s.stop] for s in region],
-        "arrays": ["labels"] + ["probabilities"] * probabilities + ["uncertainty"] * uncertainty,
-        "smoothing": None if smoothing is None else smoothing.to_dict(None),
-        **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
-    }
-    resuming = prepare_output(
-        out,
-        overwrite=overwrite,
-        inputs=[str(p) for p in inputs],
-        identity=identity if resumable else None,
-    )
-    with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
+    with contextlib.ExitStack() as stack:
+        executor: Executor | None = None
+        plan = DevicePlan("cpu", ({"device": "cpu"},))
+        if device != "cpu":
+            # the workers say what they have (and how much GPU memory) before blocks are planned
+            executor = stack.enter_context(
+                open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster)
+            )
+            plan = plan_devices(device, executor)
+            if block is None and plan.uses_gpu:
+                block = plan.gpu_block(
+                    shape=volume.shape,
+                    halo=halo,
+                    n_features=model.bank.n_features(ndim=model.ndim, n_channels=model.n_channels),
+                    n_classes=len(model.classes),
+                )
+        blocks_shape = resolve_block(
+            block,
+            shape=volume.shape,
+            halo=halo,
+            min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
+        )
+        region = parse_region(roi, volume.shape)
+        blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
+        inputs = [image] if isinstance(image, str | os.PathLike) else []
+        inputs += [v.path for v in volume.extra_volumes if v.path]  # never written over
+        identity = {
+            "model_checksum": model.checksum,
+            "image": _where(image, volume),
+            **(
+                {"extra_channels": [_where(v.path, v) for v in volume.extra_volumes]}
+                if volume.n_extra
+                else {}
+            ),
+            "image_shape": list(volume.shape),
+            "image_dtype": str(volume.dtype),
+            "block": list(blocks_shape),
+            "roi": None if region is None else [[s.start, s.stop] for s in region],
+            "arrays": ["labels"]
+            + ["probabilities"] * probabilities
+            + ["uncertainty"] * uncertainty,
+            "smoothing": None if smoothing is None else smoothing.to_dict(None),
+            **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
+        }
+        resuming = prepare_output(
+            out,
+            overwrite=overwrite,
+            inputs=[str(p) for p in inputs],
+            identity=identity if resumable else None,
+        )
+        if executor is None:
+            executor = stack.enter_context(
+                open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster)
+            )
         if resuming:
             # the run that started this output checked the image (same path, shape, dtype)
             path = Path(out)
@@ -379,6 +431,7 @@ def predict(
                     "command": command if command is not None else " ".join(sys.argv),
                     "versions": versions(),
                     "model_versions": model.versions,
+                    "device": plan.to_dict(),
                 },
                 identity=identity,
                 overwrite=overwrite,
@@ -393,7 +446,7 @@ def predict(
         n_threads = executor.threads_per_task(len(todo))
 
         def task_of(b: Block) -> tuple:
-            return (volume, b, model, str(path), probabilities, uncertainty, n_threads)
+            return (volume, b, model, str(path), probabilities, uncertainty, n_threads, device)
 
         extra = {}
         if smoothing is None:

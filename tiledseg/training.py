@@ -30,6 +30,7 @@ import numpy as np
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
+from tiledseg.device import check_device, gpu_count, plan_devices, to_device, to_host, worker_device
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_finite
@@ -222,11 +223,14 @@ def _scan(
     return scans
 
 
-def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...]]) -> np.ndarray:
-    image, scan, bank, spacing = args
+def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...], str]) -> np.ndarray:
+    image, scan, bank, spacing, device = args
+    device = worker_device(device)
     with _reading(scan.block, image):
-        feats = features_of_block(image, scan.block, bank=bank, spacing=spacing)
-    return np.ascontiguousarray(feats.reshape(feats.shape[0], -1)[:, scan.flat].T)
+        feats = features_of_block(image, scan.block, bank=bank, spacing=spacing, device=device)
+    # the labelled voxels' rows are picked where the features are; only they come back
+    flat = to_device(scan.flat, device)
+    return np.ascontiguousarray(to_host(feats.reshape(feats.shape[0], -1)[:, flat].T))
 
 
 def training_table(
@@ -238,6 +242,7 @@ def training_table(
     executor: Executor,
     cache_dir: Path | None,
     distributed: bool | None = False,
+    device: str = "cpu",
 ) -> TrainingTable:
     """Build (or fetch from the cache) the features of every labelled voxel.
 
@@ -260,6 +265,8 @@ def training_table(
         cache is read here and scattered to the workers (it was written from here,
         so it fits); a freshly built one is *not* written to the cache, which
         would gather it whole.
+    device : {"cpu", "cuda", "auto"}
+        Where each worker computes the features (:func:`tiledseg.device.worker_device`).
 
     Returns
     -------
@@ -308,7 +315,7 @@ def training_table(
             if distributed:
                 X = _scatter_rows(executor, X)
             return TrainingTable(X, y, True, key, cached=True)
-    tasks = [(image, s, bank, image.spacing) for s in scans]
+    tasks = [(image, s, bank, image.spacing, device) for s in scans]
     if distributed:
         X = _persist_rows(
             executor, tasks, n_cols=bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
@@ -393,6 +400,7 @@ def train(
     select_features: int | None = None,
     extra_channels: Sequence[Any] | None = None,
     filter_extra_channels: bool = False,
+    device: str | None = None,
 ) -> Model:
     """Train a voxel classifier on the labelled voxels of ``labels``.
 
@@ -448,6 +456,12 @@ def train(
         records them, and prediction needs the same extras in the same order.
     filter_extra_channels : bool
         Also compute the bank's families on the extra channels.
+    device : {"cpu", "cuda", "auto"}, optional
+        Where features are computed and the classifier fits (default ``cpu``): the
+        workers' GPUs for the features (``auto``: where a worker has one); the fit
+        runs where the table is, on that process's GPU if it has one (XGBoost's CUDA
+        ``hist``; ``random-forest`` is then XGBoost's random-forest mode, since
+        scikit-learn's forest has no GPU). The summary's ``device`` says where it fit.
 
     Returns
     -------
@@ -456,6 +470,7 @@ def train(
         ``training_workers``.
     """
     started = time.perf_counter()
+    device = check_device(device)
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
     if extra_channels:
         volume = with_extra_channels(volume, extra_channels)
@@ -473,13 +488,9 @@ def train(
         raise TiledsegError(
             "--filter-extra-channels needs extra channels: give them with --extra-channels"
         )
-    blocks = resolve_block(
-        block,
-        shape=volume.shape,
-        halo=bank.halo(volume.spacing),
-        min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
-    )
-    clf = make_classifier(classifier, seed=seed)
+    # the fit runs here (or on the workers, distributed): on a GPU if this process has one
+    fit_device = "cuda" if device != "cpu" and gpu_count() > 0 else "cpu"
+    clf = make_classifier(classifier, seed=seed, device=fit_device)
     if distributed_training and not clf.trains_distributed:
         raise TiledsegError(
             f"distributed training needs the xgboost classifier; {clf.name} trains in one "
@@ -509,6 +520,21 @@ def train(
     with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
         if distributed and executor.client is None:
             raise TiledsegError(_NEEDS_CLUSTER)
+        plan = plan_devices(device, executor)
+        halo = bank.halo(volume.spacing)
+        if block is None and plan.uses_gpu:
+            block = plan.gpu_block(
+                shape=volume.shape,
+                halo=halo,
+                n_features=bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels),
+                n_classes=2,
+            )
+        blocks = resolve_block(
+            block,
+            shape=volume.shape,
+            halo=halo,
+            min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
+        )
         table = training_table(
             volume,
             label_volume,
@@ -517,13 +543,16 @@ def train(
             executor=executor,
             cache_dir=cache,
             distributed=distributed,
+            device=device,
         )
         classes, y = np.unique(table.y, return_inverse=True)
         n_features = int(table.X.shape[1])
         on_cluster = table.distributed
         if on_cluster:
             fit_started = time.perf_counter()
-            fit_summary = clf.fit_distributed(executor.client, table.X, y)
+            fit_summary = clf.fit_distributed(
+                executor.client, table.X, y, device="cuda" if plan.uses_gpu else "cpu"
+            )
             fit_seconds = time.perf_counter() - fit_started
             table.X = None  # its futures are released while the client is open
     columns = None
@@ -549,7 +578,7 @@ def train(
             )
             X = np.ascontiguousarray(X[:, list(chosen.kept)])
             bank, columns = chosen.bank, chosen.columns
-        fit_summary = clf.fit(X, y, n_threads=available_cores())
+        fit_summary = clf.fit(X, y, n_threads=available_cores(), device=fit_device)
         if select_features is not None:
             fit_summary.update(chosen.summary(n_features))
         fit_seconds = time.perf_counter() - fit_started
@@ -561,6 +590,7 @@ def train(
         "table_cached": table.cached,
         "table_key": table.key,
         "distributed_training": on_cluster,
+        "feature_device": plan.to_dict(),
         "fit_seconds": round(fit_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "image": volume.name,

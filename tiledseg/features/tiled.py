@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
+from tiledseg.device import to_device
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.filters import block_features
@@ -36,12 +37,20 @@ def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
 
 
 def features_of_block(
-    volume: Volume, block: Block, *, bank: FeatureBank, spacing: Sequence[float]
-) -> np.ndarray:
-    """Read a block with its halo and return its features ``(n_features, *block.shape)``."""
-    return block_features(
-        read_finite(volume, block.read), bank=bank, inner=block.inner, spacing=spacing
-    )
+    volume: Volume,
+    block: Block,
+    *,
+    bank: FeatureBank,
+    spacing: Sequence[float],
+    device: str = "cpu",
+) -> Any:
+    """Read a block with its halo and return its features ``(n_features, *block.shape)``.
+
+    With ``device="cuda"`` the block is copied to the GPU once, its features are
+    computed there and stay there (a cupy array).
+    """
+    data = to_device(read_finite(volume, block.read), device)
+    return block_features(data, bank=bank, inner=block.inner, spacing=spacing)
 
 
 def feature_array(
