@@ -49,7 +49,7 @@ attrs click cloudpickle cupy-cuda13x fsspec h5py hypothesis iniconfig jinja2 job
 llvmlite markupsafe msgpack numba numpy packaging pandas pillow pluggy psutil pyarrow
 pygments pytest python-dateutil pyyaml scikit-image scikit-learn scipy six
 sortedcontainers threadpoolctl tifffile toolz tqdm typing-extensions zipp networkx
-imageio lazy-loader nvidia-ml-py
+imageio lazy-loader nvidia-ml-py nvidia-nccl-cu13 nvidia-cuda-runtime nvidia-cublas
 """.split()
 
 _PLATFORMS = [
