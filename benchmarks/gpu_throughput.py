@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             result = ts.predict(image, model, out=out, device=device, block=args.block)
             seconds = time.perf_counter() - started
+            pool = None
+            if device == "cuda":
+                import cupy
+
+                # cupy's pool keeps what the run's concurrent blocks needed at once: its
+                # size is the run's peak, to check tiledseg.device's working-set estimate
+                pool = int(cupy.get_default_memory_pool().total_bytes())
             got = zarr.open_array(f"{out}/labels/0", mode="r")
             labels[device] = got[...]
             score = ts.evaluate(labels[device], truth)
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     "block": list(got.chunks),
                     "blocks": result.blocks,
                     "miou": round(float(score["mean_iou"]), 4),
+                    **({"gpu_pool_gib": round(pool / 2**30, 2)} if pool is not None else {}),
                 }
             )
             print(f"{device} {note}: {runs[-1]}", file=sys.stderr)

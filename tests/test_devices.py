@@ -8,6 +8,7 @@ and the errors a user without a GPU meets.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -37,6 +38,20 @@ def outputs(path) -> dict[str, np.ndarray]:
     return {name: root[f"{name}/0"][...] for name in root.group_keys()}
 
 
+@pytest.fixture(scope="module")
+def model3d_trees(phantom3d, small_bank):
+    """A small 3-class model with one tree per class: what the GPU trains and predicts
+    (the CPU default, one vector-leaf tree for all classes, is predicted on the CPU)."""
+    clf = XGBoostClassifier(
+        max_rounds=15, patience=3, max_depth=3, multi_strategy="one_output_per_tree"
+    )
+    model = ts.train(
+        phantom3d.image, phantom3d.scribbles, features=small_bank, classifier=clf, cache_dir=None
+    )
+    assert not model.classifier.vector_leaf
+    return model
+
+
 def read_provenance(path) -> dict:
     return dict(zarr.open_group(str(path), mode="r").attrs["tiledseg"])
 
@@ -52,10 +67,11 @@ def _has_cupy() -> bool:
 # -- shared: numpy everywhere, cupy on a GPU --------------------------------------------------
 
 
-def test_tiled_prediction_equals_untiled_on_each_device(tmp_path, phantom3d, model3d, device):
+def test_tiled_prediction_equals_untiled_on_each_device(tmp_path, phantom3d, model3d_trees, device):
     kw = dict(probabilities=True, uncertainty=True, device=device)
-    tiled = ts.predict(phantom3d.image, model3d, out=tmp_path / "t.zarr", block=UNEVEN, **kw)
-    whole = ts.predict(phantom3d.image, model3d, out=tmp_path / "w.zarr", block=WHOLE, **kw)
+    model = model3d_trees
+    tiled = ts.predict(phantom3d.image, model, out=tmp_path / "t.zarr", block=UNEVEN, **kw)
+    whole = ts.predict(phantom3d.image, model, out=tmp_path / "w.zarr", block=WHOLE, **kw)
     assert tiled.blocks == 3 * 3 * 3
     assert whole.blocks == 1
     a, b = outputs(tiled.path), outputs(whole.path)
@@ -64,15 +80,14 @@ def test_tiled_prediction_equals_untiled_on_each_device(tmp_path, phantom3d, mod
         assert_array_equal(a[name], b[name], err_msg=name)
     provenance = read_provenance(tiled.path)["device"]
     assert provenance["requested"] == device
-    assert provenance["gpu_workers"] == (device == "cuda")
+    assert provenance.get("gpu_workers", 0) == (device == "cuda")
 
 
-def test_gpu_labels_match_the_cpu_ones(tmp_path, phantom3d, model3d, device):
+def test_gpu_labels_match_the_cpu_ones(tmp_path, phantom3d, model3d_trees, device):
     """The same model on both paths: the labels agree but for a measured few voxels."""
-    ours = ts.predict(
-        phantom3d.image, model3d, out=tmp_path / "d.zarr", block=UNEVEN, device=device
-    )
-    cpu = ts.predict(phantom3d.image, model3d, out=tmp_path / "c.zarr", block=UNEVEN)
+    model = model3d_trees
+    ours = ts.predict(phantom3d.image, model, out=tmp_path / "d.zarr", block=UNEVEN, device=device)
+    cpu = ts.predict(phantom3d.image, model, out=tmp_path / "c.zarr", block=UNEVEN)
     a, b = outputs(ours.path)["labels"], outputs(cpu.path)["labels"]
     flipped = int(np.count_nonzero(a != b))
     assert flipped <= max(1, LABEL_FLIP_SHARE * a.size), f"{flipped} of {a.size} labels differ"
@@ -171,37 +186,45 @@ def test_the_plan_asks_every_worker(tmp_path):
     with open_executor(quiet=True) as threads:
         (only,) = plan_devices("auto", threads).workers
         assert only["threads"] == threads.n_workers
-    assert plan_devices("cpu", None).to_dict() == {
-        "requested": "cpu",
-        "workers": 1,
-        "gpu_workers": 0,
+    assert plan_devices("cpu", None).to_dict() == {"requested": "cpu"}
+
+
+def _gpu(gpu_id, free_gib, threads, name="H100"):
+    return {
+        "device": "cuda",
+        "gpu": name,
+        "gpu_id": gpu_id,
+        "free_bytes": free_gib * 2**30,
+        "threads": threads,
+        "xgboost_cuda": True,
     }
 
 
 def test_the_gpu_block_fits_the_smallest_gpu_and_its_blocks_in_flight():
-    gib = 2**30
-    plan = DevicePlan(
-        "auto",
-        (
-            {"device": "cuda", "gpu": "A", "free_bytes": 80 * gib, "threads": 4},
-            {"device": "cuda", "gpu": "B", "free_bytes": 40 * gib, "threads": 1},
-            {"device": "cpu", "threads": 16},
-        ),
-    )
-    halo = (12, 12, 12)
-    got = plan.gpu_block(shape=(4000, 4000, 4000), halo=halo, n_features=40, n_classes=3)
-    assert got == gpu_block(40 * gib, n_features=40, halo=halo, n_classes=3, in_flight=4)
-    assert got[0] < gpu_block(40 * gib, n_features=40, halo=halo, n_classes=3)[0]
-    # never larger than the volume
-    assert plan.gpu_block(shape=(30, 2000, 50), halo=halo, n_features=40, n_classes=3)[::2] == (
-        30,
-        50,
-    )
-    assert plan.to_dict() == {
+    gib, halo, big = 2**30, (12, 12, 12), (4000, 4000, 4000)
+    kw = dict(halo=halo, n_features=40, n_classes=3)
+    plan = DevicePlan("auto", (_gpu("a/0", 80, 4, "A"), _gpu("b/0", 40, 1, "B")))
+    assert plan.gpu_block(shape=big, **kw) == gpu_block(40 * gib, in_flight=4, **kw)
+    assert plan.gpu_block(shape=big, **kw)[0] < gpu_block(40 * gib, **kw)[0]
+    assert plan.fits_on_gpus
+    # two worker processes on one GPU: their threads share it, and NCCL refuses them
+    shared = DevicePlan("cuda", (_gpu("a/0", 40, 2), _gpu("a/0", 40, 2)))
+    assert shared.gpu_block(shape=big, **kw) == gpu_block(40 * gib, in_flight=4, **kw)
+    assert not shared.fits_on_gpus
+    # never larger than the volume, and split until each GPU thread has a block
+    assert plan.gpu_block(shape=(30, 2000, 50), **kw)[::2] == (30, 50)
+    eight = DevicePlan("cuda", tuple(_gpu(f"h/{i}", 80, 1) for i in range(8)))
+    block = eight.gpu_block(shape=(512, 512, 512), **kw)
+    assert math.prod(-(-512 // b) for b in block) >= 8
+    # some workers on the CPU: GPU-sized blocks would not fit them, the CPU default stays
+    mixed = DevicePlan("auto", (_gpu("a/0", 80, 4), {"device": "cpu", "threads": 16}))
+    assert mixed.gpu_block(shape=big, **kw) is None
+    assert not mixed.fits_on_gpus
+    assert mixed.to_dict() == {
         "requested": "auto",
-        "workers": 3,
-        "gpu_workers": 2,
-        "gpus": ["A", "B"],
+        "workers": 2,
+        "gpu_workers": 1,
+        "gpus": ["H100"],
     }
 
 

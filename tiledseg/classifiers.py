@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.device import to_host
+from tiledseg.device import to_host, xgboost_has_cuda
 from tiledseg.errors import ModelFileError, TiledsegError
 from tiledseg.features.backend import get_backend
 
@@ -126,7 +126,8 @@ class XGBoostClassifier(Classifier):
     On ``cuda`` each class gets its own trees (``one_output_per_tree``): XGBoost's
     roadmap (dmlc/xgboost#9043) lists GPU histograms and prediction of vector-leaf
     trees as not done, so a vector-leaf model (trained on the CPU) is predicted on
-    the CPU even when the features are on the GPU.
+    the CPU even when the features are on the GPU. So is any model where XGBoost was
+    built without CUDA (:func:`tiledseg.device.xgboost_has_cuda`).
     """
 
     def __init__(
@@ -400,8 +401,8 @@ class XGBoostClassifier(Classifier):
         return summary
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
-        if device == "cuda" and self.vector_leaf:
-            device = "cpu"  # (see the class notes)
+        if device == "cuda" and (self.vector_leaf or not xgboost_has_cuda()):
+            device = "cpu"  # (see the class notes; an XGBoost built without CUDA)
         if device == "cpu":
             X = to_host(X)
         # set_param unconfigures the booster, which blocks predicting on other threads

@@ -13,9 +13,11 @@ that is belongs to ``CUDA_VISIBLE_DEVICES``, which dask-cuda (and SLURM's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +33,13 @@ __all__ = [
     "free_device_memory",
     "gpu_block",
     "gpu_count",
+    "out_of_memory_hint",
     "plan_devices",
     "resolve_device",
     "to_device",
     "to_host",
     "worker_device",
+    "xgboost_has_cuda",
 ]
 
 #: Accepted values of ``--device``.
@@ -112,12 +116,25 @@ def free_device_memory() -> int:
     return int(free) + int(cupy.get_default_memory_pool().free_bytes())
 
 
+@functools.cache
+def xgboost_has_cuda() -> bool:
+    """Whether this process's XGBoost was built with CUDA (the ``xgboost-cpu`` and
+    manylinux2014 wheels are not): without it XGBoost predicts and fits on the CPU."""
+    try:
+        import xgboost
+    except ImportError:
+        return False
+    return bool(xgboost.build_info().get("USE_CUDA", False))
+
+
 def describe_worker(device: str) -> dict[str, Any]:
     """What a worker will compute on: run on each worker before a GPU run.
 
-    Returns ``{"device": "cpu" | "cuda", "gpu": name, "free_bytes": int}`` (the
-    last two only on a GPU). Raises the one-line error of :func:`resolve_device`
-    when ``device`` is ``cuda`` and this worker has no GPU.
+    Returns ``{"device": "cpu" | "cuda"}``, and on a GPU its ``gpu`` name, the
+    physical device ``gpu_id`` (host and PCI address: processes that share a GPU
+    report the same), its ``free_bytes`` and ``xgboost_cuda``. Raises the one-line
+    error of :func:`resolve_device` when ``device`` is ``cuda`` and this worker has
+    no GPU.
     """
     resolved = worker_device(device)
     if resolved == "cpu":
@@ -126,11 +143,28 @@ def describe_worker(device: str) -> dict[str, Any]:
 
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
     name = props["name"]
+    pci = ":".join(str(props.get(k, "?")) for k in ("pciDomainID", "pciBusID", "pciDeviceID"))
     return {
         "device": "cuda",
         "gpu": name.decode() if isinstance(name, bytes) else str(name),
+        "gpu_id": f"{socket.gethostname()}/{pci}",
         "free_bytes": free_device_memory(),
+        "xgboost_cuda": xgboost_has_cuda(),
     }
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(shape: Sequence[int]) -> Iterator[None]:
+    """Turn cupy's out-of-memory error in a block task into one line that says what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("cupy"):
+            raise TiledsegError(
+                f"the GPU ran out of memory on a block of {'x'.join(map(str, shape))} voxels: "
+                "give a smaller --block"
+            ) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -155,21 +189,62 @@ class DevicePlan:
         """Whether any worker computes on a GPU."""
         return any(w["device"] == "cuda" for w in self.workers)
 
+    def _threads_per_gpu(self) -> dict[str, int]:
+        """Task threads on each physical GPU (workers that share one add up)."""
+        out: dict[str, int] = {}
+        for w in self.workers:
+            if w["device"] == "cuda":
+                key = w.get("gpu_id", str(id(w)))
+                out[key] = out.get(key, 0) + (w.get("threads") or 1)
+        return out
+
+    @property
+    def fits_on_gpus(self) -> bool:
+        """Whether a distributed XGBoost fit can use the workers' GPUs: every worker has
+        its own GPU (NCCL refuses two processes on one device) and a CUDA XGBoost."""
+        gpus = [w for w in self.workers if w["device"] == "cuda"]
+        return (
+            len(gpus) == len(self.workers) > 0
+            and len(self._threads_per_gpu()) == len(gpus)
+            and all(w.get("xgboost_cuda", False) for w in gpus)
+        )
+
     def gpu_block(
         self, *, shape: Sequence[int], halo: Sequence[int], n_features: int, n_classes: int
-    ) -> tuple[int, ...]:
-        """The largest block the most crowded GPU holds, one per task thread in flight
-        on it (clipped to ``shape``)."""
-        gpus = [w for w in self.workers if w["device"] == "cuda"]
-        free = min(w["free_bytes"] for w in gpus)
-        in_flight = max(w.get("threads") or 1 for w in gpus)
+    ) -> tuple[int, ...] | None:
+        """The block for a run on these workers' GPUs, or ``None`` to keep the CPU default
+        (when some workers are on the CPU: GPU-sized blocks would not fit them).
+
+        The largest block the most crowded GPU holds, one per task thread in flight on
+        it (the threads of every worker sharing that GPU), clipped to ``shape``, then
+        split along its longest axis until every GPU thread has a block (never below
+        twice the halo, nor 16).
+        """
+        if not self.uses_gpu or any(w["device"] != "cuda" for w in self.workers):
+            return None
+        per_gpu = self._threads_per_gpu()
+        free = min(w["free_bytes"] for w in self.workers)
         edge = gpu_block(
-            free, n_features=n_features, halo=halo, n_classes=n_classes, in_flight=in_flight
+            free,
+            n_features=n_features,
+            halo=halo,
+            n_classes=n_classes,
+            in_flight=max(per_gpu.values()),
         )
-        return tuple(min(n, e) for n, e in zip(shape, edge, strict=True))
+        sizes = [min(n, e) for n, e in zip(shape, edge, strict=True)]
+        slots = sum(per_gpu.values())
+        while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < slots:
+            axis = max(range(len(sizes)), key=lambda a: sizes[a])
+            smaller = -(-sizes[axis] // 2)
+            if smaller < max(2 * halo[axis], 16):
+                break
+            sizes[axis] = smaller
+        return tuple(sizes)
 
     def to_dict(self) -> dict[str, Any]:
         """For the provenance: what was asked and what each worker had."""
+        if self.requested == "cpu":
+            return {"requested": "cpu"}
         gpus = sorted({w["gpu"] for w in self.workers if w["device"] == "cuda"})
         return {
             "requested": self.requested,

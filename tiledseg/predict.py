@@ -20,7 +20,14 @@ import numpy as np
 
 from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
-from tiledseg.device import DevicePlan, check_device, plan_devices, to_host, worker_device
+from tiledseg.device import (
+    DevicePlan,
+    check_device,
+    out_of_memory_hint,
+    plan_devices,
+    to_host,
+    worker_device,
+)
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
@@ -134,10 +141,11 @@ def _predict_block(args: tuple) -> int:
     import zarr
 
     volume, block, model, out, want_proba, want_unc, n_threads, device = args
-    labels, proba = classify_block(
-        volume, block, model, n_threads=n_threads, device=worker_device(device)
-    )
-    _write_extras(out, block, proba, want_proba, want_unc)
+    with out_of_memory_hint(block.shape):
+        labels, proba = classify_block(
+            volume, block, model, n_threads=n_threads, device=worker_device(device)
+        )
+        _write_extras(out, block, proba, want_proba, want_unc)
     # labels last, then the marker: a block marked done has all its outputs written
     zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = to_host(labels)
     mark_block_done(out, block.index)
@@ -153,10 +161,11 @@ def _block_costs(args: tuple) -> np.ndarray:
     from tiledseg.smoothing.energy import unary_costs
 
     volume, block, model, out, want_proba, want_unc, n_threads, device = args
-    proba = block_probabilities(
-        volume, block, model, n_threads=n_threads, device=worker_device(device)
-    )
-    _write_extras(out, block, proba, want_proba, want_unc)
+    with out_of_memory_hint(block.shape):
+        proba = block_probabilities(
+            volume, block, model, n_threads=n_threads, device=worker_device(device)
+        )
+        _write_extras(out, block, proba, want_proba, want_unc)
     # the graph cut runs on the CPU (gco): the probabilities come back
     proba = to_host(proba)
     return unary_costs(proba).reshape(*block.shape, proba.shape[1])

@@ -30,7 +30,16 @@ import numpy as np
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
-from tiledseg.device import check_device, gpu_count, plan_devices, to_device, to_host, worker_device
+from tiledseg.device import (
+    check_device,
+    gpu_count,
+    out_of_memory_hint,
+    plan_devices,
+    to_device,
+    to_host,
+    worker_device,
+    xgboost_has_cuda,
+)
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_finite
@@ -226,7 +235,7 @@ def _scan(
 def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...], str]) -> np.ndarray:
     image, scan, bank, spacing, device = args
     device = worker_device(device)
-    with _reading(scan.block, image):
+    with _reading(scan.block, image), out_of_memory_hint(scan.block.shape):
         feats = features_of_block(image, scan.block, bank=bank, spacing=spacing, device=device)
     # the labelled voxels' rows are picked where the features are; only they come back
     flat = to_device(scan.flat, device)
@@ -243,6 +252,7 @@ def training_table(
     cache_dir: Path | None,
     distributed: bool | None = False,
     device: str = "cpu",
+    feature_device: str = "cpu",
 ) -> TrainingTable:
     """Build (or fetch from the cache) the features of every labelled voxel.
 
@@ -267,6 +277,9 @@ def training_table(
         would gather it whole.
     device : {"cpu", "cuda", "auto"}
         Where each worker computes the features (:func:`tiledseg.device.worker_device`).
+    feature_device : {"cpu", "cuda", "mixed"}
+        Where they will be computed (:func:`_feature_device`): GPU features differ from
+        CPU ones in float32 rounding, so the cache keeps them apart.
 
     Returns
     -------
@@ -303,7 +316,7 @@ def training_table(
         distributed = (
             executor.client is not None and len(values) * n_features * 4 > DISTRIBUTED_TABLE_BYTES
         )
-    key = _table_key(image, bank, scans) if cached else None
+    key = _table_key(image, bank, scans, device=feature_device) if cached else None
     path = cache_dir / f"table-{key}.npz" if cached else None
     if path is not None and path.is_file():
         try:
@@ -364,9 +377,17 @@ def _scatter_rows(executor: Executor, X: np.ndarray) -> Any:
     )
 
 
-def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan]) -> str:
+def _feature_device(plan: Any) -> str:
+    """``cpu``, ``cuda``, or ``mixed`` (``auto`` on a cluster of CPU and GPU workers)."""
+    kinds = {w["device"] for w in plan.workers}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan], *, device: str) -> str:
     """SHA-256 of everything the table depends on, the data itself included (not paths)."""
     document = {
+        # (CPU tables keep the keys they had before GPUs: no "device" entry)
+        **({"device": device} if device != "cpu" else {}),
         "version": _TABLE_VERSION,
         "libraries": {k: v for k, v in versions().items() if k in _FEATURE_LIBRARIES},
         "bank": bank.to_dict(),
@@ -488,8 +509,16 @@ def train(
         raise TiledsegError(
             "--filter-extra-channels needs extra channels: give them with --extra-channels"
         )
+    # training computes features per scribble box (at most a block): the CPU's default block
+    # keeps the table cache's keys stable, whatever GPU memory is free
+    blocks = resolve_block(
+        block,
+        shape=volume.shape,
+        halo=bank.halo(volume.spacing),
+        min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
+    )
     # the fit runs here (or on the workers, distributed): on a GPU if this process has one
-    fit_device = "cuda" if device != "cpu" and gpu_count() > 0 else "cpu"
+    fit_device = "cuda" if device != "cpu" and gpu_count() > 0 and xgboost_has_cuda() else "cpu"
     clf = make_classifier(classifier, seed=seed, device=fit_device)
     if distributed_training and not clf.trains_distributed:
         raise TiledsegError(
@@ -521,20 +550,6 @@ def train(
         if distributed and executor.client is None:
             raise TiledsegError(_NEEDS_CLUSTER)
         plan = plan_devices(device, executor)
-        halo = bank.halo(volume.spacing)
-        if block is None and plan.uses_gpu:
-            block = plan.gpu_block(
-                shape=volume.shape,
-                halo=halo,
-                n_features=bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels),
-                n_classes=2,
-            )
-        blocks = resolve_block(
-            block,
-            shape=volume.shape,
-            halo=halo,
-            min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
-        )
         table = training_table(
             volume,
             label_volume,
@@ -544,6 +559,7 @@ def train(
             cache_dir=cache,
             distributed=distributed,
             device=device,
+            feature_device=_feature_device(plan),
         )
         classes, y = np.unique(table.y, return_inverse=True)
         n_features = int(table.X.shape[1])
@@ -551,7 +567,7 @@ def train(
         if on_cluster:
             fit_started = time.perf_counter()
             fit_summary = clf.fit_distributed(
-                executor.client, table.X, y, device="cuda" if plan.uses_gpu else "cpu"
+                executor.client, table.X, y, device="cuda" if plan.fits_on_gpus else "cpu"
             )
             fit_seconds = time.perf_counter() - fit_started
             table.X = None  # its futures are released while the client is open
@@ -572,6 +588,7 @@ def train(
                 make=lambda: make_classifier(
                     classifier if isinstance(classifier, str) else copy.deepcopy(classifier),
                     seed=seed,
+                    device=fit_device,
                 ),
                 seed=seed,
                 n_threads=available_cores(),

@@ -50,3 +50,28 @@ def test_kernels_on_each_backend_equal_the_untiled_cpu_result(xp, shape, block, 
         )
         assert isinstance(got, xp.ndarray)
         np.testing.assert_array_equal(to_host(got), untiled[(slice(None), *b.region)])
+
+
+def _local_range(image, scale, *, spacing):
+    """A numpy-only plug-in (scipy's filters): GPU blocks reach it on the host."""
+    from scipy import ndimage
+
+    size = 2 * int(scale) + 1
+    return (ndimage.maximum_filter(image, size) - ndimage.minimum_filter(image, size))[None]
+
+
+def test_plugins_get_host_blocks_on_each_backend(xp, monkeypatch):
+    from tiledseg.features import plugins
+
+    monkeypatch.setattr(plugins, "_REGISTRY", {})
+    plugins.register_feature(_local_range, halo=lambda s: int(s), outputs=1, name="local_range")
+    bank = FeatureBank({"gaussian_smoothing": [1.0], "local_range": [2.0]})
+    shape, block = (33, 29), (12, 10)
+    image = np.random.default_rng(5).random(shape, dtype=np.float32)
+    whole = (slice(None),) * 2
+    cpu = block_features(image[np.newaxis], bank=bank, inner=whole)
+    for b in plan_blocks(shape, block, bank.halo((1.0, 1.0))):
+        got = block_features(xp.asarray(image[b.read][np.newaxis]), bank=bank, inner=b.inner)
+        assert isinstance(got, xp.ndarray)
+        # the plug-in's values are the CPU's on every backend: it runs on the host
+        np.testing.assert_array_equal(to_host(got)[1], cpu[(1, *b.region)])

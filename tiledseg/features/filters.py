@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg.device import to_host
 from tiledseg.features.backend import Backend, get_backend
 from tiledseg.features.bank import (
     DOG_RATIO,
@@ -159,15 +160,19 @@ def _family_values(
 
 
 def _plugin_values(image, plugin, scale, inner, rel) -> Iterator[tuple[int, Any]]:
-    """A plug-in's outputs on the block, computed on the block grown by its declared halo."""
+    """A plug-in's outputs on the block, computed on the block grown by its declared halo.
+
+    A plug-in is numpy code (docs/plugins.md): a GPU block is copied to the host for
+    it, and its outputs are copied back.
+    """
     grown, within = grow(inner, (plugin.reach(scale),) * image.ndim, image.shape)
-    view = image[grown]
-    if isinstance(view, np.ndarray):  # the block is shared by every later family and scale
-        view = view.view()
-        view.flags.writeable = False
+    xp = get_backend(image).xp
+    # the block is shared by every later family and scale: the plug-in gets a read-only view
+    view = to_host(image[grown]).view()
+    view.flags.writeable = False
     values = plugin.compute(view, scale, rel)
     for k in range(values.shape[0]):
-        yield k, values[k][within]
+        yield k, xp.asarray(values[k][within])
 
 
 def _unit(ndim: int, *axes: int) -> tuple[int, ...]:
