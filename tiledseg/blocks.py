@@ -52,6 +52,21 @@ class Block:
         return ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip(axes, self.region, strict=True))
 
 
+def split_until(
+    sizes: Sequence[int], *, shape: Sequence[int], halo: Sequence[int], min_blocks: int
+) -> tuple[int, ...]:
+    """Halve the longest axis of a block until ``shape`` holds at least ``min_blocks`` of
+    them, so that every worker thread has one (never below twice the halo, nor 16)."""
+    sizes = list(sizes)
+    while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < min_blocks:
+        axis = max(range(len(sizes)), key=lambda a: sizes[a])
+        smaller = -(-sizes[axis] // 2)
+        if smaller < max(2 * halo[axis], 16):
+            break
+        sizes[axis] = smaller
+    return tuple(sizes)
+
+
 def resolve_block(
     block: int | Sequence[int] | str | None,
     *,
@@ -87,13 +102,7 @@ def resolve_block(
             min(n, max(edge, h))
             for n, edge, h in zip(shape, DEFAULT_BLOCK[ndim], halo, strict=True)
         ]
-        while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < min_blocks:
-            axis = max(range(ndim), key=lambda a: sizes[a])
-            smaller = -(-sizes[axis] // 2)
-            if smaller < max(2 * halo[axis], 16):
-                break
-            sizes[axis] = smaller
-        return tuple(sizes)
+        return split_until(sizes, shape=shape, halo=halo, min_blocks=min_blocks)
     if isinstance(block, str):
         try:
             values = [int(p) for p in block.split(",")]

@@ -254,15 +254,8 @@ class XGBoostClassifier(Classifier):
             summary["trees"] = self.params["trees"]
         else:
             summary["max_rounds"] = rounds
-        if self.forest and len(held) and len(np.unique(y[train])) == self.n_classes:
-            dtrain = xgb.DMatrix(X[train], label=y[train], weight=weights[train], nthread=n_threads)
-            probe = xgb.train(params, dtrain, num_boost_round=1, verbose_eval=False)
-            proba = _as_proba(
-                probe.predict(xgb.DMatrix(X[held], nthread=n_threads)), self.n_classes
-            )
-            summary["held_out_accuracy"] = float(np.mean(proba.argmax(1) == y[held]))
-            summary["held_out_voxels"] = int(len(held))
-        elif len(held) and len(np.unique(y[train])) == self.n_classes:
+        # (a forest is one round: its probe has no rounds to choose, only its held-out score)
+        if len(held) and len(np.unique(y[train])) == self.n_classes:
             dtrain = xgb.DMatrix(X[train], label=y[train], weight=weights[train], nthread=n_threads)
             dheld = xgb.DMatrix(X[held], label=y[held], weight=weights[held], nthread=n_threads)
             probe = xgb.train(

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from tiledseg.device import DEVICES
 from tiledseg.errors import OutputExistsError, TiledsegError
 from tiledseg.volume import same_path, split_dataset
 
@@ -56,7 +57,7 @@ def _extra_channels_option(f):
 def _device_option(f):
     return click.option(
         "--device",
-        type=click.Choice(["cpu", "cuda", "auto"]),
+        type=click.Choice(DEVICES),
         default="cpu",
         show_default=True,
         help="Where blocks are computed: cpu, cuda (each worker's GPU; an error where a "

@@ -185,9 +185,15 @@ class DevicePlan:
     workers: tuple[dict[str, Any], ...]
 
     @property
+    def kind(self) -> str:
+        """``cpu`` or ``cuda`` when every worker computes there, else ``mixed``."""
+        kinds = {w["device"] for w in self.workers}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    @property
     def uses_gpu(self) -> bool:
         """Whether any worker computes on a GPU."""
-        return any(w["device"] == "cuda" for w in self.workers)
+        return self.kind != "cpu"
 
     def _threads_per_gpu(self) -> dict[str, int]:
         """Task threads on each physical GPU (workers that share one add up)."""
@@ -202,11 +208,10 @@ class DevicePlan:
     def fits_on_gpus(self) -> bool:
         """Whether a distributed XGBoost fit can use the workers' GPUs: every worker has
         its own GPU (NCCL refuses two processes on one device) and a CUDA XGBoost."""
-        gpus = [w for w in self.workers if w["device"] == "cuda"]
         return (
-            len(gpus) == len(self.workers) > 0
-            and len(self._threads_per_gpu()) == len(gpus)
-            and all(w.get("xgboost_cuda", False) for w in gpus)
+            self.kind == "cuda"
+            and len(self._threads_per_gpu()) == len(self.workers)
+            and all(w.get("xgboost_cuda", False) for w in self.workers)
         )
 
     def gpu_block(
@@ -220,7 +225,7 @@ class DevicePlan:
         split along its longest axis until every GPU thread has a block (never below
         twice the halo, nor 16).
         """
-        if not self.uses_gpu or any(w["device"] != "cuda" for w in self.workers):
+        if self.kind != "cuda":
             return None
         per_gpu = self._threads_per_gpu()
         free = min(w["free_bytes"] for w in self.workers)
@@ -231,15 +236,14 @@ class DevicePlan:
             n_classes=n_classes,
             in_flight=max(per_gpu.values()),
         )
-        sizes = [min(n, e) for n, e in zip(shape, edge, strict=True)]
-        slots = sum(per_gpu.values())
-        while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < slots:
-            axis = max(range(len(sizes)), key=lambda a: sizes[a])
-            smaller = -(-sizes[axis] // 2)
-            if smaller < max(2 * halo[axis], 16):
-                break
-            sizes[axis] = smaller
-        return tuple(sizes)
+        from tiledseg.blocks import split_until
+
+        return split_until(
+            [min(n, e) for n, e in zip(shape, edge, strict=True)],
+            shape=shape,
+            halo=halo,
+            min_blocks=sum(per_gpu.values()),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """For the provenance: what was asked and what each worker had."""

@@ -21,7 +21,6 @@ import numpy as np
 from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
 from tiledseg.device import (
-    DevicePlan,
     check_device,
     out_of_memory_hint,
     plan_devices,
@@ -106,9 +105,13 @@ def classify_block(
     """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block, in the
     array module the probabilities came in (numpy, or cupy on the GPU)."""
     proba = block_probabilities(volume, block, model, n_threads=n_threads, device=device)
-    xp = get_backend(proba).xp
-    values = xp.asarray(model.classes.astype(model.label_dtype))
-    return values[proba.argmax(axis=1)].reshape(block.shape), proba
+    return _labels(proba, model, block.shape), proba
+
+
+def _labels(proba: Any, model: Model, shape: tuple[int, ...]) -> Any:
+    """The most probable class of each voxel, where ``proba`` is (numpy or cupy)."""
+    values = get_backend(proba).xp.asarray(model.classes.astype(model.label_dtype))
+    return values[proba.argmax(axis=1)].reshape(shape)
 
 
 def _to_uint8(values: Any) -> Any:
@@ -137,17 +140,25 @@ def _write_extras(out: str, block: Block, proba: Any, want_proba: bool, want_unc
         zarr.open_array(f"{out}/{name}/0", mode="r+")[where] = to_host(values)
 
 
-def _predict_block(args: tuple) -> int:
-    import zarr
-
+def _probabilities_written(args: tuple) -> Any:
+    """A block task's probabilities, on its worker's device, with the outputs besides the
+    labels (probabilities, uncertainty) already written."""
     volume, block, model, out, want_proba, want_unc, n_threads, device = args
     with out_of_memory_hint(block.shape):
-        labels, proba = classify_block(
+        proba = block_probabilities(
             volume, block, model, n_threads=n_threads, device=worker_device(device)
         )
         _write_extras(out, block, proba, want_proba, want_unc)
+    return proba
+
+
+def _predict_block(args: tuple) -> int:
+    import zarr
+
+    block, model, out = args[1], args[2], args[3]
+    labels = to_host(_labels(_probabilities_written(args), model, block.shape))
     # labels last, then the marker: a block marked done has all its outputs written
-    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = to_host(labels)
+    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = labels
     mark_block_done(out, block.index)
     return int(labels.size)
 
@@ -160,15 +171,9 @@ def _predict_task(args: tuple) -> int | BlockFailure:
 def _block_costs(args: tuple) -> np.ndarray:
     from tiledseg.smoothing.energy import unary_costs
 
-    volume, block, model, out, want_proba, want_unc, n_threads, device = args
-    with out_of_memory_hint(block.shape):
-        proba = block_probabilities(
-            volume, block, model, n_threads=n_threads, device=worker_device(device)
-        )
-        _write_extras(out, block, proba, want_proba, want_unc)
     # the graph cut runs on the CPU (gco): the probabilities come back
-    proba = to_host(proba)
-    return unary_costs(proba).reshape(*block.shape, proba.shape[1])
+    proba = to_host(_probabilities_written(args))
+    return unary_costs(proba).reshape(*args[1].shape, proba.shape[1])
 
 
 def _costs_task(args: tuple) -> np.ndarray | BlockFailure:
@@ -362,20 +367,19 @@ def predict(
         block = stored["block"]
     with contextlib.ExitStack() as stack:
         executor: Executor | None = None
-        plan = DevicePlan("cpu", ({"device": "cpu"},))
         if device != "cpu":
             # the workers say what they have (and how much GPU memory) before blocks are planned
             executor = stack.enter_context(
                 open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster)
             )
-            plan = plan_devices(device, executor)
-            if block is None and plan.uses_gpu:
-                block = plan.gpu_block(
-                    shape=volume.shape,
-                    halo=halo,
-                    n_features=model.bank.n_features(ndim=model.ndim, n_channels=model.n_channels),
-                    n_classes=len(model.classes),
-                )
+        plan = plan_devices(device, executor)
+        if block is None:
+            block = plan.gpu_block(
+                shape=volume.shape,
+                halo=halo,
+                n_features=model.bank.n_features(ndim=model.ndim, n_channels=model.n_channels),
+                n_classes=len(model.classes),
+            )
         blocks_shape = resolve_block(
             block,
             shape=volume.shape,

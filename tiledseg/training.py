@@ -278,7 +278,7 @@ def training_table(
     device : {"cpu", "cuda", "auto"}
         Where each worker computes the features (:func:`tiledseg.device.worker_device`).
     feature_device : {"cpu", "cuda", "mixed"}
-        Where they will be computed (:func:`_feature_device`): GPU features differ from
+        Where they will be computed (:attr:`DevicePlan.kind`): GPU features differ from
         CPU ones in float32 rounding, so the cache keeps them apart.
 
     Returns
@@ -375,12 +375,6 @@ def _scatter_rows(executor: Executor, X: np.ndarray) -> Any:
             for f, p in zip(futures, parts, strict=True)
         ]
     )
-
-
-def _feature_device(plan: Any) -> str:
-    """``cpu``, ``cuda``, or ``mixed`` (``auto`` on a cluster of CPU and GPU workers)."""
-    kinds = {w["device"] for w in plan.workers}
-    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan], *, device: str) -> str:
@@ -559,7 +553,7 @@ def train(
             cache_dir=cache,
             distributed=distributed,
             device=device,
-            feature_device=_feature_device(plan),
+            feature_device=plan.kind,
         )
         classes, y = np.unique(table.y, return_inverse=True)
         n_features = int(table.X.shape[1])
