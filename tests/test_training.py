@@ -354,3 +354,40 @@ def test_training_table_is_the_features_of_the_labelled_voxels(tmp_path, block):
 def test_the_image_given_as_labels_is_refused(phantom2d, small_bank):
     with pytest.raises(InputDataError, match="is it the image"):
         ts.train(phantom2d.image, phantom2d.image, features=small_bank, cache_dir=None)
+
+
+# -- anisotropy hint ---------------------------------------------------------------------------
+
+
+def test_a_stack_of_sparse_planes_without_spacing_gets_a_hint(tmp_path, small_bank, capsys):
+    from tiledseg.cli import main
+    from tiledseg.testing import make_phantom
+
+    ph = make_phantom((96, 48, 48), n_classes=2, feature_size=8.0, noise=0.1, seed=3)
+    truth = ph.truth[::4]
+    every = np.arange(truth.size).reshape(truth.shape) % 97 == 0  # a scattered few voxels
+    sparse = {"image": ph.image[::4], "scribbles": np.where(every, truth, 0).astype(np.uint8)}
+    for name, array in sparse.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    bank = tmp_path / "bank.yaml"
+    bank.write_text("\n".join(f"{k}: {list(v)}" for k, v in small_bank.to_dict().items()))
+    args = ["train", str(tmp_path / "image.npy"), str(tmp_path / "scribbles.npy")]
+    args += ["--features", str(bank), "--no-cache", "--quiet"]
+    assert main([*args, "--model", str(tmp_path / "a.tseg")]) == 0
+    out = capsys.readouterr().out
+    hint = [line for line in out.splitlines() if line.startswith("hint:")]
+    assert len(hint) == 1, out
+    assert "along z" in hint[0]
+    assert "--spacing" in hint[0]
+    model = ts.load_model(tmp_path / "a.tseg")
+    ratios = model.summary["anisotropy"]["ratios"]
+    assert ratios[0] > 1.5 * max(ratios[1:])
+    # with the spacing given, or on the isotropic original, no hint
+    assert main([*args, "--model", str(tmp_path / "b.tseg"), "--spacing", "4,1,1"]) == 0
+    assert "hint:" not in capsys.readouterr().out
+    np.save(tmp_path / "iso.npy", ph.image)
+    iso_scribbles = np.arange(ph.truth.size).reshape(ph.truth.shape) % 389 == 0
+    np.save(tmp_path / "iso_scribbles.npy", np.where(iso_scribbles, ph.truth, 0).astype(np.uint8))
+    iso = ["train", str(tmp_path / "iso.npy"), str(tmp_path / "iso_scribbles.npy")]
+    assert main([*iso, *args[3:], "--model", str(tmp_path / "c.tseg")]) == 0
+    assert "hint:" not in capsys.readouterr().out

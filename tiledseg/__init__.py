@@ -11,7 +11,8 @@ import os
 # xgboost is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tiledseg.errors import BlocksFailedError, ClusterConfigError, TiledsegError  # noqa: E402
+from tiledseg.clustering import ClusteringResult, cluster_phases  # noqa: E402
+from tiledseg.errors import BlocksFailedError, ClusterConfigError, TiledsegError
 from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.plugins import check_plugin, feature_plugin, register_feature
@@ -26,12 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BlocksFailedError",
     "ClusterConfigError",
+    "ClusteringResult",
     "FeatureBank",
     "Model",
     "PredictionResult",
     "TiledsegError",
     "Volume",
     "check_plugin",
+    "cluster_phases",
     "evaluate",
     "feature_array",
     "feature_plugin",

@@ -71,13 +71,27 @@ class Classifier(ABC):
 
     @abstractmethod
     def fit(
-        self, X: np.ndarray, y: np.ndarray, *, n_threads: int, device: str = "cpu"
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        n_threads: int,
+        device: str = "cpu",
+        held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1), on
-        ``device`` (``cpu`` or ``cuda``) where the classifier can."""
+        ``device`` (``cpu`` or ``cuda``) where the classifier can. ``held_out``: the rows
+        a classifier that validates (XGBoost's early stopping) holds out, whole strokes
+        (:func:`tiledseg.strokes.held_out_split`); ``None``: voxels drawn per class."""
 
     def fit_distributed(
-        self, client: Any, X: Any, y: np.ndarray, *, device: str = "cpu"
+        self,
+        client: Any,
+        X: Any,
+        y: np.ndarray,
+        *,
+        device: str = "cpu",
+        held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Fit on the workers of a dask cluster, where the rows of ``X`` are."""
         raise TiledsegError(
@@ -104,7 +118,9 @@ class Classifier(ABC):
 class XGBoostClassifier(Classifier):
     """Gradient-boosted trees with early stopping on held-out scribbles.
 
-    A fifth of each class's labelled voxels is held out; boosting stops when the
+    About a fifth of each class's labelled voxels is held out, whole strokes at a
+    time when training gives them (``held_out``; held-out voxels from the strokes
+    the model trains on would score about 1.0 whatever it learnt); boosting stops when the
     held-out classification error has not improved for ``patience`` rounds (the
     log-loss keeps falling long after the labels stop changing, and every round
     costs prediction time), but never before ``min_rounds``, nor after
@@ -238,7 +254,13 @@ class XGBoostClassifier(Classifier):
         return min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
 
     def fit(
-        self, X: np.ndarray, y: np.ndarray, *, n_threads: int, device: str = "cpu"
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        n_threads: int,
+        device: str = "cpu",
+        held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
         import xgboost as xgb
 
@@ -248,7 +270,7 @@ class XGBoostClassifier(Classifier):
             self.n_classes, n_threads, n_features=int(X.shape[1]), device=device
         )
         weights = balanced_weights(y)
-        train, held = stratified_split(y, self.params["held_out"], self.params["seed"])
+        train, held = self._split(y, held_out)
         rounds = self.params["max_rounds"]
         if self.forest:
             summary["trees"] = self.params["trees"]
@@ -281,15 +303,29 @@ class XGBoostClassifier(Classifier):
         self._nthread, self._device = n_threads, device
         return summary
 
+    def _split(self, y: np.ndarray, held_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Training and held-out rows: ``held_out`` given, else voxels drawn per class."""
+        if held_out is None:
+            return stratified_split(y, self.params["held_out"], self.params["seed"])
+        held = np.unique(np.asarray(held_out, dtype=np.int64))
+        return np.setdiff1d(np.arange(len(y)), held), held
+
     def fit_distributed(
-        self, client: Any, X: Any, y: np.ndarray, *, device: str = "cpu"
+        self,
+        client: Any,
+        X: Any,
+        y: np.ndarray,
+        *,
+        device: str = "cpu",
+        held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Fit with ``xgboost.dask`` on the workers that hold the rows, as :meth:`fit` does.
 
         The recipe is :meth:`fit`'s: the same booster parameters, balanced weights,
-        the same stratified held-out split (drawn here from ``y``, so the very same
-        rows are held out), a probe with early stopping that chooses the number of
-        rounds (floor ``min_rounds``), and a final fit on all rows. One difference
+        the same held-out split (the strokes given in ``held_out``, or drawn here
+        from ``y``: the very same rows are held out), a probe with early stopping
+        that chooses the number of rounds (floor ``min_rounds``), and a final fit on
+        all rows. One difference
         in form, not in effect: the held-out rows stay in the probe's training
         matrix with weight 0 (they add nothing to the gradients, hessians or the
         intercept), and the held-out matrix is the same rows weighted the other
@@ -339,7 +375,7 @@ class XGBoostClassifier(Classifier):
         del params["nthread"]  # each worker uses its own thread count (see above)
         chunks = X.chunks[0]
         weights = balanced_weights(y)
-        train, held = stratified_split(y, self.params["held_out"], self.params["seed"])
+        train, held = self._split(y, held_out)
         rounds = self.params["max_rounds"]
         summary["max_rounds"] = rounds
         label = _scattered(client, y.astype(np.float32), chunks)
@@ -518,9 +554,15 @@ class SklearnClassifier(Classifier):
         return est.__name__
 
     def fit(
-        self, X: np.ndarray, y: np.ndarray, *, n_threads: int, device: str = "cpu"
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        n_threads: int,
+        device: str = "cpu",
+        held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        # a scikit-learn estimator fits on the CPU whatever the device
+        # a scikit-learn estimator fits on the CPU whatever the device, on every row
         from sklearn.utils.validation import has_fit_parameter
 
         est = self.estimator

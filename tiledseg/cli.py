@@ -36,6 +36,21 @@ def _block_option(f):
     )(f)
 
 
+def _features_option(f):
+    return click.option(
+        "--features",
+        default="default",
+        metavar="NAME|FILE.yaml",
+        help="Feature bank: a name (default, minimal, ilastik-full) or a YAML file.",
+    )(f)
+
+
+def _spacing_option(f):
+    return click.option(
+        "--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata)."
+    )(f)
+
+
 def _channel_axis_option(f):
     return click.option(
         "--channel-axis", type=int, default=None, help="Axis of IMAGE holding channels."
@@ -104,16 +119,9 @@ def cli(debug: bool) -> None:
 @click.argument("image")
 @click.argument("labels")
 @click.option("--model", "model_path", required=True, help="Where to write the model file.")
-@click.option(
-    "--features",
-    default="default",
-    metavar="NAME|FILE.yaml",
-    help="Feature bank: a name (default, minimal, ilastik-full) or a YAML file.",
-)
+@_features_option
 @click.option("--classifier", type=_CLASSIFIERS, default="xgboost", show_default=True)
-@click.option(
-    "--spacing", default=None, metavar="Z,Y,X", help="Voxel spacing (else from OME metadata)."
-)
+@_spacing_option
 @_channel_axis_option
 @_extra_channels_option
 @click.option(
@@ -140,6 +148,14 @@ def cli(debug: bool) -> None:
     help="Keep the K most important features (checked on held-out scribbles); the model "
     "then computes only the families and scales that hold them.",
 )
+@click.option(
+    "--stages",
+    default="1",
+    show_default=True,
+    metavar="N",
+    help="Classifier stages (autocontext): stage k also sees the bank applied to stage "
+    "k-1's probabilities. 2 often removes speckle; each stage adds a halo and a classifier.",
+)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the training-table cache.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
@@ -161,6 +177,7 @@ def train(
     cluster,
     distributed_training,
     select_features,
+    stages,
     no_cache,
     seed,
     overwrite,
@@ -168,8 +185,10 @@ def train(
 ) -> None:
     """Train a classifier on the scribbles in LABELS (0 = unlabelled)."""
     import tiledseg
+    from tiledseg.autocontext import check_stages
     from tiledseg.model import check_model_path
 
+    stages = check_stages(stages)
     check_model_path(
         model_path,
         overwrite=overwrite,
@@ -191,6 +210,7 @@ def train(
         cluster=cluster,
         distributed_training=distributed_training,
         select_features=select_features,
+        stages=stages,
         cache_dir=None if no_cache else True,
         seed=seed,
         quiet=quiet,
@@ -233,13 +253,41 @@ def _print_training(model, model_path) -> None:
     gpu_workers = s.get("feature_device", {}).get("gpu_workers", 0)
     if gpu_workers:
         line += f", features on {gpu_workers} GPU worker(s)"
+    if model.n_stages > 1:
+        line += f", {model.n_stages} stages (autocontext)"
     if "held_out_accuracy" in s:
-        line += f", accuracy on held-out scribble voxels {s['held_out_accuracy']:.3f}"
+        line += f", accuracy on held-out strokes {s['held_out_accuracy']:.3f}"
     if s.get("table_from_cache"):
         line += " (training table from cache)"
     if s.get("distributed"):
         line += f", trained on {s.get('training_workers')} dask workers (xgboost.dask)"
     click.echo(line + f", {s['seconds']:.1f} s")
+    for stage in s.get("stages", [])[:-1]:
+        accuracy = stage.get("held_out_accuracy")
+        click.echo(
+            f"  stage {stage['stage']}: {stage['n_features']} features"
+            + (f", {stage['rounds']} rounds" if "rounds" in stage else "")
+            + (f", accuracy on held-out strokes {accuracy:.3f}" if accuracy is not None else "")
+        )
+    single = [k for k, n in s.get("strokes", {}).items() if n == 1]
+    if single:
+        click.echo(
+            f"note: one stroke only for class(es) {', '.join(map(str, single))}: the held-out "
+            "check used the far end of that stroke; paint a second, separate stroke for a "
+            "check that means more"
+        )
+    hint = s.get("anisotropy")
+    if hint:
+        ratios = hint["ratios"]
+        finest = min(ratios)
+        coarse = [a for a, r in zip(hint["axes"], ratios, strict=True) if r > 1.5 * finest]
+        suggestion = ",".join(f"{r / finest:.2g}" for r in ratios)
+        click.echo(
+            f"hint: no spacing is known for this image, and neighbouring voxels along "
+            f"{'/'.join(coarse)} differ {max(ratios) / finest:.1f}x more than along the finest "
+            f"axis: if that axis is coarser, give --spacing (e.g. --spacing {suggestion}), "
+            "so the filters cover the same distance along every axis"
+        )
     if "selected_features" in s:
         click.echo(
             f"feature selection: kept {s['selected_features']} of {s['of_features']} features "
@@ -489,6 +537,7 @@ def _train_for_segment(config, volume, *, scheduler, quiet: bool):
         scheduler=scheduler,
         distributed_training=config.distributed_training,
         select_features=config.select_features,
+        stages=config.stages,
         filter_extra_channels=config.filter_extra_channels,
         seed=config.seed,
         quiet=quiet,
@@ -520,6 +569,7 @@ def _model_of_unfinished_run(config):
         (stored.get("identity") or {}).get("model_checksum") == model.checksum
         and bank.to_dict() == model.bank.to_dict()
         and model.classifier.name == config.classifier
+        and model.n_stages == config.stages
         and list(config.extra_channels or []) == model.summary.get("extra_channels", [])
     )
     return model if same else None
@@ -545,6 +595,83 @@ def _check_segment_inputs(config):
                 f"spatial shape {volume.shape}; they must match"
             )
     return volume
+
+
+@cli.command()
+@click.argument("image")
+@click.option(
+    "--classes",
+    required=True,
+    metavar="K",
+    help="Number of phases to find (2 or more).",
+)
+@click.option("--out", required=True, help="Output OME-Zarr group (OUT.zarr).")
+@_features_option
+@_spacing_option
+@click.option(
+    "--sample-voxels",
+    type=int,
+    default=100_000,
+    show_default=True,
+    metavar="N",
+    help="Voxels sampled (from random windows of the whole image) to fit the centres.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_channel_axis_option
+@_block_option
+@_device_option
+@_workers_option
+@_scheduler_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def cluster(
+    image,
+    classes,
+    out,
+    features,
+    spacing,
+    sample_voxels,
+    seed,
+    channel_axis,
+    block,
+    device,
+    workers,
+    scheduler,
+    cluster,
+    overwrite,
+    quiet,
+) -> None:
+    """Label IMAGE's phases without scribbles (k-means on the features) into OUT.zarr.
+
+    Label 1 is the darkest phase. The phases are the same for any --block or
+    --workers; a stopped run continues when the same command runs again.
+    """
+    from tiledseg.clustering import cluster_phases
+
+    result = cluster_phases(
+        image,
+        classes=classes,
+        out=out,
+        features=features,
+        spacing=spacing,
+        channel_axis=channel_axis,
+        block=block,
+        sample_voxels=sample_voxels,
+        seed=seed,
+        workers=workers,
+        scheduler=scheduler,
+        cluster=cluster,
+        overwrite=overwrite,
+        quiet=quiet,
+        command=_command_line(),
+        device=device,
+    )
+    phases = ", ".join(
+        f"{p['label']}: {100 * p['sample_share']:.1f}% (level {p['level']:.4g})"
+        for p in result.phases
+    )
+    click.echo(f"phases (share of the sampled voxels, smoothed intensity): {phases}")
+    _print_prediction(result)
 
 
 @cli.command()
@@ -706,10 +833,15 @@ def _print_model(data: dict[str, Any]) -> None:
         "training: "
         + ", ".join(
             f"{k}={summary[k]}"
-            for k in ("labelled_voxels", "rounds", "held_out_accuracy", "seconds")
+            for k in ("labelled_voxels", "strokes", "rounds", "held_out_accuracy", "seconds")
             if k in summary
         )
     )
+    for stage in summary.get("stages", []):
+        fields = ", ".join(
+            f"{k}={stage[k]}" for k in ("n_features", "rounds", "held_out_accuracy") if k in stage
+        )
+        click.echo(f"stage {stage['stage']} of {data['stages']}: {fields}")
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     importance = data.get("importance")
     click.echo(f"{len(data['features'])} features" + (" (importance)" if importance else "") + ":")

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
+from tiledseg.autocontext import MAX_STAGES
 from tiledseg.errors import TiledsegError
 from tiledseg.volume import split_dataset
 from tiledseg.yamlfile import read_yaml
@@ -57,6 +58,9 @@ class SegmentConfig(BaseModel):
     )
     select_features: PositiveInt | None = Field(
         None, description="keep the K most important features (held-out check)"
+    )
+    stages: int = Field(
+        1, ge=1, le=MAX_STAGES, description="classifier stages (autocontext); 1: plain"
     )
     probabilities: bool = False
     uncertainty: bool = False

@@ -39,11 +39,12 @@ __all__ = ["MAGIC", "Model", "check_model_path", "load_model", "versions"]
 MAGIC = b"TILEDSEG-MODEL\n"
 #: Version 2 adds ``columns`` (a feature-selected model); version 3 bank options
 #: (``in_2d``, ``extra_channels``) and plug-in families; version 4 XGBoost's
-#: random-forest mode (the ``random-forest`` of ``--device cuda``). A model is written
+#: random-forest mode (the ``random-forest`` of ``--device cuda``); version 5 autocontext
+#: stages (``--stages``, their payloads one after another). A model is written
 #: with the lowest version that holds it, so older tiledseg reads what it can
 #: understand and refuses the rest with "update tiledseg".
-FORMAT_VERSION = 4
-_READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _LENGTH = struct.Struct(">Q")
 
 
@@ -88,6 +89,10 @@ class Model:
     columns : tuple of int, optional
         The bank's features the classifier uses, by position (``--select-features``);
         ``None``: all of them.
+    stages : tuple of Classifier
+        Autocontext (:mod:`tiledseg.autocontext`): the earlier stages, in order; the
+        ``classifier`` is the last stage and sees their probabilities' features.
+        Empty for a plain model.
     """
 
     classifier: Classifier
@@ -101,18 +106,52 @@ class Model:
     versions: dict[str, str] = field(default_factory=versions)
     checksum: str | None = None
     columns: tuple[int, ...] | None = None
+    stages: tuple[Classifier, ...] = ()
+
+    @property
+    def n_stages(self) -> int:
+        """Classifier stages: 1 for a plain model, more with autocontext."""
+        return len(self.stages) + 1
 
     @property
     def feature_names(self) -> list[str]:
-        """Name of every feature the classifier uses, in stack order."""
-        layout = self.bank.feature_names(ndim=self.ndim, n_channels=self.n_channels)
-        names = [str(n) for n in layout]
+        """Name of every feature the (last stage's) classifier uses, in stack order."""
+        return self.stage_feature_names(self.n_stages)
+
+    def stage_feature_names(self, stage: int) -> list[str]:
+        """Names of the features stage ``stage`` (1, 2, ...) uses."""
+        from tiledseg.autocontext import stage_feature_names
+
+        names = stage_feature_names(
+            self.bank,
+            ndim=self.ndim,
+            n_channels=self.n_channels,
+            classes=[int(c) for c in self.classes],
+            stage=stage,
+        )
         return names if self.columns is None else [names[i] for i in self.columns]
 
     @property
     def halo(self) -> tuple[int, ...]:
-        """Halo per axis the features need."""
-        return self.bank.halo(self.spacing)
+        """Halo per axis the features need (one bank halo per stage)."""
+        return tuple(self.n_stages * h for h in self.bank.halo(self.spacing))
+
+    def block_probabilities(
+        self, data: Any, *, inner: tuple[slice, ...], n_threads: int = 1, device: str = "cpu"
+    ) -> Any:
+        """Class probabilities ``(n_voxels, k)`` of the block at ``inner`` of ``data`` (the
+        block read with :attr:`halo`), every stage computed on it."""
+        from tiledseg.autocontext import cascade_probabilities
+
+        return cascade_probabilities(
+            data,
+            inner=inner,
+            bank=self.bank,
+            spacing=self.spacing,
+            stages=[*self.stages, self],
+            n_threads=n_threads,
+            device=device,
+        )
 
     @property
     def label_dtype(self) -> np.dtype:
@@ -131,21 +170,22 @@ class Model:
     def _format_version(self) -> int:
         """The lowest format version that holds this model (see :data:`FORMAT_VERSION`)."""
         bank = self.bank
+        if self.stages:
+            return 5
         if getattr(self.classifier, "forest", False):
             return 4
         if bank.in_2d or bank.extra_channels or bank.plugins:
             return 3
         return 2 if self.columns is not None else 1
 
-    def _header(self, payload: bytes) -> dict[str, Any]:
-        if isinstance(self.classifier, XGBoostClassifier):
-            clf = {
-                "kind": "xgboost",
-                "params": self.classifier.params,
-                "n_classes": self.classifier.n_classes,
-            }
-        else:
-            clf = {"kind": "sklearn", "estimator": type(self.classifier.estimator).__name__}
+    def _header(self, payload: bytes, stage_bytes: list[int]) -> dict[str, Any]:
+        stages = {}
+        if self.stages:
+            # the earlier stages' payloads come first in the payload, in order
+            stages["stages"] = [
+                {**_classifier_header(c), "payload_bytes": n}
+                for c, n in zip(self.stages, stage_bytes, strict=True)
+            ]
         return {
             "format": "tiledseg-model",
             "format_version": self._format_version,
@@ -158,7 +198,8 @@ class Model:
             "feature_names": self.feature_names,
             "columns": None if self.columns is None else list(self.columns),
             "halo": list(self.halo),
-            "classifier": clf,
+            "classifier": _classifier_header(self.classifier),
+            **stages,
             "summary": self.summary,
             "versions": self.versions,
             "payload_bytes": len(payload),
@@ -167,10 +208,11 @@ class Model:
 
     def to_bytes(self) -> bytes:
         """The model file's bytes."""
-        payload = self.classifier.to_bytes()
+        parts = [c.to_bytes() for c in (*self.stages, self.classifier)]
+        payload = b"".join(parts)
         # as JSON will give it back: integer keys (a summary's class values) become
         # strings, and the digest must be of what load_model reads
-        header = json.loads(json.dumps(self._header(payload)))
+        header = json.loads(json.dumps(self._header(payload, [len(p) for p in parts[:-1]])))
         header["header_sha256"] = _header_digest(header)
         blob = json.dumps(header, sort_keys=True).encode()
         return MAGIC + _LENGTH.pack(len(blob)) + blob + payload
@@ -196,6 +238,7 @@ class Model:
             "halo": list(self.halo),
             "bank": self.bank.to_dict(),
             "features": self.feature_names,
+            "stages": self.n_stages,
             "summary": self.summary,
             "versions": self.versions,
             "checksum": self.checksum,
@@ -310,13 +353,11 @@ def load_model(path: str | os.PathLike) -> Model:
             f"tiledseg reads versions {', '.join(map(str, _READABLE_VERSIONS))}: update "
             "tiledseg or retrain"
         )
-    clf_info = header["classifier"]
-    if clf_info["kind"] == "xgboost":
-        classifier: Classifier = XGBoostClassifier.from_bytes(
-            payload, n_classes=clf_info["n_classes"], params=clf_info["params"]
-        )
-    else:
-        classifier = SklearnClassifier.from_bytes(payload)
+    stages = []
+    for info in header.get("stages", []):
+        stages.append(_classifier_of(info, payload[: info["payload_bytes"]]))
+        payload = payload[info["payload_bytes"] :]
+    classifier = _classifier_of(header["classifier"], payload)
     return Model(
         classifier=classifier,
         classes=np.asarray(header["classes"]),
@@ -329,7 +370,24 @@ def load_model(path: str | os.PathLike) -> Model:
         versions=header.get("versions", {}),
         checksum=hashlib.sha256(data).hexdigest(),
         columns=None if header.get("columns") is None else tuple(header["columns"]),
+        stages=tuple(stages),
     )
+
+
+def _classifier_header(classifier: Classifier) -> dict[str, Any]:
+    """What the header says of one classifier (its payload is XGBoost's or skops')."""
+    if isinstance(classifier, XGBoostClassifier):
+        return {"kind": "xgboost", "params": classifier.params, "n_classes": classifier.n_classes}
+    return {"kind": "sklearn", "estimator": type(classifier.estimator).__name__}
+
+
+def _classifier_of(info: dict[str, Any], payload: bytes) -> Classifier:
+    """A classifier from its header entry and its payload."""
+    if info["kind"] == "xgboost":
+        return XGBoostClassifier.from_bytes(
+            payload, n_classes=info["n_classes"], params=info["params"]
+        )
+    return SklearnClassifier.from_bytes(payload)
 
 
 def _bank_of(data: dict[str, Any]) -> FeatureBank:

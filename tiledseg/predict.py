@@ -24,13 +24,14 @@ from tiledseg.device import (
     check_device,
     out_of_memory_hint,
     plan_devices,
+    to_device,
     to_host,
     worker_device,
 )
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
-from tiledseg.features.tiled import features_of_block
+from tiledseg.features.tiled import read_finite
 from tiledseg.model import Model, load_model, versions
 from tiledseg.runs import (
     BlockFailure,
@@ -92,11 +93,11 @@ def block_probabilities(
 
     ``device="cuda"``: the features are computed on the GPU and handed to the
     classifier there; the probabilities are a cupy array when it predicts there.
+    An autocontext model computes every stage on the block (read with every
+    stage's halo: ``block`` is planned with :attr:`Model.halo`).
     """
-    feats = features_of_block(volume, block, bank=model.bank, spacing=model.spacing, device=device)
-    # (features, voxels) -> the transposed view: no copy into a features-last table
-    table = feats.reshape(feats.shape[0], -1).T
-    return model.predict_proba(table, n_threads=n_threads, device=device)
+    data = to_device(read_finite(volume, block.read), device)
+    return model.block_probabilities(data, inner=block.inner, n_threads=n_threads, device=device)
 
 
 def classify_block(
@@ -240,8 +241,6 @@ def smooth_settings(
 
 def _check_finite(args: tuple[Volume, Block]) -> bool:
     """Whether the block could be read (a NaN or infinity raises)."""
-    from tiledseg.features.tiled import read_finite
-
     volume, block = args
     try:
         read_finite(volume, block.region)
@@ -438,6 +437,7 @@ def predict(
                 provenance={
                     "model_checksum": model.checksum,
                     "bank": model.bank.to_dict(),
+                    **({"stages": model.n_stages} if model.stages else {}),
                     "feature_spacing": list(model.spacing),
                     "image": _where(image, volume),
                     "roi": identity["roi"],

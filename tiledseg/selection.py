@@ -67,6 +67,7 @@ def select_features(
     ndim: int,
     n_channels: int,
     make: Callable[[], Classifier],
+    split: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
     seed: int = 0,
     n_threads: int = 1,
 ) -> Selection:
@@ -86,8 +87,12 @@ def select_features(
         The image's spatial dimensionality and channels (the bank's feature layout).
     make : callable
         Returns a fresh, unfitted classifier like the one being trained.
+    split : callable, optional
+        ``split(rows, fraction=)`` -> (train, held) positions in ``rows``, whole strokes
+        on each side (:func:`tiledseg.strokes.held_out_split`); it also chooses the
+        fits' own early-stopping sets. ``None``: voxels drawn per class (``seed``).
     seed : int
-        Seed of the held-out split.
+        Seed of the held-out split when no ``split`` is given.
     n_threads : int
         Threads the fits may use.
 
@@ -97,14 +102,20 @@ def select_features(
     """
     n_features = X.shape[1]
     check_k(k, n_features)
-    train, held = stratified_split(y, HELD_OUT, seed)
+    if split is None:
+        train, held = stratified_split(y, HELD_OUT, seed)
+        inner = None
+    else:
+        train, held = split(np.arange(len(y)), fraction=HELD_OUT)
+        train, held = np.arange(len(y))[train], np.arange(len(y))[held]
+        inner = split(train)[1]
     if not len(held) or len(np.unique(y[train])) != int(y.max()) + 1:
         raise TiledsegError(
             "--select-features needs more scribbles: every class must keep voxels for "
             f"training after {HELD_OUT:.0%} of them are held out to check the selection"
         )
     full = make()
-    full.fit(X[train], y[train], n_threads=n_threads)
+    full.fit(X[train], y[train], n_threads=n_threads, held_out=inner)
     importance = full.importances()
     if importance is None:
         raise TiledsegError(
@@ -115,7 +126,7 @@ def select_features(
     order = np.lexsort((np.arange(n_features), -np.asarray(importance, dtype=np.float64)))
     kept = tuple(sorted(int(i) for i in order[:k]))
     chosen = make()
-    chosen.fit(X[train][:, kept], y[train], n_threads=n_threads)
+    chosen.fit(X[train][:, kept], y[train], n_threads=n_threads, held_out=inner)
     before = _accuracy(full, X[held], y[held], n_threads)
     after = _accuracy(chosen, X[held][:, kept], y[held], n_threads)
     names = bank.feature_names(ndim=ndim, n_channels=n_channels)

@@ -21,12 +21,19 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tiledseg.autocontext import (
+    FOLDS,
+    cascade_features,
+    check_context,
+    check_stages,
+    stage_halo,
+)
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
@@ -46,6 +53,7 @@ from tiledseg.features.tiled import features_of_block, read_finite
 from tiledseg.model import Model, versions
 from tiledseg.selection import check_k
 from tiledseg.selection import select_features as select_features_of
+from tiledseg.strokes import HELD_OUT, describe_split, held_out_split, stroke_folds, stroke_ids
 from tiledseg.volume import Volume, open_volume, with_extra_channels
 
 __all__ = [
@@ -121,10 +129,13 @@ class TrainingTable:
 
     X: Any  # (n, n_features) float32: numpy, or dask with its chunks on the workers
     y: np.ndarray  # (n,) the user's label values
+    coords: np.ndarray  # (n, ndim) where each row's voxel is in the volume
     from_cache: bool
     key: str | None  # the cache key; None when no cache is used
     #: whether the table is in the cache after this call (found there or written)
     cached: bool = False
+    #: the boxes of scribbles the rows come from, in the rows' order
+    scans: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -136,6 +147,7 @@ class TrainingTable:
 class _Scan:
     block: Block
     flat: np.ndarray  # labelled positions inside the block, C order
+    coords: np.ndarray  # the same positions in the volume
     values: np.ndarray
     digest: str | None  # of the box's image and labels; only when a cache is used
 
@@ -228,7 +240,8 @@ def _scan(
             h.update(flat.astype(np.int64).tobytes())
             h.update(values.astype(np.int64).tobytes())
             digest = h.hexdigest()
-        scans.append(_Scan(Block(block.index, region, read), flat, values, digest))
+        where = local + np.asarray([r.start for r in block.region])
+        scans.append(_Scan(Block(block.index, region, read), flat, where, values, digest))
     return scans
 
 
@@ -300,6 +313,7 @@ def training_table(
             "least two classes with values 1, 2, ..."
         )
     values = np.concatenate([s.values for s in scans])
+    coords = np.concatenate([s.coords for s in scans])
     classes = np.unique(values)
     if len(classes) > _MAX_CLASSES:
         raise InputDataError(
@@ -327,15 +341,17 @@ def training_table(
         else:
             if distributed:
                 X = _scatter_rows(executor, X)
-            return TrainingTable(X, y, True, key, cached=True)
+            return TrainingTable(X, y, coords, True, key, cached=True, scans=scans)
     tasks = [(image, s, bank, image.spacing, device) for s in scans]
     if distributed:
         X = _persist_rows(
             executor, tasks, n_cols=bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
         )
-        return TrainingTable(X, values, False, key, cached=False)
+        return TrainingTable(X, values, coords, False, key, cached=False, scans=scans)
     rows = executor.map(_block_rows, tasks, desc="training features")
-    table = TrainingTable(np.concatenate(rows), values, False, key, cached=path is not None)
+    table = TrainingTable(
+        np.concatenate(rows), values, coords, False, key, cached=path is not None, scans=scans
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
@@ -416,6 +432,8 @@ def train(
     extra_channels: Sequence[Any] | None = None,
     filter_extra_channels: bool = False,
     device: str | None = None,
+    stages: int = 1,
+    context: str = "out-of-fold",
 ) -> Model:
     """Train a voxel classifier on the labelled voxels of ``labels``.
 
@@ -477,6 +495,15 @@ def train(
         runs where the table is, on that process's GPU if it has one (XGBoost's CUDA
         ``hist``; ``random-forest`` is then XGBoost's random-forest mode, since
         scikit-learn's forest has no GPU). The summary's ``device`` says where it fit.
+    stages : int
+        Classifier stages (autocontext, :mod:`tiledseg.autocontext`): 1 (default) is a
+        plain classifier; stage ``k > 1`` also sees the bank applied to stage ``k-1``'s
+        probability maps. One model holds every stage; its halo is one bank halo per
+        stage.
+    context : {"out-of-fold", "in-sample"}
+        Where the probabilities of an earlier stage at the scribbles come from when the
+        next stage's table is built: models that did not see the voxel's fold of
+        strokes (default), or the final earlier stage (kept for comparison).
 
     Returns
     -------
@@ -486,10 +513,12 @@ def train(
     """
     started = time.perf_counter()
     device = check_device(device)
+    stages = check_stages(stages)
+    context = check_context(context)
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
     if extra_channels:
         volume = with_extra_channels(volume, extra_channels)
-    bank = resolve_bank(features)
+    bank = resolve_bank(features, ndim=volume.ndim)
     if volume.n_extra or bank.extra_channels:
         if bank.extra_channels and bank.extra_channels != volume.n_extra:
             raise TiledsegError(
@@ -514,26 +543,19 @@ def train(
     # the fit runs here (or on the workers, distributed): on a GPU if this process has one
     fit_device = "cuda" if device != "cpu" and gpu_count() > 0 and xgboost_has_cuda() else "cpu"
     clf = make_classifier(classifier, seed=seed, device=fit_device)
-    if distributed_training and not clf.trains_distributed:
-        raise TiledsegError(
-            f"distributed training needs the xgboost classifier; {clf.name} trains in one "
-            "process: use classifier xgboost or leave distributed training off"
-        )
-    if select_features is not None:
-        check_k(
-            int(select_features), bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels)
-        )
-    if select_features is not None and distributed_training:
-        raise TiledsegError(
-            "--select-features trains on this machine: leave --distributed-training out"
-        )
-    if distributed_training is None:
-        # automatic: only XGBoost can train on the cluster, the others gather the table
-        distributed: bool | None = None if clf.trains_distributed else False
-    else:
-        distributed = bool(distributed_training)
-    if select_features is not None:
-        distributed = False  # selection fits three times on the table: it comes here
+
+    def make() -> Any:
+        # a fresh copy per fit: an estimator object must not be refitted in place
+        spec = classifier if isinstance(classifier, str) else copy.deepcopy(classifier)
+        return make_classifier(spec, seed=seed, device=fit_device)
+
+    distributed = _check_training_options(
+        clf,
+        distributed_training=distributed_training,
+        select_features=select_features,
+        stages=stages,
+        n_features=bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels),
+    )
     if cache_dir is True:
         cache: Path | None = default_cache_dir()
     elif cache_dir in (None, False):
@@ -556,17 +578,57 @@ def train(
             feature_device=plan.kind,
         )
         classes, y = np.unique(table.y, return_inverse=True)
+        strokes = stroke_ids(table.coords, y)
+
+        def split(rows: np.ndarray, fraction: float = HELD_OUT) -> tuple[np.ndarray, np.ndarray]:
+            # whole strokes on each side (positions in rows)
+            return held_out_split(
+                y[rows], strokes[rows], table.coords[rows], fraction=fraction, seed=seed
+            )
+
+        held = split(np.arange(len(y)))[1]
         n_features = int(table.X.shape[1])
         on_cluster = table.distributed
         if on_cluster:
             fit_started = time.perf_counter()
             fit_summary = clf.fit_distributed(
-                executor.client, table.X, y, device="cuda" if plan.fits_on_gpus else "cpu"
+                executor.client,
+                table.X,
+                y,
+                device="cuda" if plan.fits_on_gpus else "cpu",
+                held_out=held,
             )
             fit_seconds = time.perf_counter() - fit_started
             table.X = None  # its futures are released while the client is open
+        earlier: list[Any] = []
+        if stages > 1:
+            # the next stages' tables need the workers: stage 1 fits while they are up
+            fit_started = time.perf_counter()
+            fit_summary = clf.fit(
+                table.X, y, n_threads=available_cores(), device=fit_device, held_out=held
+            )
+            earlier, clf, stage_summaries = _later_stages(
+                executor,
+                volume,
+                table,
+                y,
+                first=(clf, fit_summary),
+                make=make,
+                split=split,
+                strokes=strokes,
+                bank=bank,
+                stages=stages,
+                context=context,
+                device=device,
+                fit_device=fit_device,
+                seed=seed,
+                quiet=quiet,
+            )
+            fit_summary = {**stage_summaries[-1], "stages": stage_summaries}
+            fit_summary["autocontext"] = {"stages": stages, "context": context, "folds": FOLDS}
+            fit_seconds = time.perf_counter() - fit_started
     columns = None
-    if not on_cluster:
+    if not on_cluster and stages == 1:
         # after the executor is closed: a LocalCluster's workers have given their memory back
         fit_started = time.perf_counter()
         X = table.X
@@ -578,24 +640,22 @@ def train(
                 bank=bank,
                 ndim=volume.ndim,
                 n_channels=volume.n_channels,
-                # a fresh copy per fit: an estimator object must not be refitted in place
-                make=lambda: make_classifier(
-                    classifier if isinstance(classifier, str) else copy.deepcopy(classifier),
-                    seed=seed,
-                    device=fit_device,
-                ),
-                seed=seed,
+                make=make,
+                split=split,
                 n_threads=available_cores(),
             )
             X = np.ascontiguousarray(X[:, list(chosen.kept)])
             bank, columns = chosen.bank, chosen.columns
-        fit_summary = clf.fit(X, y, n_threads=available_cores(), device=fit_device)
+            held = split(np.arange(len(y)))[1]
+        fit_summary = clf.fit(X, y, n_threads=available_cores(), device=fit_device, held_out=held)
         if select_features is not None:
             fit_summary.update(chosen.summary(n_features))
         fit_seconds = time.perf_counter() - fit_started
     counts = {int(c): int(n) for c, n in zip(classes, np.bincount(y), strict=True)}
+    per_class = describe_split(y, strokes)
     summary = {
         "labelled_voxels": counts,
+        "strokes": {int(classes[c]): n for c, n in per_class.items()},
         "n_features": n_features,
         "table_from_cache": table.from_cache,
         "table_cached": table.cached,
@@ -612,6 +672,7 @@ def train(
         ),
         "labels": label_volume.name,
         "shape": list(volume.shape),
+        **_anisotropy_hint(volume, given=spacing is not None),
         **fit_summary,
     }
     return Model(
@@ -624,7 +685,212 @@ def train(
         channel_axis=volume.image_channel_axis,
         summary=summary,
         columns=columns,
+        stages=tuple(earlier),
     )
+
+
+def _check_training_options(
+    clf: Any,
+    *,
+    distributed_training: bool | None,
+    select_features: int | None,
+    stages: int,
+    n_features: int,
+) -> bool | None:
+    """Refuse options that do not go together; return where the table is built
+    (``None``: on the cluster when it is large, see :func:`training_table`)."""
+    if distributed_training and not clf.trains_distributed:
+        raise TiledsegError(
+            f"distributed training needs the xgboost classifier; {clf.name} trains in one "
+            "process: use classifier xgboost or leave distributed training off"
+        )
+    if select_features is not None:
+        check_k(int(select_features), n_features)
+        if distributed_training:
+            raise TiledsegError(
+                "--select-features trains on this machine: leave --distributed-training out"
+            )
+        if stages > 1:
+            raise TiledsegError(
+                "--select-features and --stages > 1 do not go together yet: the later stages' "
+                "features depend on the earlier stages' classes; leave one of them out"
+            )
+    if stages > 1 and distributed_training:
+        raise TiledsegError(
+            "--stages > 1 trains on this machine (the later stages' tables are built from the "
+            "earlier stages' models): leave --distributed-training out"
+        )
+    if select_features is not None or stages > 1:
+        return False  # several fits on the table: it comes here
+    if distributed_training is None:
+        # automatic: only XGBoost can train on the cluster, the others gather the table
+        return None if clf.trains_distributed else False
+    return bool(distributed_training)
+
+
+def _later_stages(
+    executor: Executor,
+    volume: Volume,
+    table: TrainingTable,
+    y: np.ndarray,
+    *,
+    first: tuple[Any, dict[str, Any]],
+    make: Any,
+    split: Any,
+    strokes: np.ndarray,
+    bank: FeatureBank,
+    stages: int,
+    context: str,
+    device: str,
+    fit_device: str,
+    seed: int,
+    quiet: bool,
+) -> tuple[list[Any], Any, list[dict[str, Any]]]:
+    """Fit stages 2..N on the scribbles (:mod:`tiledseg.autocontext`).
+
+    Stage ``k+1``'s table holds, at each scribbled voxel, the image's features and the
+    bank applied to stage ``k``'s probabilities around it. Out of fold, those come from
+    stage models fitted without the voxel's fold of strokes; in sample, from the
+    final models. Returns the earlier stages, the last stage and a summary per stage.
+    """
+    n = len(y)
+    everything = np.arange(n)
+    held = split(everything)[1]
+    fitted = [first[0]]
+    summaries = [{"stage": 1, "n_features": int(table.X.shape[1]), **first[1]}]
+    if context == "out-of-fold":
+        folds = stroke_folds(y, strokes, table.coords, n_folds=FOLDS, seed=seed)
+        # a class of one voxel cannot be out of its own fold: it is in every fold model
+        for c in np.flatnonzero(np.bincount(y) < 2):
+            folds[y == c] = FOLDS
+    else:
+        folds = np.full(n, FOLDS)
+    chains: list[list[Any]] = [[] for _ in range(FOLDS)]
+    X = table.X
+    for k in range(1, stages):
+        for f in range(FOLDS):
+            if not np.any(folds == f):
+                continue
+            rows = np.flatnonzero(folds != f)
+            model = make()
+            model.fit(
+                X[rows],
+                y[rows],
+                n_threads=available_cores(),
+                device=fit_device,
+                held_out=split(rows)[1],
+            )
+            chains[f].append(model)
+        # how sure stage k is of the true class at the scribbles, as stage k+1 sees it
+        sure = np.empty(n)
+        for f, chain in enumerate([*chains, fitted]):
+            rows = np.flatnonzero(folds == f)
+            if len(rows):
+                proba = to_host(chain[k - 1].predict_proba(X[rows], n_threads=available_cores()))
+                sure[rows] = proba[np.arange(len(rows)), y[rows]]
+        summaries[-1]["context_confidence"] = round(float(sure.mean()), 4)
+        X = _stage_table(
+            executor,
+            volume,
+            table,
+            bank=bank,
+            chains=[*chains, fitted],
+            folds=folds,
+            stage=k + 1,
+            device=device,
+        )
+        model = make()
+        fit = model.fit(X, y, n_threads=available_cores(), device=fit_device, held_out=held)
+        fitted.append(model)
+        summaries.append({"stage": k + 1, "n_features": int(X.shape[1]), **fit})
+    return fitted[:-1], fitted[-1], summaries
+
+
+def _stage_table(
+    executor: Executor,
+    volume: Volume,
+    table: TrainingTable,
+    *,
+    bank: FeatureBank,
+    chains: list[list[Any]],
+    folds: np.ndarray,
+    stage: int,
+    device: str,
+) -> np.ndarray:
+    """The table of stage ``stage``: each row's features with the earlier stages of its
+    fold's chain (``chains[folds[row]]``), in the rows' order."""
+    halo = stage_halo(bank, volume.spacing, stage)
+    tasks, start = [], 0
+    for scan in table.scans:
+        rows = slice(start, start + len(scan.flat))
+        read = haloed(scan.block.region, halo, volume.shape)
+        block = Block(scan.block.index, scan.block.region, read)
+        used = folds[rows]
+        tasks.append(
+            (volume, block, scan.flat, used, [chains[f] for f in np.unique(used)], bank, device)
+        )
+        start = rows.stop
+    parts = executor.map(_stage_rows, tasks, desc=f"stage {stage} features")
+    return np.concatenate(parts)
+
+
+def _stage_rows(args: tuple) -> np.ndarray:
+    """One box's rows of a later stage's table (see :func:`_stage_table`)."""
+    image, block, flat, folds, chains, bank, device = args
+    device = worker_device(device)
+    out = None
+    with _reading(block, image), out_of_memory_hint(block.shape):
+        data = to_device(read_finite(image, block.read), device)
+        for f, chain in zip(np.unique(folds), chains, strict=True):
+            feats = cascade_features(
+                data,
+                inner=block.inner,
+                bank=bank,
+                spacing=image.spacing,
+                classifiers=chain,
+                device=device,
+            )
+            mine = folds == f
+            picked = feats.reshape(feats.shape[0], -1)[:, to_device(flat[mine], device)]
+            if out is None:
+                out = np.empty((len(flat), feats.shape[0]), dtype=np.float32)
+            out[mine] = to_host(picked).T
+    return out
+
+
+#: Neighbouring planes this many times as different as neighbouring pixels in a plane
+#: suggest a coarser axis (a hint after training, when no spacing was given).
+_ANISOTROPY_HINT = 1.5
+# voxels read for the anisotropy estimate (a central region)
+_ANISOTROPY_VOXELS = 1 << 22
+
+
+def _anisotropy_hint(volume: Volume, *, given: bool) -> dict[str, Any]:
+    """``{"anisotropy": {...}}`` when a 3D image's spacing is unknown and one axis looks
+    coarser than the others: its neighbours differ more, as in a stack of sparse planes.
+
+    The ratio of the mean absolute difference between neighbours along an axis to the
+    finest axis' estimates the spacing ratio of smooth structures (noise pulls it to 1).
+    """
+    if given or volume.spacing_from_metadata or volume.ndim != 3:
+        return {}
+    edge = max(8, int(round(_ANISOTROPY_VOXELS ** (1 / 3))))
+    region = tuple(
+        slice(max(0, n // 2 - edge // 2), min(n, n // 2 - edge // 2 + edge)) for n in volume.shape
+    )
+    data = volume.read(region)[0].astype(np.float32)
+    steps = []
+    for axis in range(3):
+        if data.shape[axis] < 2:
+            return {}
+        steps.append(float(np.mean(np.abs(np.diff(data, axis=axis)))))
+    finest = min(steps)
+    if finest <= 0:
+        return {}
+    ratios = [s / finest for s in steps]
+    if max(ratios) < _ANISOTROPY_HINT:
+        return {}
+    return {"anisotropy": {"ratios": [round(r, 2) for r in ratios], "axes": "zyx"}}
 
 
 _NEEDS_CLUSTER = (

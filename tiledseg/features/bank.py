@@ -528,15 +528,23 @@ NAMED_BANKS: dict[str, FeatureBank] = _load_named()
 
 def resolve_bank(
     spec: str | Path | Mapping[str, Iterable[float]] | FeatureBank | None,
+    *,
+    ndim: int | None = None,
 ) -> FeatureBank:
-    """Return a bank from a name, a YAML file, a mapping or a bank (``None``: ``"default"``)."""
+    """Return a bank from a name, a YAML file, a mapping or a bank (``None``: ``"default"``).
+
+    A named bank may have a variant per dimensionality (``default-2d.yaml`` beside
+    ``default.yaml``): with ``ndim`` given, that variant is the bank of the name.
+    """
     if spec is None:
-        return NAMED_BANKS["default"]
+        spec = "default"
     if isinstance(spec, FeatureBank):
         return spec
     if isinstance(spec, Mapping):
         return FeatureBank.from_dict(spec)
     text = str(spec)
+    if ndim is not None and f"{text}-{ndim}d" in NAMED_BANKS:
+        return NAMED_BANKS[f"{text}-{ndim}d"]
     if text in NAMED_BANKS:
         return NAMED_BANKS[text]
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
