@@ -224,7 +224,14 @@ def test_options_that_do_not_go_with_stages(phantoms):
     with pytest.raises(TiledsegError, match="--select-features and --stages"):
         ts.train(ph.image, ph.scribbles, features=SMALL_BANK, stages=2, select_features=3)
     with pytest.raises(TiledsegError, match="--stages > 1 trains on this machine"):
-        ts.train(ph.image, ph.scribbles, stages=2, distributed_training=True, workers=1)
+        ts.train(
+            ph.image,
+            ph.scribbles,
+            classifier="xgboost",
+            stages=2,
+            distributed_training=True,
+            workers=1,
+        )
 
 
 def test_segment_config_takes_stages(tmp_path, phantoms):

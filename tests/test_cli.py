@@ -160,7 +160,7 @@ def test_predict_records_the_command_it_was_given(tmp_path, inputs, model_path, 
 def test_info_model(model_path):
     model = tiledseg.load_model(model_path)
     text = run_ok("info", model_path)
-    assert "model: xgboost, classes [1, 2, 3, 4], 3D, 1 channel(s)" in text
+    assert "model: random-forest, classes [1, 2, 3, 4], 3D, 1 channel(s)" in text
     assert f"halo {list(model.halo)}" in text
     assert re.search(r"^versions: .*tiledseg .*xgboost", text, re.MULTILINE)
     assert f"{len(model.feature_names)} features (importance):" in text

@@ -49,7 +49,7 @@ def test_defaults_and_values(tmp_path):
     config = load_config(write(tmp_path, REQUIRED))
     assert config.truth is None
     assert config.features == "default"  # a bank name is not a path
-    assert config.classifier == "xgboost"
+    assert config.classifier == "random-forest"
     assert config.block is None
     assert config.workers is None
     assert (config.probabilities, config.uncertainty, config.overwrite) == (False, False, False)
@@ -95,7 +95,7 @@ def test_typo_in_a_key_names_the_key_and_suggests_the_right_one(tmp_path):
     [
         ("workers: many", r"key 'workers' = 'many': Input should be a valid integer"),
         ("workers: 0", r"key 'workers' = 0: Input should be greater than 0"),
-        ("classifier: svm", r"key 'classifier' = 'svm': Input should be 'xgboost' or"),
+        ("classifier: svm", r"key 'classifier' = 'svm': Input should be 'random-forest' or"),
         ("block: 0", r"key 'block' = 0: Input should be greater than 0$"),
         ("block: [16, 0, 16]", r"key 'block' = \[16, 0, 16\]: item 1: .*greater than 0$"),
         ("spacing: [1, a, 1]", r"key 'spacing' = \[1, 'a', 1\]: item 1: .*valid number"),

@@ -18,7 +18,7 @@ import zarr
 from numpy.testing import assert_array_equal
 
 import tiledseg as ts
-from tiledseg.classifiers import XGBoostClassifier, make_classifier
+from tiledseg.classifiers import FOREST_TREES, XGBoostClassifier, make_classifier
 from tiledseg.cluster import open_executor
 from tiledseg.device import DevicePlan, gpu_block, gpu_count, plan_devices
 from tiledseg.errors import MissingExtraError, TiledsegError
@@ -120,7 +120,7 @@ def test_the_gpu_random_forest_is_xgboost_in_forest_mode():
     assert not forest.trains_distributed
     params = forest._booster_params(3, 2, n_features=49, device="cuda")
     assert params["device"] == "cuda"
-    assert params["num_parallel_tree"] == 100
+    assert params["num_parallel_tree"] == FOREST_TREES
     assert params["eta"] == 1.0
     assert params["subsample"] == 0.632
     assert params["colsample_bynode"] == pytest.approx(7 / 49)

@@ -195,6 +195,7 @@ def test_distributed_training_needs_a_cluster(phantom, small_bank):
             phantom.image,
             phantom.scribbles,
             features=small_bank,
+            classifier="xgboost",
             distributed_training=True,
             cache_dir=None,
         )

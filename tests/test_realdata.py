@@ -38,15 +38,15 @@ def superalloy(data_dir):
     return folder
 
 
-def _superalloy_scores(folder, out, classifier):
+def _superalloy_scores(folder, out, classifier=None):
     model = ts.train(
         str(folder / "image.tif"),
         str(folder / "scribbles.tif"),
-        classifier=classifier,
+        **({"classifier": classifier} if classifier else {}),
         cache_dir=None,
     )
     assert model.classes.tolist() == [85, 170, 255]
-    assert model.bank == ts.resolve_bank("default")
+    assert model.bank == ts.resolve_bank("default", ndim=2)
     result = ts.predict(str(folder / "image.tif"), model, out=out)
     labels = zarr.open_array(f"{result.path}/labels/0")[...]
     assert labels.dtype == np.uint8
@@ -55,9 +55,9 @@ def _superalloy_scores(folder, out, classifier):
 
 
 def test_superalloy_mean_iou(superalloy, tmp_path):
-    scores = _superalloy_scores(superalloy, tmp_path / "rf.zarr", "random-forest")
+    scores = _superalloy_scores(superalloy, tmp_path / "xgb.zarr", "xgboost")
     print(
-        f"\nsuperalloy-2d, default bank, random forest: mIoU {scores['mean_iou']:.4f}, "
+        f"\nsuperalloy-2d, default bank, xgboost: mIoU {scores['mean_iou']:.4f}, "
         f"accuracy {scores['accuracy']:.4f}, IoU {scores['iou']}"
     )
     assert scores["scored_voxels"] == 512 * 512
@@ -84,14 +84,15 @@ def _skimage_mean_iou(folder) -> float:
 
 
 def test_superalloy_default_classifier_matches_skimage(superalloy, tmp_path):
-    """The default classifier (XGBoost) against scikit-image on the same scribbles."""
-    scores = _superalloy_scores(superalloy, tmp_path / "xgb.zarr", "xgboost")
+    """tiledseg's defaults (the random forest, the 2D bank) at least scikit-image's, on the
+    same scribbles (issue 14's bar; 0.667 against 0.625 measured)."""
+    scores = _superalloy_scores(superalloy, tmp_path / "default.zarr")
     reference = _skimage_mean_iou(superalloy)
     print(
-        f"\nsuperalloy-2d, default bank, xgboost: mIoU {scores['mean_iou']:.4f}, "
+        f"\nsuperalloy-2d, defaults: mIoU {scores['mean_iou']:.4f}, "
         f"accuracy {scores['accuracy']:.4f}, IoU {scores['iou']}; scikit-image {reference:.4f}"
     )
-    assert scores["mean_iou"] >= max(0.63, reference - 0.01)
+    assert scores["mean_iou"] >= max(0.63, reference)
 
 
 def test_ilastik_3d_correlation(data_dir, tmp_path):

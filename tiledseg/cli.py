@@ -17,13 +17,14 @@ from typing import Any
 
 import click
 
+from tiledseg.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 from tiledseg.device import DEVICES
 from tiledseg.errors import OutputExistsError, TiledsegError
 from tiledseg.volume import same_path, split_dataset
 
 __all__ = ["cli", "main"]
 
-_CLASSIFIERS = click.Choice(["xgboost", "random-forest"])
+_CLASSIFIERS = click.Choice(CLASSIFIERS)
 _IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".he5")
 
 
@@ -120,7 +121,9 @@ def cli(debug: bool) -> None:
 @click.argument("labels")
 @click.option("--model", "model_path", required=True, help="Where to write the model file.")
 @_features_option
-@click.option("--classifier", type=_CLASSIFIERS, default="xgboost", show_default=True)
+@click.option(
+    "--classifier", type=_CLASSIFIERS, default=DEFAULT_CLASSIFIER, show_default=True
+)
 @_spacing_option
 @_channel_axis_option
 @_extra_channels_option
@@ -557,8 +560,9 @@ def _model_of_unfinished_run(config):
         return None
     try:
         # the config's bank first: it imports (and so allows) the plug-ins it names
-        bank = resolve_bank(config.features)
+        resolve_bank(config.features)
         model = load_model(config.model)
+        bank = resolve_bank(config.features, ndim=model.ndim)
     except (ModelFileError, TiledsegError):
         return None
     if config.extra_channels:  # the count is the extras' channels, which the model has

@@ -398,7 +398,7 @@ def cluster_phases(
     seed = _check_seed(seed)
     device = check_device(device)
     volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
-    bank = resolve_bank(features)
+    bank = resolve_bank(features, ndim=volume.ndim)
     bank.check_channels(volume.n_channels)
     resolve_block(block, shape=volume.shape, halo=bank.halo(volume.spacing))
     if overwrite or unfinished_run(out) is None:  # (predict checks a run it may continue)

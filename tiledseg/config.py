@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from tiledseg.autocontext import MAX_STAGES
+from tiledseg.classifiers import DEFAULT_CLASSIFIER
 from tiledseg.errors import TiledsegError
 from tiledseg.volume import split_dataset
 from tiledseg.yamlfile import read_yaml
@@ -33,7 +34,7 @@ class SegmentConfig(BaseModel):
     features: str | dict[str, list[float]] = Field(
         "default", description="bank name, bank YAML file, or family: [scales]"
     )
-    classifier: Literal["xgboost", "random-forest"] = "xgboost"
+    classifier: Literal["random-forest", "xgboost"] = DEFAULT_CLASSIFIER
     spacing: list[float] | str | None = Field(None, description='[z, y, x] or "z,y,x"')
     channel_axis: int | None = None
     extra_channels: list[str] | None = Field(

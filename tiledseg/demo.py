@@ -104,9 +104,10 @@ def run_demo(
     )
     train_s = time.perf_counter() - started
     model.save(out / "model.tseg")
+    rounds = f"{model.summary['rounds']} rounds, " if "rounds" in model.summary else ""
     echo(
-        f"trained xgboost on {model.summary['n_features']} features: "
-        f"{model.summary['rounds']} rounds, accuracy on held-out scribble voxels "
+        f"trained {model.classifier.name} on {model.summary['n_features']} features: "
+        f"{rounds}accuracy on held-out strokes "
         f"{model.summary.get('held_out_accuracy', float('nan')):.3f}, {train_s:.1f} s"
     )
     result = tiledseg.predict(

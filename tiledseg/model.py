@@ -132,6 +132,17 @@ class Model:
         return names if self.columns is None else [names[i] for i in self.columns]
 
     @property
+    def n_block_features(self) -> int:
+        """Features a block holds at once: the bank's, and with autocontext the context
+        features of the last stage too."""
+        from tiledseg.autocontext import n_context_features
+
+        n = self.bank.n_features(ndim=self.ndim, n_channels=self.n_channels)
+        if self.stages:
+            n += n_context_features(self.bank, ndim=self.ndim, n_classes=len(self.classes))
+        return n
+
+    @property
     def halo(self) -> tuple[int, ...]:
         """Halo per axis the features need (one bank halo per stage)."""
         return tuple(self.n_stages * h for h in self.bank.halo(self.spacing))

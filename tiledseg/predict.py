@@ -376,7 +376,7 @@ def predict(
             block = plan.gpu_block(
                 shape=volume.shape,
                 halo=halo,
-                n_features=model.bank.n_features(ndim=model.ndim, n_channels=model.n_channels),
+                n_features=model.n_block_features,
                 n_classes=len(model.classes),
             )
         blocks_shape = resolve_block(

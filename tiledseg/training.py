@@ -35,7 +35,7 @@ from tiledseg.autocontext import (
     stage_halo,
 )
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
-from tiledseg.classifiers import make_classifier
+from tiledseg.classifiers import DEFAULT_CLASSIFIER, make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
 from tiledseg.device import (
     check_device,
@@ -417,7 +417,7 @@ def train(
     labels: Any,
     *,
     features: Any = None,
-    classifier: Any = "xgboost",
+    classifier: Any = DEFAULT_CLASSIFIER,
     spacing: Sequence[float] | str | None = None,
     channel_axis: int | None = None,
     block: int | Sequence[int] | str | None = None,
@@ -446,8 +446,9 @@ def train(
         model predicts these very values.
     features : bank name, YAML path, mapping or FeatureBank, optional
         Feature bank (``"default"``).
-    classifier : {"xgboost", "random-forest"} or estimator
-        ``"xgboost"`` (default) or ``"random-forest"``, or any scikit-learn-style
+    classifier : {"random-forest", "xgboost"} or estimator
+        ``"random-forest"`` (default, :data:`~tiledseg.classifiers.DEFAULT_CLASSIFIER`) or
+        ``"xgboost"`` (faster to apply to large volumes), or any scikit-learn-style
         classifier.
     spacing : sequence of float or "z,y,x", optional
         Voxel spacing (else from OME metadata, else isotropic).

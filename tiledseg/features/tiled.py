@@ -89,7 +89,7 @@ def feature_array(
     import dask.array as da
 
     volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
-    bank = resolve_bank(features)
+    bank = resolve_bank(features, ndim=volume.ndim)
     if extra_channels:
         volume = with_extra_channels(volume, extra_channels)
         bank = bank.with_extra_channels(volume.n_extra, filtered=filter_extra_channels)
