@@ -66,8 +66,9 @@ def test_tiled_equals_untiled_bit_for_bit(tmp_path, phantoms, staged, ndim, bloc
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-def test_three_stages_are_exact_too(tmp_path, phantoms):
-    ph = phantoms[2]
+@pytest.mark.parametrize(("ndim", "block"), [(2, (19, 29)), (3, (19, 18, 20))])
+def test_three_stages_are_exact_too(tmp_path, phantoms, ndim, block):
+    ph = phantoms[ndim]
     model = ts.train(
         ph.image,
         ph.scribbles,
@@ -78,7 +79,7 @@ def test_three_stages_are_exact_too(tmp_path, phantoms):
     )
     assert model.halo == tuple(3 * h for h in model.bank.halo(model.spacing))
     ts.predict(ph.image, model, out=tmp_path / "a.zarr", block=ph.image.shape, probabilities=True)
-    ts.predict(ph.image, model, out=tmp_path / "b.zarr", block=(19, 29), probabilities=True)
+    ts.predict(ph.image, model, out=tmp_path / "b.zarr", block=block, probabilities=True)
     a, b = outputs(tmp_path / "a.zarr"), outputs(tmp_path / "b.zarr")
     np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
 
@@ -155,6 +156,63 @@ def test_out_of_fold_context_is_less_sure_than_in_sample(phantoms):
         assert model.summary["autocontext"]["context"] == context
         sure[context] = model.summary["stages"][0]["context_confidence"]
     assert 0 < sure["out-of-fold"] < sure["in-sample"] <= 1
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_the_stage_table_holds_the_features_prediction_computes(phantoms, ndim):
+    """In sample, stage 2's training rows are the very features a prediction of the whole
+    image computes at the scribbled voxels (the rows are in C order of their voxels)."""
+    from tiledseg.autocontext import cascade_features
+    from tiledseg.classifiers import XGBoostClassifier
+
+    fitted = []
+
+    class Recording(XGBoostClassifier):
+        def fit(self, X, y, **options):
+            fitted.append(X)
+            return super().fit(X, y, **options)
+
+    ph = phantoms[ndim]
+    model = ts.train(
+        ph.image,
+        ph.scribbles,
+        features=SMALL_BANK,
+        classifier=Recording(max_rounds=15, patience=3, max_depth=3),
+        stages=2,
+        context="in-sample",
+        cache_dir=None,
+        block=(13,) * ndim,  # many boxes, the table built from many blocks
+    )
+    table = fitted[-1]
+    assert table.shape[1] == len(model.feature_names)
+    whole = cascade_features(
+        ph.image[None].astype(np.float32),
+        inner=tuple(slice(0, n) for n in ph.image.shape),
+        bank=model.bank,
+        spacing=model.spacing,
+        classifiers=model.stages,
+    )
+    at = tuple(np.argwhere(ph.scribbles).T)
+    np.testing.assert_array_equal(table, whole[(slice(None), *at)].T)
+
+
+def test_a_class_of_one_voxel_is_in_every_fold_model(phantoms):
+    ph = phantoms[2]
+    scribbles = ph.scribbles.copy()
+    scribbles[0, 0] = 9  # a class of one voxel
+    model = ts.train(
+        ph.image,
+        scribbles,
+        features=SMALL_BANK,
+        classifier=small_xgboost(),
+        stages=2,
+        cache_dir=None,
+    )
+    assert model.classes.tolist() == [1, 2, 3, 9]
+    proba = model.block_probabilities(
+        ph.image[None].astype(np.float32), inner=(slice(0, 70), slice(0, 83))
+    )
+    assert proba.shape == (70 * 83, 4)
 
 
 def test_a_failed_block_is_redone_and_the_run_equals_an_uninterrupted_one(

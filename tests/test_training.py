@@ -356,6 +356,31 @@ def test_the_image_given_as_labels_is_refused(phantom2d, small_bank):
         ts.train(phantom2d.image, phantom2d.image, features=small_bank, cache_dir=None)
 
 
+# -- independent of the blocks ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_the_model_does_not_depend_on_the_training_block(phantom3d, small_bank, stages):
+    """The forest's bootstrap follows the rows: they are put in C order, whatever blocks
+    (and so whatever cores) scanned them."""
+    models = [
+        ts.train(
+            phantom3d.image,
+            phantom3d.scribbles,
+            features=small_bank,
+            stages=stages,
+            block=block,
+            cache_dir=None,
+        )
+        for block in (None, (13, 17, 15))
+    ]
+    assert models[0].classifier.name == "random-forest"
+    data = phantom3d.image[None].astype(np.float32)
+    inner = tuple(slice(0, n) for n in phantom3d.image.shape)
+    a, b = (m.block_probabilities(data, inner=inner) for m in models)
+    np.testing.assert_array_equal(a, b)
+
+
 # -- anisotropy hint ---------------------------------------------------------------------------
 
 

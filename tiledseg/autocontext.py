@@ -116,6 +116,7 @@ def cascade_features(
     classifiers: Sequence[Any],
     n_threads: int = 1,
     device: str = "cpu",
+    image_features: Any = None,
 ) -> Any:
     """Features of stage ``len(classifiers) + 1`` of the block at ``inner`` of ``data``.
 
@@ -138,6 +139,9 @@ def cascade_features(
         Threads of each classifier's prediction.
     device : {"cpu", "cuda"}
         Where ``data`` is; probabilities are brought there.
+    image_features : array, optional
+        The bank's features of ``data`` on ``inner`` grown by ``len(classifiers)`` halos
+        (clipped), when already computed (training computes them once for several chains).
 
     Returns
     -------
@@ -150,7 +154,8 @@ def cascade_features(
     n = len(classifiers)
     # stage 1 on the block grown by the halos of the n later stages' context features
     outer = _grown(inner, halo, n, shape)
-    image_features = block_features(data, bank=bank, inner=outer, spacing=spacing)
+    if image_features is None:
+        image_features = block_features(data, bank=bank, inner=outer, spacing=spacing)
     features = image_features
     ctx = context_bank(bank)
     for k, classifier in enumerate(classifiers, start=1):
@@ -197,5 +202,7 @@ def n_context_features(bank: FeatureBank, *, ndim: int, n_classes: int) -> int:
 def check_context(context: str) -> str:
     """Refuse an unknown :data:`CONTEXT` choice."""
     if context not in CONTEXT:
-        raise TiledsegError(f"autocontext context {context!r} is unknown; use one of {CONTEXT}")
+        raise TiledsegError(
+            f"autocontext context {context!r} is unknown; use {' or '.join(CONTEXT)}"
+        )
     return context

@@ -127,7 +127,8 @@ def resolve_block(
         if v < h and v < n:
             raise BlockSizeError(
                 f"block size {v} along {axes[axis]} is smaller than the halo {h} the features "
-                f"need there; use --block {max(halo)} or more (or a bank with smaller scales)"
+                f"need there; use --block {max(halo)} or more (or a bank with smaller scales; "
+                "an autocontext model needs one bank halo per stage)"
             )
     return tuple(min(v, n) for v, n in zip(values, shape, strict=True))
 

@@ -76,6 +76,10 @@ class Classifier(ABC):
     #: Whether :meth:`fit_distributed` can train on the workers of a dask cluster.
     trains_distributed: bool = False
 
+    #: Whether :meth:`fit` chooses its size (XGBoost's rounds) on the held-out rows; the
+    #: others use them only to report an accuracy.
+    stops_early: bool = False
+
     @abstractmethod
     def fit(
         self,
@@ -195,6 +199,11 @@ class XGBoostClassifier(Classifier):
     def forest(self) -> bool:
         """Whether this is XGBoost's random-forest mode."""
         return bool(self.params.get("forest", False))
+
+    @property
+    def stops_early(self) -> bool:  # type: ignore[override]
+        """Boosting stops on the held-out rows; the forest mode (one round) does not."""
+        return not self.forest
 
     @property
     def trains_distributed(self) -> bool:  # type: ignore[override]

@@ -121,9 +121,7 @@ def cli(debug: bool) -> None:
 @click.argument("labels")
 @click.option("--model", "model_path", required=True, help="Where to write the model file.")
 @_features_option
-@click.option(
-    "--classifier", type=_CLASSIFIERS, default=DEFAULT_CLASSIFIER, show_default=True
-)
+@click.option("--classifier", type=_CLASSIFIERS, default=DEFAULT_CLASSIFIER, show_default=True)
 @_spacing_option
 @_channel_axis_option
 @_extra_channels_option
@@ -272,7 +270,7 @@ def _print_training(model, model_path) -> None:
             + (f", {stage['rounds']} rounds" if "rounds" in stage else "")
             + (f", accuracy on held-out strokes {accuracy:.3f}" if accuracy is not None else "")
         )
-    single = [k for k, n in s.get("strokes", {}).items() if n == 1]
+    single = [k for k, n in s.get("strokes", {}).items() if n == 1 and mix.get(k, 0) > 1]
     if single:
         click.echo(
             f"note: one stroke only for class(es) {', '.join(map(str, single))}: the held-out "
@@ -283,12 +281,12 @@ def _print_training(model, model_path) -> None:
     if hint:
         ratios = hint["ratios"]
         finest = min(ratios)
-        coarse = [a for a, r in zip(hint["axes"], ratios, strict=True) if r > 1.5 * finest]
         suggestion = ",".join(f"{r / finest:.2g}" for r in ratios)
         click.echo(
             f"hint: no spacing is known for this image, and neighbouring voxels along "
-            f"{'/'.join(coarse)} differ {max(ratios) / finest:.1f}x more than along the finest "
-            f"axis: if that axis is coarser, give --spacing (e.g. --spacing {suggestion}), "
+            f"{'/'.join(hint['coarse'])} differ {max(ratios) / finest:.1f}x more than along "
+            f"the finest axis: if that axis is coarser, give --spacing (e.g. --spacing "
+            f"{suggestion}), "
             "so the filters cover the same distance along every axis"
         )
     if "selected_features" in s:

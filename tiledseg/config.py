@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictInt, ValidationError
 
 from tiledseg.autocontext import MAX_STAGES
 from tiledseg.classifiers import DEFAULT_CLASSIFIER
@@ -60,7 +60,7 @@ class SegmentConfig(BaseModel):
     select_features: PositiveInt | None = Field(
         None, description="keep the K most important features (held-out check)"
     )
-    stages: int = Field(
+    stages: StrictInt = Field(
         1, ge=1, le=MAX_STAGES, description="classifier stages (autocontext); 1: plain"
     )
     probabilities: bool = False

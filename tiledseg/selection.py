@@ -107,7 +107,6 @@ def select_features(
         inner = None
     else:
         train, held = split(np.arange(len(y)), fraction=HELD_OUT)
-        train, held = np.arange(len(y))[train], np.arange(len(y))[held]
         inner = split(train)[1]
     if not len(held) or len(np.unique(y[train])) != int(y.max()) + 1:
         raise TiledsegError(

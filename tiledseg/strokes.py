@@ -90,7 +90,8 @@ def _pieces(rows: np.ndarray, strokes: np.ndarray, coords: np.ndarray, need: int
         parts = min(need - len(pieces), len(big))
         extent = np.ptp(coords[big], axis=0)
         axis = int(extent.argmax())
-        along = big[np.argsort(coords[big, axis], kind="stable")]
+        # along the longest extent; level voxels in C order, whatever the rows' order
+        along = big[np.lexsort((*coords[big].T[::-1], coords[big, axis]))]
         pieces += [p for p in np.array_split(along, parts) if len(p)]
     return pieces
 

@@ -1,7 +1,10 @@
 """Training from scribbles: labelled blocks -> training table (cached) -> fitted model.
 
 Only blocks that hold labels are visited, and their features come from
-:func:`tiledseg.features.tiled.features_of_block`, the function prediction uses.
+:func:`tiledseg.features.filters.block_features` on the haloed box, the kernel
+prediction uses too (through :func:`tiledseg.autocontext.cascade_features`); the
+table's rows are then put in C order of their voxels, so a fit never depends on the
+blocks. Autocontext stages (``stages > 1``) build their tables from the same boxes.
 The table is cached on disk under a key made from the *content* of what it
 depends on (labelled voxels, the image around them, bank, spacing), so a second
 training with another classifier skips the feature computation, and a changed
@@ -49,6 +52,7 @@ from tiledseg.device import (
 )
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
+from tiledseg.features.filters import block_features
 from tiledseg.features.tiled import features_of_block, read_finite
 from tiledseg.model import Model, versions
 from tiledseg.selection import check_k
@@ -134,8 +138,22 @@ class TrainingTable:
     key: str | None  # the cache key; None when no cache is used
     #: whether the table is in the cache after this call (found there or written)
     cached: bool = False
-    #: the boxes of scribbles the rows come from, in the rows' order
+    #: the boxes of scribbles the rows come from, in the order they were scanned
     scans: list[Any] = field(default_factory=list, repr=False)
+    #: scan position of each row (the rows are in C order of their voxels, see
+    #: :meth:`in_c_order`); ``None``: rows in scan order
+    order: np.ndarray | None = field(default=None, repr=False)
+
+    def in_c_order(self) -> TrainingTable:
+        """Put the rows in C order of their voxels, so that what a fit sees (a forest's
+        bootstrap draws follow the row order) does not depend on the blocks that were
+        scanned, nor on the cores that chose them. A distributed table stays as it is."""
+        if self.distributed or self.order is not None:
+            return self
+        order = np.lexsort(self.coords.T[::-1])
+        self.X, self.y, self.coords = self.X[order], self.y[order], self.coords[order]
+        self.order = order
+        return self
 
     @property
     def distributed(self) -> bool:
@@ -341,7 +359,8 @@ def training_table(
         else:
             if distributed:
                 X = _scatter_rows(executor, X)
-            return TrainingTable(X, y, coords, True, key, cached=True, scans=scans)
+            table = TrainingTable(X, y, coords, True, key, cached=True, scans=scans)
+            return table.in_c_order()
     tasks = [(image, s, bank, image.spacing, device) for s in scans]
     if distributed:
         X = _persist_rows(
@@ -357,7 +376,7 @@ def training_table(
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
         np.savez(tmp, X=table.X, y=table.y)
         os.replace(tmp, path)
-    return table
+    return table.in_c_order()
 
 
 def _persist_rows(executor: Executor, tasks: list[tuple], *, n_cols: int) -> Any:
@@ -623,7 +642,7 @@ def train(
                 device=device,
                 fit_device=fit_device,
                 seed=seed,
-                quiet=quiet,
+                held=held,
             )
             fit_summary = {**stage_summaries[-1], "stages": stage_summaries}
             fit_summary["autocontext"] = {"stages": stages, "context": context, "folds": FOLDS}
@@ -647,7 +666,6 @@ def train(
             )
             X = np.ascontiguousarray(X[:, list(chosen.kept)])
             bank, columns = chosen.bank, chosen.columns
-            held = split(np.arange(len(y)))[1]
         fit_summary = clf.fit(X, y, n_threads=available_cores(), device=fit_device, held_out=held)
         if select_features is not None:
             fit_summary.update(chosen.summary(n_features))
@@ -745,7 +763,7 @@ def _later_stages(
     device: str,
     fit_device: str,
     seed: int,
-    quiet: bool,
+    held: np.ndarray,
 ) -> tuple[list[Any], Any, list[dict[str, Any]]]:
     """Fit stages 2..N on the scribbles (:mod:`tiledseg.autocontext`).
 
@@ -755,8 +773,6 @@ def _later_stages(
     final models. Returns the earlier stages, the last stage and a summary per stage.
     """
     n = len(y)
-    everything = np.arange(n)
-    held = split(everything)[1]
     fitted = [first[0]]
     summaries = [{"stage": 1, "n_features": int(table.X.shape[1]), **first[1]}]
     if context == "out-of-fold":
@@ -779,7 +795,8 @@ def _later_stages(
                 y[rows],
                 n_threads=available_cores(),
                 device=fit_device,
-                held_out=split(rows)[1],
+                # (its held-out accuracy is not reported: only early stopping needs them)
+                held_out=split(rows)[1] if model.stops_early else None,
             )
             chains[f].append(model)
         # how sure stage k is of the true class at the scribbles, as stage k+1 sees it
@@ -819,49 +836,78 @@ def _stage_table(
     device: str,
 ) -> np.ndarray:
     """The table of stage ``stage``: each row's features with the earlier stages of its
-    fold's chain (``chains[folds[row]]``), in the rows' order."""
+    fold's chain (``chains[folds[row]]``), rows in the table's (C) order."""
     halo = stage_halo(bank, volume.spacing, stage)
+    scan_folds = np.empty_like(folds)
+    scan_folds[table.order] = folds  # the scans' rows are in scan order
     tasks, start = [], 0
     for scan in table.scans:
-        rows = slice(start, start + len(scan.flat))
+        used = scan_folds[start : start + len(scan.flat)]
+        start += len(scan.flat)
         read = haloed(scan.block.region, halo, volume.shape)
-        block = Block(scan.block.index, scan.block.region, read)
-        used = folds[rows]
         tasks.append(
-            (volume, block, scan.flat, used, [chains[f] for f in np.unique(used)], bank, device)
-        )
-        start = rows.stop
-    parts = executor.map(_stage_rows, tasks, desc=f"stage {stage} features")
-    return np.concatenate(parts)
-
-
-def _stage_rows(args: tuple) -> np.ndarray:
-    """One box's rows of a later stage's table (see :func:`_stage_table`)."""
-    image, block, flat, folds, chains, bank, device = args
-    device = worker_device(device)
-    out = None
-    with _reading(block, image), out_of_memory_hint(block.shape):
-        data = to_device(read_finite(image, block.read), device)
-        for f, chain in zip(np.unique(folds), chains, strict=True):
-            feats = cascade_features(
-                data,
-                inner=block.inner,
-                bank=bank,
-                spacing=image.spacing,
-                classifiers=chain,
-                device=device,
+            _StageRows(
+                volume,
+                Block(scan.block.index, scan.block.region, read),
+                scan.flat,
+                used,
+                {int(f): chains[f] for f in np.unique(used)},
+                bank,
+                device,
             )
-            mine = folds == f
-            picked = feats.reshape(feats.shape[0], -1)[:, to_device(flat[mine], device)]
-            if out is None:
-                out = np.empty((len(flat), feats.shape[0]), dtype=np.float32)
-            out[mine] = to_host(picked).T
-    return out
+        )
+    parts = executor.map(_run_stage_rows, tasks, desc=f"stage {stage} features")
+    return np.concatenate(parts)[table.order]
+
+
+@dataclass(frozen=True)
+class _StageRows:
+    """One box's rows of a later stage's table: the box read with the stage's halos, its
+    labelled voxels (``flat``), their folds and each fold's chain of earlier stages."""
+
+    image: Volume
+    block: Block
+    flat: np.ndarray
+    folds: np.ndarray
+    chains: dict[int, list[Any]]
+    bank: FeatureBank
+    device: str
+
+    def run(self) -> np.ndarray:
+        device = worker_device(self.device)
+        image, block, bank = self.image, self.block, self.bank
+        out = None
+        with _reading(block, image), out_of_memory_hint(block.shape):
+            data = to_device(read_finite(image, block.read), device)
+            # the image's features are the same for every fold: computed once
+            n = len(next(iter(self.chains.values())))
+            grown = haloed(block.inner, [n * h for h in bank.halo(image.spacing)], data.shape[1:])
+            own = block_features(data, bank=bank, inner=grown, spacing=image.spacing)
+            for f, chain in self.chains.items():
+                feats = cascade_features(
+                    data,
+                    inner=block.inner,
+                    bank=bank,
+                    spacing=image.spacing,
+                    classifiers=chain,
+                    device=device,
+                    image_features=own,
+                )
+                mine = self.folds == f
+                picked = feats.reshape(feats.shape[0], -1)[:, to_device(self.flat[mine], device)]
+                if out is None:
+                    out = np.empty((len(self.flat), feats.shape[0]), dtype=np.float32)
+                out[mine] = to_host(picked).T
+        return out
+
+
+def _run_stage_rows(task: _StageRows) -> np.ndarray:
+    return task.run()
 
 
 #: Neighbouring planes this many times as different as neighbouring pixels in a plane
 #: suggest a coarser axis (a hint after training, when no spacing was given).
-_ANISOTROPY_HINT = 1.5
+ANISOTROPY_HINT = 1.5
 # voxels read for the anisotropy estimate (a central region)
 _ANISOTROPY_VOXELS = 1 << 22
 
@@ -889,9 +935,10 @@ def _anisotropy_hint(volume: Volume, *, given: bool) -> dict[str, Any]:
     if finest <= 0:
         return {}
     ratios = [s / finest for s in steps]
-    if max(ratios) < _ANISOTROPY_HINT:
+    coarse = "".join(a for a, r in zip("zyx", ratios, strict=True) if r >= ANISOTROPY_HINT)
+    if not coarse:
         return {}
-    return {"anisotropy": {"ratios": [round(r, 2) for r in ratios], "axes": "zyx"}}
+    return {"anisotropy": {"ratios": [round(r, 2) for r in ratios], "coarse": coarse}}
 
 
 _NEEDS_CLUSTER = (

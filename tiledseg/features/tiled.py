@@ -1,7 +1,8 @@
 """The thin layer between volumes and the per-block kernel.
 
-:func:`features_of_block` is the one function that makes a block's features;
-training and prediction both call it. :func:`feature_array` exposes the same
+:func:`features_of_block` reads a block with its halo and makes its features with
+:func:`tiledseg.features.filters.block_features`, the one kernel that training and
+prediction (:func:`tiledseg.autocontext.cascade_features`) both call. :func:`feature_array` exposes the same
 computation as a lazy dask array ``(n_features, *spatial)`` whose chunks are the
 processing blocks, for users who want the features themselves: computing one
 chunk reads one haloed block, so the whole stack is never in memory.
