@@ -1,0 +1,98 @@
+"""Which classifier for scribbles: XGBoost settings against random forests, on the same bank.
+
+Usage: python benchmarks/classifier_variants.py [--variants cur rf ...] [--bank wide-st]
+       [--datasets superalloy-2d ilastik-3d nasa-super1]
+
+Trains each variant on each image's own scribbles (benchmarks/accuracy.py's data sets),
+predicts with tiledseg and prints the mean IoU against dense truth (ilastik-3d: against
+ilastik's argmax), one seed. The study that made the random forest tiledseg's default
+classifier (benchmarks/RESULTS.md, section 9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import accuracy
+import numpy as np
+
+import tiledseg
+from tiledseg.classifiers import XGBoostClassifier
+
+
+def _xgboost(init: dict[str, Any] | None = None, **booster: Any) -> Any:
+    """An XGBoost classifier with constructor settings and extra booster parameters."""
+
+    class Variant(XGBoostClassifier):
+        def __init__(self, **kw: Any):
+            super().__init__(**{**(init or {}), **kw})
+
+        def _booster_params(self, n_classes: int, n_threads: int, **kw: Any) -> dict:
+            return {**super()._booster_params(n_classes, n_threads, **kw), **booster}
+
+    return Variant()
+
+
+def _forest(**settings: Any) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(random_state=0, **settings)
+
+
+VARIANTS = {
+    "cur": lambda: _xgboost(),
+    "mcw0": lambda: _xgboost(min_child_weight=0),
+    "eta0.1": lambda: _xgboost(
+        {"learning_rate": 0.1, "max_rounds": 150, "patience": 20, "min_rounds": 30},
+        subsample=0.7,
+    ),
+    "d4sub": lambda: _xgboost({"max_depth": 4}, subsample=0.7),
+    "d8sub": lambda: _xgboost({"max_depth": 8, "min_rounds": 20}, subsample=0.632),
+    "rf": lambda: _forest(n_estimators=100),
+    "rf50": lambda: _forest(n_estimators=50),
+    "rf50d10": lambda: _forest(n_estimators=50, max_depth=10),
+    "rf100d12": lambda: _forest(n_estimators=100, max_depth=12),
+}
+
+
+def main() -> None:
+    """Print one line per image and the means."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["cur", "rf"], choices=VARIANTS)
+    parser.add_argument("--bank", default="wide-st")
+    parser.add_argument(
+        "--datasets", nargs="+", default=["superalloy-2d", "ilastik-3d", "nasa-super1"]
+    )
+    args = parser.parse_args()
+    bank = accuracy.resolve_bank(args.bank)
+    scores: dict[str, list[float]] = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.zarr"
+        for case in accuracy.load_cases(args.datasets):
+            line = f"{case.dataset}/{case.name:24s}"
+            for name in args.variants:
+                started = time.perf_counter()
+                model = tiledseg.train(
+                    case.image,
+                    case.scribbles,
+                    features=bank,
+                    classifier=VARIANTS[name](),
+                    cache_dir=None,
+                )
+                shutil.rmtree(out, ignore_errors=True)
+                tiledseg.predict(case.image, model, out=out)
+                score = tiledseg.evaluate(out, case.truth)["mean_iou"]
+                scores[name].append(score)
+                line += f"  {name} {score:.3f} ({time.perf_counter() - started:.1f} s)"
+            print(line, flush=True)
+    for name, values in scores.items():
+        print(f"mean {name}: {np.mean(values):.4f}")
+
+
+if __name__ == "__main__":
+    main()
