@@ -2,10 +2,11 @@
 
 :func:`features_of_block` reads a block with its halo and makes its features with
 :func:`tiledseg.features.filters.block_features`, the one kernel that training and
-prediction (:func:`tiledseg.autocontext.cascade_features`) both call. :func:`feature_array` exposes the same
-computation as a lazy dask array ``(n_features, *spatial)`` whose chunks are the
-processing blocks, for users who want the features themselves: computing one
-chunk reads one haloed block, so the whole stack is never in memory.
+prediction (:func:`tiledseg.autocontext.cascade_features`) both call.
+:func:`feature_array` exposes the same computation as a lazy dask array
+``(n_features, *spatial)`` whose chunks are the processing blocks, for users who want
+the features themselves: computing one chunk reads one haloed block, so the whole
+stack is never in memory.
 """
 
 from __future__ import annotations
