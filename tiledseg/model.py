@@ -133,13 +133,20 @@ class Model:
 
     @property
     def n_block_features(self) -> int:
-        """Features a block holds at once: the bank's, and with autocontext the context
-        features of the last stage too."""
+        """Feature arrays of a block's size a block holds at once, for sizing GPU blocks.
+
+        A plain model: the bank's features. With autocontext (an estimate, not measured
+        on a GPU): the bank's features on the block grown by the later stages' halos
+        (counted ``n_stages`` times: up to 1.9x the block in 3D with two stages, and the
+        image part of each stage's table), and each stage's context features twice (the
+        maps' features and the concatenated table).
+        """
         from tiledseg.autocontext import n_context_features
 
         n = self.bank.n_features(ndim=self.ndim, n_channels=self.n_channels)
         if self.stages:
-            n += n_context_features(self.bank, ndim=self.ndim, n_classes=len(self.classes))
+            context = n_context_features(self.bank, ndim=self.ndim, n_classes=len(self.classes))
+            n = n * (1 + self.n_stages) + 2 * context
         return n
 
     @property
