@@ -43,6 +43,7 @@ __all__ = [
     "check_context",
     "check_stages",
     "context_bank",
+    "image_features",
     "n_context_features",
     "stage_feature_names",
     "stage_halo",
@@ -107,6 +108,16 @@ def _grown(inner: tuple[slice, ...], halo: Sequence[int], k: int, shape) -> tupl
     return haloed(inner, [k * h for h in halo], shape)
 
 
+def image_features(
+    data: Any, *, inner: tuple[slice, ...], bank: FeatureBank, spacing: Sequence[float], n: int
+) -> Any:
+    """The bank's features of ``data`` on the block ``inner`` grown by the ``n`` halos the
+    later stages' context features need (clipped): stage 1's input, and every later
+    stage's image part."""
+    outer = _grown(inner, bank.halo(spacing), n, data.shape[1:])
+    return block_features(data, bank=bank, inner=outer, spacing=spacing)
+
+
 def cascade_features(
     data: Any,
     *,
@@ -116,7 +127,7 @@ def cascade_features(
     classifiers: Sequence[Any],
     n_threads: int = 1,
     device: str = "cpu",
-    image_features: Any = None,
+    own: Any = None,
 ) -> Any:
     """Features of stage ``len(classifiers) + 1`` of the block at ``inner`` of ``data``.
 
@@ -139,9 +150,9 @@ def cascade_features(
         Threads of each classifier's prediction.
     device : {"cpu", "cuda"}
         Where ``data`` is; probabilities are brought there.
-    image_features : array, optional
-        The bank's features of ``data`` on ``inner`` grown by ``len(classifiers)`` halos
-        (clipped), when already computed (training computes them once for several chains).
+    own : array, optional
+        :func:`image_features` of ``data`` with ``n=len(classifiers)``, when already
+        computed (training computes them once for several chains).
 
     Returns
     -------
@@ -154,9 +165,11 @@ def cascade_features(
     n = len(classifiers)
     # stage 1 on the block grown by the halos of the n later stages' context features
     outer = _grown(inner, halo, n, shape)
-    if image_features is None:
-        image_features = block_features(data, bank=bank, inner=outer, spacing=spacing)
-    features = image_features
+    if own is None:
+        own = image_features(data, inner=inner, bank=bank, spacing=spacing, n=n)
+    if not classifiers:
+        return own  # a plain model: nothing more per block
+    features = own
     ctx = context_bank(bank)
     for k, classifier in enumerate(classifiers, start=1):
         region = _grown(inner, halo, n - k + 1, shape)  # where stage k has probabilities
@@ -165,8 +178,8 @@ def cascade_features(
         maps = to_device(proba, device).T.reshape((proba.shape[1], *features.shape[1:]))
         target = _grown(inner, halo, n - k, shape)  # where stage k+1 needs features
         context = block_features(maps, bank=ctx, inner=within(target, region), spacing=spacing)
-        own = image_features[(slice(None), *within(target, outer))]
-        features = get_backend(context).xp.concatenate([own, context], axis=0)
+        mine = own[(slice(None), *within(target, outer))]
+        features = get_backend(context).xp.concatenate([mine, context], axis=0)
     return features
 
 

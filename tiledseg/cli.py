@@ -7,7 +7,6 @@ status 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import sys
@@ -459,7 +458,11 @@ def segment(config_path, overwrite, quiet) -> None:
         contrast_sigma=config.smooth_contrast_sigma,
         ndim=volume.ndim,
     )
-    with _one_cluster(config, quiet=quiet) as scheduler:
+    from tiledseg.cluster import one_cluster
+
+    with one_cluster(
+        config.workers, scheduler=config.scheduler, cluster=config.cluster, quiet=quiet
+    ) as (_, scheduler):
         if model is not None:
             click.echo(
                 f"model {config.model} is the model of the unfinished output {config.out}: "
@@ -481,19 +484,6 @@ def segment(config_path, overwrite, quiet) -> None:
     _print_prediction(result)
     if config.truth is not None:
         _print_scores(tiledseg.evaluate(config.out, config.truth), as_json=False)
-
-
-@contextlib.contextmanager
-def _one_cluster(config, *, quiet: bool):
-    """The scheduler ``segment``'s steps share: one cluster (one set of SLURM jobs) for
-    training and prediction, not one each. Yields its address (or the config's own)."""
-    if config.cluster is None and config.workers is None:
-        yield config.scheduler
-        return
-    from tiledseg.cluster import open_executor
-
-    with open_executor(config.workers, cluster=config.cluster, quiet=quiet) as executor:
-        yield executor.client.scheduler.address
 
 
 def _predict_for_segment(

@@ -327,6 +327,24 @@ def open_executor(
 
 
 @contextlib.contextmanager
+def one_cluster(
+    workers: int | None = None,
+    *,
+    scheduler: str | os.PathLike | None = None,
+    cluster: Any = None,
+    quiet: bool = False,
+) -> Iterator[tuple[Executor, str | os.PathLike | None]]:
+    """One executor for several steps of a run (``segment``'s training and prediction,
+    ``cluster``'s sampling and labelling): a cluster of ``workers`` or ``cluster`` is
+    started once and serves them all. Yields the executor and the ``scheduler`` the
+    later steps pass on (with ``workers=None, cluster=None``): the started cluster's
+    address, else the given ``scheduler`` (``None``: threads)."""
+    with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
+        started_here = workers is not None or cluster is not None
+        yield executor, executor.client.scheduler.address if started_here else scheduler
+
+
+@contextlib.contextmanager
 def _quiet_distributed() -> Iterator[None]:
     """distributed's INFO and WARNING lines (worker start, GC) would bury the progress bar."""
     logger = logging.getLogger("distributed")

@@ -36,7 +36,7 @@ import numpy as np
 
 from tiledseg.blocks import Block, Region, haloed, resolve_block
 from tiledseg.classifiers import Classifier
-from tiledseg.cluster import open_executor
+from tiledseg.cluster import one_cluster
 from tiledseg.device import check_device
 from tiledseg.errors import TiledsegError
 from tiledseg.features.backend import get_backend
@@ -405,7 +405,11 @@ def cluster_phases(
         inputs = [str(image)] if isinstance(image, str | os.PathLike) else []
         prepare_output(out, overwrite=overwrite, inputs=inputs)
     order_by, order_name = _order_feature(bank, ndim=volume.ndim, n_channels=volume.n_channels)
-    with _one_executor(workers, scheduler, cluster, quiet=quiet) as (executor, address):
+    # one cluster (one set of SLURM jobs) for the sampling and the labelling
+    with one_cluster(workers, scheduler=scheduler, cluster=cluster, quiet=quiet) as (
+        executor,
+        shared,
+    ):
         fit_started = time.perf_counter()
         table, n_windows = sample_features(
             volume, bank, sample_voxels=sample_voxels, seed=seed, executor=executor
@@ -431,9 +435,7 @@ def cluster_phases(
                 model,
                 out=out,
                 block=block,
-                workers=None if address else workers,
-                scheduler=address or scheduler,
-                cluster=None if address else cluster,
+                scheduler=shared,
                 overwrite=overwrite,
                 quiet=quiet,
                 command=command,
@@ -453,13 +455,3 @@ def _record(out: str | os.PathLike, model: Model, settings: dict[str, Any]) -> N
     stored = dict(zarr.open_group(str(out), mode="r").attrs["tiledseg"])
     if stored.get("model_checksum") == model.checksum:
         update_provenance(out, clustering=settings)
-
-
-@contextlib.contextmanager
-def _one_executor(workers, scheduler, cluster, *, quiet: bool):
-    """One executor for the sampling and the labelling: with ``workers`` or ``cluster``
-    the cluster started here serves both (yields its address for predict), else threads
-    or the given scheduler (yields ``None``: predict connects as asked)."""
-    with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
-        started_here = workers is not None or cluster is not None
-        yield executor, executor.client.scheduler.address if started_here else None

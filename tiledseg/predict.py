@@ -24,14 +24,13 @@ from tiledseg.device import (
     check_device,
     out_of_memory_hint,
     plan_devices,
-    to_device,
     to_host,
     worker_device,
 )
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
-from tiledseg.features.tiled import read_finite
+from tiledseg.features.tiled import read_block, read_finite
 from tiledseg.model import Model, load_model, versions
 from tiledseg.runs import (
     BlockFailure,
@@ -96,7 +95,7 @@ def block_probabilities(
     An autocontext model computes every stage on the block (read with every
     stage's halo: ``block`` is planned with :attr:`Model.halo`).
     """
-    data = to_device(read_finite(volume, block.read), device)
+    data = read_block(volume, block, device)
     return model.block_probabilities(data, inner=block.inner, n_threads=n_threads, device=device)
 
 

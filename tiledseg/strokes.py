@@ -124,8 +124,8 @@ def held_out_split(
         if len(rows) < 2:
             continue
         pieces = _pieces(rows, strokes, coords, 2)
-        if len(pieces) == 2 and len(np.unique(strokes[rows])) == 1:
-            # one stroke cut in two: hold out its end, `fraction` of it
+        if len(np.unique(strokes[rows])) == 1:
+            # one stroke, cut in two along its longest extent: hold out its end
             along = np.concatenate(pieces)
             n_held = min(max(1, int(round(fraction * len(along)))), len(along) - 1)
             held.append(along[len(along) - n_held :])

@@ -35,6 +35,7 @@ from tiledseg.autocontext import (
     cascade_features,
     check_context,
     check_stages,
+    image_features,
     stage_halo,
 )
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
@@ -52,8 +53,7 @@ from tiledseg.device import (
 )
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
-from tiledseg.features.filters import block_features
-from tiledseg.features.tiled import features_of_block, read_finite
+from tiledseg.features.tiled import features_of_block, read_block, read_finite
 from tiledseg.model import Model, versions
 from tiledseg.selection import check_k
 from tiledseg.selection import select_features as select_features_of
@@ -538,20 +538,7 @@ def train(
     volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
     if extra_channels:
         volume = with_extra_channels(volume, extra_channels)
-    bank = resolve_bank(features, ndim=volume.ndim)
-    if volume.n_extra or bank.extra_channels:
-        if bank.extra_channels and bank.extra_channels != volume.n_extra:
-            raise TiledsegError(
-                f"the feature bank expects {bank.extra_channels} extra channel(s) but "
-                f"{volume.n_extra} were given; give them with --extra-channels "
-                "(extra_channels= in Python)"
-            )
-        filtered = filter_extra_channels or bank.filter_extra
-        bank = bank.with_extra_channels(volume.n_extra, filtered=filtered)
-    elif filter_extra_channels:
-        raise TiledsegError(
-            "--filter-extra-channels needs extra channels: give them with --extra-channels"
-        )
+    bank = _bank_for(volume, features, filter_extra_channels=filter_extra_channels)
     # training computes features per scribble box (at most a block): the CPU's default block
     # keeps the table cache's keys stable, whatever GPU memory is free
     blocks = resolve_block(
@@ -576,12 +563,6 @@ def train(
         stages=stages,
         n_features=bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels),
     )
-    if cache_dir is True:
-        cache: Path | None = default_cache_dir()
-    elif cache_dir in (None, False):
-        cache = None
-    else:
-        cache = Path(cache_dir)
     with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
         if distributed and executor.client is None:
             raise TiledsegError(_NEEDS_CLUSTER)
@@ -592,7 +573,7 @@ def train(
             bank=bank,
             block=blocks,
             executor=executor,
-            cache_dir=cache,
+            cache_dir=_cache_path(cache_dir),
             distributed=distributed,
             device=device,
             feature_device=plan.kind,
@@ -706,6 +687,34 @@ def train(
         columns=columns,
         stages=tuple(earlier),
     )
+
+
+def _bank_for(volume: Volume, features: Any, *, filter_extra_channels: bool) -> FeatureBank:
+    """The bank for ``volume``: the named bank of its dimensionality, with its extra channels."""
+    bank = resolve_bank(features, ndim=volume.ndim)
+    if volume.n_extra or bank.extra_channels:
+        if bank.extra_channels and bank.extra_channels != volume.n_extra:
+            raise TiledsegError(
+                f"the feature bank expects {bank.extra_channels} extra channel(s) but "
+                f"{volume.n_extra} were given; give them with --extra-channels "
+                "(extra_channels= in Python)"
+            )
+        filtered = filter_extra_channels or bank.filter_extra
+        return bank.with_extra_channels(volume.n_extra, filtered=filtered)
+    if filter_extra_channels:
+        raise TiledsegError(
+            "--filter-extra-channels needs extra channels: give them with --extra-channels"
+        )
+    return bank
+
+
+def _cache_path(cache_dir: str | os.PathLike | None | bool) -> Path | None:
+    """The table cache's folder (``True``: :func:`default_cache_dir`; ``None``/``False``: none)."""
+    if cache_dir is True:
+        return default_cache_dir()
+    if cache_dir in (None, False):
+        return None
+    return Path(cache_dir)
 
 
 def _check_training_options(
@@ -878,11 +887,10 @@ class _StageRows:
         image, block, bank = self.image, self.block, self.bank
         out = None
         with _reading(block, image), out_of_memory_hint(block.shape):
-            data = to_device(read_finite(image, block.read), device)
+            data = read_block(image, block, device)
             # the image's features are the same for every fold: computed once
             n = len(next(iter(self.chains.values())))
-            grown = haloed(block.inner, [n * h for h in bank.halo(image.spacing)], data.shape[1:])
-            own = block_features(data, bank=bank, inner=grown, spacing=image.spacing)
+            own = image_features(data, inner=block.inner, bank=bank, spacing=image.spacing, n=n)
             for f, chain in self.chains.items():
                 feats = cascade_features(
                     data,
@@ -891,7 +899,7 @@ class _StageRows:
                     spacing=image.spacing,
                     classifiers=chain,
                     device=device,
-                    image_features=own,
+                    own=own,
                 )
                 mine = self.folds == f
                 picked = feats.reshape(feats.shape[0], -1)[:, to_device(self.flat[mine], device)]

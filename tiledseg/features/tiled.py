@@ -23,7 +23,7 @@ from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.filters import block_features
 from tiledseg.volume import Volume, open_volume, with_extra_channels
 
-__all__ = ["feature_array", "features_of_block", "read_finite"]
+__all__ = ["feature_array", "features_of_block", "read_block", "read_finite"]
 
 
 def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
@@ -36,6 +36,11 @@ def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
             "replace them (e.g. with numpy.nan_to_num) before segmenting"
         )
     return data
+
+
+def read_block(volume: Volume, block: Block, device: str = "cpu") -> Any:
+    """A block's read region (the block and its halo), checked finite, on ``device``."""
+    return to_device(read_finite(volume, block.read), device)
 
 
 def features_of_block(
@@ -51,7 +56,7 @@ def features_of_block(
     With ``device="cuda"`` the block is copied to the GPU once, its features are
     computed there and stay there (a cupy array).
     """
-    data = to_device(read_finite(volume, block.read), device)
+    data = read_block(volume, block, device)
     return block_features(data, bank=bank, inner=block.inner, spacing=spacing)
 
 
