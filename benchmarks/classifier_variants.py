@@ -1,12 +1,13 @@
 """Which classifier for scribbles: XGBoost settings against random forests, on the same bank.
 
 Usage: python benchmarks/classifier_variants.py [--variants cur rf ...] [--bank wide-st]
-       [--datasets superalloy-2d ilastik-3d nasa-super1]
+       [--datasets superalloy-2d ilastik-3d nasa-super1 phantom-3d] [--seeds 0 1 2]
 
 Trains each variant on each image's own scribbles (benchmarks/accuracy.py's data sets),
 predicts with tiledseg and prints the mean IoU against dense truth (ilastik-3d: against
-ilastik's argmax), one seed. The study that made the random forest tiledseg's default
-classifier (benchmarks/RESULTS.md, section 9).
+ilastik's argmax) for each seed (of the forest and of the held-out split), and the
+means. The studies that made the random forest tiledseg's default classifier and chose
+its size (benchmarks/RESULTS.md, sections 9 and 10).
 """
 
 from __future__ import annotations
@@ -38,25 +39,28 @@ def _xgboost(init: dict[str, Any] | None = None, **booster: Any) -> Any:
     return Variant()
 
 
-def _forest(**settings: Any) -> Any:
+def _forest(seed: int = 0, **settings: Any) -> Any:
     from sklearn.ensemble import RandomForestClassifier
 
-    return RandomForestClassifier(random_state=0, **settings)
+    return RandomForestClassifier(random_state=seed, **settings)
 
 
 VARIANTS = {
-    "cur": lambda: _xgboost(),
-    "mcw0": lambda: _xgboost(min_child_weight=0),
-    "eta0.1": lambda: _xgboost(
-        {"learning_rate": 0.1, "max_rounds": 150, "patience": 20, "min_rounds": 30},
+    "cur": lambda seed: _xgboost({"seed": seed}),
+    "mcw0": lambda seed: _xgboost({"seed": seed}, min_child_weight=0),
+    "eta0.1": lambda seed: _xgboost(
+        {"learning_rate": 0.1, "max_rounds": 150, "patience": 20, "min_rounds": 30, "seed": seed},
         subsample=0.7,
     ),
-    "d4sub": lambda: _xgboost({"max_depth": 4}, subsample=0.7),
-    "d8sub": lambda: _xgboost({"max_depth": 8, "min_rounds": 20}, subsample=0.632),
-    "rf": lambda: _forest(n_estimators=100),
-    "rf50": lambda: _forest(n_estimators=50),
-    "rf50d10": lambda: _forest(n_estimators=50, max_depth=10),
-    "rf100d12": lambda: _forest(n_estimators=100, max_depth=12),
+    "d4sub": lambda seed: _xgboost({"max_depth": 4, "seed": seed}, subsample=0.7),
+    "d8sub": lambda seed: _xgboost(
+        {"max_depth": 8, "min_rounds": 20, "seed": seed}, subsample=0.632
+    ),
+    "rf": lambda seed: _forest(seed, n_estimators=100),
+    "rf50": lambda seed: _forest(seed, n_estimators=50),
+    "rf50d10": lambda seed: _forest(seed, n_estimators=50, max_depth=10),
+    "rf50d12": lambda seed: _forest(seed, n_estimators=50, max_depth=12),
+    "rf100d12": lambda seed: _forest(seed, n_estimators=100, max_depth=12),
 }
 
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--datasets", nargs="+", default=["superalloy-2d", "ilastik-3d", "nasa-super1"]
     )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = parser.parse_args()
     bank = accuracy.resolve_bank(args.bank)
     scores: dict[str, list[float]] = {v: [] for v in args.variants}
@@ -77,18 +82,22 @@ def main() -> None:
             line = f"{case.dataset}/{case.name:24s}"
             for name in args.variants:
                 started = time.perf_counter()
-                model = tiledseg.train(
-                    case.image,
-                    case.scribbles,
-                    features=bank,
-                    classifier=VARIANTS[name](),
-                    cache_dir=None,
-                )
-                shutil.rmtree(out, ignore_errors=True)
-                tiledseg.predict(case.image, model, out=out)
-                score = tiledseg.evaluate(out, case.truth)["mean_iou"]
-                scores[name].append(score)
-                line += f"  {name} {score:.3f} ({time.perf_counter() - started:.1f} s)"
+                values = []
+                for seed in args.seeds:
+                    model = tiledseg.train(
+                        case.image,
+                        case.scribbles,
+                        features=bank,
+                        classifier=VARIANTS[name](seed),
+                        cache_dir=None,
+                        seed=seed,
+                    )
+                    shutil.rmtree(out, ignore_errors=True)
+                    tiledseg.predict(case.image, model, out=out)
+                    values.append(tiledseg.evaluate(out, case.truth)["mean_iou"])
+                scores[name].append(float(np.mean(values)))
+                seconds = (time.perf_counter() - started) / len(args.seeds)
+                line += f"  {name} {scores[name][-1]:.3f} ({seconds:.1f} s)"
             print(line, flush=True)
     for name, values in scores.items():
         print(f"mean {name}: {np.mean(values):.4f}")

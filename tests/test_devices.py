@@ -112,7 +112,7 @@ def test_outputs_besides_labels_are_computed_where_the_probabilities_are(xp, rng
 
 def test_the_gpu_random_forest_is_xgboost_in_forest_mode():
     assert make_classifier("random-forest").name == "random-forest"
-    assert type(make_classifier("random-forest")).__name__ == "SklearnClassifier"
+    assert type(make_classifier("random-forest")).__name__ == "ForestClassifier"
     forest = make_classifier("random-forest", device="cuda")
     assert isinstance(forest, XGBoostClassifier)
     assert forest.forest
@@ -247,8 +247,8 @@ def test_auto_without_a_gpu_is_the_cpu_path(tmp_path, phantom3d, model3d):
         device="auto",
         cache_dir=None,
     )
-    # no GPU here: scikit-learn's forest, as with --device cpu
-    assert type(model.classifier).__name__ == "SklearnClassifier"
+    # no GPU here: the CPU forest (grown by scikit-learn), as with --device cpu
+    assert type(model.classifier).__name__ == "ForestClassifier"
     assert model.summary["feature_device"]["gpu_workers"] == 0
 
 

@@ -50,13 +50,20 @@ def accuracy(model, phantom, bank) -> float:
 def gathered(monkeypatch):
     """The names of the task functions whose results the executor brought to this process."""
     names: list[str] = []
-    compute = Executor.compute
+    compute, map_ = Executor.compute, Executor.map
 
-    def spy(self, tasks, **kwargs):
+    def spy_compute(self, tasks, **kwargs):
         names.extend(str(task.key).split("-", 1)[0] for task in tasks)
         return compute(self, tasks, **kwargs)
 
-    monkeypatch.setattr(Executor, "compute", spy)
+    def spy_map(self, func, items, **kwargs):
+        results = map_(self, func, items, **kwargs)
+        if self.client is None:  # (on a cluster map goes through compute, seen there)
+            names.extend(func.__name__ for _ in items)
+        return results
+
+    monkeypatch.setattr(Executor, "compute", spy_compute)
+    monkeypatch.setattr(Executor, "map", spy_map)
     return names
 
 

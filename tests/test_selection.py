@@ -123,8 +123,12 @@ def test_an_estimator_object_is_copied_for_each_fit(phantom3d):
     assert model.summary["held_out_accuracy_all_features"] > 0.5
 
 
-def test_a_selected_model_file_says_format_2_and_a_plain_one_format_1(selected, model3d, tmp_path):
+def test_a_selected_model_file_says_format_2_and_a_plain_one_format_1(
+    selected, model3d, phantom3d, tmp_path
+):
     import json
+
+    from conftest import small_xgboost
 
     from tiledseg.model import MAGIC
 
@@ -133,5 +137,15 @@ def test_a_selected_model_file_says_format_2_and_a_plain_one_format_1(selected, 
         size = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 8], "big")
         return json.loads(data[len(MAGIC) + 8 : len(MAGIC) + 8 + size])["format_version"]
 
-    assert version(selected, "s.tseg") == 2
+    boosted = ts.train(
+        phantom3d.image,
+        phantom3d.scribbles,
+        features=BANK,
+        classifier=small_xgboost(),
+        select_features=3,
+        cache_dir=None,
+    )
+    assert version(boosted, "s.tseg") == 2
     assert version(model3d, "p.tseg") == 1
+    # the forest's arrays need format 6, selected or not
+    assert version(selected, "f.tseg") == 6

@@ -8,7 +8,12 @@ import zarr
 from sklearn.ensemble import ExtraTreesClassifier
 
 import tiledseg as ts
-from tiledseg.classifiers import SklearnClassifier, XGBoostClassifier, balanced_weights
+from tiledseg.classifiers import (
+    ForestClassifier,
+    SklearnClassifier,
+    XGBoostClassifier,
+    balanced_weights,
+)
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.training import default_cache_dir
 
@@ -258,7 +263,8 @@ def test_scikit_learn_classifiers(phantom2d, small_bank, classifier):
         classifier=classifier,
         cache_dir=None,
     )
-    assert isinstance(model.classifier, SklearnClassifier)
+    wrapper = ForestClassifier if classifier == "random-forest" else SklearnClassifier
+    assert isinstance(model.classifier, wrapper)
     assert _accuracy(model, phantom2d, small_bank) > 0.8
     importance = model.classifier.importances()
     assert importance is not None

@@ -24,6 +24,7 @@ from tiledseg.features.backend import get_backend
 __all__ = [
     "CLASSIFIERS",
     "Classifier",
+    "ForestClassifier",
     "SklearnClassifier",
     "XGBoostClassifier",
     "balanced_weights",
@@ -37,8 +38,14 @@ CLASSIFIERS: tuple[str, ...] = ("random-forest", "xgboost")
 #: boosting's (0.3 on ilastik's 60-voxel project) and level on a 3D phantom, where
 #: XGBoost applies about 2.9x faster (``--classifier xgboost``).
 DEFAULT_CLASSIFIER = "random-forest"
-#: The forest's trees, as ilastik's (whose projects it reproduces, docs/features.md).
-FOREST_TREES = 100
+#: The forest's trees and their depth limit: scikit-image's forest. Against 100 trees grown
+#: until pure (ilastik's; ``ForestClassifier(trees=100, depth=None)``) they were 0.0013 mean
+#: IoU below over 17 images and 3 seeds and apply 2.4x faster (benchmarks/RESULTS.md,
+#: section 10).
+FOREST_TREES = 50
+FOREST_DEPTH = 10
+#: The held-out probe forest has this fraction (1 / PROBE_SHARE) of the trees.
+PROBE_SHARE = 4
 
 # Types a skops payload may hold beyond those skops itself trusts: exact names, never
 # prefixes (a prefix such as "builtins." would admit builtins.eval, which skops would
@@ -173,7 +180,7 @@ class XGBoostClassifier(Classifier):
         n_classes: int | None = None,
         forest: bool = False,
         trees: int = FOREST_TREES,
-        forest_depth: int = 12,
+        forest_depth: int = FOREST_DEPTH,
     ):
         self.params: dict[str, Any] = dict(
             max_rounds=max_rounds,
@@ -539,10 +546,11 @@ class SklearnClassifier(Classifier):
     """Any scikit-learn-style estimator with ``fit`` and ``predict_proba`` (or only
     ``predict``: such a model labels, but gives no probabilities to write or smooth).
 
-    ``random-forest`` is ``RandomForestClassifier(n_estimators=FOREST_TREES)``, balanced
-    by the same per-voxel weights as XGBoost; prediction runs single-threaded per block (the
-    blocks are the parallelism, and a fixed summation order keeps the
-    probabilities the same for any tiling).
+    Fitted with the same per-voxel weights as XGBoost where the estimator takes them;
+    prediction runs single-threaded per block (the blocks are the parallelism, and a fixed
+    summation order keeps the probabilities the same for any tiling). Models written
+    before tiledseg kept forests as arrays (:class:`ForestClassifier`) load their
+    ``random-forest`` here.
     """
 
     def __init__(self, estimator: Any):
@@ -578,20 +586,7 @@ class SklearnClassifier(Classifier):
         device: str = "cpu",
         held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        # a scikit-learn estimator fits on the CPU whatever the device, on every row; with
-        # held-out strokes a copy fits without them first, for the accuracy on them
-        from sklearn.base import clone
-
-        summary: dict[str, Any] = {"estimator": type(self.estimator).__name__}
-        held = np.unique(np.asarray(held_out if held_out is not None else [], dtype=np.int64))
-        train = np.setdiff1d(np.arange(len(y)), held)
-        if len(held) and len(np.unique(y[train])) == len(np.unique(y)):
-            probe = _fit_estimator(clone(self.estimator), X[train], y[train], n_threads)
-            predicted = probe.predict(X[held])
-            summary["held_out_accuracy"] = float(np.mean(predicted == y[held]))
-            summary["held_out_voxels"] = int(len(held))
-        _fit_estimator(self.estimator, X, y, n_threads)
-        return summary
+        return _fit_with_probe(self.estimator, X, y, held_out=held_out, n_threads=n_threads)
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> np.ndarray:
         X = to_host(X)  # scikit-learn predicts on the CPU: GPU features come back first
@@ -643,6 +638,111 @@ class SklearnClassifier(Classifier):
         return None if values is None else np.asarray(values, dtype=np.float64)
 
 
+class ForestClassifier(Classifier):
+    """``random-forest``: scikit-learn's ``RandomForestClassifier`` grown on the scribbles,
+    then kept and applied as a :class:`~tiledseg.forest.PackedForest` (exactly its
+    probabilities, no scikit-learn or pickle when a model is loaded).
+
+    The trees are balanced by the same per-voxel weights as XGBoost. The accuracy on
+    held-out strokes comes from a probe forest of a quarter of the trees grown without
+    them: a fifth of the cost of a second full forest, for an estimate within a few
+    held-out voxels of it.
+    """
+
+    name = "random-forest"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        trees: int = FOREST_TREES,
+        depth: int | None = FOREST_DEPTH,
+        packed: Any = None,
+    ):
+        self.seed = seed
+        self.trees = trees
+        self.depth = depth
+        self.packed = packed
+
+    def _estimator(self, trees: int) -> Any:
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(
+            n_estimators=trees, max_depth=self.depth, random_state=self.seed
+        )
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        n_threads: int,
+        device: str = "cpu",
+        held_out: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        from tiledseg.forest import PackedForest
+
+        forest = self._estimator(self.trees)
+        probe = self._estimator(max(1, self.trees // PROBE_SHARE))
+        summary = _fit_with_probe(
+            forest, X, y, held_out=held_out, n_threads=n_threads, probe=probe
+        )
+        self.packed = PackedForest.from_sklearn(forest)
+        return summary
+
+    def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> np.ndarray:
+        proba = self._fitted.predict_proba(to_host(X), n_threads=n_threads)
+        return proba.astype(np.float32)
+
+    @property
+    def _fitted(self) -> Any:
+        if self.packed is None:
+            raise TiledsegError("the forest is not trained yet")
+        return self.packed
+
+    def to_bytes(self) -> bytes:
+        return self._fitted.to_bytes()
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, seed: int = 0, depth: int | None = None
+    ) -> ForestClassifier:
+        from tiledseg.forest import PackedForest
+
+        packed = PackedForest.from_bytes(data)
+        return cls(seed=seed, trees=packed.n_trees, depth=depth, packed=packed)
+
+    def importances(self) -> np.ndarray | None:
+        return None if self.packed is None else self.packed.importances.copy()
+
+
+def _fit_with_probe(
+    est: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    held_out: np.ndarray | None,
+    n_threads: int,
+    probe: Any = None,
+) -> dict[str, Any]:
+    """Fit a scikit-learn estimator on every row, on the CPU whatever the device; with
+    held-out strokes ``probe`` (else a copy of ``est``) fits without them first, for the
+    accuracy on them."""
+    from sklearn.base import clone
+
+    summary: dict[str, Any] = {"estimator": type(est).__name__}
+    held = np.unique(np.asarray(held_out if held_out is not None else [], dtype=np.int64))
+    train = np.setdiff1d(np.arange(len(y)), held)
+    if len(held) and len(np.unique(y[train])) == len(np.unique(y)):
+        probe = clone(est) if probe is None else probe
+        probe = _fit_estimator(probe, X[train], y[train], n_threads)
+        predicted = probe.predict(X[held])
+        summary["held_out_accuracy"] = float(np.mean(predicted == y[held]))
+        summary["held_out_voxels"] = int(len(held))
+    _fit_estimator(est, X, y, n_threads)
+    return summary
+
+
 def _fit_estimator(est: Any, X: np.ndarray, y: np.ndarray, n_threads: int) -> Any:
     """Fit a scikit-learn estimator weighted by :func:`balanced_weights` where it can."""
     from sklearn.utils.validation import has_fit_parameter
@@ -681,11 +781,7 @@ def make_classifier(
         if spec in ("random-forest", "random_forest", "rf"):
             if device == "cuda":
                 return XGBoostClassifier(seed=seed, forest=True)
-            from sklearn.ensemble import RandomForestClassifier
-
-            return SklearnClassifier(
-                RandomForestClassifier(n_estimators=FOREST_TREES, random_state=seed)
-            )
+            return ForestClassifier(seed=seed)
         raise TiledsegError(
             f"classifier {spec!r} is unknown; choose one of {', '.join(CLASSIFIERS)} "
             "or pass a scikit-learn-style estimator"

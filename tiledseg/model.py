@@ -6,7 +6,8 @@ File layout::
     8 bytes, big-endian          length of the header
     header                       UTF-8 JSON: bank, classes, channels, spacing, versions,
                                  training summary, payload size and SHA-256, header SHA-256
-    payload                      XGBoost UBJSON, or a skops archive for scikit-learn
+    payload                      XGBoost UBJSON, a forest's arrays (.npz, no pickle), or a
+                                 skops archive for another scikit-learn estimator
 
 Loading checks the magic (a pickle is recognised with pickletools, which executes
 nothing), the sizes and both checksums before it parses the payload, and
@@ -29,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.classifiers import Classifier, SklearnClassifier, XGBoostClassifier
+from tiledseg.classifiers import (
+    Classifier,
+    ForestClassifier,
+    SklearnClassifier,
+    XGBoostClassifier,
+)
 from tiledseg.errors import ModelFileError, OutputExistsError
 from tiledseg.features.bank import FeatureBank
 from tiledseg.volume import same_path
@@ -40,11 +46,12 @@ MAGIC = b"TILEDSEG-MODEL\n"
 #: Version 2 adds ``columns`` (a feature-selected model); version 3 bank options
 #: (``in_2d``, ``extra_channels``) and plug-in families; version 4 XGBoost's
 #: random-forest mode (the ``random-forest`` of ``--device cuda``); version 5 autocontext
-#: stages (``--stages``, their payloads one after another). A model is written
+#: stages (``--stages``, their payloads one after another); version 6 the packed random
+#: forest (``tiledseg.forest``; older ones hold a skops payload). A model is written
 #: with the lowest version that holds it, so older tiledseg reads what it can
 #: understand and refuses the rest with "update tiledseg".
-FORMAT_VERSION = 5
-_READABLE_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6
+_READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 _LENGTH = struct.Struct(">Q")
 
 
@@ -188,6 +195,8 @@ class Model:
     def _format_version(self) -> int:
         """The lowest format version that holds this model (see :data:`FORMAT_VERSION`)."""
         bank = self.bank
+        if any(isinstance(c, ForestClassifier) for c in (*self.stages, self.classifier)):
+            return 6
         if self.stages:
             return 5
         if getattr(self.classifier, "forest", False):
@@ -393,9 +402,17 @@ def load_model(path: str | os.PathLike) -> Model:
 
 
 def _classifier_header(classifier: Classifier) -> dict[str, Any]:
-    """What the header says of one classifier (its payload is XGBoost's or skops')."""
+    """What the header says of one classifier (its payload is XGBoost's, the forest's
+    arrays or skops')."""
     if isinstance(classifier, XGBoostClassifier):
         return {"kind": "xgboost", "params": classifier.params, "n_classes": classifier.n_classes}
+    if isinstance(classifier, ForestClassifier):
+        return {
+            "kind": "forest",
+            "trees": classifier.trees,
+            "depth": classifier.depth,
+            "seed": classifier.seed,
+        }
     return {"kind": "sklearn", "estimator": type(classifier.estimator).__name__}
 
 
@@ -404,6 +421,10 @@ def _classifier_of(info: dict[str, Any], payload: bytes) -> Classifier:
     if info["kind"] == "xgboost":
         return XGBoostClassifier.from_bytes(
             payload, n_classes=info["n_classes"], params=info["params"]
+        )
+    if info["kind"] == "forest":
+        return ForestClassifier.from_bytes(
+            payload, seed=int(info.get("seed", 0)), depth=info.get("depth")
         )
     return SklearnClassifier.from_bytes(payload)
 

@@ -1,0 +1,185 @@
+"""A random forest held as flat arrays: fitted by scikit-learn, stored and applied without it.
+
+scikit-learn grows the trees (``RandomForestClassifier``); :class:`PackedForest` then keeps
+only what prediction needs, every tree's nodes one after another in five arrays, and
+writes them as a ``.npz`` archive read with ``allow_pickle=False``. Loading a model so
+neither imports scikit-learn (about 1.3 s) nor skops (another 1.5 s, which discovers every
+estimator), and nothing in the file can run code.
+
+Prediction walks the trees in a compiled kernel (numba). It gives exactly scikit-learn's
+``predict_proba``: the same comparisons (``float32`` feature ``<=`` ``float64`` threshold), and
+per voxel the same float64 sums of the leaves' class fractions in tree order, divided by
+the number of trees. docs/design-notes.md says why a kernel of our own (and what it was
+measured against).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from tiledseg.errors import ModelFileError
+
+__all__ = ["PackedForest"]
+
+#: Voxels walked through one tree before the next: their rows and the tree stay in cache.
+_CHUNK = 256
+_ARRAYS = ("feature", "threshold", "children", "values", "roots", "depths", "importances")
+
+
+@dataclass(frozen=True)
+class PackedForest:
+    """Every tree of a forest in flat arrays (node ``i`` of all trees together).
+
+    Attributes
+    ----------
+    feature : int32 (n_nodes,)
+        Feature compared at a split node; 0 at a leaf (whose threshold never sends on).
+    threshold : float64 (n_nodes,)
+        Go to the second child where ``feature > threshold``; ``+inf`` at a leaf.
+    children : int64 (2 * n_nodes,)
+        ``children[2 i]`` and ``children[2 i + 1]``: node ``i``'s two children; a leaf's
+        are itself, so a walk of a tree's full depth ends on the leaf whatever its depth.
+    values : float64 (n_nodes, n_classes)
+        Class fractions of the training voxels in each node (what a leaf predicts).
+    roots : int64 (n_trees,)
+        First node of each tree.
+    depths : int32 (n_trees,)
+        Depth of each tree: the steps a walk takes.
+    importances : float64 (n_features,)
+        scikit-learn's impurity-based feature importances, kept for ``--select-features``
+        and the report.
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    children: np.ndarray
+    values: np.ndarray
+    roots: np.ndarray
+    depths: np.ndarray
+    importances: np.ndarray
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.roots)
+
+    @property
+    def n_classes(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.importances)
+
+    @classmethod
+    def from_sklearn(cls, forest: Any) -> PackedForest:
+        """Pack a fitted ``RandomForestClassifier`` (one output)."""
+        n_classes = len(forest.classes_)
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "c", "v")}
+        roots, depths, offset = [], [], 0
+        for estimator in forest.estimators_:
+            tree = estimator.tree_
+            left, right = tree.children_left, tree.children_right
+            leaf = left < 0
+            own = np.arange(tree.node_count)
+            parts["f"].append(np.where(leaf, 0, tree.feature).astype(np.int32))
+            parts["t"].append(np.where(leaf, np.inf, tree.threshold).astype(np.float64))
+            pairs = np.stack([np.where(leaf, own, left), np.where(leaf, own, right)], axis=1)
+            parts["c"].append((pairs + offset).astype(np.int64).ravel())
+            # scikit-learn >= 1.4 keeps class fractions in ``value``: what its trees predict
+            parts["v"].append(np.asarray(tree.value[:, 0, :n_classes], dtype=np.float64))
+            roots.append(offset)
+            depths.append(tree.max_depth)
+            offset += tree.node_count
+        return cls(
+            feature=np.concatenate(parts["f"]),
+            threshold=np.concatenate(parts["t"]),
+            children=np.concatenate(parts["c"]),
+            values=np.ascontiguousarray(np.concatenate(parts["v"])),
+            roots=np.asarray(roots, dtype=np.int64),
+            depths=np.asarray(depths, dtype=np.int32),
+            importances=np.asarray(forest.feature_importances_, dtype=np.float64),
+        )
+
+    def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)`` float64 of the rows of ``X``.
+
+        With ``n_threads > 1`` the rows are split among threads (the kernel releases the
+        GIL); each row's sum is the same whatever the split.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"the forest expects (n, {self.n_features}) features, got {X.shape}")
+        out = np.empty((X.shape[0], self.n_classes), dtype=np.float64)
+        kernel = _kernel()
+        args = (self.feature, self.threshold, self.children, self.values, self.roots, self.depths)
+        parts = np.array_split(np.arange(X.shape[0]), max(1, min(n_threads, X.shape[0] // _CHUNK)))
+        if len(parts) == 1:
+            kernel(X, *args, out, _CHUNK)
+            return out
+        threads = [
+            threading.Thread(
+                target=kernel, args=(X[p[0] : p[-1] + 1], *args, out[p[0] : p[-1] + 1], _CHUNK)
+            )
+            for p in parts
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return out
+
+    def to_bytes(self) -> bytes:
+        """An uncompressed ``.npz`` archive of the arrays."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS})
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PackedForest:
+        """Read :meth:`to_bytes`' archive (never unpickling), checking its arrays agree."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in _ARRAYS}
+        except (ValueError, OSError, KeyError) as exc:
+            raise ModelFileError(f"the forest payload of the model is not valid: {exc}") from None
+        forest = cls(**arrays)
+        forest._check()
+        return forest
+
+    def _check(self) -> None:
+        """Refuse arrays the kernel could walk out of (it does not check indices)."""
+        n = len(self.feature)
+        ok = (
+            self.feature.dtype == np.int32
+            and self.threshold.dtype == np.float64
+            and self.children.dtype == np.int64
+            and self.roots.dtype == np.int64
+            and self.depths.dtype == np.int32
+            and self.values.dtype == np.float64
+            and self.values.ndim == 2
+            and len(self.threshold) == n
+            and len(self.values) == n
+            and self.children.shape == (2 * n,)
+            and len(self.roots) == len(self.depths) > 0
+            and bool(np.all((self.children >= 0) & (self.children < n)))
+            and bool(np.all((self.roots >= 0) & (self.roots < n)))
+            and bool(np.all((self.feature >= 0) & (self.feature < len(self.importances))))
+            and bool(np.all(self.depths >= 0))
+        )
+        if not ok:
+            raise ModelFileError("the forest payload of the model is inconsistent; retrain it")
+
+
+@cache
+def _kernel() -> Callable[..., None]:
+    """The compiled walk (numba imported and the kernel compiled or loaded on first use)."""
+    from tiledseg._forest_kernel import walk
+
+    return walk
