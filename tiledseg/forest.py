@@ -16,8 +16,8 @@ measured against).
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -123,16 +123,13 @@ class PackedForest:
         if len(parts) == 1:
             kernel(X, *args, out, _CHUNK)
             return out
-        threads = [
-            threading.Thread(
-                target=kernel, args=(X[p[0] : p[-1] + 1], *args, out[p[0] : p[-1] + 1], _CHUNK)
-            )
-            for p in parts
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            runs = [
+                pool.submit(kernel, X[p[0] : p[-1] + 1], *args, out[p[0] : p[-1] + 1], _CHUNK)
+                for p in parts
+            ]
+            for run in runs:
+                run.result()  # (an error in a thread is raised here, not lost)
         return out
 
     def to_bytes(self) -> bytes:
