@@ -16,6 +16,7 @@ measured against).
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -174,9 +175,17 @@ class PackedForest:
             raise ModelFileError("the forest payload of the model is inconsistent; retrain it")
 
 
+_KERNEL_LOCK = threading.Lock()
+
+
 @cache
 def _kernel() -> Callable[..., None]:
-    """The compiled walk (numba imported and the kernel compiled or loaded on first use)."""
-    from tiledseg._forest_kernel import walk
+    """The compiled walk (numba imported and the kernel compiled or loaded on first use, by
+    one thread: blocks predicting at once must not write numba's cache together)."""
+    with _KERNEL_LOCK:
+        from tiledseg._forest_kernel import walk
 
-    return walk
+        walk.compile(
+            "(f4[:, ::1], i4[::1], f8[::1], i8[::1], f8[:, ::1], i8[::1], i4[::1], f8[:, ::1], i8)"
+        )
+        return walk
