@@ -120,14 +120,15 @@ class PackedForest:
         out = np.empty((X.shape[0], self.n_classes), dtype=np.float64)
         kernel = _kernel()
         args = (self.feature, self.threshold, self.children, self.values, self.roots, self.depths)
-        parts = np.array_split(np.arange(X.shape[0]), max(1, min(n_threads, X.shape[0] // _CHUNK)))
-        if len(parts) == 1:
+        n_parts = max(1, min(n_threads, X.shape[0] // _CHUNK))
+        if n_parts == 1:
             kernel(X, *args, out, _CHUNK)
             return out
-        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        bounds = np.linspace(0, X.shape[0], n_parts + 1).astype(np.int64)
+        with ThreadPoolExecutor(max_workers=n_parts) as pool:
             runs = [
-                pool.submit(kernel, X[p[0] : p[-1] + 1], *args, out[p[0] : p[-1] + 1], _CHUNK)
-                for p in parts
+                pool.submit(kernel, X[a:b], *args, out[a:b], _CHUNK)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
             ]
             for run in runs:
                 run.result()  # (an error in a thread is raised here, not lost)
