@@ -6,8 +6,9 @@ Usage: python benchmarks/classifier_variants.py [--variants cur rf ...] [--bank 
 Trains each variant on each image's own scribbles (benchmarks/accuracy.py's data sets),
 predicts with tiledseg and prints the mean IoU against dense truth (ilastik-3d: against
 ilastik's argmax) for each seed (of the forest and of the held-out split), and the
-means. The studies that made the random forest tiledseg's default classifier and chose
-its size (benchmarks/RESULTS.md, sections 9 and 10).
+means. The studies that made the random forest tiledseg's default classifier, chose its
+size and checked its own grower against scikit-learn's (``forest`` against ``rf50d10``;
+benchmarks/RESULTS.md, sections 9 and 10).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import accuracy
 import numpy as np
 
 import tiledseg
-from tiledseg.classifiers import XGBoostClassifier
+from tiledseg.classifiers import ForestClassifier, XGBoostClassifier
 
 
 def _xgboost(init: dict[str, Any] | None = None, **booster: Any) -> Any:
@@ -61,6 +62,8 @@ VARIANTS = {
     "rf50d10": lambda seed: _forest(seed, n_estimators=50, max_depth=10),
     "rf50d12": lambda seed: _forest(seed, n_estimators=50, max_depth=12),
     "rf100d12": lambda seed: _forest(seed, n_estimators=100, max_depth=12),
+    # tiledseg's own grower (tiledseg.forest.PackedForest.grow) at the default size
+    "forest": lambda seed: ForestClassifier(seed=seed),
 }
 
 

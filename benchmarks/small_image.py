@@ -3,7 +3,9 @@
 Each run is a fresh process timed from its start (imports included) to its labels on disk:
 
 - ``tiledseg``: ``tiledseg segment CONFIG.yaml --overwrite --quiet`` (train on the scribbles,
-  write the model, predict every pixel, write OME-Zarr), defaults otherwise;
+  write the model, predict every pixel, write OME-Zarr), defaults otherwise, with an empty
+  training-table cache each run (numba's compiled kernels are cached from the first run
+  after installation, as for a user);
 - ``skimage``: a script with scikit-image's trainable segmentation at its defaults
   (``multiscale_basic_features`` + ``fit_segmenter`` with a 50-tree forest of depth 10 on
   2 cores + ``predict_segmenter``), writing the labels as a TIFF.
@@ -17,6 +19,7 @@ superalloy-2d and one nasa-super1 image from ../shared/data (skipped when absent
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -50,9 +53,9 @@ tifffile.imwrite(sys.argv[3], labels.astype(np.uint8))
 """
 
 
-def _timed(command: list[str]) -> float:
+def _timed(command: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    subprocess.run(command, check=True, capture_output=True, env=env)
     return time.perf_counter() - started
 
 
@@ -76,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"out: {work / 'out.zarr'}\n"
             )
             ours, theirs = [], []
-            for _ in range(args.repeats):
-                ours.append(_timed([tiledseg, "segment", str(config), "--overwrite", "--quiet"]))
+            for i in range(args.repeats):
+                # an empty training-table cache each time: every run is a first run
+                env = {**os.environ, "TILEDSEG_CACHE_DIR": str(work / f"cache-{name}-{i}")}
+                command = [tiledseg, "segment", str(config), "--overwrite", "--quiet"]
+                ours.append(_timed(command, env))
                 theirs.append(
                     _timed(
                         [

@@ -1,4 +1,5 @@
-"""The packed forest: scikit-learn's probabilities exactly, stored without pickle."""
+"""The packed forest: grown as scikit-learn grows it, scikit-learn's probabilities exactly,
+stored without pickle."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
 
 import tiledseg as ts
 from tiledseg.classifiers import ForestClassifier
@@ -45,6 +47,44 @@ def test_packed_forest_gives_scikit_learns_probabilities_exactly(n_classes):
     assert_array_equal(again.importances, forest.feature_importances_)
 
 
+@pytest.mark.parametrize("depth", [1, 3, 5])
+def test_a_grown_tree_is_scikit_learns_cart_tree(depth):
+    # without bootstrap and with every feature at each node there is no draw: the tree is
+    # the one best-Gini CART tree, scikit-learn's (shallow: in nodes of a few rows two
+    # features can split equally well, and scikit-learn's feature order breaks the tie)
+    X, y = _table(3000, 4)
+    weights = np.linspace(0.5, 2, len(y))
+    tree = DecisionTreeClassifier(max_depth=depth, random_state=0)
+    tree.fit(X, y, sample_weight=weights)
+    grown = PackedForest.grow(
+        X, y, weights=weights, trees=1, depth=depth, max_features=X.shape[1], bootstrap=False
+    )
+    test, _ = _table(4000, 5)
+    # the same splits; leaf fractions summed in another order differ in the last bit
+    np.testing.assert_allclose(grown.predict_proba(test), tree.predict_proba(test), atol=1e-12)
+    np.testing.assert_allclose(grown.importances, tree.feature_importances_, atol=1e-12)
+    assert grown.depths[0] == tree.get_depth()
+
+
+def test_a_grown_forest_depends_on_its_seed_not_on_its_threads():
+    X, y = _table(1500, 6)
+    one = PackedForest.grow(X, y, trees=8, depth=6, seed=3, n_threads=1)
+    three = PackedForest.grow(X, y, trees=8, depth=6, seed=3, n_threads=3)
+    other = PackedForest.grow(X, y, trees=8, depth=6, seed=4, n_threads=1)
+    assert one.to_bytes() == three.to_bytes()
+    assert one.to_bytes() != other.to_bytes()
+    assert one.n_trees == 8
+    assert one.depths.max() <= 6
+    assert one.importances.sum() == pytest.approx(1.0)
+    PackedForest.from_bytes(one.to_bytes())  # what it grows passes the loader's checks
+
+
+def test_a_forest_grown_without_depth_limit_fits_its_rows():
+    X, y = _table(800, 7)
+    grown = PackedForest.grow(X, y, trees=5, depth=None, bootstrap=False, max_features=6)
+    assert_array_equal(grown.predict_proba(X).argmax(axis=1), y)
+
+
 def test_a_stump_forest_predicts_its_priors():
     X = np.zeros((10, 3), np.float32)
     y = np.array([0] * 7 + [1] * 3)
@@ -75,9 +115,7 @@ def test_damaged_or_hostile_forest_payloads_are_refused():
         PackedForest.from_bytes(buffer.getvalue())
 
 
-def test_a_trained_forest_model_round_trips_and_loads_without_scikit_learn(
-    tmp_path, phantom2d, small_bank
-):
+def test_a_forest_model_trains_and_loads_without_scikit_learn(tmp_path, phantom2d, small_bank):
     model = ts.train(
         phantom2d.image, phantom2d.scribbles, features=small_bank, cache_dir=None, seed=3
     )
@@ -91,12 +129,17 @@ def test_a_trained_forest_model_round_trips_and_loads_without_scikit_learn(
         loaded.predict_proba(features.astype(np.float32)),
         model.predict_proba(features.astype(np.float32)),
     )
+    np.save(tmp_path / "image.npy", phantom2d.image)
+    np.save(tmp_path / "labels.npy", phantom2d.scribbles)
+    # a user's whole run: train, save, load, predict
     code = (
-        "import sys, numpy as np, tiledseg as ts; m = ts.load_model(sys.argv[1]); "
-        "m.predict_proba(np.zeros((3, len(m.feature_names)), np.float32)); "
+        "import sys, numpy as np, tiledseg as ts; d = sys.argv[1]; "
+        "ts.train(d + '/image.npy', d + '/labels.npy', features='minimal', cache_dir=None)"
+        ".save(d + '/again.tsm'); m = ts.load_model(d + '/again.tsm'); "
+        "ts.predict(d + '/image.npy', m, out=d + '/out.zarr', quiet=True); "
         "print(sorted(k for k in sys.modules if k.split('.')[0] in ('sklearn', 'skops')))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"

@@ -639,9 +639,8 @@ class SklearnClassifier(Classifier):
 
 
 class ForestClassifier(Classifier):
-    """``random-forest``: scikit-learn's ``RandomForestClassifier`` grown on the scribbles,
-    then kept and applied as a :class:`~tiledseg.forest.PackedForest` (exactly its
-    probabilities, no scikit-learn or pickle when a model is loaded).
+    """``random-forest``: scikit-learn's random-forest algorithm, grown and applied as a
+    :class:`~tiledseg.forest.PackedForest` (no scikit-learn, nor pickle, at all).
 
     The trees are balanced by the same per-voxel weights as XGBoost. The accuracy on
     held-out strokes comes from a probe forest of a quarter of the trees grown without
@@ -664,11 +663,17 @@ class ForestClassifier(Classifier):
         self.depth = depth
         self.packed = packed
 
-    def _estimator(self, trees: int) -> Any:
-        from sklearn.ensemble import RandomForestClassifier
+    def _grow(self, X: np.ndarray, y: np.ndarray, *, trees: int, n_threads: int) -> Any:
+        from tiledseg.forest import PackedForest
 
-        return RandomForestClassifier(
-            n_estimators=trees, max_depth=self.depth, random_state=self.seed
+        return PackedForest.grow(
+            X,
+            y,
+            weights=balanced_weights(y),
+            trees=trees,
+            depth=self.depth,
+            seed=self.seed,
+            n_threads=n_threads,
         )
 
     def fit(
@@ -680,14 +685,18 @@ class ForestClassifier(Classifier):
         device: str = "cpu",
         held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        from tiledseg.forest import PackedForest
-
-        forest = self._estimator(self.trees)
-        probe = self._estimator(max(1, self.trees // PROBE_SHARE))
-        summary = _fit_with_probe(
-            forest, X, y, held_out=held_out, n_threads=n_threads, probe=probe
-        )
-        self.packed = PackedForest.from_sklearn(forest)
+        X, y = to_host(X), to_host(y)
+        summary: dict[str, Any] = {"estimator": "PackedForest"}
+        split = _held_split(y, held_out)
+        if split is not None:
+            train, held = split
+            probe = self._grow(
+                X[train], y[train], trees=max(1, self.trees // PROBE_SHARE), n_threads=n_threads
+            )
+            predicted = probe.predict_proba(X[held], n_threads=n_threads).argmax(axis=1)
+            summary["held_out_accuracy"] = float(np.mean(predicted == y[held]))
+            summary["held_out_voxels"] = int(len(held))
+        self.packed = self._grow(X, y, trees=self.trees, n_threads=n_threads)
         return summary
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> np.ndarray:
@@ -716,6 +725,16 @@ class ForestClassifier(Classifier):
         return None if self.packed is None else self.packed.importances.copy()
 
 
+def _held_split(y: np.ndarray, held_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(train rows, held-out rows)``, or ``None`` where nothing is held out or the rows
+    left to train on lack a class (no probe can then be grown)."""
+    held = np.unique(np.asarray(held_out if held_out is not None else [], dtype=np.int64))
+    train = np.setdiff1d(np.arange(len(y)), held)
+    if len(held) and len(np.unique(y[train])) == len(np.unique(y)):
+        return train, held
+    return None
+
+
 def _fit_with_probe(
     est: Any,
     X: np.ndarray,
@@ -723,21 +742,17 @@ def _fit_with_probe(
     *,
     held_out: np.ndarray | None,
     n_threads: int,
-    probe: Any = None,
 ) -> dict[str, Any]:
     """Fit a scikit-learn estimator on every row, on the CPU whatever the device; with
-    held-out strokes ``probe`` (else a copy of ``est``) fits without them first, for the
-    accuracy on them."""
+    held-out strokes a copy of it fits without them first, for the accuracy on them."""
     from sklearn.base import clone
 
     summary: dict[str, Any] = {"estimator": type(est).__name__}
-    held = np.unique(np.asarray(held_out if held_out is not None else [], dtype=np.int64))
-    train = np.setdiff1d(np.arange(len(y)), held)
-    if len(held) and len(np.unique(y[train])) == len(np.unique(y)):
-        probe = clone(est) if probe is None else probe
-        probe = _fit_estimator(probe, X[train], y[train], n_threads)
-        predicted = probe.predict(X[held])
-        summary["held_out_accuracy"] = float(np.mean(predicted == y[held]))
+    split = _held_split(y, held_out)
+    if split is not None:
+        train, held = split
+        probe = _fit_estimator(clone(est), X[train], y[train], n_threads)
+        summary["held_out_accuracy"] = float(np.mean(probe.predict(X[held]) == y[held]))
         summary["held_out_voxels"] = int(len(held))
     _fit_estimator(est, X, y, n_threads)
     return summary
@@ -769,7 +784,8 @@ def make_classifier(
 ) -> Classifier:
     """Return a classifier wrapper from a name or a scikit-learn-style estimator.
 
-    ``random-forest`` is scikit-learn's forest on the CPU and XGBoost's
+    ``random-forest`` is scikit-learn's forest algorithm (grown by
+    :meth:`~tiledseg.forest.PackedForest.grow`) on the CPU and XGBoost's
     random-forest mode on ``device="cuda"`` (scikit-learn has no GPU; a cuML forest
     would need cuML, and pickle, to be read back).
     """

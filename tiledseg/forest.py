@@ -1,16 +1,18 @@
-"""A random forest held as flat arrays: fitted by scikit-learn, stored and applied without it.
+"""A random forest held as flat arrays: grown, stored and applied without scikit-learn.
 
-scikit-learn grows the trees (``RandomForestClassifier``); :class:`PackedForest` then keeps
-only what prediction needs, every tree's nodes one after another in five arrays, and
-writes them as a ``.npz`` archive read with ``allow_pickle=False``. Loading a model so
-neither imports scikit-learn (about 1.3 s) nor skops (another 1.5 s, which discovers every
-estimator), and nothing in the file can run code.
+:meth:`PackedForest.grow` grows scikit-learn's random forest (``RandomForestClassifier``:
+bootstrap samples, CART trees split at the best Gini decrease among a random subset of the
+features) in a compiled kernel (numba), each tree on its own thread and from its own seed.
+:class:`PackedForest` keeps every tree's nodes one after another in five arrays and writes
+them as a ``.npz`` archive read with ``allow_pickle=False``. Training or loading a model so
+never imports scikit-learn (1.3-1.7 s, more than a whole small image takes) nor skops
+(another 1.5 s, which discovers every estimator), and nothing in the file can run code.
 
-Prediction walks the trees in a compiled kernel (numba). It gives exactly scikit-learn's
-``predict_proba``: the same comparisons (``float32`` feature ``<=`` ``float64`` threshold), and
-per voxel the same float64 sums of the leaves' class fractions in tree order, divided by
-the number of trees. docs/design-notes.md says why a kernel of our own (and what it was
-measured against).
+Prediction walks the trees in a second kernel. On a forest packed from scikit-learn
+(:meth:`PackedForest.from_sklearn`) it gives exactly scikit-learn's ``predict_proba``: the
+same comparisons (``float32`` feature ``<=`` ``float64`` threshold), and per voxel the same
+float64 sums of the leaves' class fractions in tree order, divided by the number of trees.
+docs/design-notes.md says why kernels of our own (and what they were measured against).
 """
 
 from __future__ import annotations
@@ -108,6 +110,85 @@ class PackedForest:
             importances=np.asarray(forest.feature_importances_, dtype=np.float64),
         )
 
+    @classmethod
+    def grow(
+        cls,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        weights: np.ndarray | None = None,
+        trees: int,
+        depth: int | None,
+        max_features: int | None = None,
+        bootstrap: bool = True,
+        seed: int = 0,
+        n_threads: int = 1,
+    ) -> PackedForest:
+        """Grow a random forest: scikit-learn's ``RandomForestClassifier`` algorithm.
+
+        Each tree is a CART tree on a bootstrap sample (with ``weights`` times the draws
+        as each voxel's weight), split at the best Gini decrease among ``max_features``
+        features drawn at each node (default the square root of their number), down to
+        ``depth`` (``None``: until pure). The trees grow on ``n_threads`` threads; tree
+        ``t`` draws from its own seed, so the forest is the same whatever the threads.
+
+        Parameters
+        ----------
+        X : (n, n_features) array
+            Features (compared as float32, as scikit-learn does).
+        y : (n,) int array
+            Class indices ``0 .. n_classes - 1``.
+        """
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        n, p = X.shape
+        if n == 0 or len(y) != n or y.min() < 0:
+            raise ValueError(f"grow needs rows and class indices, got X {X.shape}, y {y.shape}")
+        w = np.ones(n) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+        n_classes = int(y.max()) + 1
+        features = max(1, int(np.sqrt(p))) if max_features is None else min(p, max_features)
+        seeds = np.random.SeedSequence(seed).generate_state(trees, dtype=np.uint32)
+        kernel = _grower()
+
+        def one(t: int) -> tuple:
+            limit = -1 if depth is None else depth
+            return kernel(X, y, w, n_classes, limit, features, bootstrap, int(seeds[t]))
+
+        with ThreadPoolExecutor(max_workers=max(1, min(n_threads, trees))) as pool:
+            grown = list(pool.map(one, range(trees)))
+        return cls._from_nodes(grown, n_features=p)
+
+    @classmethod
+    def _from_nodes(cls, grown: list[tuple], *, n_features: int) -> PackedForest:
+        """Pack the trees :func:`~tiledseg._forest_kernel.grow` returned."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "c", "v")}
+        roots, depths, offset = [], [], 0
+        importances = []
+        for feature, threshold, left, right, value, gains, deepest in grown:
+            leaf = left < 0
+            own = np.arange(len(feature))
+            parts["f"].append(np.where(leaf, 0, feature).astype(np.int32))
+            parts["t"].append(np.where(leaf, np.inf, threshold))
+            pairs = np.stack([np.where(leaf, own, left), np.where(leaf, own, right)], axis=1)
+            parts["c"].append((pairs + offset).astype(np.int64).ravel())
+            parts["v"].append(value)
+            roots.append(offset)
+            depths.append(deepest)
+            offset += len(feature)
+            if len(feature) > 1:  # a stump adds nothing (scikit-learn leaves it out)
+                importances.append(gains / gains.sum() if gains.sum() > 0 else gains)
+        mean = np.mean(importances, axis=0) if importances else np.zeros(n_features)
+        total = mean.sum()
+        return cls(
+            feature=np.concatenate(parts["f"]),
+            threshold=np.concatenate(parts["t"]).astype(np.float64),
+            children=np.concatenate(parts["c"]),
+            values=np.ascontiguousarray(np.concatenate(parts["v"])),
+            roots=np.asarray(roots, dtype=np.int64),
+            depths=np.asarray(depths, dtype=np.int32),
+            importances=mean / total if total > 0 else mean,
+        )
+
     def predict_proba(self, X: np.ndarray, *, n_threads: int = 1) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` float64 of the rows of ``X``.
 
@@ -190,3 +271,16 @@ def _kernel() -> Callable[..., None]:
             "(f4[:, ::1], i4[::1], f8[::1], i8[::1], f8[:, ::1], i8[::1], i4[::1], f8[:, ::1], i8)"
         )
         return walk
+
+
+_GROWER_LOCK = threading.Lock()
+
+
+@cache
+def _grower() -> Callable[..., tuple]:
+    """The compiled tree grower, compiled or loaded once (as :func:`_kernel`)."""
+    with _GROWER_LOCK:
+        from tiledseg._forest_kernel import grow
+
+        grow.compile("(f4[:, ::1], i8[::1], f8[::1], i8, i8, i8, b1, i8)")
+        return grow
