@@ -39,6 +39,7 @@ from tiledseg.autocontext import (
     stage_halo,
 )
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
+from tiledseg.chunk_cache import chunk_cache_bytes, run_cache
 from tiledseg.classifiers import DEFAULT_CLASSIFIER, make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
 from tiledseg.device import (
@@ -58,7 +59,13 @@ from tiledseg.model import Model, versions
 from tiledseg.selection import check_k
 from tiledseg.selection import select_features as select_features_of
 from tiledseg.strokes import HELD_OUT, describe_split, held_out_split, stroke_folds, stroke_ids
-from tiledseg.volume import Volume, open_volume, with_extra_channels
+from tiledseg.volume import (
+    Volume,
+    chunk_cacheable,
+    open_volume,
+    with_chunk_cache,
+    with_extra_channels,
+)
 
 __all__ = [
     "DISTRIBUTED_TABLE_BYTES",
@@ -284,6 +291,7 @@ def training_table(
     distributed: bool | None = False,
     device: str = "cpu",
     feature_device: str = "cpu",
+    chunk_cache: int | None = None,
 ) -> TrainingTable:
     """Build (or fetch from the cache) the features of every labelled voxel.
 
@@ -311,6 +319,12 @@ def training_table(
     feature_device : {"cpu", "cuda", "mixed"}
         Where they will be computed (:attr:`DevicePlan.kind`): GPU features differ from
         CPU ones in float32 rounding, so the cache keeps them apart.
+    chunk_cache : int, optional
+        Bound in bytes of the cache of decoded storage chunks the boxes are read
+        through (:mod:`tiledseg.chunk_cache`; ``None``: ``$TILEDSEG_CHUNK_CACHE_BYTES``
+        or :data:`~tiledseg.chunk_cache.DEFAULT_CHUNK_CACHE_BYTES`; ``0``: none). An
+        ``image`` that already reads through a cache keeps it. The cache lasts as long
+        as this call: it is given back before the fit.
 
     Returns
     -------
@@ -318,6 +332,50 @@ def training_table(
     """
     if distributed and executor.client is None:
         raise TiledsegError(_NEEDS_CLUSTER)
+    with _chunk_cached(image, executor, chunk_cache) as image:
+        return _training_table(
+            image,
+            labels,
+            bank=bank,
+            block=block,
+            executor=executor,
+            cache_dir=cache_dir,
+            distributed=distributed,
+            device=device,
+            feature_device=feature_device,
+        )
+
+
+@contextlib.contextmanager
+def _chunk_cached(image: Volume, executor: Executor, max_bytes: int | None) -> Iterator[Volume]:
+    """``image`` reading its chunked stores through a cache for as long as the run lasts.
+
+    Every box is read twice (hashed for the table cache's key, then filtered) and
+    neighbouring boxes share storage chunks: through the cache each chunk is decoded
+    once (:mod:`tiledseg.chunk_cache`). The cached values are the stored ones, so the
+    table is the same bits with or without it.
+    """
+    max_bytes = chunk_cache_bytes(max_bytes)
+    if max_bytes == 0 or not chunk_cacheable(image):
+        yield image  # no cache wanted, or nothing (left) to read through one
+        return
+    with run_cache(max_bytes, executor.client) as cache:
+        yield with_chunk_cache(image, cache)
+
+
+def _training_table(
+    image: Volume,
+    labels: Volume,
+    *,
+    bank: FeatureBank,
+    block: tuple[int, ...],
+    executor: Executor,
+    cache_dir: Path | None,
+    distributed: bool | None,
+    device: str,
+    feature_device: str,
+) -> TrainingTable:
+    """:func:`training_table` with ``image`` read as it should be."""
     halo = bank.halo(image.spacing)
     blocks = plan_blocks(image.shape, block, halo)
     cached = cache_dir is not None
@@ -367,7 +425,9 @@ def training_table(
             executor, tasks, n_cols=bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
         )
         return TrainingTable(X, values, coords, False, key, cached=False, scans=scans)
-    rows = executor.map(_block_rows, tasks, desc="training features")
+    # the boxes in the reverse of the scan's order: the chunks its last boxes read are the
+    # ones still in a chunk cache too small for them all (the rows come back in scan order)
+    rows = executor.map(_block_rows, tasks[::-1], desc="training features")[::-1]
     table = TrainingTable(
         np.concatenate(rows), values, coords, False, key, cached=path is not None, scans=scans
     )
@@ -849,23 +909,25 @@ def _stage_table(
     halo = stage_halo(bank, volume.spacing, stage)
     scan_folds = np.empty_like(folds)
     scan_folds[table.order] = folds  # the scans' rows are in scan order
-    tasks, start = [], 0
-    for scan in table.scans:
-        used = scan_folds[start : start + len(scan.flat)]
-        start += len(scan.flat)
-        read = haloed(scan.block.region, halo, volume.shape)
-        tasks.append(
-            _StageRows(
-                volume,
-                Block(scan.block.index, scan.block.region, read),
-                scan.flat,
-                used,
-                {int(f): chains[f] for f in np.unique(used)},
-                bank,
-                device,
+    # a cache per table, not per run: it is given back before the next stage fits
+    with _chunk_cached(volume, executor, None) as volume:
+        tasks, start = [], 0
+        for scan in table.scans:
+            used = scan_folds[start : start + len(scan.flat)]
+            start += len(scan.flat)
+            read = haloed(scan.block.region, halo, volume.shape)
+            tasks.append(
+                _StageRows(
+                    volume,
+                    Block(scan.block.index, scan.block.region, read),
+                    scan.flat,
+                    used,
+                    {int(f): chains[f] for f in np.unique(used)},
+                    bank,
+                    device,
+                )
             )
-        )
-    parts = executor.map(_run_stage_rows, tasks, desc=f"stage {stage} features")
+        parts = executor.map(_run_stage_rows, tasks, desc=f"stage {stage} features")
     return np.concatenate(parts)[table.order]
 
 
@@ -933,7 +995,8 @@ def _anisotropy_hint(volume: Volume, *, given: bool) -> dict[str, Any]:
     region = tuple(
         slice(max(0, n // 2 - edge // 2), min(n, n // 2 - edge // 2 + edge)) for n in volume.shape
     )
-    data = volume.read(region)[0].astype(np.float32)
+    # (the image's own first channel: the extra channels are not read for it)
+    data = volume.image_only.read(region)[0].astype(np.float32)
     steps = []
     for axis in range(3):
         if data.shape[axis] < 2:

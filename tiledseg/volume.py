@@ -12,24 +12,32 @@ be sent to dask workers without shipping its data.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tiledseg.errors import InputDataError, TiledsegError
 
+if TYPE_CHECKING:
+    from tiledseg.chunk_cache import ChunkCache
+
 __all__ = [
     "SUPPORTED_DTYPES",
     "Volume",
+    "chunk_cacheable",
     "open_volume",
     "parse_region",
     "parse_spacing",
     "same_path",
     "split_dataset",
+    "with_chunk_cache",
     "with_extra_channels",
 ]
 
@@ -173,6 +181,11 @@ class Volume:
     def extra_volumes(self) -> tuple[Volume, ...]:
         """The extra images :func:`with_extra_channels` appended (none for a plain image)."""
         return self.source.volumes[1:] if isinstance(self.source, _ChannelStack) else ()
+
+    @property
+    def image_only(self) -> Volume:
+        """The image without the extra images :func:`with_extra_channels` appended."""
+        return self.source.volumes[0] if isinstance(self.source, _ChannelStack) else self
 
     @property
     def n_extra(self) -> int:
@@ -479,6 +492,140 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
         volume.attrs,
         path=volume.path if all(e.path is not None for e in opened) else None,
     )
+
+
+class _ChunkCached:
+    """A chunked source whose reads are assembled from whole chunks kept in a cache.
+
+    Each chunk is read from ``source`` once (decoded by the store) and kept in the
+    run's :class:`~tiledseg.chunk_cache.ChunkCache`; a region is then copied out of
+    the chunks it touches, the same values the store would have returned for it.
+    """
+
+    def __init__(self, source: Any, cache: ChunkCache, chunks: tuple[int, ...]):
+        self.source, self.cache, self.chunks = source, cache, chunks
+        # names this source's chunks in the cache (the same in every copy sent to a worker)
+        self.token = uuid.uuid4().hex
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    @property
+    def array(self) -> Any:
+        return getattr(self.source, "array", self.source)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        bounds = _index_bounds(index, self.shape)
+        if bounds is None:  # not plain slices and integers: read as the store reads it
+            return np.asarray(self.source[index])
+        starts, stops, dropped = bounds
+        out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], dtype=self.dtype)
+        ranges = [
+            range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, self.chunks, strict=True)
+        ]
+        for position in itertools.product(*ranges):
+            lo = [p * c for p, c in zip(position, self.chunks, strict=True)]
+            hi = [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape, strict=True)]
+            chunk = self.cache.get(
+                (self.token, position),
+                lambda lo=lo, hi=hi: self.source[tuple(map(slice, lo, hi))],
+            )
+            # the overlap of the chunk and the region, in each one's own coordinates
+            first = [max(a, c) for a, c in zip(starts, lo, strict=True)]
+            last = [min(b, c) for b, c in zip(stops, hi, strict=True)]
+            out[tuple(slice(f - a, e - a) for f, e, a in zip(first, last, starts, strict=True))] = (
+                chunk[tuple(slice(f - c, e - c) for f, e, c in zip(first, last, lo, strict=True))]
+            )
+        return out.squeeze(axis=dropped) if dropped else out
+
+
+def _index_bounds(
+    index: Any, shape: tuple[int, ...]
+) -> tuple[list[int], list[int], tuple[int, ...]] | None:
+    """Starts, stops and integer-indexed axes of a basic index, or ``None`` for another kind."""
+    items = index if isinstance(index, tuple) else (index,)
+    if len(items) > len(shape):
+        return None
+    items = (*items, *(slice(None),) * (len(shape) - len(items)))
+    starts, stops, dropped = [], [], []
+    for axis, (item, n) in enumerate(zip(items, shape, strict=True)):
+        if isinstance(item, slice):
+            start, stop, step = item.indices(n)
+            if step != 1 or stop <= start:
+                return None
+        elif isinstance(item, int | np.integer) and -n <= item < n:
+            start = int(item) % n
+            stop = start + 1
+            dropped.append(axis)
+        else:
+            return None
+        starts.append(start)
+        stops.append(stop)
+    return starts, stops, tuple(dropped)
+
+
+def with_chunk_cache(volume: Volume, cache: ChunkCache | None) -> Volume:
+    """Return ``volume`` reading its chunked stores through ``cache``.
+
+    Sources with storage chunks (zarr, chunked HDF5, TIFF through its zarr view), the
+    image's and each extra channel's, read whole chunks once and keep them in
+    ``cache``; the values read are the same. Sources without chunks (``.npy``, which
+    the operating system's page cache serves, numpy and dask arrays) and sources
+    already reading through a cache are left as they are, as is everything with
+    ``cache=None``.
+
+    Parameters
+    ----------
+    volume : Volume
+        The image (with its extra channels, if any).
+    cache : ChunkCache or None
+        The run's cache (:func:`tiledseg.chunk_cache.run_cache`).
+
+    Returns
+    -------
+    Volume
+        ``volume`` itself when nothing is to be cached (see :func:`chunk_cacheable`),
+        else a new volume with the same data.
+    """
+    if cache is None or not chunk_cacheable(volume):
+        return volume
+    source = volume.source
+    if isinstance(source, _ChannelStack):
+        wrapped = _ChannelStack([with_chunk_cache(v, cache) for v in source.volumes])
+        return dataclasses.replace(volume, source=wrapped)
+    inner = source.source if isinstance(source, _OneTimePoint) else source
+    cached = _ChunkCached(inner, cache, _storage_chunks(inner) or ())
+    if isinstance(source, _OneTimePoint):
+        return dataclasses.replace(volume, source=_OneTimePoint(cached, source.axis))
+    return dataclasses.replace(volume, source=cached)
+
+
+def chunk_cacheable(volume: Volume) -> bool:
+    """Whether :func:`with_chunk_cache` would cache any of ``volume``'s sources."""
+    source = volume.source
+    if isinstance(source, _ChannelStack):
+        return any(chunk_cacheable(v) for v in source.volumes)
+    inner = source.source if isinstance(source, _OneTimePoint) else source
+    return _storage_chunks(inner) is not None
+
+
+def _storage_chunks(source: Any) -> tuple[int, ...] | None:
+    """The regular chunk shape of a stored source not read through a cache yet, else ``None``."""
+    if isinstance(source, _ChunkCached | np.ndarray) or hasattr(source, "compute"):
+        return None
+    chunks = getattr(getattr(source, "array", source), "chunks", None)
+    if (
+        chunks is None
+        or len(chunks) != len(source.shape)
+        or not all(isinstance(c, int | np.integer) and c > 0 for c in chunks)
+    ):
+        return None
+    return tuple(int(c) for c in chunks)
 
 
 def _check_dtype(dtype: np.dtype, name: str, role: str) -> None:
