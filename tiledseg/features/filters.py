@@ -30,7 +30,10 @@ still need and crops that axis right after, so only the first pass sees the
 whole halo. Axes are visited in scipy's order (0 first) and intermediates are
 float32 as in ``scipy.ndimage.gaussian_filter``, so on an isotropic volume the
 smoothing, Laplacian, gradient magnitude and difference of Gaussians equal
-scipy's to the bit.
+scipy's to the bit. On numpy blocks the 1-D passes and the eigenvalues run as
+compiled kernels (:mod:`tiledseg.features._kernels`, about 2-3x faster) that do
+scipy's and numpy's arithmetic in the same order: the same bits as
+``scipy.ndimage.gaussian_filter1d`` and :func:`_closed_form`.
 """
 
 from __future__ import annotations
@@ -260,27 +263,50 @@ def _derivatives(x, sigmas, orders, target, be: Backend, axis: int = 0) -> dict:
 
     One 1-D pass per distinct prefix of the orders: the pass along ``axis`` is
     shared by every order with the same prefix, and its result is cropped to the
-    target along ``axis`` before the next axis is filtered.
+    target along ``axis`` before the next axis is filtered. The compiled passes
+    compute every order along ``axis`` of one input in one sweep.
     """
     if axis == x.ndim:
         return dict.fromkeys(orders, x)
     groups: dict[int, list[tuple[int, ...]]] = defaultdict(list)
     for order in orders:
         groups[order[axis]].append(order)
-    crop = (slice(None),) * axis + (target[axis],)
     result = {}
-    for o, members in sorted(groups.items()):
-        y = be.ndi.gaussian_filter1d(
-            x,
-            sigmas[axis],
-            axis=axis,
-            order=o,
-            output=np.float32,
-            mode="reflect",
-            truncate=TRUNCATE,
-        )[crop]
+    passes = _gaussian_passes(x, sigmas[axis], sorted(groups), axis, target[axis], be)
+    for (_, members), y in zip(sorted(groups.items()), passes, strict=True):
         result.update(_derivatives(y, sigmas, members, target, be, axis + 1))
     return result
+
+
+#: Which kernels compute numpy blocks: ``"numba"`` (:mod:`tiledseg.features._kernels`: the
+#: 1-D passes and the closed-form eigenvalues, each the reference's arithmetic in a faster
+#: loop, equal to it to the bit) or ``"scipy"`` (the reference: ``scipy.ndimage``'s
+#: passes and :func:`_closed_form` on numpy arrays). Private: the switch
+#: tests/test_feature_kernels.py and benchmarks/block_kernels.py compare with, not an option.
+_KERNELS = "numba"
+
+
+def _gaussian_passes(x, sigma: float, orders: list[int], axis: int, crop: slice, be: Backend):
+    """``gaussian_filter1d`` of ``x`` along ``axis`` (float32, reflect) for each of ``orders``,
+    cropped to ``crop`` along ``axis``.
+
+    On numpy blocks one compiled pass computes every order, on the cropped outputs only;
+    scipy (or cupyx) computes each order on the whole axis, cropped after.
+    """
+    if be.name == "numpy" and _KERNELS == "numba":
+        # numba is imported and the kernels compiled or loaded on the first block only
+        from tiledseg.features import _kernels
+
+        passes = _kernels.gaussian_passes(x, sigma, orders, axis, crop, truncate=TRUNCATE)
+        if passes is not None:
+            return passes
+    # lazily, one order at a time: the whole-axis outputs are never all held at once
+    return (
+        be.ndi.gaussian_filter1d(
+            x, sigma, axis=axis, order=o, output=np.float32, mode="reflect", truncate=TRUNCATE
+        )[(slice(None),) * axis + (crop,)]
+        for o in orders
+    )
 
 
 #: Voxels per slab of the closed-form eigenvalues: a dozen float64 temporaries of
@@ -315,6 +341,11 @@ def symmetric_eigenvalues(elements: Sequence[Any], ndim: int, *, xp: Any = np) -
     elements = [xp.asarray(v) for v in elements]
     shape = elements[0].shape
     out = [xp.empty(shape, dtype=np.float32) for _ in range(ndim)]
+    if _compiled_eigenvalues(elements, xp):
+        from tiledseg.features import _kernels
+
+        _kernels.symmetric_eigenvalues_into(elements, out)
+        return out
     if not shape or elements[0].size == 0:
         for target, value in zip(out, _closed_form(elements, ndim, xp), strict=True):
             target[...] = value
@@ -326,6 +357,18 @@ def symmetric_eigenvalues(elements: Sequence[Any], ndim: int, *, xp: Any = np) -
         for target, value in zip(out, values, strict=True):
             target[part] = value
     return out
+
+
+def _compiled_eigenvalues(elements: list[Any], xp: Any) -> bool:
+    """Whether the compiled kernel takes this field: float32 numpy fields of 2 or 3 axes
+    (what :func:`block_features` makes; anything else takes :func:`_closed_form`)."""
+    return (
+        _KERNELS == "numba"
+        and xp is np
+        and all(type(v) is np.ndarray and v.dtype == np.float32 for v in elements)
+        and elements[0].ndim in (2, 3)
+        and len({v.shape for v in elements}) == 1
+    )
 
 
 def _closed_form(elements: Sequence[Any], ndim: int, xp: Any) -> list[Any]:
