@@ -57,6 +57,16 @@ def _gini(sums, total):  # pragma: no cover
     return 1.0 - squares / (total * total)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _gini_rest(sums, sums_l, total):  # pragma: no cover
+    """:func:`_gini` of ``sums - sums_l`` (no array made: it runs for every candidate split)."""
+    squares = 0.0
+    for c in range(sums.shape[0]):
+        rest = sums[c] - sums_l[c]
+        squares += rest * rest
+    return 1.0 - squares / (total * total)
+
+
 @numba.njit(nogil=True, cache=True)
 def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # pragma: no cover
     """Grow one CART tree (Gini, best split among ``max_features`` random features).
@@ -140,7 +150,7 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
             perm[r], perm[remaining] = perm[remaining], perm[r]
             f = perm[remaining]
             for i in range(m):
-                vals[i] = X[idx[start + i], f]
+                vals[i] = X[np.uint64(idx[start + i]), np.uint64(f)]
             order = np.argsort(vals[:m])
             if np.float64(vals[order[m - 1]]) <= np.float64(vals[order[0]]) + _SAME:
                 continue
@@ -148,7 +158,7 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
             sums_l[:] = 0.0
             w_l = 0.0
             for i in range(m - 1):
-                s = idx[start + order[i]]
+                s = np.uint64(idx[np.uint64(start + order[i])])
                 sums_l[y[s]] += w[s]
                 w_l += w[s]
                 a, b = np.float64(vals[order[i]]), np.float64(vals[order[i + 1]])
@@ -157,7 +167,7 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
                 # scikit-learn's proxy, formula for formula: two pure children give
                 # exactly 0, so ties go to the feature drawn first, not to rounding
                 w_r = total - w_l
-                proxy = -w_l * _gini(sums_l, w_l) - w_r * _gini(sums - sums_l, w_r)
+                proxy = -w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
                 if proxy > best_proxy:
                     best_proxy, best_f = proxy, f
                     best_t = a / 2.0 + b / 2.0
@@ -182,7 +192,7 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
             w_l += w[idx[i]]
         w_r = total - w_l
         importances[best_f] += (
-            total * gini - w_l * _gini(sums_l, w_l) - w_r * _gini(sums - sums_l, w_r)
+            total * gini - w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
         )
         # the left child on top: nodes numbered depth first, left before right
         for side_start, side_end, side in ((lo, end, 0), (start, lo, 1)):
