@@ -55,7 +55,9 @@ tifffile.imwrite(sys.argv[3], labels.astype(np.uint8))
 
 def _timed(command: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
     return time.perf_counter() - started
 
 
