@@ -58,8 +58,7 @@ def gathered(monkeypatch):
 
     def spy_map(self, func, items, **kwargs):
         results = map_(self, func, items, **kwargs)
-        if self.client is None:  # (on a cluster map goes through compute, seen there)
-            names.extend(func.__name__ for _ in items)
+        names.extend(func.__name__ for _ in items)
         return results
 
     monkeypatch.setattr(Executor, "compute", spy_compute)

@@ -81,34 +81,138 @@ class Executor:
         ``on_error(i, exc)``, when given, stands in for the result of an item whose
         task was lost on a cluster (e.g. its workers kept dying); without it the
         error is raised. Errors inside ``func`` are ``func``'s to handle.
+
+        At most :meth:`in_flight` items are submitted at a time, more as they
+        finish, so that the futures here and the task states on the scheduler do
+        not grow with the number of items. On a cluster, an element of a tuple item
+        that is the same object in every item (the volume, the model) is sent to the
+        workers once, as its own task, rather than pickled again with every item.
         """
+        if not items:
+            return []
         if self.client is None:
             return self._map_threads(func, items, desc=desc)
-        import dask
+        return self._map_distributed(func, items, desc=desc, on_error=on_error)
 
-        tasks = [dask.delayed(func, pure=False)(item) for item in items]
-        return self.compute(tasks, desc=desc, on_error=on_error)
+    def in_flight(self) -> int:
+        """Items submitted at once by :meth:`map` on a cluster: a few per task thread, at
+        least :data:`MIN_IN_FLIGHT`.
+
+        Enough that a worker finishing a task finds the next one waiting while the
+        results are fetched and more are submitted; the floor amortises each
+        submission's and each gather's round trip over many items (waves of 8 cost
+        twice the driver's CPU per item of waves of 256).
+        """
+        return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * self.n_workers)
 
     def _map_threads(self, func: Callable, items: Sequence[Any], *, desc: str) -> list[Any]:
         """:meth:`map` on this process's threads: a plain thread pool, since a dask graph
         of independent tasks adds only its overhead (and dask's scheduler lookup imports
-        ``distributed``, 0.2 s of a small run)."""
+        ``distributed``, 0.2 s of a small run). Items are submitted as earlier ones finish,
+        so a million blocks do not make a million pending futures."""
+        import queue
         from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import threadpool_limits
 
-        if not items:
-            return []
+        bound = max(2, IN_FLIGHT_PER_THREAD * self.n_workers)
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        results: list[Any] = [None] * len(items)
         with self.progress(len(items), desc) as bar, threadpool_limits(limits=1):
             pool = ThreadPoolExecutor(max_workers=self.n_workers)
             try:
-                futures = [pool.submit(func, item) for item in items]
-                for future in futures:
-                    future.add_done_callback(lambda _: bar.update(1))
-                return [future.result() for future in futures]
+                submitted = running = 0
+                while submitted < len(items) or running:
+                    while submitted < len(items) and running < bound:
+                        future = pool.submit(func, items[submitted])
+                        # the index rides with the future: completion order is not item order
+                        future.add_done_callback(lambda f, i=submitted: finished.put((i, f)))
+                        submitted += 1
+                        running += 1
+                    i, future = finished.get()
+                    running -= 1
+                    results[i] = future.result()  # func's error is raised here, the first seen
+                    bar.update(1)
+                return results
             finally:
                 # on an error the blocks not yet started are dropped, as dask would
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def _map_distributed(
+        self,
+        func: Callable,
+        items: Sequence[Any],
+        *,
+        desc: str,
+        on_error: Callable[[int, BaseException], Any] | None,
+    ) -> list[Any]:
+        """:meth:`map` on the cluster, in bounded waves of ``client.map`` submissions."""
+        from distributed import as_completed
+
+        client = self.client
+        bound = self.in_flight()
+        put = _share(client, items)
+        results: list[Any] = [None] * len(items)
+        pending: dict[Any, int] = {}  # future -> item index
+        # not the default client's loop (there is none: see wait_futures): ours
+        finished = as_completed(loop=client.loop)
+        submitted = 0
+
+        def submit(count: int) -> None:
+            nonlocal submitted
+            stop = min(len(items), submitted + count)
+            # one client.map per wave: one message to the scheduler for many items
+            wave = client.map(func, [put(items[i]) for i in range(submitted, stop)], pure=False)
+            pending.update(zip(wave, range(submitted, stop), strict=True))
+            finished.update(wave)
+            submitted = stop
+
+        with self.progress(len(items), desc) as bar:
+            try:
+                submit(bound)
+                done: list[Any] = []
+                while pending:
+                    batch = finished.next_batch(block=True)
+                    bar.update(len(batch))
+                    done += batch
+                    # once half the items in flight are done, fetch their results together
+                    # and submit as many again: few round trips, each for many items
+                    if len(pending) - len(done) <= bound // 2:
+                        self._collect(done, pending, results, on_error)
+                        done = []
+                        if submitted < len(items):
+                            submit(bound - len(pending))
+            finally:
+                if pending:  # an error is raised: the items not yet done are dropped
+                    client.cancel(list(pending))
+                put.release()
+        return results
+
+    def _collect(
+        self,
+        batch: Sequence[Any],
+        pending: dict[Any, int],
+        results: list[Any],
+        on_error: Callable[[int, BaseException], Any] | None,
+    ) -> None:
+        """Move a batch of done futures' results into ``results``, releasing the futures."""
+        import asyncio
+
+        # one look at the statuses: a future may change state while results are fetched
+        ok = [f for f in batch if f.status == "finished"]
+        # one gather for the many (a result lost meanwhile is recomputed); the rest one by one
+        for future, value in zip(ok, self.client.gather(ok), strict=True):
+            results[pending.pop(future)] = value
+        for future in batch:
+            if future not in pending:
+                continue
+            i = pending.pop(future)
+            try:
+                results[i] = future.result()
+            except (Exception, asyncio.CancelledError) as exc:  # its error, or its workers' loss
+                if on_error is None:
+                    raise
+                results[i] = on_error(i, exc)
 
     def compute(
         self,
@@ -232,6 +336,59 @@ class Executor:
             except (Exception, asyncio.CancelledError) as exc:  # its error, or its workers' loss
                 results[i] = on_error(i, exc)
         return results
+
+
+#: :meth:`Executor.map` keeps this many items in flight per task thread of the cluster ...
+IN_FLIGHT_PER_THREAD = 4
+#: ... and at least this many.
+MIN_IN_FLIGHT = 512
+
+
+class _Shared:
+    """Puts an item's shared elements (see :func:`_share`) as futures in its place."""
+
+    def __init__(self, positions: dict[int, Any]):
+        self.positions = positions
+
+    def __call__(self, item: Any) -> Any:
+        if not self.positions:
+            return item
+        return tuple(self.positions.get(j, value) for j, value in enumerate(item))
+
+    def release(self) -> None:
+        """Let the cluster forget the shared objects (their futures are the only holders)."""
+        self.positions = {}
+
+
+def _shared_object(value: Any) -> Any:
+    """The task whose result is a shared element (its name is the key's, on the dashboard)."""
+    return value
+
+
+def _share(client: Any, items: Sequence[Any]) -> _Shared:
+    """Send once the elements every tuple item holds (by identity) at the same position.
+
+    Such an element (the volume, the model) would otherwise be pickled by the
+    scheduler and unpickled by a worker with every item's task (measured: with a
+    1 MB element, 2,000 no-op tasks took 26 s instead of 12 s, 2,000 unpickles
+    instead of one per worker), and a volume would reopen its store in every task.
+    It becomes a task of its own whose result the items' tasks depend on: a worker
+    fetches it once and keeps it while tasks need it, and a lost copy is
+    recomputed from the scheduler's, unlike scattered data. Plain values (numbers,
+    strings) stay in the items.
+    """
+    first = items[0]
+    if len(items) < 2 or type(first) is not tuple:
+        return _Shared({})
+    plain = (str, bytes, int, float, complex, bool, type(None))
+    candidates = [j for j, value in enumerate(first) if not isinstance(value, plain)]
+    for item in items:
+        if type(item) is not tuple or len(item) != len(first):
+            return _Shared({})
+        candidates = [j for j in candidates if item[j] is first[j]]
+        if not candidates:
+            return _Shared({})
+    return _Shared({j: client.submit(_shared_object, first[j], pure=False) for j in candidates})
 
 
 def _cores_here() -> tuple[str, int]:
