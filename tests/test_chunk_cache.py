@@ -333,3 +333,11 @@ def test_other_chunked_stores_read_the_same_values_through_the_cache(stores, tmp
         assert_array_equal(cached.read(region), volume.read(region))
     assert cache.stats()["hits"] == cache.stats()["misses"] > 0
     volume.source.close()
+
+
+def test_chunks_larger_than_half_the_cache_are_read_directly(stores):
+    # such a chunk (16³ float32: 16 KiB) would be decoded whole for every box and hardly
+    # ever kept
+    volume = open_volume(str(stores["image"]))
+    assert with_chunk_cache(volume, ChunkCache(16 * 16**3 * 4)) is not volume
+    assert with_chunk_cache(volume, ChunkCache(16**3 * 4)) is volume

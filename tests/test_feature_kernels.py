@@ -17,6 +17,7 @@ import pytest
 from numpy.testing import assert_array_equal
 from scipy import ndimage as ndi
 
+import tiledseg as ts
 from tiledseg.features import FeatureBank, _kernels, filters
 from tiledseg.features.bank import TRUNCATE, resolve_bank
 
@@ -254,3 +255,26 @@ def test_blocks_on_threads_compile_in_a_fresh_cache(tmp_path):
     # four blocks at once in a process whose numba cache is empty: one compiles, none fails
     env = {"NUMBA_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", _FRESH_PROCESS], check=True, env=env, timeout=600)
+
+
+def test_read_only_float32_images_are_filtered_and_predicted(tmp_path, phantom2d, small_bank):
+    # a float32 .npy is opened as a read-only memory map: its blocks reach the kernels
+    # read-only, and the kernels must take them as scipy did
+    image = phantom2d.image.astype(np.float32)
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    bank = resolve_bank("default")
+    inner = (slice(0, image.shape[0]), slice(0, image.shape[1]))
+    assert_array_equal(
+        filters.block_features(frozen[None], bank=bank, inner=inner),
+        filters.block_features(image[None], bank=bank, inner=inner),
+    )
+    np.save(tmp_path / "image.npy", image)
+    model = ts.train(
+        tmp_path / "image.npy", phantom2d.scribbles, features=small_bank, cache_dir=None
+    )
+    ts.predict(tmp_path / "image.npy", model, out=tmp_path / "out.zarr", quiet=True)
+    eigen = [np.ones((8, 8), np.float32) for _ in range(3)]
+    for v in eigen:
+        v.flags.writeable = False
+    assert len(filters.symmetric_eigenvalues(eigen, 2)) == 2

@@ -79,6 +79,13 @@ def test_a_grown_forest_depends_on_its_seed_not_on_its_threads():
     PackedForest.from_bytes(one.to_bytes())  # what it grows passes the loader's checks
 
 
+def test_growing_on_non_finite_features_is_refused():
+    X, y = _table(100, 8)
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        PackedForest.grow(X, y, trees=2, depth=3)
+
+
 def test_a_forest_grown_without_depth_limit_fits_its_rows():
     X, y = _table(800, 7)
     grown = PackedForest.grow(X, y, trees=5, depth=None, bootstrap=False, max_features=6)
@@ -115,6 +122,19 @@ def test_damaged_or_hostile_forest_payloads_are_refused():
     np.savez(buffer, **arrays)
     with pytest.raises(ModelFileError, match="inconsistent"):
         PackedForest.from_bytes(buffer.getvalue())
+    # a node reached as both children of its parent while another is never reached, and a
+    # walk longer than the nodes: refused too
+    for damage in ("twins", "deep"):
+        arrays = {k: getattr(packed, k).copy() for k in packed.__dataclass_fields__}
+        if damage == "twins":
+            root = packed.roots[0]
+            arrays["children"][2 * root + 1] = arrays["children"][2 * root]
+        else:
+            arrays["depths"][0] = 10**9
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with pytest.raises(ModelFileError, match="inconsistent"):
+            PackedForest.from_bytes(buffer.getvalue())
     # an object array (a pickle inside the archive) is never loaded
     arrays["children"] = np.array([object()] * 3, dtype=object)
     buffer = io.BytesIO()

@@ -1,9 +1,10 @@
-"""Classifiers: XGBoost (default), scikit-learn's random forest, any scikit-learn estimator.
+"""Classifiers: the random forest (default), XGBoost, any scikit-learn estimator.
 
 Each is wrapped in a small class with the same four operations: ``fit`` on the
 training table (with per-voxel weights that balance the classes),
 ``predict_proba`` on a block's features, and ``to_bytes`` / ``from_bytes``
-without pickle (XGBoost's own UBJSON format, or skops for scikit-learn).
+without pickle (the forest's arrays, XGBoost's own UBJSON format, or skops for
+another scikit-learn estimator).
 """
 
 from __future__ import annotations

@@ -82,11 +82,12 @@ class Executor:
         task was lost on a cluster (e.g. its workers kept dying); without it the
         error is raised. Errors inside ``func`` are ``func``'s to handle.
 
-        At most :meth:`in_flight` items are submitted at a time, more as they
-        finish, so that the futures here and the task states on the scheduler do
-        not grow with the number of items. On a cluster, an element of a tuple item
-        that is the same object in every item (the volume, the model) is sent to the
-        workers once, as its own task, rather than pickled again with every item.
+        At most :meth:`in_flight` items (on threads, four per thread) are submitted
+        at a time, more as they finish, so that the futures here and the task states
+        on the scheduler do not grow with the number of items. On a cluster, an element
+        of a tuple item that is the same object in every item (the volume, the model) is
+        sent to the workers once, as its own task, rather than pickled again with every
+        item.
         """
         if not items:
             return []

@@ -136,15 +136,39 @@ class PackedForest:
         Parameters
         ----------
         X : (n, n_features) array
-            Features (compared as float32, as scikit-learn does).
+            Features (compared as float32, as scikit-learn does); finite.
         y : (n,) int array
             Class indices ``0 .. n_classes - 1``.
+        weights : (n,) array, optional
+            Each row's weight (default 1): the bootstrap draws rows in proportion to it.
+        trees : int
+            Trees in the forest (at least 1).
+        depth : int or None
+            Depth limit of each tree; ``None`` grows until every leaf is pure.
+        max_features : int, optional
+            Features drawn at each node (default ``int(sqrt(n_features))``).
+        bootstrap : bool
+            Grow each tree on a bootstrap sample (else on every row, with its weight).
+        seed : int
+            Seed of the forest: tree ``t`` draws from the ``t``-th seed it spawns.
+        n_threads : int
+            Trees grown at once.
+
+        Returns
+        -------
+        PackedForest
         """
         X = np.ascontiguousarray(X, dtype=np.float32)
         y = np.ascontiguousarray(y, dtype=np.int64)
         n, p = X.shape
-        if n == 0 or len(y) != n or y.min() < 0:
-            raise ValueError(f"grow needs rows and class indices, got X {X.shape}, y {y.shape}")
+        if n == 0 or len(y) != n or y.min() < 0 or trees < 1:
+            raise ValueError(
+                f"grow needs rows, class indices and trees, got X {X.shape}, y {y.shape}, "
+                f"{trees} trees"
+            )
+        if not np.isfinite(X).all():
+            # a split between a value and NaN (or -inf and inf) has no midpoint
+            raise ValueError("grow needs finite features; X holds NaN or infinite values")
         w = np.ones(n) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
         n_classes = int(y.max()) + 1
         features = max(1, int(np.sqrt(p))) if max_features is None else min(p, max_features)
@@ -242,6 +266,10 @@ class PackedForest:
             order.append(kids)
             frontier = kids
         old = np.concatenate(order)
+        if taken != n or len(np.unique(old)) != n or int(self.depths.max()) > n:
+            # a node never reached, one reached as both children, or a walk longer than the
+            # nodes: not trees (a damaged or hostile file), which the kernel must not walk
+            raise ModelFileError("the forest payload of the model is inconsistent; retrain it")
         left = np.where(leaf[old], np.arange(n), new_id[first[old]]).astype(np.int32)
         threshold = self.threshold[old].astype(np.float32)
         above = threshold.astype(np.float64) > self.threshold[old]

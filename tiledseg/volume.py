@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import uuid
 from collections.abc import Sequence
@@ -574,7 +575,8 @@ def with_chunk_cache(volume: Volume, cache: ChunkCache | None) -> Volume:
 
     Sources with storage chunks (zarr, chunked HDF5, TIFF through its zarr view), the
     image's and each extra channel's, read whole chunks once and keep them in
-    ``cache``; the values read are the same. Sources without chunks (``.npy``, which
+    ``cache``; the values read are the same. Sources whose chunks exceed half the cache,
+    sources without chunks (``.npy``, which
     the operating system's page cache serves, numpy and dask arrays) and sources
     already reading through a cache are left as they are, as is everything with
     ``cache=None``.
@@ -599,7 +601,12 @@ def with_chunk_cache(volume: Volume, cache: ChunkCache | None) -> Volume:
         wrapped = _ChannelStack([with_chunk_cache(v, cache) for v in source.volumes])
         return dataclasses.replace(volume, source=wrapped)
     inner = source.source if isinstance(source, _OneTimePoint) else source
-    cached = _ChunkCached(inner, cache, _storage_chunks(inner) or ())
+    chunks = _storage_chunks(inner) or ()
+    if math.prod(chunks) * np.dtype(inner.dtype).itemsize > cache.max_bytes // 2:
+        # a cache holding at most one such chunk would decode it whole for nearly every
+        # box: a direct read of the box costs less
+        return volume
+    cached = _ChunkCached(inner, cache, chunks)
     if isinstance(source, _OneTimePoint):
         return dataclasses.replace(volume, source=_OneTimePoint(cached, source.axis))
     return dataclasses.replace(volume, source=cached)

@@ -324,7 +324,7 @@ def symmetric_eigenvalues_into(elements: list[np.ndarray], out: list[np.ndarray]
             part = (z, slice(start, start + rows))
             # a slab of a cropped field is copied contiguous (cheap next to the rest), so
             # the kernels' loops are flat and vectorise
-            views = [np.ascontiguousarray(v[part]).reshape(-1) for v in elements]
+            views = [np.require(v[part], requirements=("C", "W")).reshape(-1) for v in elements]
             targets = [v[part].reshape(-1) for v in out]  # views: ``out`` is C-contiguous
             n = views[0].size
             if n == 0:
@@ -402,7 +402,7 @@ def gaussian_passes(
     Parameters
     ----------
     x : float32 array
-        Any layout (a non-contiguous one is copied first).
+        Any layout (a non-contiguous or read-only one is copied first).
     sigma, truncate
         As ``scipy.ndimage.gaussian_filter1d``.
     orders : sequence of int
@@ -420,7 +420,9 @@ def gaussian_passes(
     kernels = [taps(float(sigma), int(order), float(truncate)) for order in orders]
     if x.dtype != np.float32 or any(symmetry == 0 for _, symmetry in kernels):
         return None
-    x = np.ascontiguousarray(x)
+    # a read-only block (a float32 .npy is a read-only memory map) is copied: the kernels
+    # are compiled for writeable arrays only
+    x = np.require(x, requirements=("C", "W"))
     axis = axis % x.ndim
     length = x.shape[axis]
     start, stop, step = crop.indices(length)
