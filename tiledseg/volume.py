@@ -117,7 +117,21 @@ class _LazySource:
             pass
 
 
-class _OneTimePoint:
+class _Wrapped:
+    """A source read through another (``self.source``): its dtype and stored array."""
+
+    source: Any
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    @property
+    def array(self) -> Any:
+        return getattr(self.source, "array", self.source)
+
+
+class _OneTimePoint(_Wrapped):
     """A source seen without its single-point time axis (OME's t of size 1)."""
 
     def __init__(self, source: Any, axis: int):
@@ -128,14 +142,6 @@ class _OneTimePoint:
         shape = list(self.source.shape)
         del shape[self.axis]
         return tuple(shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.source.dtype)
-
-    @property
-    def array(self) -> Any:
-        return getattr(self.source, "array", self.source)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = list(index) if isinstance(index, tuple) else [index]
@@ -495,7 +501,7 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
     )
 
 
-class _ChunkCached:
+class _ChunkCached(_Wrapped):
     """A chunked source whose reads are assembled from whole chunks kept in a cache.
 
     Each chunk is read from ``source`` once (decoded by the store) and kept in the
@@ -511,14 +517,6 @@ class _ChunkCached:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.source.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.source.dtype)
-
-    @property
-    def array(self) -> Any:
-        return getattr(self.source, "array", self.source)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         bounds = _index_bounds(index, self.shape)
