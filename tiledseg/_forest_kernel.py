@@ -67,21 +67,28 @@ def _gini_rest(sums, sums_l, total):  # pragma: no cover
     return 1.0 - squares / (total * total)
 
 
-@numba.njit(nogil=True, cache=True)
-def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # pragma: no cover
-    """Grow one CART tree (Gini, best split among ``max_features`` random features).
+@numba.njit(nogil=True, cache=True, inline="always")
+def _class_sums(y, w, rows, sums):  # pragma: no cover
+    """Write the weighted class sums of ``rows`` into ``sums``; return their total weight."""
+    sums[:] = 0.0
+    total = 0.0
+    for i in range(rows.shape[0]):
+        sums[y[rows[i]]] += w[rows[i]]
+        total += w[rows[i]]
+    return total
 
-    Returns ``(feature, threshold, left, right, value, importances, depth)`` for the tree's
-    nodes (``left`` -1 at a leaf); ``max_depth`` < 0: grown until pure.
+
+@numba.njit(nogil=True, cache=True)
+def _sample(weight, bootstrap):  # pragma: no cover
+    """A tree's voxel weights and the voxels that weigh anything: ``(w, rows)``.
+
+    With ``bootstrap``, n draws with probabilities in proportion to ``weight``, a voxel
+    weighing the times it was drawn (scikit-learn >= 1.8; drawing uniformly and
+    multiplying the counts by the weights was 0.015-0.025 mean IoU worse on
+    superalloy-2d); else every voxel with its weight.
     """
-    n, p = X.shape
-    # numba's generator of this thread (compiled code takes no numpy Generator from a
-    # string signature), seeded per tree: a tree is the same on whichever thread grows it
-    np.random.seed(seed)  # noqa: NPY002
+    n = weight.shape[0]
     if bootstrap:
-        # n draws with probabilities in proportion to ``weight``; a voxel weighs the times
-        # it was drawn (scikit-learn >= 1.8; drawing uniformly and multiplying the counts
-        # by the weights was 0.015-0.025 mean IoU worse on superalloy-2d)
         w = np.zeros(n)
         cumulative = np.cumsum(weight)
         for _ in range(n):
@@ -89,16 +96,68 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
             w[min(np.searchsorted(cumulative, u), n - 1)] += 1
     else:
         w = weight.copy()
-    m_all = 0
-    for i in range(n):
-        if w[i] > 0.0:
-            m_all += 1
-    idx = np.empty(m_all, np.int64)
-    j = 0
-    for i in range(n):
-        if w[i] > 0.0:
-            idx[j] = i
-            j += 1
+    return w, np.flatnonzero(w > 0.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def _best_split(X, y, w, rows, sums, total, max_features, perm, vals, sums_l):  # pragma: no cover
+    """The best split of a node's ``rows``: ``(feature, threshold)``, feature -1 for none.
+
+    ``sums`` and ``total`` are the node's weighted class sums and weight; ``perm``,
+    ``vals`` and ``sums_l`` are scratch arrays the grower reuses from node to node.
+    """
+    m, p = rows.shape[0], X.shape[1]
+    best_proxy, best_f, best_t = -np.inf, -1, 0.0
+    # draw max_features features, constant ones included, and more until one varies
+    # (scikit-learn's rule: in small nodes most draws are constant, and the tree
+    # stays random there)
+    remaining, drawn, varying = p, 0, 0
+    while remaining > 0 and (drawn < max_features or varying == 0):
+        r = np.random.randint(0, remaining)  # noqa: NPY002
+        remaining -= 1
+        drawn += 1
+        perm[r], perm[remaining] = perm[remaining], perm[r]
+        f = perm[remaining]
+        for i in range(m):
+            vals[i] = X[np.uint64(rows[i]), np.uint64(f)]
+        order = np.argsort(vals[:m])
+        if np.float64(vals[order[m - 1]]) <= np.float64(vals[order[0]]) + _SAME:
+            continue
+        varying += 1
+        sums_l[:] = 0.0
+        w_l = 0.0
+        for i in range(m - 1):
+            s = np.uint64(rows[np.uint64(order[i])])
+            sums_l[y[s]] += w[s]
+            w_l += w[s]
+            a, b = np.float64(vals[order[i]]), np.float64(vals[order[i + 1]])
+            if b <= a + _SAME:
+                continue
+            # scikit-learn's proxy, formula for formula: two pure children give
+            # exactly 0, so ties go to the feature drawn first, not to rounding
+            w_r = total - w_l
+            proxy = -w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
+            if proxy > best_proxy:
+                best_proxy, best_f = proxy, f
+                best_t = a / 2.0 + b / 2.0
+                if best_t == b or best_t == np.inf or best_t == -np.inf:
+                    best_t = a
+    return best_f, best_t
+
+
+@numba.njit(nogil=True, cache=True)
+def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # pragma: no cover
+    """Grow one CART tree (Gini, best split among ``max_features`` random features).
+
+    Returns ``(feature, threshold, left, right, value, importances, depth)`` for the tree's
+    nodes (``left`` -1 at a leaf); ``max_depth`` < 0: grown until pure.
+    """
+    p = X.shape[1]
+    # numba's generator of this thread (compiled code takes no numpy Generator from a
+    # string signature), seeded per tree: a tree is the same on whichever thread grows it
+    np.random.seed(seed)  # noqa: NPY002
+    w, idx = _sample(weight, bootstrap)
+    m_all = idx.shape[0]
     cap = 2 * m_all - 1
     if 0 <= max_depth < 40:
         cap = min(cap, 2 ** (max_depth + 1) - 1)
@@ -127,52 +186,16 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
             else:
                 right[parent] = node
         deepest = max(deepest, depth)
-        sums[:] = 0.0
-        total = 0.0
-        for i in range(start, end):
-            sums[y[idx[i]]] += w[idx[i]]
-            total += w[idx[i]]
+        total = _class_sums(y, w, idx[start:end], sums)
         gini = _gini(sums, total)
         for c in range(n_classes):
             value[node, c] = sums[c] / total
         m = end - start
         if (0 <= max_depth <= depth) or m < 2 or gini <= _EPS:
             continue
-        best_proxy, best_f, best_t = -np.inf, -1, 0.0
-        # draw max_features features, constant ones included, and more until one varies
-        # (scikit-learn's rule: in small nodes most draws are constant, and the tree
-        # stays random there)
-        remaining, drawn, varying = p, 0, 0
-        while remaining > 0 and (drawn < max_features or varying == 0):
-            r = np.random.randint(0, remaining)  # noqa: NPY002
-            remaining -= 1
-            drawn += 1
-            perm[r], perm[remaining] = perm[remaining], perm[r]
-            f = perm[remaining]
-            for i in range(m):
-                vals[i] = X[np.uint64(idx[start + i]), np.uint64(f)]
-            order = np.argsort(vals[:m])
-            if np.float64(vals[order[m - 1]]) <= np.float64(vals[order[0]]) + _SAME:
-                continue
-            varying += 1
-            sums_l[:] = 0.0
-            w_l = 0.0
-            for i in range(m - 1):
-                s = np.uint64(idx[np.uint64(start + order[i])])
-                sums_l[y[s]] += w[s]
-                w_l += w[s]
-                a, b = np.float64(vals[order[i]]), np.float64(vals[order[i + 1]])
-                if b <= a + _SAME:
-                    continue
-                # scikit-learn's proxy, formula for formula: two pure children give
-                # exactly 0, so ties go to the feature drawn first, not to rounding
-                w_r = total - w_l
-                proxy = -w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
-                if proxy > best_proxy:
-                    best_proxy, best_f = proxy, f
-                    best_t = a / 2.0 + b / 2.0
-                    if best_t == b or best_t == np.inf or best_t == -np.inf:
-                        best_t = a
+        best_f, best_t = _best_split(
+            X, y, w, idx[start:end], sums, total, max_features, perm, vals, sums_l
+        )
         if best_f < 0:
             continue
         # partition the node's samples: feature <= threshold first
@@ -185,11 +208,7 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
                 hi -= 1
         feature[node] = best_f
         threshold[node] = best_t
-        sums_l[:] = 0.0
-        w_l = 0.0
-        for i in range(start, lo):
-            sums_l[y[idx[i]]] += w[idx[i]]
-            w_l += w[idx[i]]
+        w_l = _class_sums(y, w, idx[start:lo], sums_l)
         w_r = total - w_l
         importances[best_f] += (
             total * gini - w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
