@@ -104,6 +104,11 @@ def block_features(
     base = 0
     for channel in range(n_channels):
         image = be.xp.asarray(haloed[channel], dtype=np.float32)
+        if be.name == "numpy" and not image.flags.writeable:
+            # a float32 .npy block is a read-only view of its memory map: copied once here,
+            # not by each compiled pass that takes it (they are compiled for writeable
+            # arrays)
+            image = image.copy()
         if channel >= n_channels - bank.extra_channels:
             out[base] = image[inner]
             base += 1
