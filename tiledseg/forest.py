@@ -173,7 +173,7 @@ class PackedForest:
         n_classes = int(y.max()) + 1
         features = max(1, int(np.sqrt(p))) if max_features is None else min(p, max_features)
         seeds = np.random.SeedSequence(seed).generate_state(trees, dtype=np.uint32)
-        kernel = _grower()
+        kernel = _compiled("grow")
 
         def one(t: int) -> tuple:
             limit = -1 if depth is None else depth
@@ -224,7 +224,7 @@ class PackedForest:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"the forest expects (n, {self.n_features}) features, got {X.shape}")
         out = np.empty((X.shape[0], self.n_classes), dtype=np.float64)
-        kernel = _kernel()
+        kernel = _compiled("walk")
         args = self._walked
         n_parts = max(1, min(n_threads, X.shape[0] // _CHUNK))
         if n_parts == 1:
@@ -326,30 +326,22 @@ class PackedForest:
             raise ModelFileError("the forest payload of the model is inconsistent; retrain it")
 
 
-_KERNEL_LOCK = threading.Lock()
+#: Each kernel's one signature: compiled for it alone, once.
+_SIGNATURES = {
+    "walk": "(f4[:, ::1], i4[::1], f4[::1], i4[::1], f8[:, ::1], i4[::1], i4[::1], f8[:, ::1], i8)",
+    "grow": "(f4[:, ::1], i8[::1], f8[::1], i8, i8, i8, b1, i8)",
+}
+_COMPILE_LOCK = threading.Lock()
 
 
 @cache
-def _kernel() -> Callable[..., None]:
-    """The compiled walk (numba imported and the kernel compiled or loaded on first use, by
-    one thread: blocks predicting at once must not write numba's cache together)."""
-    with _KERNEL_LOCK:
-        from tiledseg._forest_kernel import walk
+def _compiled(name: str) -> Callable[..., Any]:
+    """A kernel of :mod:`tiledseg._forest_kernel` (numba imported and the kernel compiled or
+    loaded on first use, by one thread: blocks at once must not write numba's cache
+    together)."""
+    with _COMPILE_LOCK:
+        from tiledseg import _forest_kernel
 
-        walk.compile(
-            "(f4[:, ::1], i4[::1], f4[::1], i4[::1], f8[:, ::1], i4[::1], i4[::1], f8[:, ::1], i8)"
-        )
-        return walk
-
-
-_GROWER_LOCK = threading.Lock()
-
-
-@cache
-def _grower() -> Callable[..., tuple]:
-    """The compiled tree grower, compiled or loaded once (as :func:`_kernel`)."""
-    with _GROWER_LOCK:
-        from tiledseg._forest_kernel import grow
-
-        grow.compile("(f4[:, ::1], i8[::1], f8[::1], i8, i8, i8, b1, i8)")
-        return grow
+        kernel = getattr(_forest_kernel, name)
+        kernel.compile(_SIGNATURES[name])
+        return kernel

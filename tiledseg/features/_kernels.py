@@ -273,7 +273,7 @@ def _kernels() -> SimpleNamespace:
     """Every kernel, compiled or loaded from numba's cache once, by one thread.
 
     Blocks computed at once on threads must not compile together (they would write
-    numba's cache together; ``tiledseg.forest._kernel`` compiles under a lock too). Compiling
+    numba's cache together; ``tiledseg.forest._compiled`` compiles under a lock too). Compiling
     is then switched off, so a call with other types raises instead of compiling outside
     the lock (callers hand over float32, C-contiguous, writeable arrays).
     """
