@@ -244,7 +244,6 @@ def test_a_failed_block_is_redone_and_the_run_equals_an_uninterrupted_one(
 
 
 def test_smoothing_takes_the_last_stage_probabilities(tmp_path, phantoms, staged):
-    pytest.importorskip("gco")
     image, model = phantoms[2].image, staged[2]
     result = ts.predict(image, model, out=tmp_path / "s.zarr", smooth="graphcut", block=(35, 42))
     assert result.voxels == image.size

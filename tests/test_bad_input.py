@@ -263,18 +263,6 @@ def test_smooth_weight_without_smoothing(work, capsys):
     refused(capsys, [*PREDICT, "--smooth-iterations", "2"], "need --smooth graphcut")
 
 
-def test_smoothing_without_the_extra(work, capsys, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    # the solver package as if it were not installed (the lookup tiledseg makes)
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "gco" else real(name, *a)
-    )
-    line = refused(capsys, SMOOTH, "needs the optional solver gco-wrapper")
-    assert "pip install 'tiledseg[graphcut]'" in line
-
-
 def test_smoothing_with_a_model_without_probabilities(work, capsys, phantom):
     from sklearn.svm import LinearSVC
 

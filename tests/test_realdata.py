@@ -20,6 +20,7 @@ from tiledseg.classifiers import ForestClassifier
 
 pytestmark = pytest.mark.realdata
 
+
 #: The features of ilastik's PixelClass3D.ilp project, in ilastik's own names.
 def ilastik_forest(seed: int) -> ForestClassifier:
     """ilastik's forest: 100 trees grown until pure (tiledseg's default is smaller)."""

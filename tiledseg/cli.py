@@ -311,7 +311,7 @@ def _print_training(model, model_path) -> None:
     "--smooth",
     type=click.Choice(["none", "graphcut"]),
     default="none",
-    help="Smooth the labels with a seamless blockwise graph cut (extra 'graphcut').",
+    help="Smooth the labels with a seamless blockwise graph cut.",
 )
 @click.option(
     "--smooth-weight",

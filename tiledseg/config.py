@@ -67,7 +67,7 @@ class SegmentConfig(BaseModel):
     uncertainty: bool = False
     roi: str | None = None
     smooth: Literal["none", "graphcut"] | None = Field(
-        None, description="graph-cut smoothing of the labels (extra 'graphcut')"
+        None, description="graph-cut smoothing of the labels"
     )
     smooth_weight: float | None = Field(None, description="graph-cut Potts weight (default 2)")
     smooth_neighbours: int | None = Field(None, description="4 or 8 (2D), 6 or 26 (3D)")

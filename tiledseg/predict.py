@@ -171,7 +171,7 @@ def _predict_task(args: tuple) -> int | BlockFailure:
 def _block_costs(args: tuple) -> np.ndarray:
     from tiledseg.smoothing.energy import unary_costs
 
-    # the graph cut runs on the CPU (gco): the probabilities come back
+    # the graph cut runs on the CPU: the probabilities come back
     proba = to_host(_probabilities_written(args))
     return unary_costs(proba).reshape(*args[1].shape, proba.shape[1])
 
@@ -223,7 +223,7 @@ def smooth_settings(
         return None
     if smooth != "graphcut":
         raise TiledsegError(f"--smooth {smooth!r} is unknown; use graphcut (or none)")
-    from tiledseg.smoothing import energy, gco
+    from tiledseg.smoothing import energy
     from tiledseg.smoothing.tiled import SmoothSettings
 
     settings = SmoothSettings(
@@ -234,7 +234,6 @@ def smooth_settings(
     )
     if model is not None:
         _require_probabilities(model, "--smooth graphcut")
-    gco.check_available()
     return settings
 
 

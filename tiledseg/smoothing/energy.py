@@ -30,7 +30,6 @@ import numpy as np
 
 from tiledseg.errors import TiledsegError
 from tiledseg.features.bank import TRUNCATE, kernel_radius
-from tiledseg.smoothing import gco
 
 __all__ = [
     "MAX_WEIGHT",
@@ -264,6 +263,9 @@ def solve(
 ) -> np.ndarray:
     """Smooth the labels of one window; return class indices ``(*shape)`` as uint8.
 
+    Alpha-expansion from the first label everywhere, by
+    :mod:`tiledseg.smoothing._grid_cut`'s solver on the window padded by one voxel.
+
     Parameters
     ----------
     unary : ndarray, shape (*shape, k)
@@ -283,49 +285,55 @@ def solve(
     iterations : int
         Expansion cycles; -1 runs to convergence.
     """
+    from tiledseg.smoothing import _grid_cut
+
     shape = unary.shape[:-1]
-    if fixed is None:
-        free = np.ones(shape, dtype=bool)
-    else:
-        free = fixed < 0
-    # int32 throughout (the solver's type; every sum stays below 2.7e7, see SCALE):
-    # the arrays here are a fifth of a window's memory, the solver's graph the rest
-    site = np.full(shape, -1, dtype=np.intc)
-    site[free] = np.arange(int(free.sum()), dtype=np.intc)
-    costs = unary[free].astype(np.intc)
-    firsts, seconds, weight_parts = [], [], []
-    for offset in neighbour_offsets(len(shape), neighbours):
+    k = unary.shape[-1]
+    free = np.ones(shape, dtype=bool) if fixed is None else fixed < 0
+    padded = tuple(n + 2 for n in shape)
+    inner = (slice(1, -1),) * len(shape)
+
+    def moved(region):  # a region of the window, in the padded grid
+        return tuple(slice(s.start + 1, s.stop + 1) for s in region)
+
+    # int32 throughout: the solver's type (every sum stays below 2.7e7, see SCALE)
+    costs = np.zeros((*padded, k), dtype=np.int32)
+    costs[inner] = unary
+    offsets = neighbour_offsets(len(shape), neighbours)
+    weights = np.zeros((len(offsets), *padded), dtype=np.int32)
+    for m, offset in enumerate(offsets):
         a, b = _pair_slices(shape, offset)
         w = _pair_weights(
             image, offset, beta=beta, weight=weight, spacing=spacing, neighbours=neighbours
         )
-        sa, sb = site[a], site[b]
-        both = (sa >= 0) & (sb >= 0)
-        firsts.append(sa[both])
-        seconds.append(sb[both])
-        weight_parts.append(w[both])
-        if fixed is not None:
-            # an edge to a fixed voxel becomes a unary term of its free end
-            for free_side, fixed_side, fixed_slices in ((sa, sb, b), (sb, sa, a)):
-                edge = (free_side >= 0) & (fixed_side < 0)
-                if not edge.any():
-                    continue
-                ids = free_side[edge]
-                we = w[edge]
-                held = fixed[fixed_slices][edge]
-                np.add.at(costs, ids, we[:, None])
-                np.add.at(costs, (ids, held), -we)
-    # class indices fit uint8: training refuses more than 100 classes
-    labels = np.zeros(shape, dtype=np.uint8)
+        weights[m][moved(a)] = np.where(free[a] & free[b], w, 0)
+        if fixed is None:
+            continue
+        # an edge to a fixed voxel becomes a unary term of its free end
+        for near, far in ((a, b), (b, a)):
+            edge = free[near] & ~free[far]
+            if not edge.any():
+                continue
+            paid = np.where(edge, w, 0)
+            held = fixed[far]
+            target = costs[moved(near)]
+            for label in range(k):
+                target[..., label] += np.where(held == label, 0, paid)
+    # every free voxel starts at the first label, as gco did: measured against starting
+    # from the arg-max, tiled runs then agree better with the whole-volume solve
+    # (docs/smoothing.md), at the same cost
+    labels = np.zeros(padded, dtype=np.int32)
     if fixed is not None:
-        labels[~free] = fixed[~free]
-    if costs.shape[0]:
-        first, second, weights = (
-            np.concatenate(firsts),
-            np.concatenate(seconds),
-            np.concatenate(weight_parts),
-        )
-        del firsts, seconds, weight_parts
-        solved = gco.expansion(costs, first, second, weights, iterations=iterations)
-        labels[free] = solved
-    return labels
+        # held voxels keep their label: no cost, no edge, so no move changes them
+        costs[inner][~free] = 0
+        labels[inner][~free] = fixed[~free]
+    solved = _grid_cut.expansion(
+        costs.reshape(-1, k),
+        weights.reshape(len(offsets), -1),
+        padded,
+        offsets,
+        labels.reshape(-1),
+        iterations=iterations,
+    )
+    # class indices fit uint8: training refuses more than 100 classes
+    return solved.reshape(padded)[inner].astype(np.uint8)
