@@ -13,9 +13,10 @@ per voxel over a gathered line; the input is read and converted once for all the
 and only the cropped outputs are computed.
 
 :func:`symmetric_eigenvalues_into` is :func:`tiledseg.features.filters._closed_form`'s
-arithmetic fused per voxel, with numpy's own ``power``, ``arccos``, ``cos`` and
-``hypot`` calls kept on slabs (numpy may use vectorised versions of these whose last bit
-differs from the C library's that compiled code calls).
+arithmetic fused per voxel, with numpy's own ``power``, ``arccos`` and ``cos`` calls kept
+on slabs (numpy may use vectorised versions of these whose last bit differs from the C
+library's that compiled code calls); the 2x2 case needs only a square root, correctly
+rounded everywhere, and runs in one kernel.
 
 This module imports numba: :mod:`tiledseg.features.filters` imports it on first use
 only, and :func:`_kernels` compiles (or loads from numba's cache) the kernels once, under
@@ -234,20 +235,16 @@ def _eigen3_finish(q, p, cos_phi, cos_other, largest, middle, smallest):  # prag
 
 
 @numba.njit(nogil=True, cache=True)
-def _eigen2_prepare(a, b, c, half_gap, off):  # pragma: no cover
-    """``(a - c) * 0.5`` and ``b`` in float64."""
-    for s in range(half_gap.shape[0]):
-        half_gap[s] = (np.float64(a[s]) - np.float64(c[s])) * 0.5
-        off[s] = np.float64(b[s])
-
-
-@numba.njit(nogil=True, cache=True)
-def _eigen2_finish(a, c, radius, larger, smaller):  # pragma: no cover
-    """``mean +- radius`` cast to float32."""
-    for s in range(radius.shape[0]):
+def _eigen2(a, b, c, larger, smaller):  # pragma: no cover
+    """``mean +- sqrt(half_gap**2 + b**2)`` in float64, cast to float32 (a square root is
+    correctly rounded everywhere, so this is the numpy form's value to the bit)."""
+    for s in range(larger.shape[0]):
+        half_gap = (np.float64(a[s]) - np.float64(c[s])) * 0.5
+        off = np.float64(b[s])
+        radius = math.sqrt(half_gap * half_gap + off * off)
         mean = (np.float64(a[s]) + np.float64(c[s])) * 0.5
-        larger[s] = np.float32(mean + radius[s])
-        smaller[s] = np.float32(mean - radius[s])
+        larger[s] = np.float32(mean + radius)
+        smaller[s] = np.float32(mean - radius)
 
 
 _F4 = "f4[::1]"
@@ -261,8 +258,7 @@ _SIGNATURES = {
     _eigen3_half_det: f"({_F8}, {_F8})",
     _eigen3_angles: f"({_F8}, {_F8})",
     _eigen3_finish: f"({', '.join([_F8] * 4 + [_F4] * 3)})",
-    _eigen2_prepare: f"({', '.join([_F4] * 3 + [_F8] * 2)})",
-    _eigen2_finish: f"({_F4}, {_F4}, {_F8}, {_F4}, {_F4})",
+    _eigen2: f"({', '.join([_F4] * 5)})",
 }
 
 _COMPILE_LOCK = threading.Lock()
@@ -306,7 +302,7 @@ def symmetric_eigenvalues_into(elements: list[np.ndarray], out: list[np.ndarray]
     Notes
     -----
     The arithmetic runs in the kernels, fused per voxel, in the numpy form's order; the
-    power, ``arccos``, ``cos`` and ``hypot`` stay numpy's own calls on float64 slabs,
+    power, ``arccos`` and ``cos`` stay numpy's own calls on float64 slabs,
     since numpy may use its own vectorised versions of them (SVML on AVX-512) whose last
     bit differs from the C library's that compiled code calls. So the values are the
     numpy form's to the bit, on any machine, and its ~30 full-size float64
@@ -341,10 +337,7 @@ def symmetric_eigenvalues_into(elements: list[np.ndarray], out: list[np.ndarray]
                 np.cos(t, out=t)
                 k.eigen3_finish(q, p, u, t, *targets)
             else:
-                a, b, c = views
-                k.eigen2_prepare(a, b, c, q, p)
-                np.hypot(q, p, out=q)
-                k.eigen2_finish(a, c, q, *targets)
+                k.eigen2(*views, *targets)
 
 
 @lru_cache(maxsize=256)
