@@ -458,11 +458,16 @@ def segment(config_path, overwrite, quiet) -> None:
         contrast_sigma=config.smooth_contrast_sigma,
         ndim=volume.ndim,
     )
+    from tiledseg import kept_features
     from tiledseg.cluster import one_cluster
 
-    with one_cluster(
-        config.workers, scheduler=config.scheduler, cluster=config.cluster, quiet=quiet
-    ) as (_, scheduler):
+    with (
+        one_cluster(
+            config.workers, scheduler=config.scheduler, cluster=config.cluster, quiet=quiet
+        ) as (_, scheduler),
+        # the features training computes of blocks full of scribbles, for the prediction
+        kept_features.using(config.out),
+    ):
         if model is not None:
             click.echo(
                 f"model {config.model} is the model of the unfinished output {config.out}: "

@@ -9,13 +9,14 @@ LocalCluster by 17-20% on 2 cores (../shared/reference/performance-notes.md).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 from tiledseg.errors import TiledsegError
@@ -71,10 +72,11 @@ class Executor:
     def map(
         self,
         func: Callable,
-        items: Sequence[Any],
+        items: Iterable[Any],
         *,
         desc: str,
         on_error: Callable[[int, BaseException], Any] | None = None,
+        total: int | None = None,
     ) -> list[Any]:
         """Run ``func(item)`` for every item and return the results in order.
 
@@ -87,13 +89,67 @@ class Executor:
         on the scheduler do not grow with the number of items. On a cluster, an element
         of a tuple item that is the same object in every item (the volume, the model) is
         sent to the workers once, as its own task, rather than pickled again with every
-        item.
+        item. ``items`` may be an iterator (``total``: its length, for the progress bar);
+        :meth:`imap` also leaves the results to the caller, one at a time.
         """
-        if not items:
-            return []
-        if self.client is None:
-            return self._map_threads(func, items, desc=desc)
-        return self._map_distributed(func, items, desc=desc, on_error=on_error)
+        results: list[Any] = []
+        stand_in = None if on_error is None else (lambda i, item, exc: on_error(i, exc))
+        with contextlib.closing(
+            self.imap(func, items, desc=desc, on_error=stand_in, total=total)
+        ) as each:
+            for i, value in each:
+                results.extend([None] * (i + 1 - len(results)))
+                results[i] = value
+        return results
+
+    def imap(
+        self,
+        func: Callable,
+        items: Iterable[Any],
+        *,
+        desc: str,
+        on_error: Callable[[int, Any, BaseException], Any] | None = None,
+        total: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Run ``func(item)`` for every item; yield ``(i, result)`` as items finish.
+
+        As :meth:`map`, but the results come in the order they finish, and ``items`` is
+        drawn from only as earlier items finish: a wave at a time, at most
+        :meth:`in_flight` items (on threads, four per thread) ahead of the results
+        yielded, so that neither the items nor the results need to be in memory together.
+
+        Parameters
+        ----------
+        func : callable
+            Run on each item.
+        items : iterable
+            The items; an iterator is consumed lazily.
+        desc : str
+            Progress bar label.
+        on_error : callable, optional
+            ``on_error(i, item, exc)`` stands in for the result of item ``i`` (given as
+            well: a caller that streams its items does not keep them) whose task a
+            cluster lost; without it the error is raised.
+        total : int, optional
+            Number of items, for the progress bar (default ``len(items)`` where it has one).
+
+        Yields
+        ------
+        (int, object)
+            An item's position in ``items`` and its result.
+        """
+        if total is None and isinstance(items, Sized):
+            total = len(items)
+        numbered = enumerate(items)
+        first = next(numbered, None)
+        if first is None:
+            return  # no progress bar for nothing, as before
+        numbered = itertools.chain([first], numbered)
+        with self.progress(total, desc) as bar:
+            if self.client is None:
+                yield from self._imap_threads(func, numbered, bar)
+            else:
+                yield from self._imap_distributed(func, numbered, bar, on_error)
 
     def in_flight(self) -> int:
         """Items submitted at once by :meth:`map` on a cluster: a few per task thread, at
@@ -106,8 +162,10 @@ class Executor:
         """
         return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * self.n_workers)
 
-    def _map_threads(self, func: Callable, items: Sequence[Any], *, desc: str) -> list[Any]:
-        """:meth:`map` on this process's threads: a plain thread pool, since a dask graph
+    def _imap_threads(
+        self, func: Callable, numbered: Iterator[tuple[int, Any]], bar: Any
+    ) -> Iterator[tuple[int, Any]]:
+        """:meth:`imap` on this process's threads: a plain thread pool, since a dask graph
         of independent tasks adds only its overhead (and dask's scheduler lookup imports
         ``distributed``, 0.2 s of a small run). Items are submitted as earlier ones finish,
         so a million blocks do not make a million pending futures."""
@@ -118,102 +176,103 @@ class Executor:
 
         bound = max(2, IN_FLIGHT_PER_THREAD * self.n_workers)
         finished: queue.SimpleQueue = queue.SimpleQueue()
-        results: list[Any] = [None] * len(items)
-        with self.progress(len(items), desc) as bar, threadpool_limits(limits=1):
+        with threadpool_limits(limits=1):
             pool = ThreadPoolExecutor(max_workers=self.n_workers)
             try:
-                submitted = running = 0
-                while submitted < len(items) or running:
-                    while submitted < len(items) and running < bound:
-                        future = pool.submit(func, items[submitted])
-                        # the index rides with the future: completion order is not item order
-                        future.add_done_callback(lambda f, i=submitted: finished.put((i, f)))
-                        submitted += 1
-                        running += 1
-                    i, future = finished.get()
-                    running -= 1
-                    results[i] = future.result()  # func's error is raised here, the first seen
-                    bar.update(1)
-                return results
+                running = 0
+                for i, item in numbered:
+                    future = pool.submit(func, item)
+                    # the index rides with the future: completion order is not item order
+                    future.add_done_callback(lambda f, i=i: finished.put((i, f)))
+                    running += 1
+                    if running >= bound:  # draw the next item once one has finished
+                        yield self._finished_thread(finished, bar)
+                        running -= 1
+                for _ in range(running):
+                    yield self._finished_thread(finished, bar)
             finally:
                 # on an error the blocks not yet started are dropped, as dask would
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _map_distributed(
+    @staticmethod
+    def _finished_thread(finished: Any, bar: Any) -> tuple[int, Any]:
+        """The next item a thread finished, and its result (or its error, raised)."""
+        i, future = finished.get()
+        value = future.result()  # func's error is raised here, the first seen
+        bar.update(1)
+        return i, value
+
+    def _imap_distributed(
         self,
         func: Callable,
-        items: Sequence[Any],
-        *,
-        desc: str,
-        on_error: Callable[[int, BaseException], Any] | None,
-    ) -> list[Any]:
-        """:meth:`map` on the cluster, in bounded waves of ``client.map`` submissions."""
+        numbered: Iterator[tuple[int, Any]],
+        bar: Any,
+        on_error: Callable[[int, Any, BaseException], Any] | None,
+    ) -> Iterator[tuple[int, Any]]:
+        """:meth:`imap` on the cluster, in bounded waves of ``client.map`` submissions."""
         from distributed import as_completed
 
         client = self.client
         bound = self.in_flight()
-        put = _share(client, items)
-        results: list[Any] = [None] * len(items)
-        pending: dict[Any, int] = {}  # future -> item index
+        wave = list(itertools.islice(numbered, bound))
+        put = _share(client, [item for _, item in wave])
+        # future -> (index, item): the item only for on_error, and only while in flight
+        pending: dict[Any, tuple[int, Any]] = {}
         # not the default client's loop (there is none: see wait_futures): ours
         finished = as_completed(loop=client.loop)
-        submitted = 0
 
-        def submit(count: int) -> None:
-            nonlocal submitted
-            stop = min(len(items), submitted + count)
+        def submit(wave: list[tuple[int, Any]]) -> None:
             # one client.map per wave: one message to the scheduler for many items
-            wave = client.map(func, [put(items[i]) for i in range(submitted, stop)], pure=False)
-            pending.update(zip(wave, range(submitted, stop), strict=True))
-            finished.update(wave)
-            submitted = stop
+            futures = client.map(func, [put(item) for _, item in wave], pure=False)
+            pending.update(zip(futures, wave, strict=True))
+            finished.update(futures)
 
-        with self.progress(len(items), desc) as bar:
-            try:
-                submit(bound)
-                done: list[Any] = []
-                while pending:
-                    batch = finished.next_batch(block=True)
-                    bar.update(len(batch))
-                    done += batch
-                    # once half the items in flight are done, fetch their results together
-                    # and submit as many again: few round trips, each for many items
-                    if len(pending) - len(done) <= bound // 2:
-                        self._collect(done, pending, results, on_error)
-                        done = []
-                        if submitted < len(items):
-                            submit(bound - len(pending))
-            finally:
-                if pending:  # an error is raised: the items not yet done are dropped
-                    client.cancel(list(pending))
-                put.release()
-        return results
+        try:
+            submit(wave)
+            del wave  # its items are held by pending while in flight, and no longer
+            done: list[Any] = []
+            while pending:
+                batch = finished.next_batch(block=True)
+                bar.update(len(batch))
+                done += batch
+                # once half the items in flight are done, fetch their results together
+                # and submit as many again: few round trips, each for many items
+                if len(pending) - len(done) <= bound // 2:
+                    yield from self._collect(done, pending, on_error)
+                    done = []
+                    more = list(itertools.islice(numbered, bound - len(pending)))
+                    if more:
+                        submit(more)
+        finally:
+            if pending:  # an error is raised: the items not yet done are dropped
+                client.cancel(list(pending))
+            put.release()
 
     def _collect(
         self,
         batch: Sequence[Any],
-        pending: dict[Any, int],
-        results: list[Any],
-        on_error: Callable[[int, BaseException], Any] | None,
-    ) -> None:
-        """Move a batch of done futures' results into ``results``, releasing the futures."""
+        pending: dict[Any, tuple[int, Any]],
+        on_error: Callable[[int, Any, BaseException], Any] | None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(i, result)`` of a batch of done futures, releasing the futures."""
         import asyncio
 
         # one look at the statuses: a future may change state while results are fetched
         ok = [f for f in batch if f.status == "finished"]
         # one gather for the many (a result lost meanwhile is recomputed); the rest one by one
         for future, value in zip(ok, self.client.gather(ok), strict=True):
-            results[pending.pop(future)] = value
+            yield pending.pop(future)[0], value
         for future in batch:
             if future not in pending:
                 continue
-            i = pending.pop(future)
+            i, item = pending.pop(future)
             try:
-                results[i] = future.result()
+                value = future.result()
             except (Exception, asyncio.CancelledError) as exc:  # its error, or its workers' loss
                 if on_error is None:
                     raise
-                results[i] = on_error(i, exc)
+                value = on_error(i, item, exc)
+            yield i, value
 
     def compute(
         self,
@@ -343,22 +402,31 @@ class Executor:
 IN_FLIGHT_PER_THREAD = 4
 #: ... and at least this many.
 MIN_IN_FLIGHT = 512
+#: Message batches each of distributed's connections keeps for debugging during a run
+#: (see :func:`_quiet_distributed`).
+MESSAGE_LOG_LENGTH = 10
 
 
 class _Shared:
     """Puts an item's shared elements (see :func:`_share`) as futures in its place."""
 
-    def __init__(self, positions: dict[int, Any]):
+    def __init__(self, positions: dict[int, Any], originals: dict[int, Any] | None = None):
         self.positions = positions
+        #: position -> the object its future stands for: an item holding another object
+        #: there keeps its own
+        self.originals = originals or {}
 
     def __call__(self, item: Any) -> Any:
-        if not self.positions:
+        if not self.positions or type(item) is not tuple:
             return item
-        return tuple(self.positions.get(j, value) for j, value in enumerate(item))
+        return tuple(
+            self.positions[j] if j in self.positions and value is self.originals[j] else value
+            for j, value in enumerate(item)
+        )
 
     def release(self) -> None:
         """Let the cluster forget the shared objects (their futures are the only holders)."""
-        self.positions = {}
+        self.positions, self.originals = {}, {}
 
 
 def _shared_object(value: Any) -> Any:
@@ -367,7 +435,8 @@ def _shared_object(value: Any) -> Any:
 
 
 def _share(client: Any, items: Sequence[Any]) -> _Shared:
-    """Send once the elements every tuple item holds (by identity) at the same position.
+    """Send once the elements every tuple item of the first wave, ``items``, holds (by
+    identity) at the same position.
 
     Such an element (the volume, the model) would otherwise be pickled by the
     scheduler and unpickled by a worker with every item's task (measured: with a
@@ -376,7 +445,8 @@ def _share(client: Any, items: Sequence[Any]) -> _Shared:
     It becomes a task of its own whose result the items' tasks depend on: a worker
     fetches it once and keeps it while tasks need it, and a lost copy is
     recomputed from the scheduler's, unlike scattered data. Plain values (numbers,
-    strings) stay in the items.
+    strings) stay in the items. The later items are not known yet (they are drawn
+    as the first finish): one that holds another object there sends its own.
     """
     first = items[0]
     if len(items) < 2 or type(first) is not tuple:
@@ -389,7 +459,10 @@ def _share(client: Any, items: Sequence[Any]) -> _Shared:
         candidates = [j for j in candidates if item[j] is first[j]]
         if not candidates:
             return _Shared({})
-    return _Shared({j: client.submit(_shared_object, first[j], pure=False) for j in candidates})
+    return _Shared(
+        {j: client.submit(_shared_object, first[j], pure=False) for j in candidates},
+        {j: first[j] for j in candidates},
+    )
 
 
 def _cores_here() -> tuple[str, int]:
@@ -527,12 +600,27 @@ def one_cluster(
 
 @contextlib.contextmanager
 def _quiet_distributed() -> Iterator[None]:
-    """distributed's INFO and WARNING lines (worker start, GC) would bury the progress bar."""
+    """distributed's INFO and WARNING lines (worker start, GC) would bury the progress bar,
+    and its debugging logs of recent messages would grow the driver with the blocks.
+
+    Each of distributed's batched connections keeps its last
+    ``distributed.admin.low-level-log-length`` message batches (default 1000), and the
+    client's holds every wave's submitted tasks: with a LocalCluster, whose scheduler runs
+    in this process, that made the driver grow by about 0.9 kB a block up to 10^5 blocks
+    (benchmarks/RESULTS.md, section 15). While tiledseg's run lasts, the connections it
+    opens keep :data:`MESSAGE_LOG_LENGTH` instead, unless the setting was changed from
+    distributed's default (someone debugging wants their own).
+    """
+    import dask
+
     logger = logging.getLogger("distributed")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    key = "distributed.admin.low-level-log-length"
+    short = {key: MESSAGE_LOG_LENGTH} if dask.config.get(key, None) == 1000 else {}
     try:
-        yield
+        with dask.config.set(short):
+            yield
     finally:
         logger.setLevel(level)
 

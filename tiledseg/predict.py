@@ -11,14 +11,15 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tiledseg.blocks import Block, plan_blocks, resolve_block
+from tiledseg import kept_features
+from tiledseg.blocks import Block, BlockPlan, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
 from tiledseg.device import (
     check_device,
@@ -31,6 +32,7 @@ from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import read_block, read_finite
+from tiledseg.kept_features import KeptFeatures
 from tiledseg.model import Model, load_model, versions
 from tiledseg.runs import (
     BlockFailure,
@@ -86,15 +88,29 @@ class PredictionResult:
 
 
 def block_probabilities(
-    volume: Volume, block: Block, model: Model, *, n_threads: int = 1, device: str = "cpu"
+    volume: Volume,
+    block: Block,
+    model: Model,
+    *,
+    n_threads: int = 1,
+    device: str = "cpu",
+    kept: KeptFeatures | None = None,
 ) -> Any:
     """Return the class probabilities ``(n, k)`` of one block's voxels.
 
     ``device="cuda"``: the features are computed on the GPU and handed to the
     classifier there; the probabilities are a cupy array when it predicts there.
     An autocontext model computes every stage on the block (read with every
-    stage's halo: ``block`` is planned with :attr:`Model.halo`).
+    stage's halo: ``block`` is planned with :attr:`Model.halo`). ``kept``: the
+    features ``segment``'s training kept (:mod:`tiledseg.kept_features`), loaded
+    instead of computed where the block's are there.
     """
+    if kept is not None:
+        n_features = model.bank.n_features(ndim=model.ndim, n_channels=model.n_channels)
+        features = kept.load(block, n_features)
+        if features is not None:
+            table = features.reshape(n_features, -1).T
+            return model.predict_proba(table, n_threads=n_threads, device=device)
     data = read_block(volume, block, device)
     return model.block_probabilities(data, inner=block.inner, n_threads=n_threads, device=device)
 
@@ -143,10 +159,10 @@ def _write_extras(out: str, block: Block, proba: Any, want_proba: bool, want_unc
 def _probabilities_written(args: tuple) -> Any:
     """A block task's probabilities, on its worker's device, with the outputs besides the
     labels (probabilities, uncertainty) already written."""
-    volume, block, model, out, want_proba, want_unc, n_threads, device = args
+    volume, block, model, out, want_proba, want_unc, n_threads, device, kept = args
     with out_of_memory_hint(block.shape):
         proba = block_probabilities(
-            volume, block, model, n_threads=n_threads, device=worker_device(device)
+            volume, block, model, n_threads=n_threads, device=worker_device(device), kept=kept
         )
         _write_extras(out, block, proba, want_proba, want_unc)
     return proba
@@ -384,7 +400,8 @@ def predict(
             min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
         )
         region = parse_region(roi, volume.shape)
-        blocks = plan_blocks(volume.shape, blocks_shape, halo, roi=region)
+        # made block by block as their tasks are submitted: nothing here grows with the blocks
+        blocks = BlockPlan(volume.shape, blocks_shape, halo, roi=region)
         inputs = [image] if isinstance(image, str | os.PathLike) else []
         inputs += [v.path for v in volume.extra_volumes if v.path]  # never written over
         identity = {
@@ -447,27 +464,44 @@ def predict(
                 identity=identity,
                 overwrite=overwrite,
             )
-        todo = [b for b in blocks if b.index not in done]
+        skipped = sum(index in blocks for index in done)
         if done and not quiet:
             print(
-                f"resuming {path}: {len(blocks) - len(todo)} of {len(blocks)} blocks already "
-                "done, skipped",
+                f"resuming {path}: {skipped} of {len(blocks)} blocks already done, skipped",
                 file=sys.stderr,
             )
-        n_threads = executor.threads_per_task(len(todo))
+        n_threads = executor.threads_per_task(len(blocks) - skipped)
+
+        kept = _kept_for(model, device)
 
         def task_of(b: Block) -> tuple:
-            return (volume, b, model, str(path), probabilities, uncertainty, n_threads, device)
+            return (
+                volume,
+                b,
+                model,
+                str(path),
+                probabilities,
+                uncertainty,
+                n_threads,
+                device,
+                kept,
+            )
 
         extra = {}
         if smoothing is None:
-            results = executor.map(
-                _predict_task, [task_of(b) for b in todo], desc="predict", on_error=_lost(todo)
-            )
+            # each task is made when its wave is submitted, and only counts are kept of its
+            # result: the driver's memory does not grow with the number of blocks
+            todo = (task_of(b) for b in blocks if b.index not in done)
+            with contextlib.closing(
+                executor.imap(
+                    _predict_task, todo, desc="predict", on_error=_lost, total=len(blocks) - skipped
+                )
+            ) as results:  # closed here, whatever happens: its tasks are cancelled
+                voxels, failures = _tally(results)
         else:
             results, extra["smoothing"] = _predict_smoothed(
                 task_of,
-                blocks,
+                list(blocks),  # the graph cut's plan needs them all, by position
                 done=done,
                 beta=stored.get("smoothing_beta") if resuming else None,
                 out=str(path),
@@ -476,22 +510,39 @@ def predict(
                 settings=smoothing,
                 executor=executor,
             )
-    failures = [r for r in results if isinstance(r, BlockFailure)]
-    raise_failures(path, failures, total=len(blocks), skipped=len(blocks) - len(todo))
-    voxels = sum(results)
+            voxels, failures = _tally(enumerate(results))
+    raise_failures(path, failures, total=len(blocks), skipped=skipped)
     seconds = time.perf_counter() - started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
-    skipped = len(blocks) - len(todo)
     return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds, skipped)
 
 
-def _lost(blocks: Sequence[Block]) -> Any:
-    """``on_error`` of :meth:`Executor.map`: a block whose task the cluster lost."""
+def _tally(results: Iterable[tuple[int, int | BlockFailure]]) -> tuple[int, list[BlockFailure]]:
+    """The voxels the blocks wrote and the blocks that failed (in block order), from their
+    ``(position, result)`` in any order: only the failures are kept, not every result."""
+    voxels, failed = 0, []
+    for i, result in results:
+        if isinstance(result, BlockFailure):
+            failed.append((i, result))
+        else:
+            voxels += result
+    return voxels, [failure for _, failure in sorted(failed, key=lambda pair: pair[0])]
 
-    def failure(i: int, exc: BaseException) -> BlockFailure:
-        return BlockFailure(blocks[i].name, blocks[i].index, f"{type(exc).__name__}: {exc}")
 
-    return failure
+def _lost(i: int, task: tuple, exc: BaseException) -> BlockFailure:
+    """``on_error`` of :meth:`Executor.imap`: a block whose task the cluster lost."""
+    block = task[1]
+    return BlockFailure(block.name, block.index, f"{type(exc).__name__}: {exc}")
+
+
+def _kept_for(model: Model, device: str) -> KeptFeatures | None:
+    """The features ``segment``'s training kept, when this prediction can use them as
+    they are: the same bank, one stage, features on the CPU."""
+    scratch = kept_features.active()
+    kept = scratch.kept if scratch is not None else None
+    if kept is None or device != "cpu" or not kept.serves(model):
+        return None
+    return kept
 
 
 def _require_probabilities(model: Model, option: str) -> None:
@@ -570,19 +621,29 @@ def check_finite(
     volume = open_volume(image)
     if volume.dtype.kind != "f" or volume.checked_finite:
         return
-    blocks = plan_blocks(
+    blocks = BlockPlan(
         volume.shape,
         resolve_block(None, shape=volume.shape, halo=(0,) * volume.ndim),
         (0,) * volume.ndim,
         roi=roi,
     )
-    tasks = [(volume, b) for b in blocks]
-    if executor is None:
-        with open_executor(workers, quiet=True) as own:
-            readable = own.map(_check_finite, tasks, desc="checking image")
-    else:
-        readable = executor.map(_check_finite, tasks, desc="checking image")
-    volume.checked_finite = roi is None and all(readable)
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(open_executor(workers, quiet=True))
+        readable = stack.enter_context(
+            contextlib.closing(
+                executor.imap(
+                    _check_finite,
+                    ((volume, b) for b in blocks),
+                    desc="checking image",
+                    total=len(blocks),
+                )
+            )
+        )
+        # every block is read (not all(), which would stop at the first unreadable one): a
+        # NaN in any of them is an error
+        unreadable = sum(not ok for _, ok in readable)
+    volume.checked_finite = roi is None and unreadable == 0
 
 
 def _where(image: Any, volume: Volume) -> str:

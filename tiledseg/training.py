@@ -21,6 +21,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg import kept_features
 from tiledseg.autocontext import (
     FOLDS,
     cascade_features,
@@ -55,6 +57,7 @@ from tiledseg.device import (
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_block, read_finite
+from tiledseg.kept_features import WHOLE_FRACTION, KeptFeatures
 from tiledseg.model import Model, versions
 from tiledseg.selection import check_k
 from tiledseg.selection import select_features as select_features_of
@@ -175,6 +178,7 @@ class _Scan:
     coords: np.ndarray  # the same positions in the volume
     values: np.ndarray
     digest: str | None  # of the box's image and labels; only when a cache is used
+    keep: KeptFeatures | None = None  # the box is its whole block: keep its features there
 
 
 def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]:
@@ -227,14 +231,21 @@ def _reading(block: Block, *sources: Volume) -> Iterator[None]:
         ) from None
 
 
-def _scan_block(args: tuple[Volume, Volume, Block, tuple[int, ...], bool]) -> list[_Scan]:
+def _scan_block(
+    args: tuple[Volume, Volume, Block, tuple[int, ...], bool, KeptFeatures | None],
+) -> list[_Scan]:
     image, labels, block = args[:3]
     with _reading(block, labels, image):
         return _scan(*args)
 
 
 def _scan(
-    image: Volume, labels: Volume, block: Block, halo: tuple[int, ...], digest_wanted: bool
+    image: Volume,
+    labels: Volume,
+    block: Block,
+    halo: tuple[int, ...],
+    digest_wanted: bool,
+    keep: KeptFeatures | None = None,
 ) -> list[_Scan]:
     """Find a block's labelled voxels and the boxes around them that training filters.
 
@@ -242,21 +253,26 @@ def _scan(
     labelled voxels the same features as the whole block would, at a fraction of
     the cost when scribbles are strokes on a few slices. With a cache, the box's
     image is read and hashed for the cache key; without one it is not read here.
+    With ``keep`` (``segment``), a block whose boxes cover most of it is one box, the
+    block itself, whose features are kept for prediction
+    (:mod:`tiledseg.kept_features`).
     """
     lab = read_labels(labels, block.region)
     coords = np.argwhere(lab)
     if len(coords) == 0:
         return []
+    boxes = _scribble_boxes(coords, halo)
+    if keep is not None and keep.wants(block) and _fills(block, coords, boxes, halo, image):
+        boxes = [np.arange(len(coords))]
+    else:
+        keep = None
     scans = []
-    for idx in _scribble_boxes(coords, halo):
+    for idx in boxes:
         local = coords[idx]
-        lo, hi = local.min(axis=0), local.max(axis=0) + 1
-        region = tuple(
-            slice(r.start + int(a), r.start + int(b))
-            for r, a, b in zip(block.region, lo, hi, strict=True)
-        )
+        region = block.region if keep is not None else _box(block, local)
+        lo = np.asarray([r.start - b.start for r, b in zip(region, block.region, strict=True)])
         read = haloed(region, halo, image.shape)
-        flat = np.ravel_multi_index(tuple((local - lo).T), tuple(hi - lo))
+        flat = np.ravel_multi_index(tuple((local - lo).T), tuple(s.stop - s.start for s in region))
         values = lab[tuple(local.T)]
         digest = None
         if digest_wanted:
@@ -266,8 +282,34 @@ def _scan(
             h.update(values.astype(np.int64).tobytes())
             digest = h.hexdigest()
         where = local + np.asarray([r.start for r in block.region])
-        scans.append(_Scan(Block(block.index, region, read), flat, where, values, digest))
+        box = Block(block.index, region, read)
+        scans.append(_Scan(box, flat, where, values, digest, keep))
     return scans
+
+
+def _box(block: Block, local: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of positions ``local`` (inside ``block``) in the volume."""
+    lo, hi = local.min(axis=0), local.max(axis=0) + 1
+    return tuple(
+        slice(r.start + int(a), r.start + int(b))
+        for r, a, b in zip(block.region, lo, hi, strict=True)
+    )
+
+
+def _fills(block: Block, coords: np.ndarray, boxes: list[np.ndarray], halo, image) -> bool:
+    """Whether filtering the boxes costs :data:`WHOLE_FRACTION` of filtering the whole block.
+
+    The cost is measured as each region grown by the halo along every axis but the first:
+    only the first of the separable passes sees the first axis's halo (see
+    :func:`_scribble_boxes`).
+    """
+    grow = (0, *halo[1:])
+
+    def cost(region: tuple[slice, ...]) -> int:
+        return math.prod(s.stop - s.start for s in haloed(region, grow, image.shape))
+
+    spent = sum(cost(_box(block, coords[idx])) for idx in boxes)
+    return spent >= WHOLE_FRACTION * cost(block.region)
 
 
 def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...], str]) -> np.ndarray:
@@ -275,6 +317,8 @@ def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...], str])
     device = worker_device(device)
     with _reading(scan.block, image), out_of_memory_hint(scan.block.shape):
         feats = features_of_block(image, scan.block, bank=bank, spacing=spacing, device=device)
+    if scan.keep is not None:
+        scan.keep.save(scan.block, to_host(feats))
     # the labelled voxels' rows are picked where the features are; only they come back
     flat = to_device(scan.flat, device)
     return np.ascontiguousarray(to_host(feats.reshape(feats.shape[0], -1)[:, flat].T))
@@ -379,8 +423,17 @@ def _training_table(
     halo = bank.halo(image.spacing)
     blocks = plan_blocks(image.shape, block, halo)
     cached = cache_dir is not None
+    scratch = kept_features.active()  # inside ``segment``: keep what its prediction reuses
+    keep = None
+    if scratch is not None:
+        keep = scratch.plan(
+            volume_shape=image.shape,
+            block=block,
+            bank=bank.to_dict(),
+            n_features=bank.n_features(ndim=image.ndim, n_channels=image.n_channels),
+        )
     found = executor.map(
-        _scan_block, [(image, labels, b, halo, cached) for b in blocks], desc="labels"
+        _scan_block, [(image, labels, b, halo, cached, keep) for b in blocks], desc="labels"
     )
     scans = [s for block_scans in found for s in block_scans]
     if not scans:
