@@ -35,7 +35,22 @@ def labels_of(path) -> np.ndarray:
     return zarr.open_array(f"{path}/labels/0")[...]
 
 
-def test_training_keeps_full_blocks_and_prediction_gives_the_same_labels(balls, tmp_path):
+@pytest.fixture
+def loads(monkeypatch):
+    """Whether each load of a kept stack found one (the real load, counted)."""
+    found: list[bool] = []
+    real_load = kept_features.KeptFeatures.load
+
+    def counting_load(self, block, n_features):
+        stack = real_load(self, block, n_features)
+        found.append(stack is not None)
+        return stack
+
+    monkeypatch.setattr(kept_features.KeptFeatures, "load", counting_load)
+    return found
+
+
+def test_training_keeps_full_blocks_and_prediction_gives_the_same_labels(balls, tmp_path, loads):
     out = tmp_path / "kept.zarr"
     with kept_features.using(out) as scratch:
         model = ts.train(
@@ -44,9 +59,9 @@ def test_training_keeps_full_blocks_and_prediction_gives_the_same_labels(balls, 
         kept = sorted(scratch.folder.glob("*.npy"))
         assert kept, "no block was kept although scribbles fill every block"
         assert scratch.kept is not None
-        assert scratch.kept.serves(model)
         ts.predict(balls.image, model, out=out, block=BLOCK)
         assert scratch.folder.is_dir()
+    assert sum(loads) == len(kept)  # every kept block was read back, once
     assert not scratch.folder.exists()  # removed on leaving
     plain = ts.predict(balls.image, model, out=tmp_path / "plain.zarr", block=BLOCK)
     assert len(kept) <= plain.blocks
@@ -59,6 +74,7 @@ def test_training_keeps_full_blocks_and_prediction_gives_the_same_labels(balls, 
 def test_a_kept_stack_is_what_prediction_would_compute(balls, tmp_path):
     from tiledseg.blocks import haloed, plan_blocks
     from tiledseg.features.tiled import features_of_block
+    from tiledseg.predict import block_probabilities
     from tiledseg.volume import open_volume
 
     out = tmp_path / "k.zarr"
@@ -78,6 +94,10 @@ def test_a_kept_stack_is_what_prediction_would_compute(balls, tmp_path):
             assert block.read == haloed(block.region, halo, volume.shape)
             expected = features_of_block(volume, block, bank=model.bank, spacing=volume.spacing)
             np.testing.assert_array_equal(stack, expected)
+            np.testing.assert_array_equal(
+                block_probabilities(volume, block, model, kept=scratch.kept),
+                block_probabilities(volume, block, model),
+            )
         assert found > 0
 
 
@@ -106,40 +126,50 @@ def test_the_budget_bounds_what_is_kept(balls, tmp_path, monkeypatch):
             ts.train(balls.image, balls.scribbles, features=SMALL_BANK, block=BLOCK, cache_dir=None)
 
 
-def test_a_damaged_kept_stack_is_computed_again(balls, tmp_path):
+def test_a_damaged_kept_stack_is_computed_again(balls, tmp_path, loads):
     out = tmp_path / "d.zarr"
     with kept_features.using(out) as scratch:
         model = ts.train(
             balls.image, balls.scribbles, features=SMALL_BANK, block=BLOCK, cache_dir=None
         )
-        for path in scratch.folder.glob("*.npy"):
+        damaged = list(scratch.folder.glob("*.npy"))
+        for path in damaged:
             path.write_bytes(b"not a stack")
         ts.predict(balls.image, model, out=out, block=BLOCK)
+    assert damaged
+    assert len(loads) >= len(damaged)
+    assert not any(loads)
     ts.predict(balls.image, model, out=tmp_path / "plain.zarr", block=BLOCK)
     np.testing.assert_array_equal(labels_of(out), labels_of(tmp_path / "plain.zarr"))
 
 
-def test_an_autocontext_model_computes_its_own_features(balls, tmp_path):
-    out = tmp_path / "a.zarr"
-    with kept_features.using(out) as scratch:
-        model = ts.train(balls.image, balls.scribbles, features=SMALL_BANK, block=BLOCK, stages=2)
-        assert not scratch.kept.serves(model)
-        ts.predict(balls.image, model, out=out, block=BLOCK)
-    ts.predict(balls.image, model, out=tmp_path / "plain.zarr", block=BLOCK)
-    np.testing.assert_array_equal(labels_of(out), labels_of(tmp_path / "plain.zarr"))
+def test_models_and_images_the_stacks_do_not_serve(balls, tmp_path, loads):
+    from tiledseg.volume import open_volume
+
+    # autocontext stages compute their own features: nothing is kept or loaded
+    with kept_features.using(tmp_path / "a.zarr") as scratch:
+        model = ts.train(
+            balls.image, balls.scribbles, features=SMALL_BANK, block=BLOCK, stages=2, cache_dir=None
+        )
+        assert scratch.kept is None
+        ts.predict(balls.image, model, out=tmp_path / "a.zarr", block=BLOCK)
+    assert loads == []
+    # the stacks of one image never serve another of the same shape, nor another bank
+    with kept_features.using(tmp_path / "b.zarr") as scratch:
+        model = ts.train(
+            balls.image, balls.scribbles, features=SMALL_BANK, block=BLOCK, cache_dir=None
+        )
+        kept = scratch.kept
+        assert kept.serves(model, open_volume(balls.image))
+        assert not kept.serves(model, open_volume(255 - balls.image))
+        other = ts.train(
+            balls.image, balls.scribbles, features="minimal", block=BLOCK, cache_dir=None
+        )
+        assert not kept.serves(other, open_volume(balls.image))
 
 
-def test_segment_keeps_and_removes_its_scratch_folder(balls, tmp_path, monkeypatch):
+def test_segment_keeps_and_removes_its_scratch_folder(balls, tmp_path, monkeypatch, loads):
     monkeypatch.setenv("TILEDSEG_CACHE_DIR", str(tmp_path / "cache"))  # an empty table cache
-    loaded = []
-    real_load = kept_features.KeptFeatures.load
-
-    def counting_load(self, block, n_features):  # the real load, counted
-        found = real_load(self, block, n_features)
-        loaded.append(found is not None)
-        return found
-
-    monkeypatch.setattr(kept_features.KeptFeatures, "load", counting_load)
     np.save(tmp_path / "image.npy", balls.image)
     np.save(tmp_path / "labels.npy", balls.scribbles)
     config = {
@@ -153,7 +183,7 @@ def test_segment_keeps_and_removes_its_scratch_folder(balls, tmp_path, monkeypat
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(cli, ["segment", str(tmp_path / "c.yaml"), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert any(loaded), "segment's prediction loaded no kept block"
+    assert any(loads), "segment's prediction loaded no kept block"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     model = ts.load_model(tmp_path / "model.tsm")
     ts.predict(balls.image, model, out=tmp_path / "plain.zarr", block=BLOCK)

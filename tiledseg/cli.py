@@ -331,7 +331,7 @@ def _print_training(model, model_path) -> None:
     "--smooth-iterations",
     default=None,
     metavar="N",
-    help="Graph-cut expansion cycles (default 1; -1: until convergence, about 2x slower).",
+    help="Graph-cut expansion cycles (default 1; -1: until convergence, about 2.6x slower).",
 )
 @click.option(
     "--smooth-contrast-sigma",

@@ -607,7 +607,7 @@ def _quiet_distributed() -> Iterator[None]:
     ``distributed.admin.low-level-log-length`` message batches (default 1000), and the
     client's holds every wave's submitted tasks: with a LocalCluster, whose scheduler runs
     in this process, that made the driver grow by about 0.9 kB a block up to 10^5 blocks
-    (benchmarks/RESULTS.md, section 15). While tiledseg's run lasts, the connections it
+    (benchmarks/RESULTS.md, sections 14 and 15). While tiledseg's run lasts, the connections it
     opens keep :data:`MESSAGE_LOG_LENGTH` instead, unless the setting was changed from
     distributed's default (someone debugging wants their own).
     """

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
+import hashlib
 import json
 import math
 import os
@@ -54,32 +54,81 @@ class Scratch:
 
     def __init__(self, out: str | Path):
         out = Path(out)
-        # a hidden sibling of the output, on the storage the workers write to
-        self.folder = out.parent / f".{out.name}.tiledseg-features"
+        # hidden siblings of the output, on the storage the workers write to; each run
+        # its own, so that no stack of a killed or concurrent run is ever read
+        self.parent = out.parent
+        self.prefix = f".{out.name}.tiledseg-features"
+        self.folder = self.parent / f"{self.prefix}-{uuid.uuid4().hex[:12]}"
         self.kept: KeptFeatures | None = None
 
     def plan(
-        self, *, volume_shape: Sequence[int], block: Sequence[int], bank: dict, n_features: int
+        self,
+        *,
+        volume: Any,
+        block: Sequence[int],
+        bank: dict[str, Any],
+        n_features: int,
     ) -> KeptFeatures | None:
-        """Start the folder afresh (a killed run's is removed) and choose the blocks the
-        budget holds; ``None`` (and nothing kept) when it holds none."""
-        self.remove()
+        """Choose the blocks the budget holds and create the folder.
+
+        Parameters
+        ----------
+        volume : Volume
+            The image training reads (its identity is recorded with the stacks).
+        block : sequence of int
+            Training's block shape (the grid whose blocks are kept).
+        bank : dict
+            The bank's :meth:`~tiledseg.features.bank.FeatureBank.to_dict`.
+        n_features : int
+            Features per voxel of the bank on ``volume``.
+
+        Returns
+        -------
+        KeptFeatures or None
+            ``None`` (and nothing kept) when the budget holds no block.
+        """
+        # the folders of killed runs into the same output go first
+        for stale in self.parent.glob(f"{self.prefix}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         per_block = 4 * n_features * math.prod(block)
-        allowed = _budget(self.folder.parent) // max(1, per_block)
+        allowed = _budget(self.parent) // max(1, per_block)
         if allowed <= 0:
             self.kept = None
             return None
-        grid = [range(-(-n // b)) for n, b in zip(volume_shape, block, strict=True)]
-        # the budget goes to the first blocks in C order: a rule fixed before any work,
-        # so that workers need not agree on it
-        chosen = frozenset(itertools.islice(itertools.product(*grid), int(allowed)))
+        grid = tuple(-(-n // b) for n, b in zip(volume.shape, block, strict=True))
         self.folder.mkdir()
-        self.kept = KeptFeatures(str(self.folder), chosen, json.dumps(bank, sort_keys=True))
+        self.kept = KeptFeatures(
+            str(self.folder),
+            grid,
+            int(min(allowed, math.prod(grid))),
+            json.dumps(bank, sort_keys=True),
+            identity(volume),
+        )
         return self.kept
 
     def remove(self) -> None:
         """Remove the folder and everything in it."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def identity(volume: Any) -> str:
+    """What the kept stacks were computed from, as JSON: prediction checks it is its image.
+
+    Besides the name (a path, or only ``<ndarray image>`` for an array), a digest of a
+    central region of at most 32 voxels a side tells two images of one shape apart.
+    """
+    centre = tuple(slice(max(0, n // 2 - 16), min(n, n // 2 + 16)) for n in volume.shape)
+    sample = np.ascontiguousarray(volume.read(centre))
+    return json.dumps(
+        {
+            "name": volume.name,
+            "shape": list(volume.shape),
+            "dtype": str(volume.dtype),
+            "spacing": list(volume.spacing),
+            "channels": volume.n_channels,
+            "centre": hashlib.sha256(sample.tobytes()).hexdigest(),
+        }
+    )
 
 
 _ACTIVE: contextvars.ContextVar[Scratch | None] = contextvars.ContextVar(
@@ -112,24 +161,36 @@ class KeptFeatures:
     ----------
     folder : str
         The scratch folder.
-    blocks : frozenset of tuple
-        Grid indices of the blocks that may be kept.
+    grid : tuple of int
+        Blocks per axis of training's grid.
+    count : int
+        The first ``count`` blocks of the grid in C order may be kept (the budget, as a
+        rule fixed before any work: workers need not agree on it, and a task carries
+        two numbers, not a list of blocks).
     bank : str
         The bank the stacks hold (its dict, as JSON): a model with another bank, or with
         autocontext stages, computes its features itself.
+    image : str
+        :func:`identity` of the image the stacks were computed from.
     """
 
     folder: str
-    blocks: frozenset[tuple[int, ...]]
+    grid: tuple[int, ...]
+    count: int
     bank: str
+    image: str
 
-    def serves(self, model: Any) -> bool:
-        """Whether ``model`` classifies the kept stacks as they are."""
-        return not model.stages and json.dumps(model.bank.to_dict(), sort_keys=True) == self.bank
+    def serves(self, model: Any, volume: Any) -> bool:
+        """Whether ``model`` classifies the kept stacks of ``volume`` as they are."""
+        return (
+            not model.stages
+            and json.dumps(model.bank.to_dict(), sort_keys=True) == self.bank
+            and identity(volume) == self.image
+        )
 
     def wants(self, block: Block) -> bool:
         """Whether ``block`` (a whole block of the grid) may be kept."""
-        return block.index in self.blocks
+        return int(np.ravel_multi_index(block.index, self.grid)) < self.count
 
     def _path(self, block: Block) -> Path:
         where = "_".join(f"{s.start}-{s.stop}" for s in block.region)
@@ -159,6 +220,8 @@ class KeptFeatures:
 
 
 def _budget(folder: Path) -> int:
+    """Bytes the scratch folder may hold: ``$TILEDSEG_KEPT_FEATURES_BYTES``, else half the
+    free space where it lives."""
     value = os.environ.get(_BUDGET_VARIABLE)
     if value is not None:
         try:

@@ -472,7 +472,7 @@ def predict(
             )
         n_threads = executor.threads_per_task(len(blocks) - skipped)
 
-        kept = _kept_for(model, device)
+        kept = _kept_for(model, volume, device)
 
         def task_of(b: Block) -> tuple:
             return (
@@ -535,12 +535,12 @@ def _lost(i: int, task: tuple, exc: BaseException) -> BlockFailure:
     return BlockFailure(block.name, block.index, f"{type(exc).__name__}: {exc}")
 
 
-def _kept_for(model: Model, device: str) -> KeptFeatures | None:
+def _kept_for(model: Model, volume: Volume, device: str) -> KeptFeatures | None:
     """The features ``segment``'s training kept, when this prediction can use them as
-    they are: the same bank, one stage, features on the CPU."""
+    they are: the same image and bank, one stage, features on the CPU."""
     scratch = kept_features.active()
     kept = scratch.kept if scratch is not None else None
-    if kept is None or device != "cpu" or not kept.serves(model):
+    if kept is None or device != "cpu" or not kept.serves(model, volume):
         return None
     return kept
 

@@ -296,7 +296,13 @@ def _box(block: Block, local: np.ndarray) -> tuple[slice, ...]:
     )
 
 
-def _fills(block: Block, coords: np.ndarray, boxes: list[np.ndarray], halo, image) -> bool:
+def _fills(
+    block: Block,
+    coords: np.ndarray,
+    boxes: list[np.ndarray],
+    halo: Sequence[int],
+    image: Volume,
+) -> bool:
     """Whether filtering the boxes costs :data:`WHOLE_FRACTION` of filtering the whole block.
 
     The cost is measured as each region grown by the halo along every axis but the first:
@@ -336,6 +342,7 @@ def training_table(
     device: str = "cpu",
     feature_device: str = "cpu",
     chunk_cache: int | None = None,
+    keep_features: bool = False,
 ) -> TrainingTable:
     """Build (or fetch from the cache) the features of every labelled voxel.
 
@@ -369,6 +376,9 @@ def training_table(
         or :data:`~tiledseg.chunk_cache.DEFAULT_CHUNK_CACHE_BYTES`; ``0``: none). An
         ``image`` that already reads through a cache keeps it. The cache lasts as long
         as this call: it is given back before the fit.
+    keep_features : bool
+        Inside ``segment`` (:func:`tiledseg.kept_features.using`), filter the blocks full
+        of scribbles whole and keep their features for the prediction.
 
     Returns
     -------
@@ -387,6 +397,7 @@ def training_table(
             distributed=distributed,
             device=device,
             feature_device=feature_device,
+            keep_features=keep_features,
         )
 
 
@@ -418,6 +429,7 @@ def _training_table(
     distributed: bool | None,
     device: str,
     feature_device: str,
+    keep_features: bool,
 ) -> TrainingTable:
     """:func:`training_table` with ``image`` read as it should be."""
     halo = bank.halo(image.spacing)
@@ -425,9 +437,9 @@ def _training_table(
     cached = cache_dir is not None
     scratch = kept_features.active()  # inside ``segment``: keep what its prediction reuses
     keep = None
-    if scratch is not None:
+    if scratch is not None and keep_features:
         keep = scratch.plan(
-            volume_shape=image.shape,
+            volume=image,
             block=block,
             bank=bank.to_dict(),
             n_features=bank.n_features(ndim=image.ndim, n_channels=image.n_channels),
@@ -690,6 +702,8 @@ def train(
             distributed=distributed,
             device=device,
             feature_device=plan.kind,
+            # only a plain model on the CPU predicts from the stacks as they are
+            keep_features=stages == 1 and select_features is None and plan.kind == "cpu",
         )
         classes, y = np.unique(table.y, return_inverse=True)
         strokes = stroke_ids(table.coords, y)

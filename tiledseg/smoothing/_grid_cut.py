@@ -3,7 +3,8 @@
 The sites are the voxels of a window padded by one voxel on every side. A site's
 neighbour along direction ``d`` is ``i + disp[d]``: no arc list is stored, only one
 residual capacity per site and direction (4 bytes) and a few words of search state per
-site, about 60 bytes a site with 6 neighbours where gco's general graph took about 600.
+site, about 80 bytes a site with 6 neighbours and 3 labels where gco's general graph took
+about 600.
 The padding sites have no capacity, so the search never leaves the window and needs no
 bounds checks.
 
@@ -307,6 +308,8 @@ def _max_flow(tr, rc, disp, parent, sink, ts, dist, queue, queued, orphans):  # 
 
 @numba.njit(nogil=True, cache=True)
 def _expand(unary, weights, disp, labels, iterations, tr, rc, *state):  # pragma: no cover
+    """Expansion cycles over the labels in order, each move a max-flow (see
+    :func:`expansion`); ``tr``, ``rc`` and ``state`` are reused by every move."""
     n, k = unary.shape
     parent, sink = state[0], state[1]
     cycle = 0
@@ -338,11 +341,12 @@ def _displacements(shape: tuple[int, ...], offsets: list[tuple[int, ...]]) -> np
 
 def _workspace(n: int, n_dirs: int) -> tuple[np.ndarray, ...]:
     """The max-flow's search state for ``n`` sites (parent, sink, ts, dist, queue, queued,
-    orphans): 18 bytes a site."""
+    orphans): 23 bytes a site. The timestamps are int64: the clock ticks once per growth
+    step, which an int32 would outrun (and then wrap) on windows of 10^8 sites."""
     return (
         np.empty(n, dtype=np.int8),
         np.empty(n, dtype=np.uint8),
-        np.empty(n, dtype=np.int32),
+        np.empty(n, dtype=np.int64),
         np.empty(n, dtype=np.int32),
         np.empty(n, dtype=np.int32),
         np.empty(n, dtype=np.uint8),
