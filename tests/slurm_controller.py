@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SlurmController", "SlurmUnavailable"]
+__all__ = ["SlurmController", "SlurmUnavailable", "runuser", "which"]
 
 #: Debian packages that give the daemons, the client commands and munge.
 PACKAGES = ("slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge")
@@ -34,8 +34,8 @@ PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sco
 #: Longest path a unix socket may have (108 bytes on Linux, with its final NUL).
 _SOCKET_PATH_MAX = 107
 
-# Daemons live in sbin, which a non-login shell's PATH may leave out.
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
+# Daemons (and runuser) live in sbin, which a non-login shell's PATH may leave out.
+_SYSTEM_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 
 #: Job states after which a job does nothing more.
@@ -59,8 +59,28 @@ class SlurmUnavailable(RuntimeError):
 
 
 def which(program: str) -> str | None:
-    """The absolute path of ``program``, looking in sbin directories too."""
-    return shutil.which(program, path=_SEARCH_PATH)
+    """The absolute path of ``program``, looking in sbin directories too.
+
+    ``PATH`` is read at each call, then the system's sbin and bin directories, so a
+    PATH without ``/usr/sbin`` (a non-login root shell) still finds the daemons.
+    """
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_SYSTEM_DIRS])
+    found = shutil.which(program, path=search)
+    return os.path.abspath(found) if found else None
+
+
+def runuser(user: str, *command: str | os.PathLike) -> list[str]:
+    """The argv that runs ``command`` as ``user``, with runuser found by absolute path.
+
+    Raises
+    ------
+    SlurmUnavailable
+        When runuser (util-linux) is not installed: munged cannot be started as its user.
+    """
+    program = which("runuser")
+    if program is None:
+        raise SlurmUnavailable("runuser (util-linux) is not installed: munged cannot run as munge")
+    return [program, "-u", user, "--", *(str(c) for c in command)]
 
 
 def install(timeout: float = 900.0) -> float:
@@ -301,10 +321,7 @@ class SlurmController:
         """
         self.base.mkdir(parents=True, exist_ok=True)
         reachable = (
-            subprocess.run(
-                ["runuser", "-u", "munge", "--", "test", "-x", str(self.base)], check=False
-            ).returncode
-            == 0
+            subprocess.run(runuser("munge", "test", "-x", self.base), check=False).returncode == 0
         )
         if reachable and len(str(self.munge_dir / "munge.socket")) < _SOCKET_PATH_MAX:
             self.munge_dir.mkdir(exist_ok=True)
@@ -394,18 +411,15 @@ class SlurmController:
 
     def _start_munged(self) -> None:
         d = self.munge_dir
-        cmd = [
-            "runuser",
-            "-u",
+        cmd = runuser(
             "munge",
-            "--",
             which("munged"),
             f"--socket={d / 'munge.socket'}",
             f"--key-file={d / 'munge.key'}",
             f"--pid-file={d / 'munged.pid'}",
             f"--log-file={d / 'munged.log'}",
             f"--seed-file={d / 'munged.seed'}",
-        ]
+        )
         self._start_daemon("munged", cmd, pid_file=d / "munged.pid")
 
     def _start_daemon(self, name: str, cmd: list, *, pid_file: Path | None = None) -> None:

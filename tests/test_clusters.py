@@ -326,3 +326,15 @@ def test_local_workers_keep_glibcs_adaptive_malloc():
             assert set(run(os.getenv, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
         assert set(run(os.getenv, "MALLOC_MMAP_THRESHOLD_").values()) == {"33554432"}
         assert set(run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}
+
+
+def test_blocks_are_planned_for_the_threads_of_a_given_scheduler():
+    # not the local cores: a remote cluster has its own (here 3 workers of 2 threads)
+    from distributed import LocalCluster
+
+    from tiledseg.cluster import planned_workers
+
+    with LocalCluster(
+        n_workers=3, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        assert planned_workers(scheduler=cluster.scheduler_address) == 6

@@ -449,3 +449,21 @@ def test_predict_on_a_running_scheduler(tmp_path, phantom2d, model2d):
         zarr.open_array(str(tmp_path / "a.zarr/labels/0"))[...],
         zarr.open_array(str(tmp_path / "b.zarr/labels/0"))[...],
     )
+
+
+def test_predict_and_check_finite_leave_the_callers_volume_as_it_was(tmp_path):
+    from tiledseg.predict import check_finite
+    from tiledseg.testing import make_phantom
+    from tiledseg.volume import open_volume
+
+    ph = make_phantom((24, 26), n_classes=2, scribbles="strokes", seed=3)
+    model = ts.train(ph.image, ph.scribbles, features="minimal", spacing=(2.0, 1.0))
+    volume = open_volume(ph.image.astype(np.float32))
+    assert volume.spacing == (1.0, 1.0)
+    checked = check_finite(volume)
+    assert checked.checked_finite
+    assert checked is not volume
+    assert not volume.checked_finite
+    ts.predict(volume, model, out=tmp_path / "out.zarr")
+    assert volume.spacing == (1.0, 1.0)
+    assert not volume.checked_finite

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import zarr
@@ -422,3 +426,34 @@ def test_a_stack_of_sparse_planes_without_spacing_gets_a_hint(tmp_path, small_ba
     iso = ["train", str(tmp_path / "iso.npy"), str(tmp_path / "iso_scribbles.npy")]
     assert main([*iso, *args[3:], "--model", str(tmp_path / "c.tseg")]) == 0
     assert "hint:" not in capsys.readouterr().out
+
+
+def test_openmp_waits_passively_once_tiledseg_starts_work_not_on_import():
+    code = (
+        "import os\n"
+        "import numpy as np\n"
+        "import tiledseg as ts\n"
+        "assert 'OMP_WAIT_POLICY' not in os.environ, 'set on import'\n"
+        "image = np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)\n"
+        "labels = np.zeros((32, 32), np.uint8); labels[2, 2:9] = 1; labels[20, 2:9] = 2\n"
+        "ts.train(image, labels, features='minimal', cache_dir=None)\n"
+        "print(os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "PASSIVE"
+    # a user's own choice wins
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code.replace("assert 'OMP_WAIT_POLICY' not in", "assert 'x' not in"),
+        ],
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "ACTIVE"

@@ -4,14 +4,8 @@ Exact tiled filter-bank features, XGBoost or random forest trained on scribbles,
 blockwise prediction into OME-Zarr, on threads or a dask cluster.
 """
 
-import os
-
-# XGBoost's OpenMP threads spin while they wait: on a shared node a 2-thread fit
-# took 25-90x longer than with passive waiting (benchmarks/RESULTS.md). Set before
-# xgboost is imported; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from tiledseg.clustering import ClusteringResult, cluster_phases  # noqa: E402
+# OpenMP's wait policy is set when tiledseg starts work, not here (tiledseg/_openmp.py)
+from tiledseg.clustering import ClusteringResult, cluster_phases
 from tiledseg.errors import BlocksFailedError, ClusterConfigError, TiledsegError
 from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tiledseg._openmp import passive_waits
 from tiledseg.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 from tiledseg.device import DEVICES
 from tiledseg.errors import OutputExistsError, TiledsegError
@@ -583,7 +584,7 @@ def _check_segment_inputs(config):
         volume = with_extra_channels(volume, config.extra_channels)
     parse_region(config.roi, volume.shape)
     # training reads only the scribbled blocks: check the whole image before a model is written
-    check_finite(volume, workers=config.workers)
+    volume = check_finite(volume, workers=config.workers)
     if config.truth is not None:
         truth = open_volume(config.truth, role="truth", allow_channels=False)
         if truth.shape != volume.shape:
@@ -895,6 +896,7 @@ def _spread_multiple(args: list[str], option: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one line and an exit status."""
+    passive_waits()
     args = sys.argv[1:] if argv is None else list(argv)
     # --debug is accepted anywhere on the line, not only before the command
     debug = "--debug" in args

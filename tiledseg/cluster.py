@@ -3,7 +3,8 @@
 Both executors run one Python function per block and return the results in
 block order, with a progress bar on stderr. The threaded scheduler is the
 default: scipy, numpy and XGBoost release the GIL, and it beat a 2-process
-LocalCluster by 17-20% on 2 cores (../shared/reference/performance-notes.md).
+LocalCluster by 17-20% on 2 cores (docs/design-notes.md, "Schedulers and thread
+limits").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
+from tiledseg._openmp import passive_waits
 from tiledseg.errors import TiledsegError
 
 __all__ = [
@@ -544,6 +546,7 @@ def open_executor(
         A cluster configuration file (:mod:`tiledseg.cluster_config`) to start a
         cluster from: local processes, SLURM jobs or one worker per GPU.
     """
+    passive_waits()
     given = [
         name
         for name, value in (
@@ -569,10 +572,8 @@ def open_executor(
         if scheduler is not None:
             client = _connect(scheduler)
             with client:
-                workers = client.scheduler_info()["workers"].values()
-                n = max(1, sum(w["nthreads"] for w in workers))
                 _announce(client, quiet)
-                yield Executor(client=client, n_workers=n, quiet=quiet)
+                yield Executor(client=client, n_workers=_threads(client), quiet=quiet)
             return
         config = cluster_config(workers=workers, cluster=cluster)
         with config.start() as running, Client(running, set_as_default=False) as client:
@@ -639,12 +640,25 @@ def cluster_config(*, workers: int | None = None, cluster: Any = None) -> Any:
 def planned_workers(
     workers: int | None = None, *, scheduler: Any = None, cluster: Any = None
 ) -> int:
-    """Tasks that will run at once, known before the executor opens (for block planning)."""
+    """Tasks that will run at once, known before the executor opens (for block planning).
+
+    With ``scheduler``, its workers' threads (asked of the scheduler): the local cores
+    say nothing about a remote cluster.
+    """
     if workers is not None:
         return max(1, int(workers))
     if cluster is not None:
         return cluster_config(cluster=cluster).planned_threads()
+    if scheduler is not None:
+        with _quiet_distributed(), _connect(scheduler) as client:
+            return _threads(client)
     return available_cores()
+
+
+def _threads(client: Any) -> int:
+    """Task threads of the workers a client's scheduler knows now (at least 1)."""
+    workers = client.scheduler_info()["workers"].values()
+    return max(1, sum(w["nthreads"] for w in workers))
 
 
 def _connect(scheduler: str | os.PathLike) -> Any:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg._openmp import passive_waits
 from tiledseg.blocks import Block, Region, haloed, resolve_block
 from tiledseg.classifiers import Classifier
 from tiledseg.cluster import one_cluster
@@ -393,6 +394,7 @@ def cluster_phases(
         A bad ``classes``, ``sample_voxels`` or ``seed``, fewer distinct sampled feature rows
         than ``classes``, or any input :func:`tiledseg.predict` refuses.
     """
+    passive_waits()
     classes = check_classes(classes)
     sample_voxels = _check_sample_voxels(sample_voxels)
     seed = _check_seed(seed)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg._openmp import passive_waits
 from tiledseg.classifiers import (
     Classifier,
     ForestClassifier,
@@ -331,6 +332,7 @@ def load_model(path: str | os.PathLike) -> Model:
         When the file is missing, is a pickle or another format, is truncated, or its
         header or payload does not match its checksums. Nothing is unpickled, ever.
     """
+    passive_waits()
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(

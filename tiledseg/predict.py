@@ -8,6 +8,7 @@ the output store. Nothing larger than one block's features is ever in memory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg import kept_features
+from tiledseg._openmp import passive_waits
 from tiledseg.blocks import Block, BlockPlan, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
 from tiledseg.device import (
@@ -352,6 +354,7 @@ def predict(
         Some blocks failed (e.g. an unreadable chunk of the image); all others are
         written, the output stays unfinished and a rerun redoes only those blocks.
     """
+    passive_waits()
     started = time.perf_counter()
     device = check_device(device)
     if not isinstance(model, Model):
@@ -438,7 +441,7 @@ def predict(
             done = done_blocks(path)
             record_resume(path, skipped=len(done), total=len(blocks))
         else:
-            check_finite(volume, roi=region, executor=executor)
+            volume = check_finite(volume, roi=region, executor=executor)
             done = set()
             path = create_output(
                 out,
@@ -612,15 +615,21 @@ def check_finite(
     roi: Sequence[slice] | None = None,
     workers: int | None = None,
     executor: Executor | None = None,
-) -> None:
+) -> Volume:
     """Refuse NaN or infinite values anywhere in ``image`` (or ``roi``), reading it blockwise.
 
     Integer images cannot hold them and are not read; a volume already checked
     whole is not read again.
+
+    Returns
+    -------
+    Volume
+        The image, as a copy that remembers a whole-image check (``checked_finite``),
+        so that later steps given it skip the read; ``image`` itself is not changed.
     """
     volume = open_volume(image)
     if volume.dtype.kind != "f" or volume.checked_finite:
-        return
+        return volume
     blocks = BlockPlan(
         volume.shape,
         resolve_block(None, shape=volume.shape, halo=(0,) * volume.ndim),
@@ -643,7 +652,8 @@ def check_finite(
         # every block is read (not all(), which would stop at the first unreadable one): a
         # NaN in any of them is an error
         unreadable = sum(not ok for _, ok in readable)
-    volume.checked_finite = roi is None and unreadable == 0
+    # a copy that remembers the check: the caller's object is not changed
+    return dataclasses.replace(volume, checked_finite=roi is None and unreadable == 0)
 
 
 def _where(image: Any, volume: Volume) -> str:
@@ -680,8 +690,8 @@ def _open_for_model(
             f"model was trained with spacing {list(model.spacing)}; its features would be at "
             "other scales: retrain with this image's spacing"
         )
-    volume.spacing = tuple(model.spacing)
-    return volume
+    # a copy: the caller's volume (segment's, or one a user opened) keeps its own spacing
+    return dataclasses.replace(volume, spacing=tuple(model.spacing))
 
 
 def _check_extra_channels(volume: Volume, model: Model) -> None:

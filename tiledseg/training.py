@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg import kept_features
+from tiledseg._openmp import passive_waits
 from tiledseg.autocontext import (
     FOLDS,
     cascade_features,
@@ -656,6 +657,7 @@ def train(
         Its summary holds ``distributed_training``, and with it XGBoost's
         ``training_workers``.
     """
+    passive_waits()
     started = time.perf_counter()
     device = check_device(device)
     stages = check_stages(stages)

@@ -161,3 +161,55 @@ def test_a_nan_in_a_block_is_reported():
     arr = feature_array(image, features={"gaussian_smoothing": [0.7]}, block=10)
     with pytest.raises(InputDataError, match="NaN or infinite"):
         arr.compute()
+
+
+def test_the_dask_name_depends_on_the_image_not_on_the_object(tmp_path):
+    """One image opened twice names one graph; two images of one shape name two."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, size=(24, 20), dtype=np.uint8)
+    b = a.copy()
+    b[3, 4] ^= 1
+    bank = {"gaussian_smoothing": [0.7]}
+
+    def name(image, **kw):
+        return feature_array(image, features=bank, block=(12, 10), **kw).name
+
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    assert name(str(tmp_path / "a.npy")) == name(str(tmp_path / "a.npy"))
+    assert name(str(tmp_path / "a.npy")) != name(str(tmp_path / "b.npy"))
+    # in-memory arrays: by their values (a copy names the same graph)
+    assert name(a) == name(a.copy())
+    assert name(a) != name(b)
+    # and what else sets the values: spacing, block, bank, extra channels
+    assert name(a) != name(a, spacing=(2.0, 1.0))
+    assert name(a) != feature_array(a, features=bank, block=(24, 20)).name
+    assert name(a) != feature_array(a, features={"gaussian_smoothing": [1.0]}, block=12).name
+    assert name(a, extra_channels=[str(tmp_path / "a.npy")]) == name(
+        a, extra_channels=[str(tmp_path / "a.npy")]
+    )
+    assert name(a, extra_channels=[str(tmp_path / "a.npy")]) != name(
+        a, extra_channels=[str(tmp_path / "b.npy")]
+    )
+
+
+def test_the_feature_array_meta_is_a_float32_numpy_array(monkeypatch):
+    """The meta is given to dask, not left for it to infer from the dtype."""
+    given = {}
+
+    class Recording(da.Array):
+        def __new__(cls, *args, **kwargs):
+            given.update(kwargs)
+            return da.core.Array.__new__(da.core.Array, *args, **kwargs)
+
+    monkeypatch.setattr(da, "Array", Recording)
+    arr = feature_array(
+        np.zeros((3, 16, 18), dtype=np.uint8), features={"gaussian_smoothing": [0.7]}, block=8
+    )
+    meta = given.get("meta")
+    assert type(meta) is np.ndarray
+    assert meta.dtype == np.float32
+    assert meta.shape == (0,) * arr.ndim
+    assert type(arr._meta) is np.ndarray
+    assert arr._meta.dtype == np.float32
+    assert arr._meta.ndim == arr.ndim == 4

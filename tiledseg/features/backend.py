@@ -3,8 +3,8 @@
 A kernel never imports numpy or scipy by name: it receives a :class:`Backend`
 chosen from the type of the block it is given, as dask-image's dispatch does.
 numpy + scipy.ndimage, and cupy + cupyx.scipy.ndimage for cupy blocks (imported only
-when a cupy block arrives; checked against the CPU in ``tests/features/test_gpu.py``,
-which needs a GPU).
+when a cupy block arrives; checked against the CPU in ``tests/features/test_backends.py``,
+whose cupy cases need a GPU).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ stack is never in memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,14 +108,38 @@ def feature_array(
     chunks = ((n,), *(_axis_chunks(s, b) for s, b in zip(shape, blocks, strict=True)))
     from dask.base import tokenize
 
-    name = "tiledseg-features-" + tokenize(
-        volume.name, volume.shape, bank.to_dict(), blocks, volume.spacing, id(volume)
-    )
+    # named by what sets the values, so one image opened twice names one graph
+    name = "tiledseg-features-" + tokenize(_volume_identity(volume), bank.to_dict(), blocks)
     graph = {
         (name, 0, *b.index): (_block_task, volume, b, bank)
         for b in plan_blocks(shape, blocks, halo)
     }
-    return da.Array(graph, name, chunks, dtype=np.float32)
+    meta = np.empty((0,) * (volume.ndim + 1), dtype=np.float32)
+    return da.Array(graph, name, chunks, dtype=np.float32, meta=meta)
+
+
+def _volume_identity(volume: Volume) -> tuple:
+    """What determines a volume's values, for naming its dask graph.
+
+    An image opened from a path: the path (absolute) and name; an in-memory array:
+    dask's token of the array itself (its data, for numpy). Then the layout: shape,
+    dtype, spacing, channel axis and count. Extra channels: the same for each of them.
+    """
+    layout = (
+        volume.shape,
+        str(volume.dtype),
+        tuple(float(s) for s in volume.spacing),
+        volume.channel_axis,
+        volume.n_channels,
+    )
+    parts = (volume.image_only, *volume.extra_volumes)
+    if len(parts) > 1:
+        return ("stack", layout, tuple(_volume_identity(v) for v in parts))
+    if volume.path is not None:
+        return ("path", os.path.abspath(volume.path), volume.name, layout)
+    from dask.base import tokenize
+
+    return ("array", tokenize(volume.source), layout)
 
 
 def _block_task(volume: Volume, block: Block, bank: FeatureBank) -> np.ndarray:
