@@ -23,7 +23,7 @@ Steps, each in its own fresh child process (``_bench.run_child``):
      every array above 128 KiB is a fresh mmap (page faults: system CPU time);
 
    and with ``--slurm``, on the longer image: ``long-slurm-2``, ``predict(...,
-   cluster="cluster_configs/slurm.yaml")`` through a private single-node SLURM
+   cluster="tiledseg/cluster_configs/slurm.yaml")`` through a private single-node SLURM
    (``tests/slurm_controller.py``) with the file filled in by ``TILEDSEG_SLURM_*``
    only (2 one-core jobs, adapt minimum = maximum = 2), against ``long-workers-2``
    (``workers=2``) on the same image; SLURM's daemons and jobs are not children of
@@ -64,7 +64,7 @@ from typing import Any
 import _bench
 
 ROOT = Path(__file__).resolve().parents[1]
-SLURM_CONFIG = ROOT / "cluster_configs" / "slurm.yaml"
+SLURM_CONFIG = ROOT / "tiledseg" / "cluster_configs" / "slurm.yaml"
 GOAL_SPEEDUP = 1.8
 LOCAL_CONFIGS = (
     "threads-1",

@@ -29,7 +29,7 @@ def test_the_shipped_configs_are_found_and_valid(monkeypatch):
     assert set(shipped_configs()) == {"local", "slurm", "slurm-gpu", "local-cuda"}
     pytest.importorskip("dask_jobqueue")
     for name in ("local", "slurm", "slurm-gpu"):
-        config = load_cluster_config(ROOT / "cluster_configs" / f"{name}.yaml")
+        config = load_cluster_config(ROOT / "tiledseg" / "cluster_configs" / f"{name}.yaml")
         assert config.kind == name.split("-")[0]
     slurm = load_cluster_config("slurm")
     # what a user fills in comes from the environment; nothing else needs editing
@@ -138,7 +138,7 @@ def test_the_cli_takes_cluster_and_scheduler_files(tmp_path, phantom3d, model3d)
     np.save(tmp_path / "labels.npy", phantom3d.scribbles)
     cli = [sys.executable, "-m", "tiledseg.cli"]
     env = {**os.environ, "TILEDSEG_WORKERS": "2"}
-    config = ROOT / "cluster_configs" / "local.yaml"
+    config = ROOT / "tiledseg" / "cluster_configs" / "local.yaml"
     model = tmp_path / "m.tseg"
     subprocess.run(
         [
@@ -338,3 +338,55 @@ def test_blocks_are_planned_for_the_threads_of_a_given_scheduler():
         n_workers=3, threads_per_worker=2, processes=False, dashboard_address=":0"
     ) as cluster:
         assert planned_workers(scheduler=cluster.scheduler_address) == 6
+
+
+def test_an_installed_wheel_finds_the_shipped_configs_by_name(tmp_path):
+    # built and installed outside the repository, as a user's pip install does
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(wheels.glob("tiledseg-*.whl"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import tiledseg\n"
+        "from tiledseg.cluster_config import load_cluster_config, shipped_configs\n"
+        "assert tiledseg.__file__.startswith(sys.argv[1]), tiledseg.__file__\n"
+        "print(sorted(shipped_configs()), load_cluster_config('local').kind)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split("]")[0] == "['local', 'local-cuda', 'slurm', 'slurm-gpu'"
+    assert done.stdout.strip().endswith("local")

@@ -105,9 +105,10 @@ def files(tmp_path, modalities):
 
 def test_the_cli_records_the_extras_and_predict_needs_them(files, tmp_path, capsys):
     model = str(tmp_path / "m.tsm")
-    # several paths after one flag
+    # the option once per path
     args = ["train", files["image"], files["labels"], "--model", model, "--features", files["bank"]]
-    assert main([*args, "--extra-channels", files["extra"], files["extra2"], "--quiet"]) == 0
+    both = ["--extra-channels", files["extra"], "--extra-channels", files["extra2"]]
+    assert main([*args, *both, "--quiet"]) == 0
     capsys.readouterr()
     assert main(["info", model]) == 0
     info = capsys.readouterr().out
@@ -128,7 +129,7 @@ def test_the_cli_records_the_extras_and_predict_needs_them(files, tmp_path, caps
     assert err.count("\n") == 1
     assert main([*predict, "--out", out, "--extra-channels", files["extra"]]) == 2
     assert "give 1 channel(s) but the model was trained with 2" in capsys.readouterr().err
-    assert main([*predict, "--out", out, "--extra-channels", files["extra"], files["extra2"]]) == 0
+    assert main([*predict, "--out", out, *both]) == 0
     # the same labels as the API gives, and the run's identity names the extras
     api = tmp_path / "api.zarr"
     ts.predict(files["image"], model, out=api, extra_channels=[files["extra"], files["extra2"]])
@@ -139,13 +140,24 @@ def test_the_cli_records_the_extras_and_predict_needs_them(files, tmp_path, caps
     # an unfinished run is continued only with the same extras, in the same order
     root = zarr.open_group(out, mode="r+")
     root.attrs["tiledseg"] = {**root.attrs["tiledseg"], "complete": False}
-    swapped = [*predict, "--out", out, "--extra-channels", files["extra2"], files["extra"]]
+    swapped = [*predict, "--out", out, *both[2:], *both[:2]]
     assert main(swapped) == 2
     assert "unfinished run with a different set of extra channels" in capsys.readouterr().err
     # and no extra is ever the output
     assert main([*predict, "--out", files["extra2"], "--extra-channels", files["extra"],
-                 files["extra2"], "--overwrite"]) == 2  # fmt: skip
+                 "--extra-channels", files["extra2"], "--overwrite"]) == 2  # fmt: skip
     assert zarr.open_array(files["extra2"], mode="r").shape == extra_shape(files)
+
+
+def test_a_positional_argument_after_the_option_stays_positional(files, tmp_path, capsys):
+    model = str(tmp_path / "m.tsm")
+    train = ["train", "--extra-channels", files["extra"], files["image"], files["labels"]]
+    assert main([*train, "--model", model, "--features", files["bank"], "--quiet"]) == 0
+    assert ts.load_model(model).bank.extra_channels == 1
+    # two paths after one flag: the second is an unexpected argument, not an extra
+    predict = ["predict", files["image"], "--model", model, "--out", str(tmp_path / "o.zarr")]
+    assert main([*predict, "--extra-channels", files["extra"], files["extra2"]]) == 2
+    assert f"unexpected extra argument ({files['extra2']})" in capsys.readouterr().err
 
 
 def test_bad_extra_channels_are_one_clear_line(files, tmp_path, capsys):

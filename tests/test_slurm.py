@@ -141,7 +141,7 @@ def test_inside_one_allocation(slurm, tmp_path, allocation_inputs):
 
 
 def test_train_and_predict_through_the_shipped_slurm_config(slurm, tmp_path, allocation_inputs):
-    """cluster_configs/slurm.yaml as shipped, filled in by environment variables only:
+    """tiledseg/cluster_configs/slurm.yaml as shipped, filled in by environment variables only:
     training and prediction run as SLURM jobs and give the local threaded run's labels."""
     import subprocess
 
@@ -159,7 +159,7 @@ def test_train_and_predict_through_the_shipped_slurm_config(slurm, tmp_path, all
         TILEDSEG_SLURM_LOGS=str(logs),
         TILEDSEG_CACHE_DIR=str(tmp_path / "cache"),
     )
-    config = ROOT / "cluster_configs" / "slurm.yaml"
+    config = ROOT / "tiledseg" / "cluster_configs" / "slurm.yaml"
     cli = [sys.executable, "-m", "tiledseg.cli"]
     scribbles = tmp_path / "scribbles.npy"
     # the model trained on SLURM workers equals the one trained on threads
@@ -224,7 +224,7 @@ def test_a_partition_slurm_refuses_is_one_line_not_a_run_that_waits(slurm, tmp_p
             "--model",
             str(tmp_path / "m.tseg"),
             "--cluster",
-            str(ROOT / "cluster_configs" / "slurm.yaml"),
+            str(ROOT / "tiledseg" / "cluster_configs" / "slurm.yaml"),
         ],
         env=env,
         capture_output=True,

@@ -63,10 +63,10 @@ def _extra_channels_option(f):
         "--extra-channels",
         "extra_channels",
         multiple=True,
-        metavar="PATH ...",
-        help="Co-registered images of IMAGE's spatial shape (another modality, a distance "
-        "map...): each channel adds its raw value as a feature. Several paths may follow "
-        "one flag; the model records them and predict needs the same, in the same order.",
+        metavar="PATH",
+        help="A co-registered image of IMAGE's spatial shape (another modality, a distance "
+        "map...): each channel adds its raw value as a feature. Repeat the option for "
+        "each image; the model records them and predict needs the same, in the same order.",
     )(f)
 
 
@@ -98,7 +98,7 @@ def _scheduler_option(f):
         default=None,
         metavar="FILE",
         help="Start the dask cluster a config file describes: local processes, SLURM jobs "
-        "(dask-jobqueue) or one worker per GPU; examples in cluster_configs/.",
+        "(dask-jobqueue) or one worker per GPU; examples in tiledseg/cluster_configs/.",
     )(f)
     return click.option(
         "--scheduler",
@@ -870,37 +870,13 @@ def demo(out, size, workers, quiet) -> None:
     click.echo(f"demo done in {time.perf_counter() - started:.1f} s")
 
 
-def _spread_multiple(args: list[str], option: str) -> list[str]:
-    """``--opt A B C`` -> ``--opt A --opt B --opt C``: click options take one value each.
-
-    The values run to the next argument that starts with ``-``; put positional
-    arguments before the option (or repeat the option for each value).
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        out.append(args[i])
-        i += 1
-        if out[-1].startswith(option + "="):  # --option=A B: A is taken, B follows
-            pass
-        elif out[-1] != option:
-            continue
-        elif i < len(args):  # the first value, as click takes it
-            out.append(args[i])
-            i += 1
-        while i < len(args) and not args[i].startswith("-"):
-            out.extend((option, args[i]))
-            i += 1
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one line and an exit status."""
     passive_waits()
     args = sys.argv[1:] if argv is None else list(argv)
     # --debug is accepted anywhere on the line, not only before the command
     debug = "--debug" in args
-    args = _spread_multiple([a for a in args if a != "--debug"], "--extra-channels")
+    args = [a for a in args if a != "--debug"]
     try:
         cli.main(args=args, prog_name="tiledseg", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Abort:

@@ -192,8 +192,11 @@ def _check_job_script(script: str, source: str) -> None:
 
 
 def shipped_configs() -> dict[str, Path]:
-    """The example configs shipped in ``cluster_configs/`` (name -> path), when present."""
-    folder = Path(__file__).resolve().parents[1] / "cluster_configs"
+    """The example configs shipped in the package's ``tiledseg/cluster_configs/`` (name -> path).
+
+    They are package data: an installed wheel finds them as a source checkout does.
+    """
+    folder = Path(__file__).resolve().parent / "cluster_configs"
     return {p.stem: p for p in sorted(folder.glob("*.yaml"), key=lambda p: p.stem)}
 
 
@@ -287,7 +290,7 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
         shipped = ", ".join(shipped_configs()) or "none found"
         raise ClusterConfigError(
             f"cluster config {source!r} does not exist; give a YAML file, or the name of one "
-            f"in cluster_configs/ ({shipped})"
+            f"in tiledseg/cluster_configs/ ({shipped})"
         )
     try:
         data = yaml.safe_load(file.read_text())

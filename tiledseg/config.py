@@ -52,7 +52,7 @@ class SegmentConfig(BaseModel):
         None, description="address (or scheduler file) of a running dask scheduler"
     )
     cluster: str | None = Field(
-        None, description="cluster config file (cluster_configs/: local, slurm, ...)"
+        None, description="cluster config file (tiledseg/cluster_configs/: local, slurm, ...)"
     )
     distributed_training: bool | None = Field(
         None, description="fit XGBoost on the cluster (default: when the table exceeds 1 GiB)"
