@@ -133,7 +133,7 @@ def test_nearest_centre_is_the_same_for_any_number_of_rows():
 def test_nearest_centre_on_the_device(xp, device, tmp_path, phantoms):
     """cupy gives the numpy labels of the same features; on the GPU's own features, the
     CPU's labels but at near-ties (float32 rounding in the filters)."""
-    from tiledseg.device import to_host
+    from tiledseg.arrays import to_host
 
     rng = np.random.default_rng(1)
     X = rng.standard_normal((3000, 5)).astype(np.float32)

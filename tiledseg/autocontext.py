@@ -27,8 +27,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from tiledseg.arrays import to_device
 from tiledseg.blocks import haloed, within
-from tiledseg.device import to_device
 from tiledseg.errors import TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import FeatureBank

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.device import to_host, xgboost_has_cuda
+from tiledseg.arrays import to_host
+from tiledseg.device import xgboost_has_cuda
 from tiledseg.errors import ModelFileError, TiledsegError
 from tiledseg.features.backend import get_backend
 

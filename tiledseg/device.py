@@ -2,9 +2,9 @@
 
 This module decides and moves, it computes nothing: :func:`resolve_device` turns
 ``cpu``, ``cuda`` or ``auto`` into the device a worker uses (each worker decides for
-itself, where it runs), :func:`gpu_block` picks a block edge that fits a GPU's free
-memory, and :func:`to_device` / :func:`to_host` move a block's arrays. cupy is
-imported lazily, only when a GPU is asked for.
+itself, where it runs) and :func:`gpu_block` picks a block edge that fits a GPU's free
+memory. Moving a block's arrays is :mod:`tiledseg.arrays`'s. cupy is imported lazily,
+only when a GPU is asked for.
 
 No code here picks a GPU: a process uses the first device it sees, and which one
 that is belongs to ``CUDA_VISIBLE_DEVICES``, which dask-cuda (and SLURM's
@@ -13,15 +13,12 @@ that is belongs to ``CUDA_VISIBLE_DEVICES``, which dask-cuda (and SLURM's
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from tiledseg.errors import MissingExtraError, TiledsegError
 
@@ -33,11 +30,8 @@ __all__ = [
     "free_device_memory",
     "gpu_block",
     "gpu_count",
-    "out_of_memory_hint",
     "plan_devices",
     "resolve_device",
-    "to_device",
-    "to_host",
     "worker_device",
     "xgboost_has_cuda",
 ]
@@ -153,20 +147,6 @@ def describe_worker(device: str) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def out_of_memory_hint(shape: Sequence[int]) -> Iterator[None]:
-    """Turn cupy's out-of-memory error in a block task into one line that says what to do."""
-    try:
-        yield
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("cupy"):
-            raise TiledsegError(
-                f"the GPU ran out of memory on a block of {'x'.join(map(str, shape))} voxels: "
-                "give a smaller --block"
-            ) from None
-        raise
-
-
 @dataclass(frozen=True)
 class DevicePlan:
     """What the workers of a run compute on, found by asking each of them.
@@ -271,23 +251,6 @@ def plan_devices(device: str | None, executor: Any) -> DevicePlan:
     return DevicePlan(
         device, tuple({**info, "threads": threads} for info, threads in found.values())
     )
-
-
-def to_device(array: np.ndarray, device: str) -> Any:
-    """``array`` on ``device`` (``"cpu"``: unchanged; ``"cuda"``: a cupy array)."""
-    if device == "cpu":
-        return array
-    import cupy
-
-    return cupy.asarray(array)
-
-
-def to_host(array: Any) -> np.ndarray:
-    """``array`` in host memory (a cupy array is copied back; numpy is unchanged)."""
-    if isinstance(array, np.ndarray):
-        return array
-    get = getattr(array, "get", None)
-    return get() if callable(get) else np.asarray(array)
 
 
 def gpu_block(

@@ -21,15 +21,10 @@ import numpy as np
 
 from tiledseg import kept_features
 from tiledseg._openmp import passive_waits
+from tiledseg.arrays import out_of_memory_hint, to_host
 from tiledseg.blocks import Block, BlockPlan, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
-from tiledseg.device import (
-    check_device,
-    out_of_memory_hint,
-    plan_devices,
-    to_host,
-    worker_device,
-)
+from tiledseg.device import check_device, plan_devices, worker_device
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing

@@ -33,6 +33,7 @@ import numpy as np
 
 from tiledseg import kept_features
 from tiledseg._openmp import passive_waits
+from tiledseg.arrays import out_of_memory_hint, to_device, to_host
 from tiledseg.autocontext import (
     FOLDS,
     cascade_features,
@@ -45,16 +46,7 @@ from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.chunk_cache import chunk_cache_bytes, run_cache
 from tiledseg.classifiers import DEFAULT_CLASSIFIER, make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
-from tiledseg.device import (
-    check_device,
-    gpu_count,
-    out_of_memory_hint,
-    plan_devices,
-    to_device,
-    to_host,
-    worker_device,
-    xgboost_has_cuda,
-)
+from tiledseg.device import check_device, gpu_count, plan_devices, worker_device, xgboost_has_cuda
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_block, read_finite

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tiledseg.arrays import to_host
 from tiledseg.blocks import plan_blocks
-from tiledseg.device import to_host
 from tiledseg.features import FAMILIES, FeatureBank, block_features
 from tiledseg.features.backend import get_backend
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.device import to_host
+from tiledseg.arrays import to_host
 from tiledseg.features.backend import Backend, get_backend
 from tiledseg.features.bank import (
     DOG_RATIO,

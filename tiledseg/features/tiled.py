@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from tiledseg.arrays import to_device
 from tiledseg.blocks import Block, plan_blocks, resolve_block
-from tiledseg.device import to_device
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.filters import block_features
