@@ -38,7 +38,7 @@ GPU_SITE ?= /tmp/tiledseg-gpu-site
 GPU_BENCH_ARGS ?=
 
 gpu-wheels: $(STAMP)
-	$(PY) benchmarks/gpu_wheels.py
+	$(PY) tools/gpu_wheels.py
 
 gpu-check:
 	mkdir -p $(GPU_SITE)/.wheels

@@ -8,7 +8,7 @@ hypothesis among others), and packs the rest into folders ``.whl-1``, ``.whl-2``
 ... of at most ``--max-mib`` each (a larger wheel is cut into parts that
 ``make gpu-check`` joins), so that each folder can travel on its own.
 
-    python benchmarks/gpu_wheels.py [--python-version 3.12] [--dest .] [--max-mib 60]
+    python tools/gpu_wheels.py [--python-version 3.12] [--dest .] [--max-mib 60]
 
 Then carry each folder to the GPU machine (one per call where a call carries at
 most 64 MiB; files there are kept while it stays up) and run ``make gpu-check``.
