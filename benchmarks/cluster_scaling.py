@@ -24,7 +24,7 @@ Steps, each in its own fresh child process (``_bench.run_child``):
 
    and with ``--slurm``, on the longer image: ``long-slurm-2``, ``predict(...,
    cluster="tiledseg/cluster_configs/slurm.yaml")`` through a private single-node SLURM
-   (``tests/slurm_controller.py``) with the file filled in by ``TILEDSEG_SLURM_*``
+   (``tiledseg/testing/slurm.py``) with the file filled in by ``TILEDSEG_SLURM_*``
    only (2 one-core jobs, adapt minimum = maximum = 2), against ``long-workers-2``
    (``workers=2``) on the same image; SLURM's daemons and jobs are not children of
    the measured process, so their CPU time is sampled and not counted as "others".
@@ -796,8 +796,7 @@ def _run_slurm(
     runs: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """workers=2 against the shipped SLURM config on the longer image."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from slurm_controller import SlurmController
+    from tiledseg.testing.slurm import SlurmController
 
     image = data["long"]["paths"]["image"]
     reference = None

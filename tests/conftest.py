@@ -174,7 +174,7 @@ def slurm(tmp_path_factory):
     Installs Debian's slurm packages first when they are missing (root and apt-get
     needed, else a skip). Clients find it through ``SLURM_CONF``, set while it runs.
     """
-    from slurm_controller import SlurmController, SlurmUnavailable
+    from tiledseg.testing.slurm import SlurmController, SlurmUnavailable
 
     controller = SlurmController(tmp_path_factory.mktemp("slurm"))
     try:

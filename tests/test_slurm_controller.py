@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import slurm_controller
-from slurm_controller import SlurmController
+
+from tiledseg.testing import slurm as slurm_controller
+from tiledseg.testing.slurm import SlurmController
 
 #: Where util-linux installs runuser.
 SBIN_RUNUSER = [p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)]

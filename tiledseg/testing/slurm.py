@@ -4,9 +4,11 @@ Everything lives under one base directory and is reached only through
 ``SLURM_CONF=<base>/slurm.conf``: a SLURM already configured on the machine
 (``/etc/slurm``, its ports, its munge socket) is neither read nor touched. The
 recipe, and the pitfalls it avoids, are in
-``../shared/reference/slurm-on-these-machines.md``.
+docs/slurm.md ("Testing against a real SLURM").
 
-Not a test module: ``tests/conftest.py`` starts one controller per session.
+Shipped for the tests and the benchmarks (importable as ``tiledseg.testing.slurm`` by
+both, with no ``sys.path`` edits): ``tests/conftest.py`` starts one controller per
+session, ``benchmarks/cluster_scaling.py --slurm`` its own.
 """
 
 from __future__ import annotations
@@ -346,7 +348,7 @@ class SlurmController:
             self.spool_dir = self._private_dir("tiledseg-slurmd-")
         b = self.base
         lines = [
-            "# written by tests/slurm_controller.py; used only through SLURM_CONF",
+            "# written by tiledseg/testing/slurm.py; used only through SLURM_CONF",
             "ClusterName=tiledsegtest",
             "SlurmctldHost=localhost(127.0.0.1)",
             f"SlurmctldPort={_free_port()}",
