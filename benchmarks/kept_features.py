@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     env.pop("TILEDSEG_KEPT_FEATURES_BYTES", None)
                     if mode == "again":
                         env["TILEDSEG_KEPT_FEATURES_BYTES"] = "0"
-                    subprocess.run(["rm", "-rf", env["TILEDSEG_CACHE_DIR"]], check=True)
+                    shutil.rmtree(env["TILEDSEG_CACHE_DIR"], ignore_errors=True)
                     seconds, most = _run(config, tmp / f".{out.name}.tiledseg-features", env)
                     times[mode].append(seconds)
                     if mode == "kept":

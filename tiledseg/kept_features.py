@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.blocks import Block
+from tiledseg.errors import TiledsegError
 
 __all__ = ["WHOLE_FRACTION", "KeptFeatures", "Scratch", "active", "using"]
 
@@ -227,8 +228,6 @@ def _budget(folder: Path) -> int:
         try:
             return max(0, int(value))
         except ValueError:
-            from tiledseg.errors import TiledsegError
-
             raise TiledsegError(
                 f"{_BUDGET_VARIABLE}={value!r} is not a number of bytes; give e.g. "
                 "20000000000, or 0 to compute the features again instead of keeping them"

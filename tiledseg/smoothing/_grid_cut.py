@@ -90,6 +90,10 @@ def _max_flow(tr, rc, disp, parent, sink, ts, dist, queue, queued, orphans):  # 
     n_dirs = disp.shape[0]
     terminal = n_dirs
     orphan = n_dirs + 1
+    # One function, with the two trees' growth and paths written out apart: the same
+    # algorithm split into helpers (grow, bottleneck, push, adopt; rings as scalars
+    # passed in and returned) gave the same labels but took 1.7-1.9 s instead of
+    # 1.2-1.4 s on a 96x160x160 window, so the near-copies stay.
     # active sites: a ring of at most n entries (``queued`` keeps each in it once)
     head = 0
     count = 0

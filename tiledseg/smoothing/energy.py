@@ -293,7 +293,7 @@ def solve(
     padded = tuple(n + 2 for n in shape)
     inner = (slice(1, -1),) * len(shape)
 
-    def moved(region):  # a region of the window, in the padded grid
+    def moved(region: tuple[slice, ...]) -> tuple[slice, ...]:  # in the padded grid
         return tuple(slice(s.start + 1, s.stop + 1) for s in region)
 
     # int32 throughout: the solver's type (every sum stays below 2.7e7, see SCALE)
