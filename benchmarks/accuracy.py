@@ -21,7 +21,7 @@ built-in name, ``benchmarks/banks/NAME.yaml`` or a YAML path) and ``classifier``
   ``fit_segmenter(RandomForestClassifier(n_estimators=50, max_depth=10))`` +
   ``predict_segmenter`` (benchmarks/compare_peers.py's peer).
 - ``tiledseg``: ``train(image, scribbles, cache_dir=None, seed=0)`` + ``predict``.
-- ``tiledseg-stages2``: ``train(..., stages=2)`` ("not available" if ``train`` lacks it).
+- ``tiledseg-stages2``: ``train(..., stages=2)`` (option ``context``: its ``context``).
 - ``tiledseg-graphcut``: the ``tiledseg`` model, ``predict(..., smooth="graphcut")``.
 
 On ilastik-3d ``tiledseg[bank=ilastik-project,classifier=random-forest]`` (the project's
@@ -38,7 +38,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import re
 import shutil
@@ -76,21 +75,8 @@ class Case:
 def load_cases(
     datasets: list[str], *, limit: int | None = None, phantom_2d: int = 512, phantom_3d: int = 96
 ) -> list[Case]:
-    """Load the images, scribbles and truths of ``datasets`` (absent real data is skipped).
-
-    Parameters
-    ----------
-    datasets : list of str
-        Names from :data:`DATASETS`.
-    limit : int, optional
-        At most this many nasa-super1 images.
-    phantom_2d, phantom_3d : int
-        Side of the 2D and 3D phantoms.
-
-    Returns
-    -------
-    list of Case
-    """
+    """The images, scribbles and truths of ``datasets`` (absent real data is skipped): at
+    most ``limit`` nasa-super1 images, phantoms of the sides ``phantom_2d`` and ``phantom_3d``."""
     import tifffile
 
     from tiledseg.testing import make_phantom
@@ -182,14 +168,11 @@ _MODELS: dict[tuple, tuple[Any, float]] = {}  # trained models kept for -graphcu
 def _tiledseg(case: Case, name: str, options: dict[str, str], seed: int, tmp: Path) -> dict:
     import tiledseg
 
-    stages = 2 if name == "tiledseg-stages2" else None
     kwargs: dict[str, Any] = {"features": resolve_bank(options.get("bank"))}
     if "classifier" in options:
         kwargs["classifier"] = options["classifier"]
-    if stages:
-        if "stages" not in inspect.signature(tiledseg.train).parameters:
-            return {"status": "not available: tiledseg.train has no 'stages' keyword"}
-        kwargs["stages"] = stages
+    if name == "tiledseg-stages2":
+        kwargs["stages"] = 2
         if "context" in options:
             kwargs["context"] = options["context"]
     key = (case.dataset, case.name, seed, tuple(sorted(kwargs.items())))
@@ -218,26 +201,10 @@ def _tiledseg(case: Case, name: str, options: dict[str, str], seed: int, tmp: Pa
 
 
 def run_method(case: Case, method: str, *, seed: int = 0, tmp: Path) -> dict[str, Any]:
-    """Train and predict ``case`` with ``method``; return its scores and seconds.
-
-    Parameters
-    ----------
-    case : Case
-        The image, scribbles and truth.
-    method : str
-        ``NAME`` or ``NAME[bank=...,classifier=...]`` (see the module's docstring).
-    seed : int
-        Seed of every classifier.
-    tmp : Path
-        A scratch folder for tiledseg's outputs.
-
-    Returns
-    -------
-    dict
-        ``mean_iou``, ``iou`` (per class value), ``accuracy``, ``seconds`` (train +
-        predict), ``n_features``; on ilastik-3d also ``agreement`` and ``pearson_r``;
-        ``status`` is ``"ok"``, ``"not available: ..."`` or ``"failed: ..."``.
-    """
+    """Train and predict ``case`` with ``method`` (``NAME[key=value,...]``, every classifier
+    seeded with ``seed``; tiledseg writes into ``tmp``): ``mean_iou``, ``iou`` per class,
+    ``accuracy``, ``seconds`` (train + predict), ``n_features``; on ilastik-3d also
+    ``agreement`` and ``pearson_r``; ``status`` is ``"ok"`` or ``"failed: ..."``."""
     import tiledseg
 
     name, options = parse_method(method)

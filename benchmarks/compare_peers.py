@@ -28,10 +28,8 @@ Run ``python benchmarks/compare_peers.py --help`` for the options; see
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,92 +53,64 @@ _NOTE_WIDTH = 72  # a failed peer's reason is cut to this in the table (printed 
 # -- the peers (each runs in a child process) -----------------------------------------------------
 
 
-def _load(params: dict[str, Any]) -> tuple[Any, Any, Any]:
-    import numpy as np
+def _measured(run: Any) -> Any:
+    """A child task: load the phantom's arrays, run ``run(image, scribbles, params)``, which
+    times itself, record the peak RSS and CPU of that, then score its labels."""
 
-    paths = params["data"]
-    return (np.load(paths["image"]), np.load(paths["truth"]), np.load(paths["scribbles"]))
+    def task(params: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        paths = params["data"]
+        image, truth, scribbles = (np.load(paths[k]) for k in ("image", "truth", "scribbles"))
+        if params.get("slices"):  # nDTomo on evenly spaced slices only
+            n = image.shape[0]
+            index = np.unique(np.linspace(0, n - 1, int(params["slices"])).round().astype(int))
+            image, truth, scribbles = image[index], truth[index], scribbles[index]
+        base_rss, cpu0 = _bench.current_rss_bytes(), _bench.cpu_seconds()
+        result = run(image, scribbles, params)
+        result["peak_rss_bytes"] = _bench.peak_rss_bytes()
+        result["base_rss_bytes"] = base_rss
+        result["cpu_seconds"] = _bench.cpu_seconds() - cpu0
+        result["cpu_utilisation"] = result["cpu_seconds"] / result["seconds"]
+        result["voxels"] = int(image.size)
+        import tiledseg  # imported only after the peak was recorded
+
+        scores = tiledseg.evaluate(result.pop("labels"), truth)
+        result.update({k: scores[k] for k in ("mean_iou", "accuracy", "iou")})
+        return result
+
+    return task
 
 
-def _score(prediction: Any, truth: Any) -> dict[str, Any]:
-    """Mean IoU with tiledseg's evaluate (imported only after the peak was recorded)."""
+@_measured
+def peer_tiledseg(image: Any, scribbles: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """tiledseg's defaults; the output is an OME-Zarr group on disk (``params["scratch"]``)."""
     import tiledseg
 
-    scores = tiledseg.evaluate(prediction, truth)
-    return {"mean_iou": scores["mean_iou"], "accuracy": scores["accuracy"], "iou": scores["iou"]}
-
-
-def _finish(result: dict[str, Any], *, started_cpu: float, base_rss: int) -> dict[str, Any]:
-    """Record peak memory and CPU of the timed part (call right after it)."""
-    result["peak_rss_bytes"] = _bench.peak_rss_bytes()
-    result["base_rss_bytes"] = base_rss
-    result["cpu_seconds"] = _bench.cpu_seconds() - started_cpu
-    result["cpu_utilisation"] = result["cpu_seconds"] / result["seconds"]
-    return result
-
-
-def peer_tiledseg(params: dict[str, Any]) -> dict[str, Any]:
-    """Train and predict with tiledseg's defaults; the output is an OME-Zarr group on disk.
-
-    Parameters
-    ----------
-    params : dict
-        ``data`` (paths of the phantom's ``.npy`` files) and ``scratch`` (a folder).
-
-    Returns
-    -------
-    dict
-        Timings, memory, CPU and scores.
-    """
-    import tiledseg
-
-    image, truth, scribbles = _load(params)
     out = Path(params["scratch"]) / "out.zarr"
-    base_rss = _bench.current_rss_bytes()
-    cpu0 = _bench.cpu_seconds()
     t0 = time.perf_counter()
     model = tiledseg.train(image, scribbles, cache_dir=None)
     t1 = time.perf_counter()
     prediction = tiledseg.predict(image, model, out=out)
     t2 = time.perf_counter()
-    result = {
-        "voxels": int(image.size),
+    details = {k: model.summary.get(k) for k in ("fit_seconds", "rounds", "held_out_accuracy")}
+    return {
         "seconds": t2 - t0,
         "train_seconds": t1 - t0,
         "apply_seconds": t2 - t1,
         "n_features": model.summary.get("n_features"),
-        "details": {
-            "fit_seconds": model.summary.get("fit_seconds"),
-            "rounds": model.summary.get("rounds"),
-            "held_out_accuracy": model.summary.get("held_out_accuracy"),
-            "blocks": prediction.blocks,
-        },
+        "details": {**details, "blocks": prediction.blocks},
+        "labels": out,
     }
-    _finish(result, started_cpu=cpu0, base_rss=base_rss)
-    result.update(_score(out, truth))
-    return result
 
 
-def peer_skimage(params: dict[str, Any]) -> dict[str, Any]:
-    """Train and predict with scikit-image's trainable segmentation at its defaults.
-
-    Parameters
-    ----------
-    params : dict
-        ``data`` (paths of the phantom's ``.npy`` files) and ``seed``.
-
-    Returns
-    -------
-    dict
-        Timings, memory, CPU and scores.
-    """
+@_measured
+def peer_skimage(image: Any, scribbles: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """scikit-image's trainable segmentation at its defaults."""
     from skimage.feature import multiscale_basic_features
     from skimage.future import fit_segmenter, predict_segmenter
     from sklearn.ensemble import RandomForestClassifier
 
-    image, truth, scribbles = _load(params)
-    base_rss = _bench.current_rss_bytes()
-    cpu0 = _bench.cpu_seconds()
     t0 = time.perf_counter()
     features = multiscale_basic_features(image, channel_axis=None)
     t1 = time.perf_counter()
@@ -149,8 +119,7 @@ def peer_skimage(params: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     labels = predict_segmenter(features, forest)
     t3 = time.perf_counter()
-    result = {
-        "voxels": int(image.size),
+    return {
         "seconds": t3 - t0,
         "train_seconds": t2 - t0,
         "apply_seconds": (t1 - t0) + (t3 - t2),
@@ -162,32 +131,16 @@ def peer_skimage(params: dict[str, Any]) -> dict[str, Any]:
             "features_dtype": str(features.dtype),
             "features_gib": features.nbytes / _bench.GIB,
         },
+        "labels": labels,
     }
-    _finish(result, started_cpu=cpu0, base_rss=base_rss)
-    del features
-    result.update(_score(labels, truth))
-    return result
 
 
-def peer_ndtomo(params: dict[str, Any]) -> dict[str, Any]:
-    """Train and predict with nDTomo's CPU pipeline, slice by slice (it is 2D only).
+@_measured
+def peer_ndtomo(image: Any, scribbles: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """nDTomo's CPU pipeline (``nDTomo.methods.segmentation``), slice by slice: it is 2D only.
 
-    The pipeline is ``nDTomo.methods.segmentation``: ``FeatureConfig()``,
-    ``get_features``, ``get_training_data``, ``get_model``, ``fit_model``, ``apply``.
-    Features of every slice are computed once; the labelled pixels of all slices
-    train one model, which then labels every slice from the kept features.
-
-    Parameters
-    ----------
-    params : dict
-        ``data`` (paths of the phantom's ``.npy`` files) and ``slices`` (``None``:
-        every slice; an int: that many evenly spaced slices, scored alone). nDTomo's
-        model has XGBoost's fixed default seed.
-
-    Returns
-    -------
-    dict
-        Timings, memory, CPU and scores.
+    The features of every slice are computed once; the labelled pixels of all slices train
+    one model (XGBoost's fixed default seed), which then labels every slice from them.
     """
     import numpy as np
 
@@ -199,25 +152,16 @@ def peer_ndtomo(params: dict[str, Any]) -> dict[str, Any]:
             "'pip install --no-deps ndtomo' plus matplotlib (see benchmarks/README.md)"
         ) from exc
 
-    image, truth, scribbles = _load(params)
-    n_slices = image.shape[0]
-    if params.get("slices"):
-        index = np.unique(np.linspace(0, n_slices - 1, int(params["slices"])).round().astype(int))
-        image, truth, scribbles = image[index], truth[index], scribbles[index]
-    classes = np.unique(scribbles[scribbles > 0])
+    classes = np.flatnonzero(np.bincount(scribbles.ravel()))[1:]
     if not np.array_equal(classes, np.arange(1, len(classes) + 1)):
         raise RuntimeError(f"nDTomo's fit_model needs labels 1..K, got classes {classes.tolist()}")
     config = nds.FeatureConfig()
-    base_rss = _bench.current_rss_bytes()
-    cpu0 = _bench.cpu_seconds()
     t0 = time.perf_counter()
-    stacks = []
-    rows, targets = [], []
+    stacks, rows, targets = [], [], []
     for z in range(image.shape[0]):
-        stack = nds.get_features(image[z], config)
-        stacks.append(stack)
+        stacks.append(nds.get_features(image[z], config))
         if scribbles[z].any():
-            fit_data, target = nds.get_training_data(stack, scribbles[z], shuffle=False)
+            fit_data, target = nds.get_training_data(stacks[-1], scribbles[z], shuffle=False)
             rows.append(fit_data)
             targets.append(target)
     t1 = time.perf_counter()
@@ -225,14 +169,12 @@ def peer_ndtomo(params: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     labels = np.stack([nds.apply(model, stack) for stack in stacks]).astype(np.uint8)
     t3 = time.perf_counter()
-    result = {
-        "voxels": int(image.size),
+    return {
         "seconds": t3 - t0,
         "train_seconds": t2 - t0,
         "apply_seconds": (t1 - t0) + (t3 - t2),
         "n_features": int(stacks[0].shape[-1]),
         "details": {
-            "mode": "every slice" if not params.get("slices") else f"{image.shape[0]} slices",
             "slices": int(image.shape[0]),
             "features_seconds": t1 - t0,
             "fit_seconds": t2 - t1,
@@ -241,11 +183,8 @@ def peer_ndtomo(params: dict[str, Any]) -> dict[str, Any]:
             "n_estimators": model.get_params().get("n_estimators"),
             "kept_features_gib": sum(s.nbytes for s in stacks) / _bench.GIB,
         },
+        "labels": labels,
     }
-    _finish(result, started_cpu=cpu0, base_rss=base_rss)
-    del stacks
-    result.update(_score(labels, truth))
-    return result
 
 
 TASKS = {
@@ -264,61 +203,30 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Time tiledseg, scikit-image and nDTomo on the same 3D phantom and scribbles, "
         "each peer in its own process (peak RSS per peer).",
     )
-    parser.add_argument(
-        "--shape",
-        type=int,
-        default=256,
-        help="side of the cubic 3D phantom (default 256; e.g. 64, 192)",
-    )
+    parser.add_argument("--shape", type=int, default=256, help="side of the cube (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and classifier seed")
     parser.add_argument(
         "--scribbles",
         choices=["balls", "strokes"],
         default="strokes",
-        help="strokes on 8 z-slices, as painted in a slice viewer (default), or small "
-        "balls spread through the whole volume",
+        help="strokes on 8 z-slices (default) or small balls through the whole volume",
     )
-    parser.add_argument(
-        "--peers",
-        nargs="+",
-        choices=PEERS,
-        default=list(PEERS),
-        help="which peers to run (default: all)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
     parser.add_argument(
         "--ndtomo-slices",
         type=int,
-        default=None,
-        help="run nDTomo on this many evenly spaced slices only (default: every "
-        "slice); its mIoU is then over those slices",
+        help="nDTomo on this many evenly spaced slices only (scored on those; default: all)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=3600.0,
-        help="seconds after which a peer's process is killed (default 3600)",
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="folder for the phantom, outputs and logs (default: a temporary one)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
         "--no-memory-guard",
         action="store_true",
         help="run scikit-image even when its expected peak exceeds the memory available now",
     )
+    _bench.add_run_options(parser, timeout=3600.0)
     args = parser.parse_args(argv)
     if args.shape < 16:
         parser.error("--shape must be at least 16")
     return args
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def _row(name: str, r: dict[str, Any] | None, reason: str = "") -> list[str]:
@@ -339,50 +247,57 @@ def _row(name: str, r: dict[str, Any] | None, reason: str = "") -> list[str]:
     ]
 
 
+def _ratios(results: dict[str, dict[str, Any]], peers: Sequence[str]) -> list[dict[str, Any]]:
+    """tiledseg against each other peer: throughput, apply throughput, peak RSS, mIoU."""
+    base = results.get("tiledseg")
+    out = []
+    for peer in peers:
+        other = results.get(peer)
+        if base is None or other is None or peer == "tiledseg":
+            continue
+        per_voxel = base["voxels"] / other["voxels"]
+        out.append(
+            {
+                "peer": peer,
+                "throughput_ratio": other["seconds"] / base["seconds"] * per_voxel,
+                "apply_throughput_ratio": other["apply_seconds"]
+                / base["apply_seconds"]
+                * per_voxel,
+                "rss_ratio": base["peak_rss_bytes"] / other["peak_rss_bytes"],
+                "miou_difference": base["mean_iou"] - other["mean_iou"],
+            }
+        )
+    return out
+
+
+def _skimage_wont_fit(voxels: int) -> str:
+    """Why scikit-image is skipped (its expected peak exceeds the memory available), or ''."""
+    import psutil
+
+    need, available = SKIMAGE_BYTES_PER_VOXEL * voxels, psutil.virtual_memory().available
+    if need <= available:
+        return ""
+    return (
+        f"skipped: expected peak ~{need / _bench.GIB:.1f} GiB > "
+        f"{available / _bench.GIB:.1f} GiB available (--no-memory-guard to force)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison and print the tables.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Command-line arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0, even when a peer could not run (its reason is printed).
-    """
+    """Run the comparison and print the tables; 0 even when a peer could not run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [_bench.CHILD_FLAG]:
         return _bench.child_entry(argv[1:], TASKS)
     args = _parse(argv)
     script = Path(__file__).resolve()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiledseg-peers-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = _bench.open_workdir(args, "tiledseg-peers-")
     machine = _bench.machine_info()
+    _bench.print_machine(machine, workdir)
     shape = [args.shape] * 3
-    print(
-        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB "
-        f"({machine['available_gib_at_start']} GiB available), python {machine['python']}"
-    )
-    print(f"versions: {json.dumps(machine['versions'])}")
-    if machine["omp_num_threads"]:
-        print(f"warning: OMP_NUM_THREADS={machine['omp_num_threads']} caps XGBoost's threads")
-    print(f"tiledseg checkout: {machine['tiledseg_git']}; work folder: {workdir}")
     print(f"making phantom {'x'.join(map(str, shape))} (seed {args.seed}) ...", flush=True)
-    made = _bench.run_child(
-        script,
-        "phantom",
-        {
-            "shape": shape,
-            "seed": args.seed,
-            "scribbles": args.scribbles,
-            "out": str(workdir / "data"),
-            "format": "npy",
-        },
-        workdir=workdir,
-        timeout=args.timeout,
-    )
+    params = {"shape": shape, "seed": args.seed, "scribbles": args.scribbles}
+    params.update(out=str(workdir / "data"), format="npy")
+    made = _bench.run_child(script, "phantom", params, workdir=workdir, timeout=args.timeout)
     if not made.ok:
         print(f"could not make the phantom: {made.reason}", file=sys.stderr)
         return 1
@@ -397,26 +312,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: dict[str, str] = {}
     runs: dict[str, dict[str, Any]] = {}
     for peer in args.peers:
-        params: dict[str, Any] = {"data": phantom["paths"], "seed": args.seed}
-        if peer == "skimage" and not args.no_memory_guard:
-            import psutil
-
-            need = SKIMAGE_BYTES_PER_VOXEL * phantom["voxels"]
-            available = psutil.virtual_memory().available
-            if need > available:
-                failures[peer] = (
-                    f"skipped: expected peak ~{need / _bench.GIB:.1f} GiB > "
-                    f"{available / _bench.GIB:.1f} GiB available (--no-memory-guard to force)"
-                )
-                print(f"{peer}: {failures[peer]}")
-                continue
+        params = {"data": phantom["paths"], "seed": args.seed}
+        if peer == "ndtomo":
+            params["slices"] = args.ndtomo_slices
+        guard = peer == "skimage" and not args.no_memory_guard
+        if guard and (why := _skimage_wont_fit(phantom["voxels"])):
+            failures[peer] = why
+            print(f"{peer}: {why}")
+            continue
         if peer == "tiledseg":
             scratch = workdir / "tiledseg-scratch"
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             params["scratch"] = str(scratch)
-        if peer == "ndtomo":
-            params["slices"] = args.ndtomo_slices
         print(f"running {peer} ...", flush=True)
         outcome = _bench.run_child(script, peer, params, workdir=workdir, timeout=args.timeout)
         runs[peer] = {
@@ -425,128 +333,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_before_after": list(outcome.loadavg),
             "log": str(outcome.log),
         }
-        if outcome.ok:
-            results[peer] = outcome.result
-            if peer == "ndtomo" and args.ndtomo_slices:
-                results[peer]["note"] = f"{outcome.result['details']['slices']} slices only"
-            elif peer == "ndtomo":
-                results[peer]["note"] = "2D, slice by slice"
-            r = outcome.result
-            others = outcome.others_cores
-            print(
-                f"  {peer}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / _bench.GIB:.2f} "
-                f"GiB, mIoU {r['mean_iou']:.3f}; other processes used "
-                f"{_fmt(others, '.2f')} cores meanwhile",
-                flush=True,
-            )
-        else:
+        if not outcome.ok:
             failures[peer] = outcome.reason
             print(f"  {peer} could not run: {outcome.reason}", flush=True)
+            continue
+        r = results[peer] = outcome.result
+        if peer == "ndtomo":
+            slices = args.ndtomo_slices and f"{r['details']['slices']} slices only"
+            r["note"] = slices or "2D, slice by slice"
+        print(
+            f"  {peer}: {r['seconds']:.1f} s, peak {r['peak_rss_bytes'] / _bench.GIB:.2f} "
+            f"GiB, mIoU {r['mean_iou']:.3f}; other processes used "
+            f"{_bench.fmt(outcome.others_cores, '.2f')} cores meanwhile",
+            flush=True,
+        )
 
     title = (
         f"{'x'.join(map(str, shape))} phantom, {args.scribbles} scribbles, seed {args.seed}, "
         f"{machine['cores']} cores"
     )
-    print()
-    print(f"## Peers on the same {title}")
-    print()
-    headers = [
-        "peer",
-        "voxels",
-        "seconds",
-        "Mvox/s",
-        "apply Mvox/s",
-        "peak RSS GiB",
-        "mIoU",
-        "CPU util",
-        "note",
-    ]
+    print(f"\n## Peers on the same {title}\n")
+    headers = ["peer", "voxels", "seconds", "Mvox/s", "apply Mvox/s", "peak RSS GiB", "mIoU"]
     rows = [_row(p, results.get(p), failures.get(p, "")) for p in args.peers]
-    print(_bench.format_table(headers, rows))
-    print()
+    print(_bench.format_table([*headers, "CPU util", "note"], rows))
     print(
-        "seconds: train + label every voxel; apply: label every voxel with a trained model "
+        "\nseconds: train + label every voxel; apply: label every voxel with a trained model "
         "(tiledseg: predict; peers: features + classify); CPU util: CPU seconds / wall seconds "
         "of the timed part."
     )
-    ratios = []
-    base = results.get("tiledseg")
-    if base is not None:
-        for peer in args.peers:
-            other = results.get(peer)
-            if peer == "tiledseg" or other is None:
-                continue
-            ratios.append(
-                {
-                    "peer": peer,
-                    "throughput_ratio": other["seconds"]
-                    / base["seconds"]
-                    * base["voxels"]
-                    / other["voxels"],
-                    "apply_throughput_ratio": other["apply_seconds"]
-                    / base["apply_seconds"]
-                    * base["voxels"]
-                    / other["voxels"],
-                    "rss_ratio": base["peak_rss_bytes"] / other["peak_rss_bytes"],
-                    "miou_difference": base["mean_iou"] - other["mean_iou"],
-                }
-            )
+    ratios = _ratios(results, args.peers)
     if ratios:
-        print()
-        print("## tiledseg vs each peer")
-        print()
-        print(
-            _bench.format_table(
-                [
-                    "peer",
-                    "throughput x (>1: tiledseg faster)",
-                    "apply throughput x",
-                    "peak RSS x (<1: tiledseg smaller)",
-                    "mIoU tiledseg - peer",
-                ],
-                [
-                    [
-                        r["peer"],
-                        f"{r['throughput_ratio']:.2f}",
-                        f"{r['apply_throughput_ratio']:.2f}",
-                        f"{r['rss_ratio']:.2f}",
-                        f"{r['miou_difference']:+.3f}",
-                    ]
-                    for r in ratios
-                ],
-            )
-        )
-    print()
+        print("\n## tiledseg vs each peer\n")
+        headers = ["peer", "throughput x (>1: tiledseg faster)", "apply throughput x"]
+        headers += ["peak RSS x (<1: tiledseg smaller)", "mIoU tiledseg - peer"]
+        keys = ("throughput_ratio", "apply_throughput_ratio", "rss_ratio")
+        rows = [
+            [r["peer"], *(f"{r[k]:.2f}" for k in keys), f"{r['miou_difference']:+.3f}"]
+            for r in ratios
+        ]
+        print(_bench.format_table(headers, rows))
     print(
-        "Processes other than the peer's used on average (cores): "
-        + ", ".join(f"{p} {_fmt(runs[p]['others_cores'], '.2f')}" for p in runs)
+        "\nProcesses other than the peer's used on average (cores): "
+        + ", ".join(f"{p} {_bench.fmt(runs[p]['others_cores'], '.2f')}" for p in runs)
         + " (CPU was shared: timings are noisy when this is not ~0)."
     )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "benchmark": "compare_peers",
-                    "command": " ".join([Path(sys.argv[0]).name, *argv]),
-                    "shape": shape,
-                    "seed": args.seed,
-                    "machine": machine,
-                    "phantom": {k: v for k, v in phantom.items() if k != "paths"},
-                    "results": results,
-                    "failures": failures,
-                    "runs": runs,
-                    "ratios": ratios,
-                },
-                indent=1,
-            )
-        )
-        print(f"results written to {args.json}")
+    record = {"benchmark": "compare_peers", "command": " ".join([Path(sys.argv[0]).name, *argv])}
+    record.update(shape=shape, seed=args.seed, machine=machine)
+    record["phantom"] = {k: v for k, v in phantom.items() if k != "paths"}
+    record.update(results=results, failures=failures, runs=runs, ratios=ratios)
+    _bench.write_json(args.json, record)
     crashed = [p for p, why in failures.items() if not why.startswith("skipped")]
-    if crashed:
-        print(f"logs of {', '.join(crashed)} kept in {workdir}")
-    elif not args.keep and args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
+    _bench.close_workdir(args, workdir, failed=bool(crashed))
     return 0
 
 

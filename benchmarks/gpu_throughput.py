@@ -21,7 +21,6 @@ benchmarks/README.md for the wheels a GPU machine without a registry needs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -42,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", default=None, help="--block for every run (default: chosen)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the stores here")
-    parser.add_argument(
-        "--json", default=str(Path(__file__).parent / "results" / "gpu_throughput.json")
-    )
+    parser.add_argument("--json", type=Path, default=_bench.RESULTS / "gpu_throughput.json")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -142,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             f"labels differing GPU vs CPU: {record['labels_differing_gpu_cpu']} of "
             f"{made['voxels']} ({100 * record['labels_differing_share']:.4f}%)"
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+    _bench.write_json(args.json, record)
     return 0
 
 

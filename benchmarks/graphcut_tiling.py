@@ -15,7 +15,6 @@ and once in blocks, and prints the fraction of voxels that agree:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -48,9 +47,7 @@ def agreement(shape, classes, seed, block, *, weight=None, iterations=None) -> f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--json", default=str(Path(__file__).parent / "results" / "graphcut_tiling.json")
-    )
+    parser.add_argument("--json", type=Path, default=_bench.RESULTS / "graphcut_tiling.json")
     args = parser.parse_args(argv)
     cases = [
         ("3 classes, 2D 300x285", [((300, 285), 3, 4, (100, 95), {})]),
@@ -71,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, " / ".join(f"{100 * a:.3f}%" for a in found)])
         print(f"{name}: {rows[-1][1]}", flush=True)
     print(_bench.format_table(["case", "voxels agreeing with the whole-volume solve"], rows))
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"results written to {args.json}")
+    _bench.write_json(args.json, result)
     return 0
 
 

@@ -18,7 +18,6 @@ rounds, wall clock, on the default threaded scheduler.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -37,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight", type=float, default=None, help="--smooth-weight")
     parser.add_argument("--iterations", type=int, default=None, help="expansion cycles")
     parser.add_argument("--neighbours", type=int, default=None, help="--smooth-neighbours")
-    parser.add_argument(
-        "--json", default=str(Path(__file__).parent / "results" / "graphcut_time.json")
-    )
+    parser.add_argument("--json", type=Path, default=_bench.RESULTS / "graphcut_time.json")
     args = parser.parse_args(argv)
 
     import tiledseg as ts
@@ -108,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    _bench.write_json(args.json, result)
     return 0
 
 

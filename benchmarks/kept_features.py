@@ -14,7 +14,6 @@ watched during the run), and whether the two outputs' labels are equal.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -56,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192, help="cube side (default 192)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--json", default=str(Path(__file__).parent / "results" / "kept_features.json")
-    )
+    parser.add_argument("--json", type=Path, default=_bench.RESULTS / "kept_features.json")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -123,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"results written to {args.json}")
+    _bench.write_json(args.json, result)
     return 0
 
 
