@@ -117,13 +117,13 @@ def task_predict(params: dict[str, Any]) -> dict[str, Any]:
 def _instrument(tp: Any, record: dict[str, Any], expect_workers: int, threads: bool) -> None:
     """Wrap ``open_executor`` (and on threads the block task) as ``tiledseg.predict`` sees
     them, in this process only; a cluster's block times come from dask's task stream."""
-    original_open, original_task = tp.open_executor, tp._predict_task
+    original_open, original_task = tp.open_executor, tp.PredictionJob.predict
     block_times: list[float] = []
 
-    def timed_task(args: tuple) -> Any:
+    def timed_task(job: Any, block: Any) -> Any:
         t = time.perf_counter()
         try:
-            return original_task(args)
+            return original_task(job, block)
         finally:
             block_times.append(time.perf_counter() - t)
 
@@ -165,7 +165,7 @@ def _instrument(tp: Any, record: dict[str, Any], expect_workers: int, threads: b
 
     tp.open_executor = timed_open
     if threads:
-        tp._predict_task = timed_task
+        tp.PredictionJob.predict = timed_task
 
 
 def _worker_cpu(client: Any) -> dict[str, tuple[float, float]]:
@@ -200,7 +200,8 @@ def _task_stream_summary(stream: list[dict[str, Any]], since: float) -> dict[str
     per_worker: dict[str, float] = {}
     computes, starts, stops = [], [], []
     for task in stream:
-        if not str(task.get("key", "")).startswith("_predict_task"):
+        # a block's task is the executor's guarded call of the job's method
+        if not str(task.get("key", "")).startswith("_guarded_call"):
             continue
         for ss in task.get("startstops", ()):
             if ss["action"] == "compute":

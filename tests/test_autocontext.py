@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import zarr
@@ -14,9 +12,8 @@ from tiledseg.blocks import Block
 from tiledseg.cli import main
 from tiledseg.errors import BlocksFailedError, TiledsegError
 from tiledseg.model import load_model
+from tiledseg.predict import PredictionJob
 from tiledseg.testing import make_phantom
-
-predict_module = importlib.import_module("tiledseg.predict")
 
 
 @pytest.fixture(scope="module")
@@ -223,17 +220,17 @@ def test_a_failed_block_is_redone_and_the_run_equals_an_uninterrupted_one(
     np.save(path, image)
     model_path = model.save(tmp_path / "m.tseg")
     ts.predict(str(path), str(model_path), out=tmp_path / "whole.zarr", block=(13, 16, 16))
-    real = predict_module._predict_block
+    real = PredictionJob.predict
 
-    def failing(args):
-        block = next(a for a in args if isinstance(a, Block))
+    def failing(job, block):
+        assert isinstance(block, Block)
         if block.index[0] == 1:
             raise OSError("injected")
-        return real(args)
+        return real(job, block)
 
     out = tmp_path / "partial.zarr"
     with monkeypatch.context() as patch:
-        patch.setattr(predict_module, "_predict_block", failing)
+        patch.setattr(PredictionJob, "predict", failing)
         with pytest.raises(BlocksFailedError):
             ts.predict(str(path), str(model_path), out=out, block=(13, 16, 16))
     result = ts.predict(str(path), str(model_path), out=out, block=(13, 16, 16))

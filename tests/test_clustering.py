@@ -8,7 +8,6 @@ blocking must give the same labels, bit for bit.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,11 @@ from tiledseg.clustering import (
     sample_windows,
 )
 from tiledseg.errors import BlocksFailedError, OutputExistsError, TiledsegError
-from tiledseg.runs import done_blocks
-from tiledseg.testing import make_phantom
 
 # the module, not the function that tiledseg exports under its name
-predict_module = importlib.import_module("tiledseg.predict")
+from tiledseg.predict import PredictionJob
+from tiledseg.runs import done_blocks
+from tiledseg.testing import make_phantom
 
 SHAPE_2D = (150, 170)
 SHAPE_3D = (30, 62, 58)
@@ -278,18 +277,17 @@ def test_cli_existing_output_is_refused_without_overwrite(work, capsys):
 
 
 def test_an_unfinished_run_resumes(work, monkeypatch):
-    real = predict_module._predict_block
+    real = PredictionJob.predict
 
-    def failing(args):
-        block = args[1]
+    def failing(job, block):
         assert isinstance(block, Block)
         if block.index[0] == 1:
             raise OSError("disk full (on purpose)")
-        return real(args)
+        return real(job, block)
 
     options = {"classes": 3, "out": "out.zarr", "block": 16, "sample_voxels": 5000}
     with monkeypatch.context() as patch:
-        patch.setattr(predict_module, "_predict_block", failing)
+        patch.setattr(PredictionJob, "predict", failing)
         with pytest.raises(BlocksFailedError):
             cluster_phases("image.npy", **options)
     assert provenance(work / "out.zarr")["complete"] is False
@@ -301,7 +299,7 @@ def test_an_unfinished_run_resumes(work, monkeypatch):
     np.testing.assert_array_equal(labels_of(work / "out.zarr"), labels_of(work / "again.zarr"))
     # another seed gives another model: its run does not continue this one
     with monkeypatch.context() as patch:
-        patch.setattr(predict_module, "_predict_block", failing)
+        patch.setattr(PredictionJob, "predict", failing)
         with pytest.raises(BlocksFailedError):
             cluster_phases("image.npy", **{**options, "out": "third.zarr"})
     with pytest.raises(OutputExistsError, match="different model"):

@@ -214,7 +214,7 @@ def test_predict_never_holds_every_block(tmp_path, monkeypatch, phantom2d, model
                 yield item
 
         for n, pair in enumerate(imap(self, func, counted(), **kwargs), start=1):
-            if func.__name__ == "_predict_task":
+            if func.__name__ == "_guarded_call":
                 seen["alive"].append(alive[0])
                 seen["ahead"].append(drawn - n)
             yield pair

@@ -7,7 +7,6 @@ uninterrupted run gives.
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import subprocess
@@ -25,11 +24,11 @@ import tiledseg as ts
 from tiledseg.blocks import Block
 from tiledseg.cli import cli, main
 from tiledseg.errors import BlocksFailedError, OutputExistsError
-from tiledseg.runs import DONE_DIR, done_blocks
-from tiledseg.testing import make_phantom
 
 # the module, not the function that tiledseg exports under its name
-predict_module = importlib.import_module("tiledseg.predict")
+from tiledseg.predict import PredictionJob
+from tiledseg.runs import DONE_DIR, done_blocks
+from tiledseg.testing import make_phantom
 
 SHAPE = (32, 64, 64)
 BLOCK = 16  # 2 x 4 x 4 = 32 blocks
@@ -152,18 +151,18 @@ def partial(work, tmp_path, monkeypatch):
     """An unfinished output: the API run with some blocks failing on purpose."""
 
     def make(*, smooth: str | None = None, fail=lambda b: b.index[2] == 3, name=None):
-        name = name or ("_block_costs" if smooth else "_predict_block")
-        real = getattr(predict_module, name)
+        name = name or ("costs" if smooth else "predict")
+        real = getattr(PredictionJob, name)
 
-        def failing(*args):
-            block = next(a for a in (*args, *args[0]) if isinstance(a, Block))
+        def failing(job, block, *rest):
+            assert isinstance(block, Block)
             if fail(block):
                 raise OSError(f"injected read error in {block.name}")
-            return real(*args)
+            return real(job, block, *rest)
 
         out = tmp_path / "partial.zarr"
         with monkeypatch.context() as patch:
-            patch.setattr(predict_module, name, failing)
+            patch.setattr(PredictionJob, name, failing)
             with pytest.raises(BlocksFailedError) as failed:
                 ts.predict(
                     str(work["image"]), str(work["model"]), out=out, block=BLOCK, smooth=smooth
@@ -204,7 +203,7 @@ def test_a_smoothed_run_reports_the_blocks_a_failed_block_leaves_unsmoothed(work
 
 def test_a_smoothed_run_resumes_and_equals_an_uninterrupted_one(work, uninterrupted, partial):
     out, error = partial(
-        smooth="graphcut", fail=lambda b: b.index == (1, 2, 2), name="_write_labels"
+        smooth="graphcut", fail=lambda b: b.index == (1, 2, 2), name="write_labels"
     )
     assert [f.index for f in error.failures] == [(1, 2, 2)]
     result = ts.predict(
@@ -386,15 +385,15 @@ def test_segment_continues_with_the_model_its_first_run_wrote(work, tmp_path, mo
         f"image: {work['image']}\nlabels: labels.npy\nmodel: m.tseg\nout: out.zarr\n"
         f"features: minimal\nblock: {BLOCK}\n"
     )
-    real = predict_module._predict_block
+    real = PredictionJob.predict
 
-    def failing(args):
-        if args[1].index[0] == 1:
+    def failing(job, block):
+        if block.index[0] == 1:
             raise OSError("disk full (on purpose)")
-        return real(args)
+        return real(job, block)
 
     with monkeypatch.context() as patch:
-        patch.setattr(predict_module, "_predict_block", failing)
+        patch.setattr(PredictionJob, "predict", failing)
         assert main(["segment", str(config), "--quiet"]) == 1
     assert "16 of 32 blocks failed" in capsys.readouterr().err
     checksum = ts.load_model(tmp_path / "m.tseg").checksum

@@ -12,7 +12,16 @@ from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.plugins import check_plugin, feature_plugin, register_feature
 from tiledseg.features.tiled import feature_array
 from tiledseg.model import Model, load_model
+from tiledseg.options import (
+    Execution,
+    ImageInput,
+    PhaseSearch,
+    Prediction,
+    Smoothing,
+    Training,
+)
 from tiledseg.predict import PredictionResult, predict
+from tiledseg.segment import SegmentResult, segment
 from tiledseg.training import train
 from tiledseg.volume import Volume, open_volume
 
@@ -22,10 +31,17 @@ __all__ = [
     "BlocksFailedError",
     "ClusterConfigError",
     "ClusteringResult",
+    "Execution",
     "FeatureBank",
+    "ImageInput",
     "Model",
+    "PhaseSearch",
+    "Prediction",
     "PredictionResult",
+    "SegmentResult",
+    "Smoothing",
     "TiledsegError",
+    "Training",
     "Volume",
     "check_plugin",
     "cluster_phases",
@@ -37,5 +53,6 @@ __all__ = [
     "predict",
     "register_feature",
     "resolve_bank",
+    "segment",
     "train",
 ]

@@ -26,6 +26,7 @@ from tiledseg.errors import TiledsegError
 __all__ = [
     "Executor",
     "available_cores",
+    "check_placement",
     "cluster_threads_per_task",
     "open_executor",
     "planned_workers",
@@ -152,6 +153,34 @@ class Executor:
                 yield from self._imap_threads(func, numbered, bar)
             else:
                 yield from self._imap_distributed(func, numbered, bar, on_error)
+
+    def map_method(
+        self, method: Callable[[Any], Any], items: Iterable[Any], *, desc: str
+    ) -> list[Any]:
+        """Run a job's bound ``method`` on every item (as :meth:`map`): the job is the same
+        in every call, so a cluster receives it once, not once per item."""
+        job, func = method.__self__, method.__func__
+        return self.map(_method_call, [(job, func, item) for item in items], desc=desc)
+
+    def blocks(
+        self,
+        method: Callable[[Any], Any],
+        blocks: Iterable[Any],
+        *,
+        desc: str,
+        total: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Run a block job's bound ``method`` on every block; yield ``(i, result)`` as
+        blocks finish (as :meth:`imap`).
+
+        Each call is guarded once, here: a block whose call raises, or whose task the
+        cluster lost, gives a :class:`~tiledseg.runs.BlockFailure` as its result, so
+        one bad block never stops the others. The job (``method``'s object) is the same
+        in every item, so a cluster receives it once.
+        """
+        job, func = method.__self__, method.__func__
+        items = ((job, func, block) for block in blocks)
+        return self.imap(_guarded_call, items, desc=desc, on_error=_lost_block, total=total)
 
     def in_flight(self) -> int:
         """Items submitted at once by :meth:`map` on a cluster: a few per task thread, at
@@ -523,6 +552,55 @@ def _progress(total: int, desc: str, *, disable: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="block", file=sys.stderr, disable=disable, leave=False)
 
 
+def _method_call(item: tuple[Any, Callable, Any]) -> Any:
+    """``job.method(item)``: a task of :meth:`Executor.map_method`."""
+    job, func, value = item
+    return func(job, value)
+
+
+def _guarded_call(item: tuple[Any, Callable, Any]) -> Any:
+    """``job.method(block)``, or the block's :class:`~tiledseg.runs.BlockFailure`."""
+    from tiledseg.runs import guarded
+
+    job, func, block = item
+    return guarded(func, block.name, block.index, job, block)
+
+
+def _lost_block(i: int, item: tuple[Any, Callable, Any], exc: BaseException) -> Any:
+    """A block whose task the cluster lost (its workers kept dying), as a failure."""
+    from tiledseg.runs import BlockFailure
+
+    block = item[2]
+    return BlockFailure(block.name, block.index, f"{type(exc).__name__}: {exc}")
+
+
+def check_placement(workers: Any, scheduler: Any, cluster: Any) -> bool:
+    """Refuse two places to run at once, or a non-positive ``workers``.
+
+    Returns
+    -------
+    bool
+        Whether a cluster (``workers``, ``scheduler`` or ``cluster``) is asked for.
+    """
+    given = [
+        name
+        for name, value in (
+            (f"--workers {workers}", workers),
+            (f"--scheduler {scheduler}", scheduler),
+            (f"--cluster {cluster}", cluster),
+        )
+        if value is not None
+    ]
+    if workers is not None and int(workers) <= 0:
+        raise TiledsegError(f"--workers {workers}: give a positive number of worker processes")
+    if len(given) > 1:
+        raise TiledsegError(
+            f"{' and '.join(given)}: give one (local worker processes, the workers of a "
+            "running scheduler, or a cluster config)"
+        )
+    return bool(given)
+
+
 @contextlib.contextmanager
 def open_executor(
     workers: int | None = None,
@@ -547,23 +625,7 @@ def open_executor(
         cluster from: local processes, SLURM jobs or one worker per GPU.
     """
     passive_waits()
-    given = [
-        name
-        for name, value in (
-            (f"--workers {workers}", workers),
-            (f"--scheduler {scheduler}", scheduler),
-            (f"--cluster {cluster}", cluster),
-        )
-        if value is not None
-    ]
-    if workers is not None and int(workers) <= 0:
-        raise TiledsegError(f"--workers {workers}: give a positive number of worker processes")
-    if len(given) > 1:
-        raise TiledsegError(
-            f"{' and '.join(given)}: give one (local worker processes, the workers of a "
-            "running scheduler, or a cluster config)"
-        )
-    if not given:
+    if not check_placement(workers, scheduler, cluster):
         yield Executor(n_workers=available_cores(), quiet=quiet)
         return
     from distributed import Client

@@ -38,12 +38,12 @@ from tiledseg._openmp import passive_waits
 from tiledseg.blocks import Block, Region, haloed, resolve_block
 from tiledseg.classifiers import Classifier
 from tiledseg.cluster import one_cluster
-from tiledseg.device import check_device
 from tiledseg.errors import TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block
 from tiledseg.model import Model
+from tiledseg.options import Execution, ImageInput, PhaseSearch, Training, gather
 from tiledseg.predict import PredictionResult, predict
 from tiledseg.runs import is_tiledseg_output, prepare_output, unfinished_run, update_provenance
 from tiledseg.volume import Volume, open_volume
@@ -90,7 +90,7 @@ def check_classes(classes: int | str) -> int:
     return value
 
 
-def _check_sample_voxels(sample_voxels: int) -> int:
+def check_sample_voxels(sample_voxels: int) -> int:
     if isinstance(sample_voxels, bool) or not isinstance(sample_voxels, int | np.integer):
         raise TiledsegError(
             f"--sample-voxels {sample_voxels!r}: give a whole number of voxels, e.g. 100000"
@@ -103,7 +103,7 @@ def _check_sample_voxels(sample_voxels: int) -> int:
     return int(sample_voxels)
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
         raise TiledsegError(f"--seed {seed!r}: give a whole number from 0 to 4294967295")
     return int(seed)
@@ -324,21 +324,14 @@ def _phases(clf: NearestCentre, table: np.ndarray, order_by: int) -> list[dict[s
 def cluster_phases(
     image: Any,
     *,
-    classes: int | str,
     out: str | os.PathLike,
-    features: Any = None,
-    spacing: Sequence[float] | str | None = None,
-    channel_axis: int | None = None,
-    block: int | Sequence[int] | str | None = None,
-    sample_voxels: int = 100_000,
-    seed: int = 0,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    cluster: Any = None,
+    execution: Execution | None = None,
+    image_input: ImageInput | None = None,
+    training: Training | None = None,
+    phases: PhaseSearch | None = None,
     overwrite: bool = False,
-    quiet: bool = True,
     command: str | None = None,
-    device: str | None = None,
+    **options: Any,
 ) -> ClusteringResult:
     """Find ``classes`` phases of ``image`` with k-means and label every voxel into ``out``.
 
@@ -352,35 +345,25 @@ def cluster_phases(
     ----------
     image : path or array
         The image (see :func:`tiledseg.volume.open_volume`).
-    classes : int
-        Number of phases, 2 or more (a string of digits is accepted).
     out : path
         The output group ``OUT.zarr`` (``labels/0``, as :func:`tiledseg.predict` writes).
-    features : bank name, YAML path, mapping or FeatureBank, optional
-        The feature bank (``"default"`` if omitted).
-    spacing : sequence of float or "z,y,x", optional
-        Voxel spacing (else from OME metadata, else isotropic).
-    channel_axis : int, optional
-        Channel axis of ``image``.
-    block : int or sequence of int, optional
-        Processing block for the labelling; the output's chunk shape.
-    sample_voxels : int
-        Voxels sampled to fit the centres.
-    seed : int
-        Seed of the windows, the sampled voxels and k-means.
-    workers, scheduler, cluster
+    execution : Execution, optional
         Where blocks run, as for :func:`tiledseg.predict`; one cluster serves the
-        sampling and the labelling.
+        sampling and the labelling. The sample's features are computed on the CPU.
+    image_input : ImageInput, optional
+        ``spacing`` and ``channel_axis`` of the image.
+    training : Training, optional
+        Its ``features`` (the bank) and ``seed`` (of the windows, the sampled voxels
+        and k-means); its other fields are for training a classifier, and refused here.
+    phases : PhaseSearch, optional
+        ``classes`` (2 or more; a string of digits is accepted) and ``sample_voxels``.
     overwrite : bool
         Replace an existing tiledseg output at ``out``. Without it, an unfinished run
         with the same options is continued (its phases are the same: all is seeded).
-    quiet : bool
-        No progress bars.
     command : str, optional
         The command line, recorded in the provenance (default: this call).
-    device : {"cpu", "cuda", "auto"}, optional
-        Where the labelling computes blocks (:func:`tiledseg.predict`); the sample's
-        features are computed on the CPU.
+    **options
+        Any field of those models by name (``classes=3``, ``block=64``, ...).
 
     Returns
     -------
@@ -395,29 +378,62 @@ def cluster_phases(
         than ``classes``, or any input :func:`tiledseg.predict` refuses.
     """
     passive_waits()
-    classes = check_classes(classes)
-    sample_voxels = _check_sample_voxels(sample_voxels)
-    seed = _check_seed(seed)
-    device = check_device(device)
-    volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
-    bank = resolve_bank(features, ndim=volume.ndim)
+    given = gather(
+        {
+            "execution": execution,
+            "image_input": image_input,
+            "training": training,
+            "phases": phases,
+        },
+        options,
+        what="cluster_phases",
+    )
+    _only_bank_and_seed(given["training"])
+    return _cluster(image, out=out, overwrite=overwrite, command=command, **given)
+
+
+def _only_bank_and_seed(training: Training) -> None:
+    """Refuse the training options k-means has no use for."""
+    used = {"features", "seed"}
+    unused = sorted(training.model_fields_set - used)
+    if unused:
+        raise TiledsegError(
+            f"cluster_phases() takes the bank and the seed of the training options, not "
+            f"{', '.join(unused)}"
+        )
+
+
+def _cluster(
+    image: Any,
+    *,
+    out: str | os.PathLike,
+    overwrite: bool,
+    command: str | None,
+    execution: Execution,
+    image_input: ImageInput,
+    training: Training,
+    phases: PhaseSearch,
+) -> ClusteringResult:
+    ex, seed, classes = execution, training.seed, phases.classes
+    volume = open_volume(image, channel_axis=image_input.channel_axis, spacing=image_input.spacing)
+    bank = resolve_bank(training.features, ndim=volume.ndim)
     bank.check_channels(volume.n_channels)
-    resolve_block(block, shape=volume.shape, halo=bank.halo(volume.spacing))
+    resolve_block(ex.block, shape=volume.shape, halo=bank.halo(volume.spacing))
     if overwrite or unfinished_run(out) is None:  # (predict checks a run it may continue)
         inputs = [str(image)] if isinstance(image, str | os.PathLike) else []
         prepare_output(out, overwrite=overwrite, inputs=inputs)
     order_by, order_name = _order_feature(bank, ndim=volume.ndim, n_channels=volume.n_channels)
     # one cluster (one set of SLURM jobs) for the sampling and the labelling
-    with one_cluster(workers, scheduler=scheduler, cluster=cluster, quiet=quiet) as (
+    with one_cluster(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster, quiet=ex.quiet) as (
         executor,
         shared,
     ):
         fit_started = time.perf_counter()
         table, n_windows = sample_features(
-            volume, bank, sample_voxels=sample_voxels, seed=seed, executor=executor
+            volume, bank, sample_voxels=phases.sample_voxels, seed=seed, executor=executor
         )
         clf = fit_centres(table, classes=classes, seed=seed, order_by=order_by)
-        phases = _phases(clf, table, order_by)
+        found = _phases(clf, table, order_by)
         settings = {
             "method": "MiniBatchKMeans",
             "classes": classes,
@@ -425,7 +441,7 @@ def cluster_phases(
             "sample_voxels": len(table),
             "sample_windows": n_windows,
             "ordered_by": order_name,
-            "phases": phases,
+            "phases": found,
             "sample_and_fit_seconds": round(time.perf_counter() - fit_started, 3),
         }
         model = clustering_model(clf, bank=bank, volume=volume, summary=settings)
@@ -436,16 +452,13 @@ def cluster_phases(
                 volume,
                 model,
                 out=out,
-                block=block,
-                scheduler=shared,
+                execution=ex.updated(workers=None, cluster=None, scheduler=shared),
                 overwrite=overwrite,
-                quiet=quiet,
                 command=command,
-                device=device,
             )
         finally:
             _record(out, model, settings)
-    return ClusteringResult(**vars(result), phases=phases)
+    return ClusteringResult(**vars(result), phases=found)
 
 
 def _record(out: str | os.PathLike, model: Model, settings: dict[str, Any]) -> None:

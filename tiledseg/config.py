@@ -1,86 +1,67 @@
-"""The run configuration: a strict pydantic model read from YAML.
+"""The run configuration of ``tiledseg segment``: the option models' fields, read from YAML.
 
-``tiledseg segment CONFIG.yaml`` reads one of these; a typo in a key is an
-error naming the key. Relative paths are taken relative to the config file.
+A config file is a flat mapping: the paths of the run (``image``, ``labels``,
+``model``, ``out``, ``truth``), ``overwrite``, and any field of the option models
+(:mod:`tiledseg.options`) under the name the command line gives it without its
+dashes (``smooth_weight`` for ``--smooth-weight``). A typo in a key is an error
+naming the key. Relative paths are taken relative to the config file.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictInt, ValidationError
+from pydantic import Field, ValidationError, create_model, model_validator
 
-from tiledseg.autocontext import MAX_STAGES
-from tiledseg.classifiers import DEFAULT_CLASSIFIER
 from tiledseg.errors import TiledsegError
+from tiledseg.options import (
+    Execution,
+    ImageInput,
+    Options,
+    Prediction,
+    Smoothing,
+    Training,
+    build,
+    explain,
+)
 from tiledseg.volume import split_dataset
 from tiledseg.yamlfile import read_yaml
 
 __all__ = ["SegmentConfig", "load_config"]
 
+#: The concerns a config holds, in the order of its keys after the paths.
+CONCERNS = (ImageInput, Training, Execution, Prediction, Smoothing)
 
-class SegmentConfig(BaseModel):
+#: What a YAML file can hold where the API also takes objects (a FeatureBank, an
+#: estimator, a ClusterConfig, arrays): the config's narrower type for those fields.
+_YAML_TYPES: dict[str, Any] = {
+    "features": str | dict[str, list[float]],
+    "cluster": str | None,
+    "extra_channels": list[str] | None,
+    "roi": str | None,
+}
+
+
+class _Run(Options):
     """Train, predict and (with ``truth``) evaluate, in one run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: str = Field(description="image path (zarr, OME-Zarr, TIFF, file.h5:/dataset, .npy)")
     labels: str = Field(description="scribbles: 0 = unlabelled, 1..K (any positive values)")
     model: str = Field(description="where the trained model is written")
     out: str = Field(description="output OME-Zarr group")
     truth: str | None = Field(None, description="dense ground truth to score the result against")
-    features: str | dict[str, list[float]] = Field(
-        "default", description="bank name, bank YAML file, or family: [scales]"
-    )
-    classifier: Literal["random-forest", "xgboost"] = DEFAULT_CLASSIFIER
-    spacing: list[float] | str | None = Field(None, description='[z, y, x] or "z,y,x"')
-    channel_axis: int | None = None
-    extra_channels: list[str] | None = Field(
-        None, description="co-registered images whose channels add their raw values as features"
-    )
-    filter_extra_channels: bool = Field(
-        False, description="also compute the bank's families on the extra channels"
-    )
-    block: PositiveInt | list[PositiveInt] | None = None
-    device: Literal["cpu", "cuda", "auto"] = Field(
-        "cpu", description="cpu, cuda (each worker's GPU) or auto (a worker's GPU if it has one)"
-    )
-    workers: PositiveInt | None = None
-    scheduler: str | None = Field(
-        None, description="address (or scheduler file) of a running dask scheduler"
-    )
-    cluster: str | None = Field(
-        None, description="cluster config file (tiledseg/cluster_configs/: local, slurm, ...)"
-    )
-    distributed_training: bool | None = Field(
-        None, description="fit XGBoost on the cluster (default: when the table exceeds 1 GiB)"
-    )
-    select_features: PositiveInt | None = Field(
-        None, description="keep the K most important features (held-out check)"
-    )
-    stages: StrictInt = Field(
-        1, ge=1, le=MAX_STAGES, description="classifier stages (autocontext); 1: plain"
-    )
-    probabilities: bool = False
-    uncertainty: bool = False
-    roi: str | None = None
-    smooth: Literal["none", "graphcut"] | None = Field(
-        None, description="graph-cut smoothing of the labels"
-    )
-    smooth_weight: float | None = Field(None, description="graph-cut Potts weight (default 2)")
-    smooth_neighbours: int | None = Field(None, description="4 or 8 (2D), 6 or 26 (3D)")
-    smooth_iterations: int | None = Field(
-        None, description="graph-cut expansion cycles (default 1; -1: until convergence)"
-    )
-    smooth_contrast_sigma: float | None = Field(
-        None, description="blur of the graph cut's contrast image (default 1; 0: raw)"
-    )
-    overwrite: bool = False
-    seed: int = 0
+    overwrite: bool = Field(False, description="replace the model and output if they exist")
 
-    def resolved(self, base: Path) -> SegmentConfig:
+    @model_validator(mode="after")
+    def _concerns_hold(self) -> _Run:
+        # the checks between a concern's fields (smooth_weight needs smooth: graphcut)
+        for concern in CONCERNS:
+            self.concern(concern)
+        return self
+
+    def resolved(self, base: Path) -> Any:
         """Return a copy whose relative paths are relative to ``base``."""
 
         def fix(value: str | None) -> str | None:
@@ -91,7 +72,8 @@ class SegmentConfig(BaseModel):
                 head = str(base / head)
             return head if dataset is None else f"{head}:{dataset}"
 
-        updates = {k: fix(getattr(self, k)) for k in ("image", "labels", "model", "out", "truth")}
+        names = ("image", "labels", "model", "out", "truth")
+        updates: dict[str, Any] = {k: fix(getattr(self, k)) for k in names}
         if self.extra_channels is not None:
             updates["extra_channels"] = [fix(p) for p in self.extra_channels]
         if self.cluster is not None and self.cluster.endswith((".yaml", ".yml")):
@@ -100,9 +82,55 @@ class SegmentConfig(BaseModel):
             updates["features"] = fix(self.features)
         return self.model_copy(update=updates)
 
+    def concern(self, model: type[Options]) -> Options:
+        """Return the options of one concern (e.g. ``config.concern(Execution)``)."""
+        return build(model, {name: getattr(self, name) for name in model.model_fields}, "config")
 
-def load_config(path: str | Path) -> SegmentConfig:
-    """Read and validate a YAML config file."""
+    @property
+    def execution(self) -> Execution:
+        """Where and how blocks run."""
+        return self.concern(Execution)
+
+    @property
+    def image_input(self) -> ImageInput:
+        """How the image is read."""
+        return self.concern(ImageInput)
+
+    @property
+    def training(self) -> Training:
+        """What the model is trained on and how."""
+        return self.concern(Training)
+
+    @property
+    def prediction(self) -> Prediction:
+        """Which outputs the prediction writes."""
+        return self.concern(Prediction)
+
+    @property
+    def smoothing(self) -> Smoothing:
+        """Graph-cut smoothing of the labels."""
+        return self.concern(Smoothing)
+
+
+def _fields() -> dict[str, Any]:
+    fields = {}
+    for concern in CONCERNS:
+        for name, info in concern.model_fields.items():
+            annotation = _YAML_TYPES.get(name)
+            if annotation is None:
+                fields[name] = (info.annotation, info)
+            else:  # the narrower type, with the field's default and description
+                fields[name] = (annotation, Field(info.default, description=info.description))
+    return fields
+
+
+SegmentConfig = create_model("SegmentConfig", __base__=_Run, **_fields())
+SegmentConfig.__doc__ = _Run.__doc__
+SegmentConfig.__module__ = __name__
+
+
+def load_config(path: str | Path) -> Any:
+    """Read and validate a YAML config file into a :class:`SegmentConfig`."""
     path = Path(path)
     data = read_yaml(path, what="config file")
     if not isinstance(data, dict):
@@ -116,26 +144,16 @@ def load_config(path: str | Path) -> SegmentConfig:
 
 def _explain(exc: ValidationError, data: dict) -> str:
     """One line naming the first bad key, the value given and what it should be."""
-    errors = exc.errors()
-    first = errors[0]
+    first = exc.errors()[0]
     key = str(first["loc"][0]) if first["loc"] else "(top level)"
     fields = list(SegmentConfig.model_fields)
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, TiledsegError):  # a check's own message
+        return f"key {key!r} = {data.get(key)!r}: {cause}" if first["loc"] else str(cause)
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, fields, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key {key!r} ({hint}known keys: {', '.join(fields)})"
     if first["type"] == "missing":
         return f"required key {key!r} is missing"
-    # a key with a union type (e.g. block: int or list) gives one error per member; their
-    # locations hold pydantic's member names ("constrained-int"), which mean nothing to a
-    # user. Report the key itself, and the member errors that are not plain type mismatches.
-    same = [e for e in errors if e["loc"][:1] == first["loc"][:1]]
-    specific = [e for e in same if not e["type"].endswith("_type")] or same
-    messages = list(dict.fromkeys(_located(e) for e in specific))
-    return f"key {key!r} = {data.get(key)!r}: {'; or '.join(messages)}"
-
-
-def _located(error: dict) -> str:
-    items = [str(p) for p in error["loc"][1:] if isinstance(p, int)]
-    where = f"item {', '.join(items)}: " if items else ""
-    return where + error["msg"]
+    return explain(exc, data, source="config")

@@ -24,13 +24,21 @@ from tiledseg._openmp import passive_waits
 from tiledseg.arrays import out_of_memory_hint, to_host
 from tiledseg.blocks import Block, BlockPlan, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
-from tiledseg.device import check_device, plan_devices, worker_device
+from tiledseg.device import plan_devices, worker_device
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import read_block, read_finite
 from tiledseg.kept_features import KeptFeatures
 from tiledseg.model import Model, load_model, versions
+from tiledseg.options import (
+    DEFAULT_SMOOTH_WEIGHT,
+    Execution,
+    ImageInput,
+    Prediction,
+    Smoothing,
+    gather,
+)
 from tiledseg.runs import (
     BlockFailure,
     create_output,
@@ -54,16 +62,13 @@ from tiledseg.volume import (
 
 __all__ = [
     "DEFAULT_SMOOTH_WEIGHT",
+    "PredictionJob",
     "PredictionResult",
     "check_finite",
     "block_probabilities",
     "classify_block",
     "predict",
-    "smooth_settings",
 ]
-
-#: Potts weight of ``--smooth graphcut`` when none is given (docs/smoothing.md: choosing it).
-DEFAULT_SMOOTH_WEIGHT = 2.0
 
 
 @dataclass
@@ -153,101 +158,78 @@ def _write_extras(out: str, block: Block, proba: Any, want_proba: bool, want_unc
         zarr.open_array(f"{out}/{name}/0", mode="r+")[where] = to_host(values)
 
 
-def _probabilities_written(args: tuple) -> Any:
-    """A block task's probabilities, on its worker's device, with the outputs besides the
-    labels (probabilities, uncertainty) already written."""
-    volume, block, model, out, want_proba, want_unc, n_threads, device, kept = args
-    with out_of_memory_hint(block.shape):
-        proba = block_probabilities(
-            volume, block, model, n_threads=n_threads, device=worker_device(device), kept=kept
-        )
-        _write_extras(out, block, proba, want_proba, want_unc)
-    return proba
+@dataclass(frozen=True)
+class PredictionJob:
+    """What every block of a prediction shares; its methods each do one block.
+
+    The executor sends the job to a worker once and calls a method per block
+    (:meth:`tiledseg.cluster.Executor.blocks`), which reports a failing block as a
+    :class:`~tiledseg.runs.BlockFailure` instead of stopping the run.
+    """
+
+    volume: Volume
+    model: Model
+    out: str
+    probabilities: bool
+    uncertainty: bool
+    n_threads: int
+    device: str
+    kept: KeptFeatures | None = None
+
+    def predict(self, block: Block) -> int:
+        """Write the block's outputs and mark it done; return its voxels."""
+        import zarr
+
+        labels = to_host(_labels(self._probabilities_written(block), self.model, block.shape))
+        # labels last, then the marker: a block marked done has all its outputs written
+        zarr.open_array(f"{self.out}/labels/0", mode="r+")[block.region] = labels
+        mark_block_done(self.out, block.index)
+        return int(labels.size)
+
+    def costs(self, block: Block) -> np.ndarray:
+        """Write the block's outputs besides the labels; return its graph-cut unary costs
+        ``(*block.shape, k)``."""
+        from tiledseg.smoothing.energy import unary_costs
+
+        # the graph cut runs on the CPU: the probabilities come back
+        proba = to_host(self._probabilities_written(block))
+        return unary_costs(proba).reshape(*block.shape, proba.shape[1])
+
+    def write_labels(self, block: Block, indices: np.ndarray) -> int:
+        """Write the labels the graph cut chose (class positions) and mark the block done."""
+        import zarr
+
+        values = self.model.classes.astype(self.model.label_dtype)
+        zarr.open_array(f"{self.out}/labels/0", mode="r+")[block.region] = values[indices]
+        mark_block_done(self.out, block.index)
+        return int(indices.size)
+
+    def _probabilities_written(self, block: Block) -> Any:
+        """The block's probabilities, on the worker's device, with the probability and
+        uncertainty outputs already written."""
+        with out_of_memory_hint(block.shape):
+            proba = block_probabilities(
+                self.volume,
+                block,
+                self.model,
+                n_threads=self.n_threads,
+                device=worker_device(self.device),
+                kept=self.kept,
+            )
+            _write_extras(self.out, block, proba, self.probabilities, self.uncertainty)
+        return proba
 
 
-def _predict_block(args: tuple) -> int:
-    import zarr
-
-    block, model, out = args[1], args[2], args[3]
-    labels = to_host(_labels(_probabilities_written(args), model, block.shape))
-    # labels last, then the marker: a block marked done has all its outputs written
-    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = labels
-    mark_block_done(out, block.index)
-    return int(labels.size)
-
-
-def _predict_task(args: tuple) -> int | BlockFailure:
-    block = args[1]
-    return guarded(_predict_block, block.name, block.index, args)
-
-
-def _block_costs(args: tuple) -> np.ndarray:
-    from tiledseg.smoothing.energy import unary_costs
-
-    # the graph cut runs on the CPU: the probabilities come back
-    proba = to_host(_probabilities_written(args))
-    return unary_costs(proba).reshape(*args[1].shape, proba.shape[1])
-
-
-def _costs_task(args: tuple) -> np.ndarray | BlockFailure:
-    """Probabilities of a block -> its graph-cut unary costs ``(*block.shape, k)``."""
-    block = args[1]
-    return guarded(_block_costs, block.name, block.index, args)
-
-
-def _write_labels(out: str, block: Block, indices: np.ndarray, values: np.ndarray) -> int:
-    import zarr
-
-    zarr.open_array(f"{out}/labels/0", mode="r+")[block.region] = values[indices]
-    mark_block_done(out, block.index)
-    return int(indices.size)
+def _costs_task(job: PredictionJob, block: Block) -> np.ndarray | BlockFailure:
+    return guarded(job.costs, block.name, block.index, block)
 
 
 def _write_labels_task(
-    out: str, block: Block, indices: np.ndarray | BlockFailure, values: np.ndarray
+    job: PredictionJob, block: Block, indices: np.ndarray | BlockFailure
 ) -> int | BlockFailure:
     if isinstance(indices, BlockFailure):
         return indices
-    return guarded(_write_labels, block.name, block.index, out, block, indices, values)
-
-
-def smooth_settings(
-    smooth: str | None,
-    *,
-    weight: float | None,
-    neighbours: int | None,
-    iterations: int | None,
-    ndim: int,
-    contrast_sigma: float | None = None,
-    model: Model | None = None,
-) -> Any:
-    """Check the smoothing options before anything is written; ``None`` when off.
-
-    ``model`` (when known) must give probabilities; ``segment`` checks the rest
-    before it trains.
-    """
-    if smooth is None or smooth == "none":
-        given = (weight, neighbours, iterations, contrast_sigma)
-        if any(v is not None for v in given):
-            raise TiledsegError(
-                "--smooth-weight, --smooth-neighbours, --smooth-iterations and "
-                "--smooth-contrast-sigma need --smooth graphcut"
-            )
-        return None
-    if smooth != "graphcut":
-        raise TiledsegError(f"--smooth {smooth!r} is unknown; use graphcut (or none)")
-    from tiledseg.smoothing import energy
-    from tiledseg.smoothing.tiled import SmoothSettings
-
-    settings = SmoothSettings(
-        weight=energy.check_weight(DEFAULT_SMOOTH_WEIGHT if weight is None else weight),
-        neighbours=energy.check_neighbours(neighbours, ndim),
-        iterations=energy.check_iterations(iterations),
-        contrast_sigma=energy.check_contrast_sigma(contrast_sigma),
-    )
-    if model is not None:
-        _require_probabilities(model, "--smooth graphcut")
-    return settings
+    return guarded(job.write_labels, block.name, block.index, block, indices)
 
 
 def _check_finite(args: tuple[Volume, Block]) -> bool:
@@ -267,24 +249,13 @@ def predict(
     model: Model | str | os.PathLike,
     *,
     out: str | os.PathLike,
-    probabilities: bool = False,
-    uncertainty: bool = False,
-    roi: str | Sequence[slice] | None = None,
-    block: int | Sequence[int] | str | None = None,
-    channel_axis: int | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    cluster: Any = None,
-    smooth: str | None = None,
-    smooth_weight: float | None = None,
-    smooth_neighbours: int | None = None,
-    smooth_iterations: int | None = None,
-    smooth_contrast_sigma: float | None = None,
+    execution: Execution | None = None,
+    image_input: ImageInput | None = None,
+    prediction: Prediction | None = None,
+    smoothing: Smoothing | None = None,
     overwrite: bool = False,
-    quiet: bool = True,
     command: str | None = None,
-    extra_channels: Sequence[Any] | None = None,
-    device: str | None = None,
+    **options: Any,
 ) -> PredictionResult:
     """Classify every voxel of ``image`` (or of the blocks ``roi`` needs) into an OME-Zarr group.
 
@@ -296,48 +267,26 @@ def predict(
         A trained model, or the path of a model file.
     out : path
         The output group ``OUT.zarr`` (see :mod:`tiledseg.runs`).
-    probabilities, uncertainty : bool
-        Also write class probabilities / the uncertainty map.
-    roi : "z0:z1,y0:y1,x0:x1" or sequence of slice, optional
-        Predict only the blocks that meet this region.
-    block : int or sequence of int, optional
-        Processing block; the output's chunk shape.
-    channel_axis : int, optional
-        Channel axis of ``image`` (default: the one the model was trained with, when
-        the image has one more axis than the model's spatial axes).
-    workers : int, optional
-        Run on that many local worker processes instead of threads.
-    scheduler : str, optional
-        Address (or scheduler file) of a running dask scheduler.
-    cluster : path or ClusterConfig, optional
-        Start a cluster from this config (:mod:`tiledseg.cluster_config`).
-    smooth : {None, "graphcut"}
-        Smooth the labels with a contrast-sensitive Potts graph cut over the
-        probabilities, blockwise without seams (needs the ``graphcut`` extra).
-    smooth_weight : float, optional
-        Potts weight in nats (default :data:`DEFAULT_SMOOTH_WEIGHT`); larger smooths more.
-    smooth_neighbours : int, optional
-        4 (default) or 8 in 2D, 6 (default) or 26 in 3D.
-    smooth_iterations : int, optional
-        Alpha-expansion cycles per window (default 1); -1 runs until convergence.
-    smooth_contrast_sigma : float, optional
-        Blur of the image the contrast term compares (default 1; 0: raw intensities).
+    execution, image_input, prediction, smoothing : option models, optional
+        Where blocks run (:class:`~tiledseg.options.Execution`), how the image is read
+        (:class:`~tiledseg.options.ImageInput`: ``channel_axis``, default the model's
+        when the image has one more axis than the model's spatial axes;
+        ``extra_channels``, the model's extras in the same order; not ``spacing``,
+        which is the model's), which outputs are written
+        (:class:`~tiledseg.options.Prediction`: ``probabilities``, ``uncertainty``,
+        ``roi``) and the graph-cut smoothing (:class:`~tiledseg.options.Smoothing`).
+        ``device="cuda"`` computes features, classifier, argmax and uncertainty on each
+        worker's GPU; without ``block`` the block is then the largest the GPUs' free
+        memory holds (:func:`tiledseg.device.gpu_block`).
     overwrite : bool
         Replace an existing tiledseg output at ``out``. Without it, an unfinished
         run into ``out`` with the same model, image and options is continued: its
         blocks already done are skipped (:attr:`PredictionResult.skipped`).
-    quiet : bool
-        No progress bar.
     command : str, optional
         The command line, recorded in the provenance.
-    extra_channels : sequence of path or array, optional
-        The extra channels the model was trained with, in the same order.
-    device : {"cpu", "cuda", "auto"}, optional
-        Where blocks are computed (default ``cpu``). ``cuda``: on each worker's GPU
-        (features, classifier, argmax and uncertainty there; only the outputs come
-        back); a worker without one is an error. ``auto``: each worker uses its GPU
-        if it has one. Without ``block``, the block is the largest the GPUs' free
-        memory holds (:func:`tiledseg.device.gpu_block`).
+    **options
+        Any field of those models by name (``block=``, ``probabilities=``,
+        ``smooth="graphcut"``, ...), set on top of the models given.
 
     Returns
     -------
@@ -350,169 +299,261 @@ def predict(
         written, the output stays unfinished and a rerun redoes only those blocks.
     """
     passive_waits()
-    started = time.perf_counter()
-    device = check_device(device)
-    if not isinstance(model, Model):
-        model = load_model(model)
-    volume = _open_for_model(image, model, channel_axis, extra_channels)
-    if probabilities or uncertainty:
-        _require_probabilities(model, "--probabilities" if probabilities else "--uncertainty")
-    smoothing = smooth_settings(
-        smooth,
-        weight=smooth_weight,
-        neighbours=smooth_neighbours,
-        iterations=smooth_iterations,
-        contrast_sigma=smooth_contrast_sigma,
-        ndim=model.ndim,
-        model=model,
+    given = gather(
+        {
+            "execution": execution,
+            "image_input": image_input,
+            "prediction": prediction,
+            "smoothing": smoothing,
+        },
+        options,
+        what="predict",
     )
-    halo = model.halo
+    if given["image_input"].spacing is not None:
+        raise TiledsegError(
+            "predict computes features at the spacing the model was trained with; leave "
+            "spacing out (retrain to change it)"
+        )
+    return _run(image, model, out=str(out), overwrite=overwrite, command=command, **given)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a prediction will do, decided before anything is written."""
+
+    volume: Volume
+    model: Model
+    image: Any  # the path (its identity for a resumed run), or the array
+    shape: tuple[int, ...]  # of a block
+    blocks: BlockPlan
+    region: tuple[slice, ...] | None
+    identity: dict[str, Any]
+    resumable: bool
+    smoothing: Any  # SmoothSettings, or None
+
+    @property
+    def inputs(self) -> list[str]:
+        """The paths an output must never be written over."""
+        paths = [self.image] if isinstance(self.image, str | os.PathLike) else []
+        paths += [v.path for v in self.volume.extra_volumes if v.path]
+        return [str(p) for p in paths]
+
+
+def _run(
+    image: Any,
+    model: Model | str | os.PathLike,
+    *,
+    out: str,
+    overwrite: bool,
+    command: str | None,
+    execution: Execution,
+    image_input: ImageInput,
+    prediction: Prediction,
+    smoothing: Smoothing,
+) -> PredictionResult:
+    started = time.perf_counter()
+    model = model if isinstance(model, Model) else load_model(model)
+    volume = _open_for_model(image, model, image_input.channel_axis, image_input.extra_channels)
+    if prediction.probabilities or prediction.uncertainty:
+        option = "--probabilities" if prediction.probabilities else "--uncertainty"
+        _require_probabilities(model, option)
+    settings = smoothing.settings(model.ndim)
+    if settings is not None:
+        _require_probabilities(model, "--smooth graphcut")
+    ex = execution
+    with contextlib.ExitStack() as stack:
+
+        def executor_() -> Executor:
+            return stack.enter_context(
+                open_executor(
+                    ex.workers, quiet=ex.quiet, scheduler=ex.scheduler, cluster=ex.cluster
+                )
+            )
+
+        # on a GPU the workers say what they have before blocks are planned; on the CPU
+        # the output is checked before a cluster starts
+        executor = executor_() if ex.device != "cpu" else None
+        devices = plan_devices(ex.device, executor)
+        plan = _plan(image, volume, model, out, overwrite, ex, prediction, settings, devices)
+        resuming = prepare_output(
+            out,
+            overwrite=overwrite,
+            inputs=plan.inputs,
+            identity=plan.identity if plan.resumable else None,
+        )
+        executor = executor or executor_()
+        path, done, plan = _start(plan, out, resuming, executor, overwrite, command, devices)
+        job = PredictionJob(
+            plan.volume,
+            model,
+            str(path),
+            prediction.probabilities,
+            prediction.uncertainty,
+            executor.threads_per_task(len(plan.blocks) - len(done)),
+            ex.device,
+            _kept_for(model, plan.volume, ex.device),
+        )
+        voxels, failures, extra = _run_blocks(job, plan, done, executor, resuming)
+    skipped = sum(index in plan.blocks for index in done)
+    raise_failures(path, failures, total=len(plan.blocks), skipped=skipped)
+    seconds = time.perf_counter() - started
+    mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
+    return PredictionResult(str(path), volume.shape, len(plan.blocks), voxels, seconds, skipped)
+
+
+def _plan(
+    image: Any,
+    volume: Volume,
+    model: Model,
+    out: str,
+    overwrite: bool,
+    ex: Execution,
+    prediction: Prediction,
+    settings: Any,
+    devices: Any,
+) -> _Plan:
+    """Decide the blocks and the output's identity (nothing is written)."""
     # an in-memory array has no identity a later run could check: it is never resumed
     if isinstance(image, Volume) and image.path is not None:
         image = image.path  # (its identity is its path, as for a path given directly)
     # (with extra channels: when they are paths too, as the stack's path says)
-    resumable = isinstance(image, str | os.PathLike) and (not volume.n_extra or volume.path)
+    resumable = isinstance(image, str | os.PathLike) and bool(not volume.n_extra or volume.path)
     stored = unfinished_run(out) if resumable and not overwrite else None
+    block = ex.block
     if block is None and stored is not None and "block" in stored:
         # the default block depends on the cores: a rerun elsewhere keeps the run's own
         block = stored["block"]
-    with contextlib.ExitStack() as stack:
-        executor: Executor | None = None
-        if device != "cpu":
-            # the workers say what they have (and how much GPU memory) before blocks are planned
-            executor = stack.enter_context(
-                open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster)
-            )
-        plan = plan_devices(device, executor)
-        if block is None:
-            block = plan.gpu_block(
-                shape=volume.shape,
-                halo=halo,
-                n_features=model.n_block_features,
-                n_classes=len(model.classes),
-            )
-        blocks_shape = resolve_block(
-            block,
+    halo = model.halo
+    if block is None:
+        block = devices.gpu_block(
             shape=volume.shape,
             halo=halo,
-            min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
+            n_features=model.n_block_features,
+            n_classes=len(model.classes),
         )
-        region = parse_region(roi, volume.shape)
-        # made block by block as their tasks are submitted: nothing here grows with the blocks
-        blocks = BlockPlan(volume.shape, blocks_shape, halo, roi=region)
-        inputs = [image] if isinstance(image, str | os.PathLike) else []
-        inputs += [v.path for v in volume.extra_volumes if v.path]  # never written over
-        identity = {
-            "model_checksum": model.checksum,
-            "image": _where(image, volume),
-            **(
-                {"extra_channels": [_where(v.path, v) for v in volume.extra_volumes]}
-                if volume.n_extra
-                else {}
-            ),
-            "image_shape": list(volume.shape),
-            "image_dtype": str(volume.dtype),
-            "block": list(blocks_shape),
-            "roi": None if region is None else [[s.start, s.stop] for s in region],
-            "arrays": ["labels"]
-            + ["probabilities"] * probabilities
-            + ["uncertainty"] * uncertainty,
-            "smoothing": None if smoothing is None else smoothing.to_dict(None),
-            **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
-        }
-        resuming = prepare_output(
-            out,
-            overwrite=overwrite,
-            inputs=[str(p) for p in inputs],
-            identity=identity if resumable else None,
-        )
-        if executor is None:
-            executor = stack.enter_context(
-                open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster)
-            )
-        if resuming:
-            # the run that started this output checked the image (same path, shape, dtype)
-            path = Path(out)
-            done = done_blocks(path)
-            record_resume(path, skipped=len(done), total=len(blocks))
-        else:
-            volume = check_finite(volume, roi=region, executor=executor)
-            done = set()
-            path = create_output(
-                out,
-                shape=volume.shape,
-                block=blocks_shape,
-                spacing=volume.spacing,
-                label_dtype=model.label_dtype,
-                classes=model.classes,
-                probabilities=probabilities,
-                uncertainty=uncertainty,
-                provenance={
-                    "model_checksum": model.checksum,
-                    "bank": model.bank.to_dict(),
-                    **({"stages": model.n_stages} if model.stages else {}),
-                    "feature_spacing": list(model.spacing),
-                    "image": _where(image, volume),
-                    "roi": identity["roi"],
-                    "command": command if command is not None else " ".join(sys.argv),
-                    "versions": versions(),
-                    "model_versions": model.versions,
-                    "device": plan.to_dict(),
-                },
-                identity=identity,
-                overwrite=overwrite,
-            )
-        skipped = sum(index in blocks for index in done)
-        if done and not quiet:
+    shape = resolve_block(
+        block,
+        shape=volume.shape,
+        halo=halo,
+        min_blocks=planned_workers(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster),
+    )
+    region = parse_region(prediction.roi, volume.shape)
+    # made block by block as their tasks are submitted: nothing here grows with the blocks
+    blocks = BlockPlan(volume.shape, shape, halo, roi=region)
+    identity = _identity(image, volume, model, shape, region, prediction, settings)
+    return _Plan(volume, model, image, shape, blocks, region, identity, resumable, settings)
+
+
+def _identity(
+    image: Any,
+    volume: Volume,
+    model: Model,
+    shape: tuple[int, ...],
+    region: tuple[slice, ...] | None,
+    prediction: Prediction,
+    settings: Any,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that started the output."""
+    extras = [_where(v.path, v) for v in volume.extra_volumes]
+    return {
+        "model_checksum": model.checksum,
+        "image": _where(image, volume),
+        **({"extra_channels": extras} if volume.n_extra else {}),
+        "image_shape": list(volume.shape),
+        "image_dtype": str(volume.dtype),
+        "block": list(shape),
+        "roi": None if region is None else [[s.start, s.stop] for s in region],
+        "arrays": ["labels"]
+        + ["probabilities"] * prediction.probabilities
+        + ["uncertainty"] * prediction.uncertainty,
+        "smoothing": None if settings is None else settings.to_dict(None),
+        **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
+    }
+
+
+def _start(
+    plan: _Plan,
+    out: str,
+    resuming: bool,
+    executor: Executor,
+    overwrite: bool,
+    command: str | None,
+    devices: Any,
+) -> tuple[Path, set[tuple[int, ...]], _Plan]:
+    """Create the output (checking the image first), or take up the unfinished one.
+
+    Returns the output's path, the blocks already done and the plan (whose volume
+    remembers a whole-image check).
+    """
+    if resuming:
+        # the run that started this output checked the image (same path, shape, dtype)
+        path = Path(out)
+        done = done_blocks(path)
+        record_resume(path, skipped=len(done), total=len(plan.blocks))
+        if done and not executor.quiet:
+            skipped = sum(index in plan.blocks for index in done)
             print(
-                f"resuming {path}: {skipped} of {len(blocks)} blocks already done, skipped",
+                f"resuming {path}: {skipped} of {len(plan.blocks)} blocks already done, skipped",
                 file=sys.stderr,
             )
-        n_threads = executor.threads_per_task(len(blocks) - skipped)
+        return path, done, plan
+    volume = check_finite(plan.volume, roi=plan.region, executor=executor)
+    model = plan.model
+    path = create_output(
+        out,
+        shape=volume.shape,
+        block=plan.shape,
+        spacing=volume.spacing,
+        label_dtype=model.label_dtype,
+        classes=model.classes,
+        probabilities="probabilities" in plan.identity["arrays"],
+        uncertainty="uncertainty" in plan.identity["arrays"],
+        provenance={
+            "model_checksum": model.checksum,
+            "bank": model.bank.to_dict(),
+            **({"stages": model.n_stages} if model.stages else {}),
+            "feature_spacing": list(model.spacing),
+            "image": _where(plan.image, volume),
+            "roi": plan.identity["roi"],
+            "command": command if command is not None else " ".join(sys.argv),
+            "versions": versions(),
+            "model_versions": model.versions,
+            "device": devices.to_dict(),
+        },
+        identity=plan.identity,
+        overwrite=overwrite,
+    )
+    return path, set(), dataclasses.replace(plan, volume=volume)
 
-        kept = _kept_for(model, volume, device)
 
-        def task_of(b: Block) -> tuple:
-            return (
-                volume,
-                b,
-                model,
-                str(path),
-                probabilities,
-                uncertainty,
-                n_threads,
-                device,
-                kept,
-            )
-
-        extra = {}
-        if smoothing is None:
-            # each task is made when its wave is submitted, and only counts are kept of its
-            # result: the driver's memory does not grow with the number of blocks
-            todo = (task_of(b) for b in blocks if b.index not in done)
-            with contextlib.closing(
-                executor.imap(
-                    _predict_task, todo, desc="predict", on_error=_lost, total=len(blocks) - skipped
-                )
-            ) as results:  # closed here, whatever happens: its tasks are cancelled
-                voxels, failures = _tally(results)
-        else:
-            results, extra["smoothing"] = _predict_smoothed(
-                task_of,
-                list(blocks),  # the graph cut's plan needs them all, by position
-                done=done,
-                beta=stored.get("smoothing_beta") if resuming else None,
-                out=str(path),
-                volume=volume,
-                model=model,
-                settings=smoothing,
-                executor=executor,
-            )
-            voxels, failures = _tally(enumerate(results))
-    raise_failures(path, failures, total=len(blocks), skipped=skipped)
-    seconds = time.perf_counter() - started
-    mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
-    return PredictionResult(str(path), volume.shape, len(blocks), voxels, seconds, skipped)
+def _run_blocks(
+    job: PredictionJob,
+    plan: _Plan,
+    done: set[tuple[int, ...]],
+    executor: Executor,
+    resuming: bool,
+) -> tuple[int, list[BlockFailure], dict[str, Any]]:
+    """Run the blocks not done; return the voxels written, the failures and what the
+    completion record adds (the smoothing's settings)."""
+    if plan.smoothing is None:
+        # each task is made when its wave is submitted, and only counts are kept of its
+        # result: the driver's memory does not grow with the number of blocks
+        todo = (b for b in plan.blocks if b.index not in done)
+        total = len(plan.blocks) - sum(index in plan.blocks for index in done)
+        with contextlib.closing(
+            executor.blocks(job.predict, todo, desc="predict", total=total)
+        ) as results:  # closed here, whatever happens: its tasks are cancelled
+            return (*_tally(results), {})
+    stored = unfinished_run(job.out) if resuming else None
+    results, record = _predict_smoothed(
+        job,
+        list(plan.blocks),  # the graph cut's plan needs them all, by position
+        done=done,
+        beta=(stored or {}).get("smoothing_beta"),
+        settings=plan.smoothing,
+        executor=executor,
+    )
+    return (*_tally(enumerate(results)), {"smoothing": record})
 
 
 def _tally(results: Iterable[tuple[int, int | BlockFailure]]) -> tuple[int, list[BlockFailure]]:
@@ -525,12 +566,6 @@ def _tally(results: Iterable[tuple[int, int | BlockFailure]]) -> tuple[int, list
         else:
             voxels += result
     return voxels, [failure for _, failure in sorted(failed, key=lambda pair: pair[0])]
-
-
-def _lost(i: int, task: tuple, exc: BaseException) -> BlockFailure:
-    """``on_error`` of :meth:`Executor.imap`: a block whose task the cluster lost."""
-    block = task[1]
-    return BlockFailure(block.name, block.index, f"{type(exc).__name__}: {exc}")
 
 
 def _kept_for(model: Model, volume: Volume, device: str) -> KeptFeatures | None:
@@ -553,14 +588,11 @@ def _require_probabilities(model: Model, option: str) -> None:
 
 
 def _predict_smoothed(
-    task_of: Any,
+    job: PredictionJob,
     blocks: list[Block],
     *,
     done: set[tuple[int, ...]],
     beta: float | None,
-    out: str,
-    volume: Volume,
-    model: Model,
     settings: Any,
     executor: Executor,
 ) -> tuple[list[Any], dict[str, Any]]:
@@ -568,25 +600,27 @@ def _predict_smoothed(
 
     from tiledseg.smoothing.tiled import SmoothingPlan, image_beta
 
+    model = job.model
     if beta is None:
         # a whole-image pass: computed once per output, kept for a resumed run
         beta = image_beta(
-            volume,
+            job.volume,
             executor,
             sigma=settings.contrast_sigma,
             spacing=relative_spacing(model.spacing),
         )
-        update_provenance(out, smoothing_beta=beta)
-    plan = SmoothingPlan(blocks, volume=volume, beta=beta, spacing=model.spacing, settings=settings)
-    values = model.classes.astype(model.label_dtype)
+        update_provenance(job.out, smoothing_beta=beta)
+    plan = SmoothingPlan(
+        blocks, volume=job.volume, beta=beta, spacing=model.spacing, settings=settings
+    )
     with executor.progress(len(blocks) - len(done), "predict + graph cut") as bar:
         try:
             written = plan.run(
                 costs=lambda b: dask.delayed(_costs_task)(
-                    task_of(b), dask_key_name=f"costs-{plan.token}-{b.index}"
+                    job, b, dask_key_name=f"costs-{plan.token}-{b.index}"
                 ),
                 write=lambda b, labels: dask.delayed(_write_labels_task)(
-                    out, b, labels, values, dask_key_name=f"write-{plan.token}-{b.index}"
+                    job, b, labels, dask_key_name=f"write-{plan.token}-{b.index}"
                 ),
                 persist=executor.persist,
                 progress=bar.update,
@@ -596,7 +630,7 @@ def _predict_smoothed(
         except Exception as exc:  # a task the cluster lost (its workers kept dying)
             raise BlocksFailedError(
                 f"the graph cut stopped: {type(exc).__name__}: {' '.join(str(exc).split())}. "
-                f"The blocks written so far are kept in {out!r}: rerun the same command to "
+                f"The blocks written so far are kept in {job.out!r}: rerun the same command to "
                 "continue",
                 [],
             ) from exc

@@ -37,21 +37,20 @@ from tiledseg.arrays import out_of_memory_hint, to_device, to_host
 from tiledseg.autocontext import (
     FOLDS,
     cascade_features,
-    check_context,
-    check_stages,
     image_features,
     stage_halo,
 )
 from tiledseg.blocks import Block, haloed, plan_blocks, resolve_block
 from tiledseg.chunk_cache import chunk_cache_bytes, run_cache
-from tiledseg.classifiers import DEFAULT_CLASSIFIER, make_classifier
+from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
-from tiledseg.device import check_device, gpu_count, plan_devices, worker_device, xgboost_has_cuda
+from tiledseg.device import gpu_count, plan_devices, worker_device, xgboost_has_cuda
 from tiledseg.errors import InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_block, read_finite
 from tiledseg.kept_features import WHOLE_FRACTION, KeptFeatures
 from tiledseg.model import Model, versions
+from tiledseg.options import Execution, ImageInput, Training, gather
 from tiledseg.selection import check_k
 from tiledseg.selection import select_features as select_features_of
 from tiledseg.strokes import HELD_OUT, describe_split, held_out_split, stroke_folds, stroke_ids
@@ -224,12 +223,38 @@ def _reading(block: Block, *sources: Volume) -> Iterator[None]:
         ) from None
 
 
-def _scan_block(
-    args: tuple[Volume, Volume, Block, tuple[int, ...], bool, KeptFeatures | None],
-) -> list[_Scan]:
-    image, labels, block = args[:3]
-    with _reading(block, labels, image):
-        return _scan(*args)
+@dataclass(frozen=True)
+class TableJob:
+    """What every block of a training table shares; :meth:`scan` finds a block's
+    scribbles, :meth:`rows` computes a box's rows of the table."""
+
+    image: Volume
+    labels: Volume
+    bank: FeatureBank
+    halo: tuple[int, ...]
+    #: hash each box's image and labels, for the table cache's key
+    digest: bool
+    device: str
+    keep: KeptFeatures | None = None
+
+    def scan(self, block: Block) -> list[_Scan]:
+        """Return the boxes of the block's labelled voxels (:func:`_scan`)."""
+        with _reading(block, self.labels, self.image):
+            return _scan(self.image, self.labels, block, self.halo, self.digest, self.keep)
+
+    def rows(self, scan: _Scan) -> np.ndarray:
+        """Return the features of a box's labelled voxels, one row each."""
+        device = worker_device(self.device)
+        image, box = self.image, scan.block
+        with _reading(box, image), out_of_memory_hint(box.shape):
+            feats = features_of_block(
+                image, box, bank=self.bank, spacing=image.spacing, device=device
+            )
+        if scan.keep is not None:
+            scan.keep.save(box, to_host(feats))
+        # the labelled voxels' rows are picked where the features are; only they come back
+        flat = to_device(scan.flat, device)
+        return np.ascontiguousarray(to_host(feats.reshape(feats.shape[0], -1)[:, flat].T))
 
 
 def _scan(
@@ -309,18 +334,6 @@ def _fills(
 
     spent = sum(cost(_box(block, coords[idx])) for idx in boxes)
     return spent >= WHOLE_FRACTION * cost(block.region)
-
-
-def _block_rows(args: tuple[Volume, _Scan, FeatureBank, tuple[float, ...], str]) -> np.ndarray:
-    image, scan, bank, spacing, device = args
-    device = worker_device(device)
-    with _reading(scan.block, image), out_of_memory_hint(scan.block.shape):
-        feats = features_of_block(image, scan.block, bank=bank, spacing=spacing, device=device)
-    if scan.keep is not None:
-        scan.keep.save(scan.block, to_host(feats))
-    # the labelled voxels' rows are picked where the features are; only they come back
-    flat = to_device(scan.flat, device)
-    return np.ascontiguousarray(to_host(feats.reshape(feats.shape[0], -1)[:, flat].T))
 
 
 def training_table(
@@ -426,28 +439,60 @@ def _training_table(
 ) -> TrainingTable:
     """:func:`training_table` with ``image`` read as it should be."""
     halo = bank.halo(image.spacing)
-    blocks = plan_blocks(image.shape, block, halo)
-    cached = cache_dir is not None
-    scratch = kept_features.active()  # inside ``segment``: keep what its prediction reuses
-    keep = None
-    if scratch is not None and keep_features:
-        keep = scratch.plan(
-            volume=image,
-            block=block,
-            bank=bank.to_dict(),
-            n_features=bank.n_features(ndim=image.ndim, n_channels=image.n_channels),
-        )
-    found = executor.map(
-        _scan_block, [(image, labels, b, halo, cached, keep) for b in blocks], desc="labels"
-    )
+    keep = _keep_plan(image, block, bank) if keep_features else None
+    job = TableJob(image, labels, bank, halo, cache_dir is not None, device, keep)
+    found = executor.map_method(job.scan, plan_blocks(image.shape, block, halo), desc="labels")
     scans = [s for block_scans in found for s in block_scans]
+    values, coords = _labelled(scans, labels)
+    n_features = bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
+    if distributed is None:
+        big = len(values) * n_features * 4 > DISTRIBUTED_TABLE_BYTES
+        distributed = executor.client is not None and big
+    key = None if cache_dir is None else _table_key(image, bank, scans, device=feature_device)
+    path = None if key is None else cache_dir / f"table-{key}.npz"
+    stored = _read_cached(path)
+    if stored is not None:
+        X, y = stored
+        X = _scatter_rows(executor, X) if distributed else X
+        return TrainingTable(X, y, coords, True, key, cached=True, scans=scans).in_c_order()
+    if distributed:
+        X = _persist_rows(executor, job, scans, n_cols=n_features)
+        return TrainingTable(X, values, coords, False, key, cached=False, scans=scans)
+    # the boxes in the reverse of the scan's order: the chunks its last boxes read are the
+    # ones still in a chunk cache too small for them all (the rows come back in scan order)
+    rows = executor.map_method(job.rows, scans[::-1], desc="training features")[::-1]
+    X = np.concatenate(rows)
+    table = TrainingTable(X, values, coords, False, key, cached=path is not None, scans=scans)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
+        np.savez(tmp, X=table.X, y=table.y)
+        os.replace(tmp, path)
+    return table.in_c_order()
+
+
+def _keep_plan(image: Volume, block: tuple[int, ...], bank: FeatureBank) -> KeptFeatures | None:
+    """Inside ``segment``: where the features its prediction reuses are kept."""
+    scratch = kept_features.active()
+    if scratch is None:
+        return None
+    return scratch.plan(
+        volume=image,
+        block=block,
+        bank=bank.to_dict(),
+        n_features=bank.n_features(ndim=image.ndim, n_channels=image.n_channels),
+    )
+
+
+def _labelled(scans: list[_Scan], labels: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The label values and positions of the scanned voxels, refusing labels that cannot
+    be scribbles (none, one class, or more classes than scribbles have)."""
     if not scans:
         raise InputDataError(
             f"labels {labels.name} hold no labelled voxel (all 0); paint scribbles of at "
             "least two classes with values 1, 2, ..."
         )
     values = np.concatenate([s.values for s in scans])
-    coords = np.concatenate([s.coords for s in scans])
     classes = np.unique(values)
     if len(classes) > _MAX_CLASSES:
         raise InputDataError(
@@ -459,58 +504,35 @@ def _training_table(
             f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
             "scribbles of at least two classes"
         )
-    if distributed is None:
-        n_features = bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
-        distributed = (
-            executor.client is not None and len(values) * n_features * 4 > DISTRIBUTED_TABLE_BYTES
-        )
-    key = _table_key(image, bank, scans, device=feature_device) if cached else None
-    path = cache_dir / f"table-{key}.npz" if cached else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                X, y = stored["X"], stored["y"]
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a damaged entry is rebuilt
-        else:
-            if distributed:
-                X = _scatter_rows(executor, X)
-            table = TrainingTable(X, y, coords, True, key, cached=True, scans=scans)
-            return table.in_c_order()
-    tasks = [(image, s, bank, image.spacing, device) for s in scans]
-    if distributed:
-        X = _persist_rows(
-            executor, tasks, n_cols=bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
-        )
-        return TrainingTable(X, values, coords, False, key, cached=False, scans=scans)
-    # the boxes in the reverse of the scan's order: the chunks its last boxes read are the
-    # ones still in a chunk cache too small for them all (the rows come back in scan order)
-    rows = executor.map(_block_rows, tasks[::-1], desc="training features")[::-1]
-    table = TrainingTable(
-        np.concatenate(rows), values, coords, False, key, cached=path is not None, scans=scans
-    )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
-        np.savez(tmp, X=table.X, y=table.y)
-        os.replace(tmp, path)
-    return table.in_c_order()
+    return values, np.concatenate([s.coords for s in scans])
 
 
-def _persist_rows(executor: Executor, tasks: list[tuple], *, n_cols: int) -> Any:
+def _read_cached(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cached table's ``(X, y)``, or ``None`` (none there; a damaged one is removed)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return stored["X"], stored["y"]
+    except (OSError, ValueError, KeyError):
+        path.unlink(missing_ok=True)  # a damaged entry is rebuilt
+        return None
+
+
+def _persist_rows(executor: Executor, job: TableJob, scans: list[_Scan], *, n_cols: int) -> Any:
     """Compute the row blocks on the cluster and keep them there, as one dask array."""
     import dask
     import dask.array as da
     from distributed import futures_of
 
-    delayed = [dask.delayed(_block_rows, pure=False)(task) for task in tasks]
+    delayed = [dask.delayed(job.rows, pure=False)(scan) for scan in scans]
     with executor.progress(len(delayed), "training features") as bar:
         persisted = executor.client.persist(delayed)
         wait_futures(futures_of(persisted), bar)
     return da.concatenate(
         [
-            da.from_delayed(d, shape=(len(task[1].flat), n_cols), dtype=np.float32)
-            for d, task in zip(persisted, tasks, strict=True)
+            da.from_delayed(d, shape=(len(scan.flat), n_cols), dtype=np.float32)
+            for d, scan in zip(persisted, scans, strict=True)
         ]
     )
 
@@ -553,24 +575,10 @@ def train(
     image: Any,
     labels: Any,
     *,
-    features: Any = None,
-    classifier: Any = DEFAULT_CLASSIFIER,
-    spacing: Sequence[float] | str | None = None,
-    channel_axis: int | None = None,
-    block: int | Sequence[int] | str | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    cluster: Any = None,
-    cache_dir: str | os.PathLike | None | bool = True,
-    seed: int = 0,
-    quiet: bool = True,
-    distributed_training: bool | None = None,
-    select_features: int | None = None,
-    extra_channels: Sequence[Any] | None = None,
-    filter_extra_channels: bool = False,
-    device: str | None = None,
-    stages: int = 1,
-    context: str = "out-of-fold",
+    execution: Execution | None = None,
+    image_input: ImageInput | None = None,
+    training: Training | None = None,
+    **options: Any,
 ) -> Model:
     """Train a voxel classifier on the labelled voxels of ``labels``.
 
@@ -581,67 +589,30 @@ def train(
     labels : path or array
         Same spatial shape; 0 = unlabelled, any positive integer = a class. The
         model predicts these very values.
-    features : bank name, YAML path, mapping or FeatureBank, optional
-        Feature bank (``"default"``).
-    classifier : {"random-forest", "xgboost"} or estimator
-        ``"random-forest"`` (default, :data:`~tiledseg.classifiers.DEFAULT_CLASSIFIER`) or
-        ``"xgboost"`` (faster to apply to large volumes), or any scikit-learn-style
-        classifier.
-    spacing : sequence of float or "z,y,x", optional
-        Voxel spacing (else from OME metadata, else isotropic).
-    channel_axis : int, optional
-        Channel axis of ``image``.
-    block : int or sequence of int, optional
-        Processing block (default chosen from the dimensionality and halo).
-    workers : int, optional
-        Run on that many local worker processes instead of threads.
-    scheduler : str, optional
-        Address (or scheduler file) of a running dask scheduler.
-    cluster : path or ClusterConfig, optional
-        Start a cluster from this config (:mod:`tiledseg.cluster_config`).
-    cache_dir : path, True or None
-        Where the training table is cached (``True``: :func:`default_cache_dir`;
-        ``None``/``False``: no cache).
-    seed : int
-        Seed of the classifier and of the held-out split.
-    quiet : bool
-        No progress bars.
-    distributed_training : bool, optional
-        Train with ``xgboost.dask`` on the cluster's workers, where the table's
-        rows stay (they never come to this process whole). ``None`` (default):
-        when there is a cluster (``workers`` or ``scheduler``), the classifier is
-        XGBoost and the table exceeds :data:`DISTRIBUTED_TABLE_BYTES`. ``True``
-        needs a cluster and XGBoost; ``False`` always trains here. A freshly built
-        distributed table is not written to the cache (``summary["table_cached"]``);
-        a cached one is read here and scattered. Distributed models are not
-        bit-for-bit reproducible: the quantile sketch and the sums depend on how
-        the rows are spread over the workers.
-    select_features : int, optional
-        Keep the K features the classifier finds most important
-        (:mod:`tiledseg.selection`): the model then computes only the families and
-        scales that hold them. The summary reports the held-out accuracy with all
-        features and with the kept ones.
-    extra_channels : sequence of path or array, optional
-        Co-registered images of the same spatial shape (another modality, a
-        distance map, ...): each channel adds its raw value as a feature. The model
-        records them, and prediction needs the same extras in the same order.
-    filter_extra_channels : bool
-        Also compute the bank's families on the extra channels.
-    device : {"cpu", "cuda", "auto"}, optional
-        Where features are computed and the classifier fits (default ``cpu``): the
-        workers' GPUs for the features (``auto``: where a worker has one); the fit
-        runs where the table is, on that process's GPU if it has one (XGBoost's CUDA
-        ``hist``; ``random-forest`` is then XGBoost's random-forest mode, since
-        scikit-learn's forest has no GPU). The summary's ``device`` says where it fit.
-    stages : int
-        Classifier stages (autocontext, :mod:`tiledseg.autocontext`): 1 (default) is a
-        plain classifier; stage ``k > 1`` also sees the bank applied to stage ``k-1``'s
-        probability maps. One model holds every stage; its halo is one bank halo per
-        stage.
-    context : {"out-of-fold", "in-sample"}
-        Where the probabilities of an earlier stage at the scribbles come from when the
-        next stage's table is built: models that did not see the voxel's fold of
-        strokes (default), or the final earlier stage (kept for comparison).
+    execution : Execution, optional
+        Where blocks run (:class:`~tiledseg.options.Execution`): ``device``,
+        ``block``, ``workers``, ``scheduler``, ``cluster``, ``quiet``. With
+        ``device`` other than ``cpu`` the features are computed on the workers' GPUs
+        and the fit runs where the table is, on that process's GPU if it has one
+        (XGBoost's CUDA ``hist``; ``random-forest`` is then XGBoost's random-forest
+        mode). The summary's ``device`` says where it fit.
+    image_input : ImageInput, optional
+        How the image is read (:class:`~tiledseg.options.ImageInput`): ``spacing``
+        (else from OME metadata, else isotropic), ``channel_axis``,
+        ``extra_channels`` (co-registered images whose channels add their raw values
+        as features; prediction needs the same, in the same order).
+    training : Training, optional
+        What is trained (:class:`~tiledseg.options.Training`): ``features`` (a bank
+        name, YAML path, mapping or FeatureBank), ``classifier`` (a name or a
+        scikit-learn-style estimator), ``distributed_training`` (None: XGBoost on the
+        cluster when the table exceeds :data:`DISTRIBUTED_TABLE_BYTES`; distributed
+        models are not bit-for-bit reproducible), ``select_features``, ``stages``
+        (autocontext, :mod:`tiledseg.autocontext`), ``context``, ``cache`` and
+        ``cache_dir`` (the training-table cache), ``seed``.
+    **options
+        Any field of those models by name, set on top of the models given. For
+        convenience ``cache_dir=None`` (or ``False``) turns the cache off and
+        ``cache_dir=True`` is the default folder (:func:`default_cache_dir`).
 
     Returns
     -------
@@ -650,164 +621,261 @@ def train(
         ``training_workers``.
     """
     passive_waits()
-    started = time.perf_counter()
-    device = check_device(device)
-    stages = check_stages(stages)
-    context = check_context(context)
-    volume, label_volume = _open_pair(image, labels, channel_axis=channel_axis, spacing=spacing)
-    if extra_channels:
-        volume = with_extra_channels(volume, extra_channels)
-    bank = _bank_for(volume, features, filter_extra_channels=filter_extra_channels)
+    given = gather(
+        {"execution": execution, "image_input": image_input, "training": training},
+        _cache_convenience(options),
+        what="train",
+    )
+    return _train(image, labels, **given)
+
+
+def _cache_convenience(options: dict[str, Any]) -> dict[str, Any]:
+    """``cache_dir=None/False`` (no cache) and ``cache_dir=True`` (the default folder)."""
+    if "cache_dir" not in options:
+        return options
+    value = options["cache_dir"]
+    rest = {k: v for k, v in options.items() if k != "cache_dir"}
+    if isinstance(value, str | os.PathLike):
+        return {**rest, "cache_dir": str(value)}
+    return rest if value is True else {**rest, "cache": False}
+
+
+@dataclass(frozen=True)
+class _TrainingPlan:
+    """What a training will read and fit, decided before any block is read."""
+
+    volume: Volume
+    labels: Volume
+    bank: FeatureBank
+    block: tuple[int, ...]
+    fit_device: str
+    clf: Any  # the classifier the final model holds
+    distributed: bool | None
+    execution: Execution
+    training: Training
+    spacing_given: bool
+
+    def classifier(self) -> Any:
+        """A fresh classifier (an estimator object must not be refitted in place)."""
+        spec = self.training.classifier
+        spec = spec if isinstance(spec, str) else copy.deepcopy(spec)
+        return make_classifier(spec, seed=self.training.seed, device=self.fit_device)
+
+
+def _plan_training(
+    image: Any, labels: Any, ex: Execution, image_input: ImageInput, tr: Training
+) -> _TrainingPlan:
+    volume, label_volume = _open_pair(
+        image, labels, channel_axis=image_input.channel_axis, spacing=image_input.spacing
+    )
+    if image_input.extra_channels:
+        volume = with_extra_channels(volume, image_input.extra_channels)
+    bank = _bank_for(volume, tr.features, filter_extra_channels=tr.filter_extra_channels)
     # training computes features per scribble box (at most a block): the CPU's default block
     # keeps the table cache's keys stable, whatever GPU memory is free
-    blocks = resolve_block(
-        block,
+    block = resolve_block(
+        ex.block,
         shape=volume.shape,
         halo=bank.halo(volume.spacing),
-        min_blocks=planned_workers(workers, scheduler=scheduler, cluster=cluster),
+        min_blocks=planned_workers(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster),
     )
     # the fit runs here (or on the workers, distributed): on a GPU if this process has one
-    fit_device = "cuda" if device != "cpu" and gpu_count() > 0 and xgboost_has_cuda() else "cpu"
-    clf = make_classifier(classifier, seed=seed, device=fit_device)
-
-    def make() -> Any:
-        # a fresh copy per fit: an estimator object must not be refitted in place
-        spec = classifier if isinstance(classifier, str) else copy.deepcopy(classifier)
-        return make_classifier(spec, seed=seed, device=fit_device)
-
+    gpu = ex.device != "cpu" and gpu_count() > 0 and xgboost_has_cuda()
+    fit_device = "cuda" if gpu else "cpu"
+    clf = make_classifier(tr.classifier, seed=tr.seed, device=fit_device)
     distributed = _check_training_options(
         clf,
-        distributed_training=distributed_training,
-        select_features=select_features,
-        stages=stages,
+        distributed_training=tr.distributed_training,
+        select_features=tr.select_features,
+        stages=tr.stages,
         n_features=bank.n_features(ndim=volume.ndim, n_channels=volume.n_channels),
     )
-    with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
-        if distributed and executor.client is None:
+    return _TrainingPlan(
+        volume,
+        label_volume,
+        bank,
+        block,
+        fit_device,
+        clf,
+        distributed,
+        ex,
+        tr,
+        image_input.spacing is not None,
+    )
+
+
+def _train(
+    image: Any, labels: Any, *, execution: Execution, image_input: ImageInput, training: Training
+) -> Model:
+    started = time.perf_counter()
+    plan = _plan_training(image, labels, execution, image_input, training)
+    ex = execution
+    with open_executor(
+        ex.workers, quiet=ex.quiet, scheduler=ex.scheduler, cluster=ex.cluster
+    ) as executor:
+        if plan.distributed and executor.client is None:
             raise TiledsegError(_NEEDS_CLUSTER)
-        plan = plan_devices(device, executor)
+        devices = plan_devices(ex.device, executor)
         table = training_table(
-            volume,
-            label_volume,
-            bank=bank,
-            block=blocks,
+            plan.volume,
+            plan.labels,
+            bank=plan.bank,
+            block=plan.block,
             executor=executor,
-            cache_dir=_cache_path(cache_dir),
-            distributed=distributed,
-            device=device,
-            feature_device=plan.kind,
+            cache_dir=_cache_folder(training),
+            distributed=plan.distributed,
+            device=ex.device,
+            feature_device=devices.kind,
             # only a plain model on the CPU predicts from the stacks as they are
-            keep_features=stages == 1 and select_features is None and plan.kind == "cpu",
+            keep_features=training.stages == 1
+            and training.select_features is None
+            and devices.kind == "cpu",
         )
-        classes, y = np.unique(table.y, return_inverse=True)
-        strokes = stroke_ids(table.coords, y)
-
-        def split(rows: np.ndarray, fraction: float = HELD_OUT) -> tuple[np.ndarray, np.ndarray]:
-            # whole strokes on each side (positions in rows)
-            return held_out_split(
-                y[rows], strokes[rows], table.coords[rows], fraction=fraction, seed=seed
-            )
-
-        held = split(np.arange(len(y)))[1]
-        n_features = int(table.X.shape[1])
-        on_cluster = table.distributed
-        if on_cluster:
-            fit_started = time.perf_counter()
-            fit_summary = clf.fit_distributed(
-                executor.client,
-                table.X,
-                y,
-                device="cuda" if plan.fits_on_gpus else "cpu",
-                held_out=held,
-            )
-            fit_seconds = time.perf_counter() - fit_started
-            table.X = None  # its futures are released while the client is open
-        earlier: list[Any] = []
-        if stages > 1:
+        fit = _Fit(plan, table)
+        if table.distributed:
+            fit.on_cluster(executor, on_gpus=devices.fits_on_gpus)
+        elif training.stages > 1:
             # the next stages' tables need the workers: stage 1 fits while they are up
-            fit_started = time.perf_counter()
-            fit_summary = clf.fit(
-                table.X, y, n_threads=available_cores(), device=fit_device, held_out=held
-            )
-            earlier, clf, stage_summaries = _later_stages(
-                executor,
-                volume,
-                table,
-                y,
-                first=(clf, fit_summary),
-                make=make,
-                split=split,
-                strokes=strokes,
-                bank=bank,
-                stages=stages,
-                context=context,
-                device=device,
-                fit_device=fit_device,
-                seed=seed,
-                held=held,
-            )
-            fit_summary = {**stage_summaries[-1], "stages": stage_summaries}
-            fit_summary["autocontext"] = {"stages": stages, "context": context, "folds": FOLDS}
-            fit_seconds = time.perf_counter() - fit_started
-    columns = None
-    if not on_cluster and stages == 1:
+            fit.with_stages(executor)
+    if not table.distributed and training.stages == 1:
         # after the executor is closed: a LocalCluster's workers have given their memory back
-        fit_started = time.perf_counter()
-        X = table.X
-        if select_features is not None:
+        fit.here()
+    return fit.model(devices, started)
+
+
+class _Fit:
+    """The fit of a training table: on the cluster, here, or stage by stage."""
+
+    def __init__(self, plan: _TrainingPlan, table: TrainingTable):
+        self.plan, self.table = plan, table
+        self.classes, self.y = np.unique(table.y, return_inverse=True)
+        self.strokes = stroke_ids(table.coords, self.y)
+        self.held = self.split(np.arange(len(self.y)))[1]
+        self.n_features = int(table.X.shape[1])
+        self.clf = plan.clf
+        self.bank = plan.bank
+        self.earlier: list[Any] = []
+        self.columns: Any = None
+        self.summary: dict[str, Any] = {}
+        self.seconds = 0.0
+
+    def split(self, rows: np.ndarray, fraction: float = HELD_OUT) -> tuple[np.ndarray, ...]:
+        """Train and held-out positions in ``rows``: whole strokes on each side."""
+        table = self.table
+        return held_out_split(
+            self.y[rows],
+            self.strokes[rows],
+            table.coords[rows],
+            fraction=fraction,
+            seed=self.plan.training.seed,
+        )
+
+    def on_cluster(self, executor: Executor, *, on_gpus: bool) -> None:
+        """Fit with ``xgboost.dask`` where the table's rows are."""
+        started = time.perf_counter()
+        self.summary = self.clf.fit_distributed(
+            executor.client,
+            self.table.X,
+            self.y,
+            device="cuda" if on_gpus else "cpu",
+            held_out=self.held,
+        )
+        self.seconds = time.perf_counter() - started
+        self.table.X = None  # its futures are released while the client is open
+
+    def with_stages(self, executor: Executor) -> None:
+        """Fit stage 1, then the later stages on tables the workers build."""
+        started = time.perf_counter()
+        plan, tr = self.plan, self.plan.training
+        first = self.clf.fit(
+            self.table.X,
+            self.y,
+            n_threads=available_cores(),
+            device=plan.fit_device,
+            held_out=self.held,
+        )
+        self.earlier, self.clf, stages = _later_stages(
+            executor,
+            plan.volume,
+            self.table,
+            self.y,
+            first=(self.clf, first),
+            make=plan.classifier,
+            split=self.split,
+            strokes=self.strokes,
+            bank=plan.bank,
+            stages=tr.stages,
+            context=tr.context,
+            device=plan.execution.device,
+            fit_device=plan.fit_device,
+            seed=tr.seed,
+            held=self.held,
+        )
+        self.summary = {**stages[-1], "stages": stages}
+        self.summary["autocontext"] = {"stages": tr.stages, "context": tr.context, "folds": FOLDS}
+        self.seconds = time.perf_counter() - started
+
+    def here(self) -> None:
+        """Fit in this process (after choosing the features, with ``select_features``)."""
+        started = time.perf_counter()
+        plan, X, k = self.plan, self.table.X, self.plan.training.select_features
+        if k is not None:
             chosen = select_features_of(
                 X,
-                y,
-                k=int(select_features),
-                bank=bank,
-                ndim=volume.ndim,
-                n_channels=volume.n_channels,
-                make=make,
-                split=split,
+                self.y,
+                k=int(k),
+                bank=plan.bank,
+                ndim=plan.volume.ndim,
+                n_channels=plan.volume.n_channels,
+                make=plan.classifier,
+                split=self.split,
                 n_threads=available_cores(),
             )
             X = np.ascontiguousarray(X[:, list(chosen.kept)])
-            bank, columns = chosen.bank, chosen.columns
-        fit_summary = clf.fit(X, y, n_threads=available_cores(), device=fit_device, held_out=held)
-        if select_features is not None:
-            fit_summary.update(chosen.summary(n_features))
-        fit_seconds = time.perf_counter() - fit_started
-    counts = {int(c): int(n) for c, n in zip(classes, np.bincount(y), strict=True)}
-    per_class = describe_split(y, strokes)
-    summary = {
-        "labelled_voxels": counts,
-        "strokes": {int(classes[c]): n for c, n in per_class.items()},
-        "n_features": n_features,
-        "table_from_cache": table.from_cache,
-        "table_cached": table.cached,
-        "table_key": table.key,
-        "distributed_training": on_cluster,
-        "feature_device": plan.to_dict(),
-        "fit_seconds": round(fit_seconds, 3),
-        "seconds": round(time.perf_counter() - started, 3),
-        "image": volume.name,
-        **(
-            {"extra_channels": [v.path or v.name for v in volume.extra_volumes]}
-            if volume.n_extra
-            else {}
-        ),
-        "labels": label_volume.name,
-        "shape": list(volume.shape),
-        **_anisotropy_hint(volume, given=spacing is not None),
-        **fit_summary,
-    }
-    return Model(
-        classifier=clf,
-        classes=classes,
-        bank=bank,
-        ndim=volume.ndim,
-        n_channels=volume.n_channels,
-        spacing=volume.spacing,
-        channel_axis=volume.image_channel_axis,
-        summary=summary,
-        columns=columns,
-        stages=tuple(earlier),
-    )
+            self.bank, self.columns = chosen.bank, chosen.columns
+        self.summary = self.clf.fit(
+            X, self.y, n_threads=available_cores(), device=plan.fit_device, held_out=self.held
+        )
+        if k is not None:
+            self.summary.update(chosen.summary(self.n_features))
+        self.seconds = time.perf_counter() - started
+
+    def model(self, devices: Any, started: float) -> Model:
+        """The model, its summary recording what the training read, did and found."""
+        plan, table, volume = self.plan, self.table, self.plan.volume
+        counts = {int(c): int(n) for c, n in zip(self.classes, np.bincount(self.y), strict=True)}
+        per_class = describe_split(self.y, self.strokes)
+        extras = [v.path or v.name for v in volume.extra_volumes]
+        summary = {
+            "labelled_voxels": counts,
+            "strokes": {int(self.classes[c]): n for c, n in per_class.items()},
+            "n_features": self.n_features,
+            "table_from_cache": table.from_cache,
+            "table_cached": table.cached,
+            "table_key": table.key,
+            "distributed_training": table.distributed,
+            "feature_device": devices.to_dict(),
+            "fit_seconds": round(self.seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+            "image": volume.name,
+            **({"extra_channels": extras} if volume.n_extra else {}),
+            "labels": plan.labels.name,
+            "shape": list(volume.shape),
+            **_anisotropy_hint(volume, given=plan.spacing_given),
+            **self.summary,
+        }
+        return Model(
+            classifier=self.clf,
+            classes=self.classes,
+            bank=self.bank,
+            ndim=volume.ndim,
+            n_channels=volume.n_channels,
+            spacing=volume.spacing,
+            channel_axis=volume.image_channel_axis,
+            summary=summary,
+            columns=self.columns,
+            stages=tuple(self.earlier),
+        )
 
 
 def _bank_for(volume: Volume, features: Any, *, filter_extra_channels: bool) -> FeatureBank:
@@ -829,13 +897,11 @@ def _bank_for(volume: Volume, features: Any, *, filter_extra_channels: bool) -> 
     return bank
 
 
-def _cache_path(cache_dir: str | os.PathLike | None | bool) -> Path | None:
-    """The table cache's folder (``True``: :func:`default_cache_dir`; ``None``/``False``: none)."""
-    if cache_dir is True:
-        return default_cache_dir()
-    if cache_dir in (None, False):
+def _cache_folder(training: Training) -> Path | None:
+    """The table cache's folder (:func:`default_cache_dir` unless given), ``None``: no cache."""
+    if not training.cache:
         return None
-    return Path(cache_dir)
+    return default_cache_dir() if training.cache_dir is None else Path(training.cache_dir)
 
 
 def _check_training_options(
@@ -902,40 +968,18 @@ def _later_stages(
     stage models fitted without the voxel's fold of strokes; in sample, from the
     final models. Returns the earlier stages, the last stage and a summary per stage.
     """
-    n = len(y)
     fitted = [first[0]]
     summaries = [{"stage": 1, "n_features": int(table.X.shape[1]), **first[1]}]
-    if context == "out-of-fold":
-        folds = stroke_folds(y, strokes, table.coords, n_folds=FOLDS, seed=seed)
-        # a class of one voxel cannot be out of its own fold: it is in every fold model
-        for c in np.flatnonzero(np.bincount(y) < 2):
-            folds[y == c] = FOLDS
-    else:
-        folds = np.full(n, FOLDS)
+    folds = _context_folds(y, strokes, table.coords, context=context, seed=seed)
     chains: list[list[Any]] = [[] for _ in range(FOLDS)]
     X = table.X
     for k in range(1, stages):
         for f in range(FOLDS):
-            if not np.any(folds == f):
-                continue
-            rows = np.flatnonzero(folds != f)
-            model = make()
-            model.fit(
-                X[rows],
-                y[rows],
-                n_threads=available_cores(),
-                device=fit_device,
-                # (its held-out accuracy is not reported: only early stopping needs them)
-                held_out=split(rows)[1] if model.stops_early else None,
-            )
-            chains[f].append(model)
-        # how sure stage k is of the true class at the scribbles, as stage k+1 sees it
-        sure = np.empty(n)
-        for f, chain in enumerate([*chains, fitted]):
-            rows = np.flatnonzero(folds == f)
-            if len(rows):
-                proba = to_host(chain[k - 1].predict_proba(X[rows], n_threads=available_cores()))
-                sure[rows] = proba[np.arange(len(rows)), y[rows]]
+            if np.any(folds == f):
+                chains[f].append(
+                    _fold_model(X, y, np.flatnonzero(folds != f), make, split, fit_device)
+                )
+        sure = _confidence([*chains, fitted], k - 1, X, y, folds)
         summaries[-1]["context_confidence"] = round(float(sure.mean()), 4)
         X = _stage_table(
             executor,
@@ -952,6 +996,48 @@ def _later_stages(
         fitted.append(model)
         summaries.append({"stage": k + 1, "n_features": int(X.shape[1]), **fit})
     return fitted[:-1], fitted[-1], summaries
+
+
+def _context_folds(
+    y: np.ndarray, strokes: np.ndarray, coords: np.ndarray, *, context: str, seed: int
+) -> np.ndarray:
+    """Each row's fold of strokes; :data:`FOLDS` (every fold's) for in-sample context."""
+    if context != "out-of-fold":
+        return np.full(len(y), FOLDS)
+    folds = stroke_folds(y, strokes, coords, n_folds=FOLDS, seed=seed)
+    # a class of one voxel cannot be out of its own fold: it is in every fold model
+    for c in np.flatnonzero(np.bincount(y) < 2):
+        folds[y == c] = FOLDS
+    return folds
+
+
+def _fold_model(
+    X: np.ndarray, y: np.ndarray, rows: np.ndarray, make: Any, split: Any, fit_device: str
+) -> Any:
+    """A stage's model fitted on ``rows`` (the strokes outside one fold)."""
+    model = make()
+    model.fit(
+        X[rows],
+        y[rows],
+        n_threads=available_cores(),
+        device=fit_device,
+        # (its held-out accuracy is not reported: only early stopping needs them)
+        held_out=split(rows)[1] if model.stops_early else None,
+    )
+    return model
+
+
+def _confidence(
+    chains: list[list[Any]], stage: int, X: np.ndarray, y: np.ndarray, folds: np.ndarray
+) -> np.ndarray:
+    """How sure stage ``stage`` is of the true class at the scribbles, as the next sees it."""
+    sure = np.empty(len(y))
+    for f, chain in enumerate(chains):
+        rows = np.flatnonzero(folds == f)
+        if len(rows):
+            proba = to_host(chain[stage].predict_proba(X[rows], n_threads=available_cores()))
+            sure[rows] = proba[np.arange(len(rows)), y[rows]]
+    return sure
 
 
 def _stage_table(

@@ -1,0 +1,200 @@
+"""One run from a config: train on the scribbles, predict every voxel, score against truth.
+
+``tiledseg segment CONFIG.yaml`` and :func:`segment` are the same run. Every input
+is checked before a file is written; a rerun after a kill during the prediction
+continues it with the model the first run wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiledseg.errors import InputDataError, ModelFileError, OutputExistsError, TiledsegError
+from tiledseg.model import Model
+from tiledseg.predict import PredictionResult
+from tiledseg.volume import Volume, same_path
+
+__all__ = ["SegmentResult", "bank_file", "segment"]
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What :func:`segment` trained (or took up), predicted and scored."""
+
+    model: Model
+    #: False when the model of an unfinished run was used again (training skipped)
+    trained: bool
+    prediction: PredictionResult
+    #: :func:`tiledseg.evaluate`'s scores when the config names a ``truth``
+    scores: dict[str, Any] | None
+
+
+def segment(
+    config: Any,
+    *,
+    command: str | None = None,
+    on_model: Callable[[Model, bool], None] | None = None,
+) -> SegmentResult:
+    """Train, predict and (with ``truth``) evaluate, as a config describes.
+
+    Parameters
+    ----------
+    config : SegmentConfig or path
+        The run (:class:`tiledseg.config.SegmentConfig`), or its YAML file.
+    command : str, optional
+        The command line, recorded in the output's provenance.
+    on_model : callable, optional
+        Called as ``on_model(model, trained)`` once the model is there, before the
+        prediction starts (the command prints the training summary with it).
+
+    Returns
+    -------
+    SegmentResult
+    """
+    from tiledseg import kept_features
+    from tiledseg.cluster import one_cluster
+    from tiledseg.config import load_config
+
+    if not hasattr(config, "training"):
+        config = load_config(config)
+    model = _check(config)
+    volume = _open_inputs(config)
+    ex = config.execution
+    with (
+        one_cluster(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster, quiet=ex.quiet) as (
+            _,
+            scheduler,
+        ),
+        # the features training computes of blocks full of scribbles, for the prediction
+        kept_features.using(config.out),
+    ):
+        shared = ex.updated(workers=None, cluster=None, scheduler=scheduler)
+        trained = model is None
+        if trained:
+            model = _train(config, volume, shared)
+        if on_model is not None:
+            on_model(model, trained)
+        prediction = _predict(config, volume, model, shared, command)
+    scores = None
+    if config.truth is not None:
+        import tiledseg
+
+        scores = tiledseg.evaluate(config.out, config.truth)
+    return SegmentResult(model, trained, prediction, scores)
+
+
+def _check(config: Any) -> Model | None:
+    """Refuse outputs that would overwrite something; return an unfinished run's model."""
+    from tiledseg.model import check_model_path
+    from tiledseg.runs import prepare_output
+
+    inputs = [config.image, config.labels, config.truth, bank_file(config.features)]
+    inputs += config.extra_channels or []
+    if same_path(config.model, config.out):
+        raise OutputExistsError(
+            f"config: model and out are the same path {config.out!r}; give them different paths"
+        )
+    # a rerun after a kill during prediction: the model it wrote is used again
+    model = None if config.overwrite else _model_of_unfinished_run(config)
+    if model is None:
+        check_model_path(config.model, overwrite=config.overwrite, inputs=inputs)
+        present = [i for i in inputs if i is not None]
+        prepare_output(config.out, overwrite=config.overwrite, inputs=present)
+    return model
+
+
+def bank_file(features: Any) -> str | None:
+    """The feature bank's YAML file, if it is given as one."""
+    if isinstance(features, str) and features.lower().endswith((".yaml", ".yml")):
+        return features
+    return None
+
+
+def _train(config: Any, volume: Volume, execution: Any) -> Model:
+    import tiledseg
+
+    model = tiledseg.train(
+        volume,
+        config.labels,
+        execution=execution,
+        # the volume holds the extra channels already
+        image_input=config.image_input.updated(extra_channels=()),
+        training=config.training,
+    )
+    model.save(config.model, overwrite=config.overwrite)
+    return model
+
+
+def _predict(
+    config: Any, volume: Volume, model: Model, execution: Any, command: str | None
+) -> PredictionResult:
+    import tiledseg
+
+    return tiledseg.predict(
+        volume,
+        model,
+        out=config.out,
+        execution=execution,
+        image_input=config.image_input.updated(spacing=None, extra_channels=()),
+        prediction=config.prediction,
+        smoothing=config.smoothing,
+        overwrite=config.overwrite,
+        command=command,
+    )
+
+
+def _model_of_unfinished_run(config: Any) -> Model | None:
+    """The model file of ``config`` if its output is an unfinished run made with it and
+    the config still asks for that model (bank and classifier), else ``None``."""
+    from tiledseg.features.bank import resolve_bank
+    from tiledseg.model import load_model
+    from tiledseg.runs import unfinished_run
+
+    stored = unfinished_run(config.out)
+    if stored is None or not Path(config.model).is_file():
+        return None
+    try:
+        # the config's bank first: it imports (and so allows) the plug-ins it names
+        resolve_bank(config.features)
+        model = load_model(config.model)
+        bank = resolve_bank(config.features, ndim=model.ndim)
+    except (ModelFileError, TiledsegError):
+        return None
+    if config.extra_channels:  # the count is the extras' channels, which the model has
+        bank = bank.with_extra_channels(
+            model.bank.extra_channels, filtered=config.filter_extra_channels
+        )
+    same = (
+        (stored.get("identity") or {}).get("model_checksum") == model.checksum
+        and bank.to_dict() == model.bank.to_dict()
+        and model.classifier.name == config.classifier
+        and model.n_stages == config.stages
+        and list(config.extra_channels or []) == model.summary.get("extra_channels", [])
+    )
+    return model if same else None
+
+
+def _open_inputs(config: Any) -> Volume:
+    """Open the image and refuse a bad ROI, truth, image or smoothing before a model file
+    is written."""
+    from tiledseg.predict import check_finite
+    from tiledseg.volume import open_volume, parse_region, with_extra_channels
+
+    volume = open_volume(config.image, channel_axis=config.channel_axis, spacing=config.spacing)
+    if config.extra_channels:
+        volume = with_extra_channels(volume, config.extra_channels)
+    parse_region(config.roi, volume.shape)
+    config.smoothing.settings(volume.ndim)  # (the neighbourhood depends on the dimensions)
+    # training reads only the scribbled blocks: check the whole image before a model is written
+    volume = check_finite(volume, workers=config.workers)
+    if config.truth is not None:
+        truth = open_volume(config.truth, role="truth", allow_channels=False)
+        if truth.shape != volume.shape:
+            raise InputDataError(
+                f"truth {truth.name} has shape {truth.shape} but image {volume.name} has "
+                f"spatial shape {volume.shape}; they must match"
+            )
+    return volume
