@@ -89,3 +89,29 @@ def test_api_keywords_are_the_fields(tmp_path):
 def test_workers_and_scheduler_are_refused_together_in_the_model():
     with pytest.raises(TiledsegError, match="--workers 2 and --scheduler .*: give one"):
         build(Execution, {"workers": 2, "scheduler": "tcp://127.0.0.1:9"}, "api")
+
+
+def test_segment_in_python_is_the_command(tmp_path):
+    import numpy as np
+    import zarr
+
+    from tiledseg.cli import main
+    from tiledseg.testing.phantoms import make_phantom
+
+    ph = make_phantom((24, 24, 24), n_classes=2, feature_size=6.0, scribble_fraction=0.01)
+    for name, array in (("image", ph.image), ("labels", ph.scribbles), ("truth", ph.truth)):
+        np.save(tmp_path / f"{name}.npy", array)
+    text = "image: image.npy\nlabels: labels.npy\ntruth: truth.npy\nfeatures: minimal\n"
+    for run in ("api", "cli"):
+        (tmp_path / f"{run}.yaml").write_text(text + f"model: {run}.tseg\nout: {run}.zarr\n")
+    seen = []
+    result = ts.segment(tmp_path / "api.yaml", on_model=lambda m, trained: seen.append(trained))
+    assert seen == [True]
+    assert result.trained
+    assert result.prediction.blocks >= 1
+    assert result.scores["accuracy"] > 0.8
+    assert main(["segment", str(tmp_path / "cli.yaml"), "--quiet"]) == 0
+    labels = [
+        zarr.open_array(tmp_path / f"{run}.zarr" / "labels" / "0")[:] for run in ("api", "cli")
+    ]
+    np.testing.assert_array_equal(*labels)

@@ -11,6 +11,7 @@ from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.plugins import check_plugin, feature_plugin, register_feature
 from tiledseg.features.tiled import feature_array
+from tiledseg.info import describe
 from tiledseg.model import Model, load_model
 from tiledseg.options import (
     Execution,
@@ -45,6 +46,7 @@ __all__ = [
     "Volume",
     "check_plugin",
     "cluster_phases",
+    "describe",
     "evaluate",
     "feature_array",
     "feature_plugin",

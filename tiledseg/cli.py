@@ -11,7 +11,6 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -20,11 +19,8 @@ from tiledseg._openmp import passive_waits
 from tiledseg.cli_options import model_options, take
 from tiledseg.errors import TiledsegError
 from tiledseg.options import Execution, ImageInput, PhaseSearch, Prediction, Smoothing, Training
-from tiledseg.volume import split_dataset
 
 __all__ = ["cli", "main"]
-
-_IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".he5")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -338,38 +334,15 @@ def report(output, out, truth, image, model_path, channel_axis, overwrite) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path, as_json) -> None:
     """Describe a store (shape, dtype, chunks, axes, spacing) or a model file."""
-    data = _describe(path)
+    from tiledseg.info import describe
+
+    data = describe(path)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     elif data["kind"] == "model":
         _print_model(data)
     else:
         _print_store(path, data)
-
-
-def _describe(path: str) -> dict[str, Any]:
-    """What ``tiledseg info`` says of a path: a model file, an image or a tiledseg output."""
-    from tiledseg.model import load_model, versions
-    from tiledseg.volume import open_volume
-
-    target = Path(split_dataset(path)[0])
-    if target.suffix.lower() in (".yaml", ".yml", ".json", ".txt"):
-        raise TiledsegError(
-            f"{path!r} is neither an image nor a model; 'tiledseg info' describes stores "
-            "(zarr, OME-Zarr, TIFF, HDF5, .npy) and model files"
-        )
-    if target.is_file() and not target.name.lower().endswith(_IMAGE_SUFFIXES):
-        # a model file, or a clear error for a pickle or anything else
-        return {**load_model(target).describe(), "kind": "model"}
-    from tiledseg.runs import is_tiledseg_output
-
-    data = {**open_volume(path).describe(), "kind": "image", "installed": versions()}
-    if is_tiledseg_output(path):
-        import zarr
-
-        data["kind"] = "tiledseg output"
-        data["provenance"] = dict(zarr.open_group(path, mode="r").attrs["tiledseg"])
-    return data
 
 
 def _print_store(path: str, data: dict[str, Any]) -> None:
