@@ -508,22 +508,27 @@ def _start(
         classes=model.classes,
         probabilities="probabilities" in plan.identity["arrays"],
         uncertainty="uncertainty" in plan.identity["arrays"],
-        provenance={
-            "model_checksum": model.checksum,
-            "bank": model.bank.to_dict(),
-            **({"stages": model.n_stages} if model.stages else {}),
-            "feature_spacing": list(model.spacing),
-            "image": _where(plan.image, volume),
-            "roi": plan.identity["roi"],
-            "command": command if command is not None else " ".join(sys.argv),
-            "versions": versions(),
-            "model_versions": model.versions,
-            "device": devices.to_dict(),
-        },
+        provenance=_provenance(plan, command, devices),
         identity=plan.identity,
         overwrite=overwrite,
     )
     return path, set(), dataclasses.replace(plan, volume=volume)
+
+
+def _provenance(plan: _Plan, command: str | None, devices: Any) -> dict[str, Any]:
+    """What the output records of its making: the identity's model, image and region, and
+    what made them (bank, spacing, command, versions, devices)."""
+    model, identity = plan.model, plan.identity
+    return {
+        **{key: identity[key] for key in ("model_checksum", "image", "roi")},
+        "bank": model.bank.to_dict(),
+        **({"stages": model.n_stages} if model.stages else {}),
+        "feature_spacing": list(model.spacing),
+        "command": command if command is not None else " ".join(sys.argv),
+        "versions": versions(),
+        "model_versions": model.versions,
+        "device": devices.to_dict(),
+    }
 
 
 def _run_blocks(
