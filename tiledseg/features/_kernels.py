@@ -95,6 +95,13 @@ def _store(target, acc):  # pragma: no cover
         target[q] = np.float32(acc[q])
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _fill_ring(ring, plane, source, n_rows, q0, q1):  # pragma: no cover
+    """Convert the first ``n_rows`` source rows of ``plane[:, q0:q1]`` into the ring."""
+    for t in range(n_rows):
+        _convert(ring[t % ring.shape[0]], plane[source[t], q0:q1])
+
+
 @numba.njit(nogil=True, cache=True)
 def along_middle(x, taps, antisymmetric, source, out):  # pragma: no cover
     """Filter ``x`` (P, N, Q) along its middle axis with K kernels into ``out`` (K, P, M, Q).
@@ -116,8 +123,7 @@ def along_middle(x, taps, antisymmetric, source, out):  # pragma: no cover
         for q0 in range(0, n_q, _CHUNK):
             q1 = min(q0 + _CHUNK, n_q)
             wp = min(width, _padded(q1 - q0))
-            for t in range(2 * r):
-                _convert(ring[t % n_ring], x[p, source[t], q0:q1])
+            _fill_ring(ring, x[p], source, 2 * r, q0, q1)
             for i in range(n_out):
                 t = i + 2 * r
                 _convert(ring[t % n_ring], x[p, source[t], q0:q1])
@@ -225,7 +231,7 @@ def _eigen3_angles(angle, other):  # pragma: no cover
 
 @numba.njit(nogil=True, cache=True)
 def _eigen3_finish(q, p, cos_phi, cos_other, largest, middle, smallest):  # pragma: no cover
-    """The three eigenvalues, largest first, cast to float32."""
+    """Write the three eigenvalues, largest first, cast to float32."""
     for s in range(q.shape[0]):
         high = q[s] + 2.0 * p[s] * cos_phi[s]
         low = q[s] + 2.0 * p[s] * cos_other[s]
@@ -236,8 +242,11 @@ def _eigen3_finish(q, p, cos_phi, cos_other, largest, middle, smallest):  # prag
 
 @numba.njit(nogil=True, cache=True)
 def _eigen2(a, b, c, larger, smaller):  # pragma: no cover
-    """``mean +- sqrt(half_gap**2 + b**2)`` in float64, cast to float32 (a square root is
-    correctly rounded everywhere, so this is the numpy form's value to the bit)."""
+    """Write ``mean +- sqrt(half_gap**2 + b**2)`` in float64, cast to float32.
+
+    A square root is correctly rounded everywhere, so this is the numpy form's value to
+    the bit.
+    """
     for s in range(larger.shape[0]):
         half_gap = (np.float64(a[s]) - np.float64(c[s])) * 0.5
         off = np.float64(b[s])
@@ -290,7 +299,7 @@ _EIGEN_SLAB = 1 << 14
 
 
 def symmetric_eigenvalues_into(elements: list[np.ndarray], out: list[np.ndarray]) -> None:
-    """The closed-form eigenvalues of :func:`tiledseg.features.filters.symmetric_eigenvalues`.
+    """Write the eigenvalues of :func:`tiledseg.features.filters.symmetric_eigenvalues`.
 
     Parameters
     ----------
@@ -377,7 +386,7 @@ def taps(sigma: float, order: int, truncate: float) -> tuple[np.ndarray, int]:
 
 
 def reflect_index(start: int, stop: int, length: int) -> np.ndarray:
-    """Indices into ``range(length)`` of positions ``start .. stop - 1`` extended by reflection.
+    """Return indices into ``range(length)`` of ``start .. stop - 1`` extended by reflection.
 
     scipy's ``reflect`` (``d c b a | a b c d | d c b a``), repeated as often as needed when
     the positions reach further than ``length`` beyond an end.

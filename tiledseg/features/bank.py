@@ -1,8 +1,10 @@
 """Feature banks: which filter families at which scales, their names and their halo.
 
 A :class:`FeatureBank` is data (family -> scales). Everything that depends on it
-(the number of features, their names, the halo a block needs) is derived here,
-so the kernels in :mod:`tiledseg.features.filters` and the tiling code agree.
+(the number of features, their names, the halo a block needs) is derived here from
+its families' objects (:mod:`tiledseg.features.families` for the built-ins,
+:mod:`tiledseg.features.plugins` for plug-ins), so the kernels in
+:mod:`tiledseg.features.filters` and the tiling code agree.
 
 Scales are lengths in voxels of the finest axis: a Gaussian standard deviation
 for the Gaussian families and ``sobel``, a window radius for the local-statistics
@@ -25,6 +27,20 @@ from typing import Any
 import yaml
 
 from tiledseg.errors import TiledsegError
+from tiledseg.features.families import ALIASES, BUILTINS, BY_NAME
+from tiledseg.features.families.difference_of_gaussians import DOG_RATIO
+from tiledseg.features.families.gabor import (
+    GABOR_BANDWIDTH,
+    GABOR_N_STDS,
+    GABOR_ORIENTATIONS,
+    gabor_half_sizes,
+    gabor_orientations,
+    gabor_sigma,
+)
+from tiledseg.features.families.local_statistics import box_radius
+from tiledseg.features.families.rank import ball_extent
+from tiledseg.features.families.structure_tensor import ST_OUTER_RATIO
+from tiledseg.features.family import TRUNCATE, Family, FamilyDefaults, kernel_radius
 from tiledseg.yamlfile import read_yaml
 
 __all__ = [
@@ -44,6 +60,7 @@ __all__ = [
     "ball_extent",
     "box_radius",
     "gabor_half_sizes",
+    "gabor_orientations",
     "gabor_sigma",
     "is_builtin",
     "kernel_radius",
@@ -51,68 +68,17 @@ __all__ = [
     "resolve_bank",
 ]
 
-#: Gaussian kernels are cut at this many standard deviations (the 3.5 sigma ilastik
-#: uses for its halos; see docs/features.md for how its filters differ).
-TRUNCATE = 3.5
-#: Difference of Gaussians: G(sigma) - G(DOG_RATIO * sigma), as ilastik.
-DOG_RATIO = 0.66
-#: Structure tensor: gradient at sigma, products smoothed at ST_OUTER_RATIO * sigma, as ilastik.
-ST_OUTER_RATIO = 0.5
-
-#: Gabor: orientations ``k * 180 / GABOR_ORIENTATIONS`` degrees, k = 0, 1, ...
-GABOR_ORIENTATIONS = 4
-#: Gabor: bandwidth in octaves (scikit-image's default); sigma = 0.56 wavelength.
-GABOR_BANDWIDTH = 1.0
-#: Gabor: the envelope is cut at this many standard deviations (scikit-image's default).
-GABOR_N_STDS = 3.0
-
+#: The built-in families, in the order their features appear in a stack (the order of
+#: :data:`tiledseg.features.families.BUILTINS`). New families are appended, so that the
+#: feature order of older models never changes.
+FAMILIES: tuple[str, ...] = tuple(family.name for family in BUILTINS)
 #: The six ilastik families (the first six of :data:`FAMILIES`).
-ILASTIK_FAMILIES: tuple[str, ...] = (
-    "gaussian_smoothing",
-    "laplacian_of_gaussian",
-    "gaussian_gradient_magnitude",
-    "difference_of_gaussians",
-    "structure_tensor_eigenvalues",
-    "hessian_of_gaussian_eigenvalues",
-)
-
-#: The families, in the order their features appear in a stack. New families are
-#: appended, so that the feature order of older models never changes.
-#: The families after ilastik's (computed in :mod:`tiledseg.features.extra`).
-EXTRA_FAMILIES: tuple[str, ...] = (
-    "sobel",
-    "local_mean",
-    "local_variance",
-    "local_std",
-    "median",
-    "minimum",
-    "maximum",
-    "gabor",
-)
-FAMILIES: tuple[str, ...] = (*ILASTIK_FAMILIES, *EXTRA_FAMILIES)
+ILASTIK_FAMILIES: tuple[str, ...] = tuple(f.name for f in BUILTINS if f.ilastik)
+#: The families after ilastik's.
+EXTRA_FAMILIES: tuple[str, ...] = tuple(f.name for f in BUILTINS if not f.ilastik)
 
 #: What a scale of each family is (all in voxels of the finest axis).
-SCALE_MEANING: dict[str, str] = {
-    **dict.fromkeys(ILASTIK_FAMILIES, "sigma"),
-    "sobel": "sigma",
-    **dict.fromkeys(("local_mean", "local_variance", "local_std"), "radius"),
-    **dict.fromkeys(("median", "minimum", "maximum"), "radius"),
-    "gabor": "wavelength",
-}
-
-# ilastik's own names, accepted in bank files so that an ilastik feature table can be pasted,
-# and other accepted aliases.
-_ALIASES = {
-    "multiscale_gaussian": "gaussian_smoothing",
-    "GaussianSmoothing": "gaussian_smoothing",
-    "LaplacianOfGaussian": "laplacian_of_gaussian",
-    "GaussianGradientMagnitude": "gaussian_gradient_magnitude",
-    "DifferenceOfGaussians": "difference_of_gaussians",
-    "StructureTensorEigenvalues": "structure_tensor_eigenvalues",
-    "HessianOfGaussianEigenvalues": "hessian_of_gaussian_eigenvalues",
-}
-
-_EIGEN_FAMILIES = ("structure_tensor_eigenvalues", "hessian_of_gaussian_eigenvalues")
+SCALE_MEANING: dict[str, str] = {family.name: family.scale for family in BUILTINS}
 
 #: Keys of a bank file that are options, not families.
 IN_2D_KEY = "in_2d"
@@ -121,64 +87,7 @@ EXTRA_KEY = "extra_channels"
 
 def is_builtin(name: str) -> bool:
     """Return whether ``name`` is a built-in family or one of its accepted aliases."""
-    return name in FAMILIES or name in _ALIASES
-
-
-def kernel_radius(sigma: float) -> int:
-    """Return the radius in voxels of a Gaussian kernel cut at :data:`TRUNCATE` sigma.
-
-    It is the radius scipy.ndimage uses for ``truncate=TRUNCATE``, so a halo of this
-    size makes a tiled filter see every voxel the untiled one sees.
-    """
-    return int(TRUNCATE * float(sigma) + 0.5)
-
-
-def box_radius(radius: float) -> int:
-    """Return the half-width in voxels of a box window of ``radius`` (rounded half up)."""
-    return int(float(radius) + 0.5)
-
-
-def ball_extent(radius: float, step: float) -> int:
-    """Return the largest ``d >= 0`` with ``(d * step)**2 <= radius**2``.
-
-    It is how far a ball of ``radius`` (in voxels of the finest axis) reaches along an
-    axis whose voxels are ``step`` finest voxels long; the rank filters' footprint is
-    built with the same inequality, so this is their exact halo.
-    """
-    r2 = float(radius) ** 2
-    d = int(math.floor(float(radius) / step))
-    while ((d + 1) * step) ** 2 <= r2:
-        d += 1
-    while d > 0 and (d * step) ** 2 > r2:
-        d -= 1
-    return d
-
-
-def gabor_sigma(wavelength: float) -> float:
-    """Return the Gaussian envelope's standard deviation of a Gabor filter of ``wavelength``.
-
-    As ``skimage.filters.gabor_kernel`` with ``frequency = 1 / wavelength`` and
-    ``bandwidth = GABOR_BANDWIDTH`` (about 0.56 wavelength for one octave).
-    """
-    b = GABOR_BANDWIDTH
-    prefactor = 1.0 / math.pi * math.sqrt(math.log(2) / 2.0) * (2.0**b + 1) / (2.0**b - 1)
-    return prefactor / (1.0 / float(wavelength))
-
-
-def gabor_orientations() -> tuple[float, ...]:
-    """Return the Gabor orientations in radians: ``k * pi / GABOR_ORIENTATIONS``."""
-    return tuple(k * math.pi / GABOR_ORIENTATIONS for k in range(GABOR_ORIENTATIONS))
-
-
-def gabor_half_sizes(wavelength: float, theta: float, rel_yx: Sequence[float]) -> tuple[int, int]:
-    """Return the (y, x) half-sizes in voxels of the Gabor kernel at one orientation.
-
-    scikit-image's box, ``ceil(max(|n s cos t|, |n s sin t|, 1))``, measured in
-    finest-axis voxels and divided by the relative spacing of the y and x axes.
-    """
-    reach = GABOR_N_STDS * gabor_sigma(wavelength)
-    extent = max(abs(reach * math.cos(theta)), abs(reach * math.sin(theta)), 1.0)
-    return (math.ceil(extent / rel_yx[0]), math.ceil(extent / rel_yx[1]))
+    return name in BY_NAME or name in ALIASES
 
 
 def relative_spacing(spacing: Sequence[float]) -> tuple[float, ...]:
@@ -207,25 +116,22 @@ class FeatureName:
     meaning: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
+        """Return the name as printed, e.g. ``sobel(sigma=1, channel=0, magnitude)``."""
         if self.family == RAW:
             return f"raw(channel={self.channel})"
         label = self.meaning or SCALE_MEANING.get(self.family, "sigma")
         text = f"{self.family}({label}={self.sigma:g}, channel={self.channel}"
-        if self.component is None:
-            pass
-        elif self.family == "sobel":
-            # components 0..ndim-1 are the axes; the last one is the magnitude
-            text += f", axis={self.component}" if self.component >= 0 else ", magnitude"
-        elif self.family == "gabor":
-            degrees = self.component * 180 / GABOR_ORIENTATIONS
-            text += f", theta={degrees:g}"
-        elif self.family in _EIGEN_FAMILIES:
-            text += f", eigenvalue={self.component}"
-        else:
-            text += f", output={self.component}"
+        if self.component is not None:
+            family = BY_NAME.get(self.family, _PLUGIN_NAMING)
+            text += f", {family.describe_component(self.component)}"
         if self.planar:
             text += ", in 2D"
         return text + ")"
+
+
+#: How a plug-in's components are named (a name holds no plug-in object, only its name):
+#: the defaults every plug-in inherits.
+_PLUGIN_NAMING = FamilyDefaults()
 
 
 #: The family name of an extra channel's raw values in feature names.
@@ -261,13 +167,14 @@ class FeatureBank:
     plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Resolve aliases and plug-ins, merge and sort the scales, check the options."""
         from tiledseg.features.plugins import find_plugin
 
         clean: dict[str, tuple[float, ...]] = {}
         plugins = dict(self.plugins)
         for raw_name, raw_scales in dict(self.families).items():
-            name = _ALIASES.get(raw_name, raw_name)
-            if name not in FAMILIES and name not in plugins:
+            name = ALIASES.get(raw_name, raw_name)
+            if name not in BY_NAME and name not in plugins:
                 plugin = find_plugin(name)
                 if plugin is None:
                     raise TiledsegError(
@@ -293,7 +200,7 @@ class FeatureBank:
             )
         planar = set()
         for raw_name in self.in_2d:
-            name = _ALIASES.get(raw_name, raw_name)
+            name = ALIASES.get(raw_name, raw_name)
             if name not in clean:
                 raise TiledsegError(
                     f"in_2d names {raw_name!r}, which is not a family of this bank "
@@ -312,18 +219,13 @@ class FeatureBank:
         """Return the dimensionality ``family`` is computed in (2 for ``in_2d`` families)."""
         return 2 if family in self.in_2d else ndim
 
+    def family(self, name: str) -> Family:
+        """Return the family object of ``name``, one of this bank's families."""
+        return self.plugins.get(name) or BY_NAME[name]
+
     def components(self, family: str, ndim: int) -> int:
         """Return how many values ``family`` gives per voxel in ``ndim`` dimensions."""
-        ndim = self.family_ndim(family, ndim)
-        if family in self.plugins:
-            return self.plugins[family].n_outputs(ndim)
-        if family in _EIGEN_FAMILIES:
-            return ndim
-        if family == "sobel":
-            return ndim + 1  # one derivative per axis, then the magnitude
-        if family == "gabor":
-            return GABOR_ORIENTATIONS
-        return 1
+        return self.family(family).n_outputs(self.family_ndim(family, ndim))
 
     def filtered(self, channel: int, n_channels: int) -> bool:
         """Return whether ``channel`` (of ``n_channels``, extras last) gets the bank's families."""
@@ -346,15 +248,13 @@ class FeatureBank:
                 plugin = self.plugins.get(family)
                 meaning = plugin.scale if plugin is not None else None
                 planar = family in self.in_2d and ndim == 3
-                for sigma in scales:
-                    n = self.components(family, ndim)
-                    for k in range(n):
-                        component = k if n > 1 else None
-                        if family == "sobel" and k == n - 1:
-                            component = -1  # the magnitude
-                        names.append(
-                            FeatureName(family, sigma, channel, component, planar, meaning)
-                        )
+                n = self.components(family, ndim)
+                components = [self.family(family).component(k, n) for k in range(n)]
+                names.extend(
+                    FeatureName(family, sigma, channel, component, planar, meaning)
+                    for sigma in scales
+                    for component in components
+                )
         return names
 
     def n_features(self, *, ndim: int, n_channels: int) -> int:
@@ -377,47 +277,28 @@ class FeatureBank:
     def halo(self, spacing: Sequence[float]) -> tuple[int, ...]:
         """Return the halo per axis that makes tiled features equal untiled ones.
 
-        It is the largest support of the whole filter chain of any feature: one
-        Gaussian radius for the plain and derivative filters, and inner + outer
-        radius for the structure tensor, whose smoothed products need gradients
-        that far beyond the block. ``in_2d`` families need none along z.
+        It is the largest support of the whole filter chain of any feature (each
+        family's :meth:`~tiledseg.features.family.Family.margin`): e.g. one Gaussian
+        radius for the plain and derivative filters, and inner + outer radius for
+        the structure tensor, whose smoothed products need gradients that far beyond
+        the block. ``in_2d`` families need none along z.
         """
         rel = relative_spacing(spacing)
         halo = [0] * len(rel)
-        for family, scales in self.families.items():
-            first = 1 if family in self.in_2d and len(rel) == 3 else 0
-            for sigma in scales:
-                for axis in range(first, len(rel)):
-                    need = self._reach(family, sigma, rel[axis])
+        for name, scales in self.families.items():
+            family = self.family(name)
+            first = 1 if name in self.in_2d and len(rel) == 3 else 0
+            for scale in scales:
+                for axis, need in enumerate(family.margin(scale, rel[first:]), start=first):
                     halo[axis] = max(halo[axis], need)
-                if family == "gabor":
-                    yx = len(rel) - 2
-                    for theta in gabor_orientations():
-                        sizes = gabor_half_sizes(sigma, theta, rel[yx:])
-                        for axis, size in zip((yx, yx + 1), sizes, strict=True):
-                            halo[axis] = max(halo[axis], size)
         return tuple(halo)
 
-    def _reach(self, family: str, sigma: float, step: float) -> int:
-        """Halo along an axis of relative spacing ``step`` (Gabor: see :meth:`halo`)."""
-        if family in self.plugins:
-            return self.plugins[family].reach(sigma)
-        if family in ("local_mean", "local_variance", "local_std"):
-            return box_radius(sigma / step)
-        if family in ("median", "minimum", "maximum"):
-            return ball_extent(sigma, step)
-        if family == "gabor":
-            return 0  # along a plane's axes only, in halo(); nothing across planes
-        need = kernel_radius(sigma / step)
-        if family == "structure_tensor_eigenvalues":
-            need += kernel_radius(ST_OUTER_RATIO * sigma / step)
-        elif family == "sobel":
-            need += 1  # the 3-tap Sobel kernel on the smoothed image
-        return need
-
     def fingerprints(self) -> dict[str, str]:
-        """The plug-ins' code digests by name (empty without plug-ins), for cache keys and
-        run identities: a bank's name alone does not say what a plug-in computes."""
+        """Return the plug-ins' code digests by name (empty without plug-ins).
+
+        They go into cache keys and run identities: a bank's name alone does not say
+        what a plug-in computes.
+        """
         return {name: plugin.fingerprint() for name, plugin in self.plugins.items()}
 
     def restricted(self, families: Mapping[str, Iterable[float]]) -> FeatureBank:

@@ -5,9 +5,12 @@ feature stack of the block's own voxels, ``(n_features, *block_shape)`` float32.
 Training and prediction both call it, so a voxel's features are the same bits in
 both, whatever the tiling.
 
-What each family computes (``G_s`` is a Gaussian of standard deviation ``s`` cut
-at :data:`~tiledseg.features.bank.TRUNCATE` sigma, boundary mode ``reflect`` at
-the true edges of the volume; ``d_a`` a derivative along axis ``a``):
+Each family is an object (:class:`~tiledseg.features.family.Family`) whose module in
+:mod:`tiledseg.features.families` holds its kernel; the engine here asks the bank
+for its families and writes what they yield where the layout puts it. What each
+family computes (``G_s`` is a Gaussian of standard deviation ``s`` cut at
+:data:`~tiledseg.features.family.TRUNCATE` sigma, boundary mode ``reflect`` at the
+true edges of the volume; ``d_a`` a derivative along axis ``a``):
 
 - ``gaussian_smoothing``: ``G_s * I``
 - ``laplacian_of_gaussian``: ``sum_a d_a d_a G_s * I`` (as ``scipy.ndimage.gaussian_laplace``)
@@ -17,9 +20,12 @@ the true edges of the volume; ``d_a`` a derivative along axis ``a``):
 - ``structure_tensor_eigenvalues``: eigenvalues, largest first, of
   ``G_{0.5 s} * (d_a G_s * I)(d_b G_s * I)``
 - ``hessian_of_gaussian_eigenvalues``: eigenvalues, largest first, of ``d_a d_b G_s * I``
-- the families after these six (Sobel, local statistics, rank filters, Gabor) are
-  computed by :mod:`tiledseg.features.extra`, one family and scale at a time;
-  plug-ins (:mod:`tiledseg.features.plugins`) on the block grown by their halo
+- these six are :class:`~tiledseg.features.family.DerivativeFamily` objects: they
+  name the derivatives they need and combine them; the derivatives are computed once
+  per scale for all of them (:class:`ScaleTree`)
+- the families after these six (Sobel, local statistics, rank filters, Gabor) and
+  plug-ins (:mod:`tiledseg.features.plugins`) compute their own values, one family
+  and scale at a time, on the block grown by their margin
 - ``in_2d`` families: the same kernels on each yx plane of a volume
 - an extra channel's raw value, before its filtered features if any
 
@@ -45,22 +51,11 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.arrays import to_host
 from tiledseg.features.backend import Backend, get_backend
-from tiledseg.features.bank import (
-    DOG_RATIO,
-    ILASTIK_FAMILIES,
-    ST_OUTER_RATIO,
-    TRUNCATE,
-    FeatureBank,
-    kernel_radius,
-    relative_spacing,
-)
-from tiledseg.features.extra import extra_features, grow
+from tiledseg.features.bank import FeatureBank, relative_spacing
+from tiledseg.features.family import TRUNCATE, DerivativeFamily, Family, Region, grow, unit
 
-__all__ = ["block_features", "symmetric_eigenvalues"]
-
-Region = tuple[slice, ...]
+__all__ = ["ScaleTree", "block_features", "symmetric_eigenvalues"]
 
 
 def block_features(
@@ -145,122 +140,119 @@ def _family_values(
     bank: FeatureBank,
     be: Backend,
 ) -> Iterator[tuple[str, float, int, Any]]:
-    """Yield ``(family, scale, component, values on the block)`` of ``families``."""
-    by_scale: dict[float, list[str]] = defaultdict(list)
-    for family, scales in families.items():
-        if family in ILASTIK_FAMILIES:
+    """Yield ``(family, scale, component, values on the block)`` of ``families``.
+
+    The families drawn from Gaussian derivatives come first, one scale at a time, each
+    scale's derivatives computed once for all of them; then every other family, one
+    family and scale at a time.
+    """
+    by_scale: dict[float, list[DerivativeFamily]] = defaultdict(list)
+    alone: list[tuple[Family, tuple[float, ...]]] = []
+    for name, scales in families.items():
+        family = bank.family(name)
+        if isinstance(family, DerivativeFamily):
             for sigma in scales:
                 by_scale[sigma].append(family)
+        else:
+            alone.append((family, scales))
     for sigma, members in sorted(by_scale.items()):
-        for family, k, value in _scale_features(image, sigma, members, inner, rel, be):
-            yield family, sigma, k, value
-    for family, scales in families.items():
-        if family in ILASTIK_FAMILIES:
-            continue
-        plugin = bank.plugins.get(family)
-        for sigma in scales:
-            if plugin is None:
-                values = extra_features(image, family, sigma, inner, rel, be)
-            else:
-                values = _plugin_values(image, plugin, sigma, inner, rel)
-            for k, value in values:
-                yield family, sigma, k, value
+        for family, k, value in _tree_values(image, sigma, members, inner, rel, be):
+            yield family.name, sigma, k, value
+    for family, scales in alone:
+        for scale in scales:
+            for k, value in family.values(image, scale, inner=inner, rel=rel, be=be):
+                yield family.name, scale, k, value
 
 
-def _plugin_values(image, plugin, scale, inner, rel) -> Iterator[tuple[int, Any]]:
-    """A plug-in's outputs on the block, computed on the block grown by its declared halo.
+def _tree_values(
+    image: Any,
+    sigma: float,
+    families: Sequence[DerivativeFamily],
+    inner: Region,
+    rel: Sequence[float],
+    be: Backend,
+) -> Iterator[tuple[DerivativeFamily, int, Any]]:
+    """Yield ``(family, component, values)`` of ``families``, all from one tree at ``sigma``.
 
-    A plug-in is numpy code (docs/plugins.md): a GPU block is copied to the host for
-    it, and its outputs are copied back.
+    The tree is freed when the last family is done, before the next scale's is made.
     """
-    grown, within = grow(inner, (plugin.reach(scale),) * image.ndim, image.shape)
-    xp = get_backend(image).xp
-    # the block is shared by every later family and scale: the plug-in gets a read-only view
-    view = to_host(image[grown]).view()
-    view.flags.writeable = False
-    values = plugin.compute(view, scale, rel)
-    for k in range(values.shape[0]):
-        yield k, xp.asarray(values[k][within])
+    tree = ScaleTree(image, sigma, families, inner, rel, be)
+    for family in families:
+        for k, value in family.combine(tree):
+            yield family, k, value
 
 
-def _unit(ndim: int, *axes: int) -> tuple[int, ...]:
-    order = [0] * ndim
-    for a in axes:
-        order[a] += 1
-    return tuple(order)
+class ScaleTree:
+    """The Gaussian derivatives of one image at one scale that some families share.
 
+    Each :class:`~tiledseg.features.family.DerivativeFamily` at the scale names the
+    derivative orders it needs and how far beyond the block it needs them; the union
+    of the orders is computed once (:func:`_derivatives`), on the block grown by the
+    largest of those margins, and the families combine them with the helpers here.
 
-def _scale_features(image, sigma, families, inner, rel, be: Backend) -> Iterator[tuple]:
-    """Yield ``(family, component, values)`` of every family at one scale.
-
-    The Gaussian derivative passes are shared by all families at the scale.
+    Parameters
+    ----------
+    image : float32 array
+        One channel of the haloed block (spatial axes only).
+    sigma : float
+        The scale, in finest-axis voxels.
+    families : sequence of DerivativeFamily
+        The families computed from the tree.
+    inner : tuple of slice
+        The block inside ``image``.
+    rel : sequence of float
+        Relative spacing of the axes (1 along the finest axis).
+    be : Backend
+        The array and ndimage namespaces of ``image``.
     """
-    ndim = image.ndim
-    sigmas = tuple(sigma / step for step in rel)
-    pairs = [(a, b) for a in range(ndim) for b in range(a, ndim)]
-    orders: set[tuple[int, ...]] = set()
-    if {"gaussian_smoothing", "difference_of_gaussians"} & set(families):
-        orders.add(_unit(ndim))
-    if {"gaussian_gradient_magnitude", "structure_tensor_eigenvalues"} & set(families):
-        orders.update(_unit(ndim, a) for a in range(ndim))
-    if {"laplacian_of_gaussian", "hessian_of_gaussian_eigenvalues"} & set(families):
-        orders.update(_unit(ndim, a, a) for a in range(ndim))
-    if "hessian_of_gaussian_eigenvalues" in families:
-        orders.update(_unit(ndim, a, b) for a, b in pairs)
 
-    # The structure tensor smooths gradient products, so its gradients are needed
-    # an outer radius beyond the block; everything else only on the block.
-    outer = tuple(ST_OUTER_RATIO * s for s in sigmas)
-    if "structure_tensor_eigenvalues" in families:
-        margin = tuple(kernel_radius(s) for s in outer)
-    else:
-        margin = (0,) * ndim
-    target, in_target = grow(inner, margin, image.shape)
-    deriv = _derivatives(image, sigmas, sorted(orders), target, be)
+    def __init__(
+        self,
+        image: Any,
+        sigma: float,
+        families: Sequence[DerivativeFamily],
+        inner: Region,
+        rel: Sequence[float],
+        be: Backend,
+    ) -> None:
+        self.image, self.inner, self.rel, self.be = image, inner, rel, be
+        self.ndim = ndim = image.ndim
+        #: The standard deviation along each axis, in voxels of that axis.
+        self.sigmas = tuple(sigma / step for step in rel)
+        #: The upper triangle of a symmetric matrix, in row order.
+        self.pairs = [(a, b) for a in range(ndim) for b in range(a, ndim)]
+        orders = set().union(*(family.orders(ndim) for family in families))
+        margins = [family.tree_margin(self.sigmas) for family in families]
+        margin = tuple(max(along) for along in zip(*margins, strict=True))
+        #: The region the derivatives are computed on, and the block inside it.
+        self.target, self.in_target = grow(inner, margin, image.shape)
+        self.derivatives = _derivatives(image, self.sigmas, sorted(orders), self.target, be)
 
-    def on_block(order: tuple[int, ...]):
-        return deriv[order][in_target]
+    def unit(self, *axes: int) -> tuple[int, ...]:
+        """Return the order differentiating once along each of ``axes`` (none: the blur)."""
+        return unit(self.ndim, *axes)
 
-    def scaled(value, *axes: int):
-        factor = math.prod(rel[a] for a in axes)
+    def on_target(self, order: tuple[int, ...]) -> Any:
+        """Return the derivative of ``order`` on the whole target region."""
+        return self.derivatives[order]
+
+    def on_block(self, order: tuple[int, ...]) -> Any:
+        """Return the derivative of ``order`` on the block."""
+        return self.derivatives[order][self.in_target]
+
+    def scaled(self, value: Any, *axes: int) -> Any:
+        """Return a derivative along ``axes`` per finest-axis voxel (float32 division)."""
+        factor = math.prod(self.rel[a] for a in axes)
         return value if factor == 1.0 else value / np.float32(factor)
 
-    for family in families:
-        if family == "gaussian_smoothing":
-            yield (family, 0, on_block(_unit(ndim)))
-        elif family == "difference_of_gaussians":
-            small = _derivatives(
-                image, tuple(DOG_RATIO * s for s in sigmas), [_unit(ndim)], inner, be
-            )[_unit(ndim)]
-            yield (family, 0, on_block(_unit(ndim)) - small)
-        elif family == "laplacian_of_gaussian":
-            total = scaled(on_block(_unit(ndim, 0, 0)), 0, 0).copy()
-            for a in range(1, ndim):
-                total += scaled(on_block(_unit(ndim, a, a)), a, a)
-            yield (family, 0, total)
-        elif family == "gaussian_gradient_magnitude":
-            total = None
-            for a in range(ndim):
-                d = scaled(on_block(_unit(ndim, a)), a)
-                if total is None:
-                    total = d * d
-                else:
-                    total += d * d
-            yield (family, 0, be.xp.sqrt(total))
-        elif family == "hessian_of_gaussian_eigenvalues":
-            elements = [scaled(on_block(_unit(ndim, a, b)), a, b) for a, b in pairs]
-            for k, value in enumerate(symmetric_eigenvalues(elements, ndim, xp=be.xp)):
-                yield (family, k, value)
-        elif family == "structure_tensor_eigenvalues":
-            grads = [scaled(deriv[_unit(ndim, a)], a) for a in range(ndim)]
-            elements = []
-            for a, b in pairs:
-                product = grads[a] * grads[b]
-                elements.append(
-                    _derivatives(product, outer, [_unit(ndim)], in_target, be)[_unit(ndim)]
-                )
-            for k, value in enumerate(symmetric_eigenvalues(elements, ndim, xp=be.xp)):
-                yield (family, k, value)
+    def smoothed(self, x: Any, sigmas: Sequence[float], target: Region) -> Any:
+        """Return ``x`` blurred with per-axis ``sigmas``, computed on ``target`` only."""
+        order = self.unit()
+        return _derivatives(x, sigmas, [order], target, self.be)[order]
+
+    def eigenvalues(self, elements: Sequence[Any]) -> list[Any]:
+        """Return the eigenvalues, largest first, of the matrices of ``elements``."""
+        return symmetric_eigenvalues(elements, self.ndim, xp=self.be.xp)
 
 
 def _derivatives(x, sigmas, orders, target, be: Backend, axis: int = 0) -> dict:
@@ -292,8 +284,9 @@ _KERNELS = "numba"
 
 
 def _gaussian_passes(x, sigma: float, orders: list[int], axis: int, crop: slice, be: Backend):
-    """``gaussian_filter1d`` of ``x`` along ``axis`` (float32, reflect) for each of ``orders``,
-    cropped to ``crop`` along ``axis``.
+    """Return ``gaussian_filter1d`` of ``x`` along ``axis`` for each of ``orders``, cropped.
+
+    The passes are float32 with ``reflect`` boundaries, cropped to ``crop`` along ``axis``.
 
     On numpy blocks one compiled pass computes every order, on the cropped outputs only;
     scipy (or cupyx) computes each order on the whole axis, cropped after.
@@ -365,8 +358,11 @@ def symmetric_eigenvalues(elements: Sequence[Any], ndim: int, *, xp: Any = np) -
 
 
 def _compiled_eigenvalues(elements: list[Any], xp: Any) -> bool:
-    """Whether the compiled kernel takes this field: float32 numpy fields of 2 or 3 axes
-    (what :func:`block_features` makes; anything else takes :func:`_closed_form`)."""
+    """Return whether the compiled kernel takes this field.
+
+    It takes float32 numpy fields of 2 or 3 axes (what :func:`block_features` makes);
+    anything else takes :func:`_closed_form`.
+    """
     return (
         _KERNELS == "numba"
         and xp is np

@@ -39,11 +39,16 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tiledseg.arrays import to_host
 from tiledseg.errors import TiledsegError
+from tiledseg.features.family import FamilyDefaults, Region, Values, grow
+
+if TYPE_CHECKING:
+    from tiledseg.features.backend import Backend
 
 __all__ = [
     "ALLOW_VARIABLE",
@@ -84,8 +89,11 @@ def _allowed(module: str) -> bool:
 
 
 @dataclass(frozen=True)
-class FeaturePlugin:
+class FeaturePlugin(FamilyDefaults):
     """A user feature function with its declared halo and output count.
+
+    It is a :class:`~tiledseg.features.family.Family`, as the built-in families are:
+    a bank asks it the same questions.
 
     Parameters
     ----------
@@ -117,9 +125,16 @@ class FeaturePlugin:
         value = self.outputs(ndim) if callable(self.outputs) else self.outputs
         return _count(value, f"output count of plug-in feature {self.name!r}", 1)
 
+    def margin(self, scale: float, rel: Sequence[float]) -> tuple[int, ...]:
+        """Return the declared halo at ``scale`` along every axis, whatever the spacing."""
+        return (self.reach(scale),) * len(rel)
+
     def fingerprint(self) -> str:
-        """A digest of the function's code and declarations: a cached training table or an
-        unfinished run made with other code is not reused."""
+        """Return a digest of the function's code and declarations.
+
+        A cached training table or an unfinished run made with other code is then
+        not reused.
+        """
         h = hashlib.sha256(self.name.encode())
         for part in (self.function, self.halo, self.outputs):
             h.update(_code_of(part).encode())
@@ -144,6 +159,23 @@ class FeaturePlugin:
                 f"{(n, *image.shape)}"
             )
         return values
+
+    def values(
+        self, image: Any, scale: float, *, inner: Region, rel: Sequence[float], be: Backend
+    ) -> Values:
+        """Yield ``(output, values on the block)``, computed on the block grown by the halo.
+
+        A plug-in is numpy code (docs/plugins.md): a GPU block is copied to the host for
+        it, and its outputs are copied back.
+        """
+        grown, within = grow(inner, self.margin(scale, rel), image.shape)
+        # the block is shared by every later family and scale: the plug-in gets a read-only
+        # view
+        view = to_host(image[grown]).view()
+        view.flags.writeable = False
+        values = self.compute(view, scale, rel)
+        for k in range(values.shape[0]):
+            yield k, be.xp.asarray(values[k][within])
 
 
 def _code_of(part: Any) -> str:
@@ -239,7 +271,7 @@ def feature_plugin(
     name: str | None = None,
     scale: str = "scale",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator form of :func:`register_feature`; returns the function unchanged.
+    """Register the decorated function as :func:`register_feature` does; return it unchanged.
 
     A decorated module-level function can be named in a bank file as
     ``"package.module:function"``: importing the module declares it again in any

@@ -40,7 +40,7 @@ def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
 
 
 def read_block(volume: Volume, block: Block, device: str = "cpu") -> Any:
-    """A block's read region (the block and its halo), checked finite, on ``device``."""
+    """Return a block's read region (the block and its halo), checked finite, on ``device``."""
     return to_device(read_finite(volume, block.read), device)
 
 
@@ -119,7 +119,7 @@ def feature_array(
 
 
 def _volume_identity(volume: Volume) -> tuple:
-    """What determines a volume's values, for naming its dask graph.
+    """Return what determines a volume's values, for naming its dask graph.
 
     An image opened from a path: the path (absolute) and name; an in-memory array:
     dask's token of the array itself (its data, for numpy). Then the layout: shape,
