@@ -1,5 +1,7 @@
-"""Array helpers for the per-block kernels: moving a block's arrays between host and GPU,
-and the one-line error when a GPU runs out of memory.
+"""Array helpers for the per-block kernels.
+
+Moving a block's arrays between host and GPU, and the one-line error when a GPU runs out
+of memory.
 
 Apart from :mod:`tiledseg.device`, which plans where blocks run: kernels need these
 and nothing of the planning. cupy is imported only when a GPU array is made.

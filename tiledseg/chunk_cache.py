@@ -60,7 +60,9 @@ _runs_lock = threading.Lock()
 
 
 def chunk_cache_bytes(value: int | str | None = None) -> int:
-    """The cache bound in bytes: ``value``, else ``$TILEDSEG_CHUNK_CACHE_BYTES``, else the default.
+    """Return the cache bound in bytes.
+
+    ``value``, else ``$TILEDSEG_CHUNK_CACHE_BYTES``, else the default.
 
     Raises
     ------
@@ -121,6 +123,7 @@ class ChunkCache:
         self.evictions = 0
 
     def __reduce__(self) -> tuple[Callable[..., ChunkCache], tuple[str, int]]:
+        """Pickle the run and the bound, not the chunks."""
         # the chunks stay where they are: another process gets its own cache of the run
         return _cache_of_run, (self.run, self.max_bytes)
 
@@ -189,7 +192,7 @@ class ChunkCache:
 
 
 def _cache_of_run(run: str, max_bytes: int) -> ChunkCache:
-    """This process's cache of ``run``, made on first use (how a pickled cache arrives)."""
+    """Return this process's cache of ``run``, made on first use (how a pickled cache arrives)."""
     with _runs_lock:
         cache = _runs.get(run)
         if cache is None:
@@ -209,7 +212,7 @@ def release(run: str) -> None:
 
 @contextlib.contextmanager
 def run_cache(max_bytes: int, client: Any = None) -> Iterator[ChunkCache]:
-    """A new chunk cache for one run, forgotten here and on ``client``'s workers at its end.
+    """Yield a new chunk cache for one run, forgotten here and on ``client``'s workers at its end.
 
     Parameters
     ----------

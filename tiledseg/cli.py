@@ -91,7 +91,7 @@ def _print_training(model, model_path) -> None:
 
 
 def _training_line(model) -> str:
-    """What was fitted, where, and how well, in one line."""
+    """Describe what was fitted, where, and how well, in one line."""
     s = model.summary
     parts = [f"{len(model.feature_names)} features, {model.classifier.name}"]
     gpu_workers = s.get("feature_device", {}).get("gpu_workers", 0)
@@ -115,7 +115,7 @@ def _training_line(model) -> str:
 
 
 def _training_notes(model) -> list[str]:
-    """Notes on the scribbles, the spacing and the features kept."""
+    """Return notes on the scribbles, the spacing and the features kept."""
     s, notes = model.summary, []
     mix = s["labelled_voxels"]
     single = [k for k, n in s.get("strokes", {}).items() if n == 1 and mix.get(k, 0) > 1]
@@ -177,7 +177,7 @@ def predict(image, model_path, out, overwrite, **options) -> None:
 
 
 def _command_line() -> str:
-    """The command line as given to :func:`main` (or ``sys.argv``), for the provenance."""
+    """Return the command line as given to :func:`main` (or ``sys.argv``), for the provenance."""
     obj = click.get_current_context().find_root().obj
     args = obj.get("argv") if isinstance(obj, dict) else None
     return shlex.join(["tiledseg", *(sys.argv[1:] if args is None else args)])

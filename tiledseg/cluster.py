@@ -157,8 +157,11 @@ class Executor:
     def map_method(
         self, method: Callable[[Any], Any], items: Iterable[Any], *, desc: str
     ) -> list[Any]:
-        """Run a job's bound ``method`` on every item (as :meth:`map`): the job is the same
-        in every call, so a cluster receives it once, not once per item."""
+        """Run a job's bound ``method`` on every item (as :meth:`map`).
+
+        The job is the same in every call, so a cluster receives it once, not once per
+        item.
+        """
         job, func = method.__self__, method.__func__
         return self.map(_method_call, [(job, func, item) for item in items], desc=desc)
 
@@ -170,36 +173,37 @@ class Executor:
         desc: str,
         total: int | None = None,
     ) -> Iterator[tuple[int, Any]]:
-        """Run a block job's bound ``method`` on every block; yield ``(i, result)`` as
-        blocks finish (as :meth:`imap`).
+        """Run a block job's bound ``method`` on every block; yield ``(i, result)`` as they finish.
 
-        Each call is guarded once, here: a block whose call raises, or whose task the
-        cluster lost, gives a :class:`~tiledseg.runs.BlockFailure` as its result, so
-        one bad block never stops the others. The job (``method``'s object) is the same
-        in every item, so a cluster receives it once.
+        The blocks are run as :meth:`imap` runs items. Each call is guarded once, here: a
+        block whose call raises, or whose task the cluster lost, gives a
+        :class:`~tiledseg.runs.BlockFailure` as its result, so one bad block never stops the
+        others. The job (``method``'s object) is the same in every item, so a cluster
+        receives it once.
         """
         job, func = method.__self__, method.__func__
         items = ((job, func, block) for block in blocks)
         return self.imap(_guarded_call, items, desc=desc, on_error=_lost_block, total=total)
 
     def in_flight(self) -> int:
-        """Items submitted at once by :meth:`map` on a cluster: a few per task thread, at
-        least :data:`MIN_IN_FLIGHT`.
+        """Return how many items :meth:`map` submits at once on a cluster.
 
-        Enough that a worker finishing a task finds the next one waiting while the
-        results are fetched and more are submitted; the floor amortises each
-        submission's and each gather's round trip over many items (waves of 8 cost
-        twice the driver's CPU per item of waves of 256).
+        A few per task thread, at least :data:`MIN_IN_FLIGHT`: enough that a worker
+        finishing a task finds the next one waiting while the results are fetched and more
+        are submitted; the floor amortises each submission's and each gather's round trip
+        over many items (waves of 8 cost twice the driver's CPU per item of waves of 256).
         """
         return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_THREAD * self.n_workers)
 
     def _imap_threads(
         self, func: Callable, numbered: Iterator[tuple[int, Any]], bar: Any
     ) -> Iterator[tuple[int, Any]]:
-        """:meth:`imap` on this process's threads: a plain thread pool, since a dask graph
-        of independent tasks adds only its overhead (and dask's scheduler lookup imports
-        ``distributed``, 0.2 s of a small run). Items are submitted as earlier ones finish,
-        so a million blocks do not make a million pending futures."""
+        """Run :meth:`imap` on this process's threads, with a plain thread pool.
+
+        A dask graph of independent tasks adds only its overhead (and dask's scheduler
+        lookup imports ``distributed``, 0.2 s of a small run). Items are submitted as
+        earlier ones finish, so a million blocks do not make a million pending futures.
+        """
         import queue
         from concurrent.futures import ThreadPoolExecutor
 
@@ -227,7 +231,7 @@ class Executor:
 
     @staticmethod
     def _finished_thread(finished: Any, bar: Any) -> tuple[int, Any]:
-        """The next item a thread finished, and its result (or its error, raised)."""
+        """Return the next item a thread finished, and its result (or raise its error)."""
         i, future = finished.get()
         value = future.result()  # func's error is raised here, the first seen
         bar.update(1)
@@ -325,7 +329,7 @@ class Executor:
 
     @contextlib.contextmanager
     def progress(self, total: int, desc: str) -> Iterator[Any]:
-        """A progress bar (tqdm) over ``total`` items; silent when quiet."""
+        """Yield a progress bar (tqdm) over ``total`` items; silent when quiet."""
         bar = _progress(total, desc, disable=self.quiet)
         try:
             yield bar
@@ -333,8 +337,10 @@ class Executor:
             bar.close()
 
     def persist(self, tasks: Sequence[Any]) -> list[Any]:
-        """Compute dask delayed objects and return them persisted (results held in memory
-        here, or on the workers of a cluster), for later graphs to build on."""
+        """Compute dask delayed objects and return them persisted, for later graphs to build on.
+
+        Their results are held in memory here, or on the workers of a cluster.
+        """
         if not tasks:
             return []
         if self.client is None:
@@ -376,7 +382,7 @@ class Executor:
         }
 
     def gather(self, persisted: Sequence[Any]) -> list[Any]:
-        """The values of objects returned by :meth:`persist`."""
+        """Return the values of objects returned by :meth:`persist`."""
         if not persisted:
             return []
         if self.client is None:
@@ -461,14 +467,17 @@ class _Shared:
 
 
 def _shared_object(value: Any) -> Any:
-    """The task whose result is a shared element (its name is the key's, on the dashboard)."""
+    """Return ``value``, as the task whose result is a shared element.
+
+    Its name is the key's, on the dashboard.
+    """
     return value
 
 
 def _share(client: Any, items: Sequence[Any]) -> _Shared:
-    """Send once the elements every tuple item of the first wave, ``items``, holds (by
-    identity) at the same position.
+    """Send once the elements shared by every tuple item of the first wave, ``items``.
 
+    An element is shared when every item holds it (by identity) at the same position.
     Such an element (the volume, the model) would otherwise be pickled by the
     scheduler and unpickled by a worker with every item's task (measured: with a
     1 MB element, 2,000 no-op tasks took 26 s instead of 12 s, 2,000 unpickles
@@ -567,7 +576,7 @@ def _guarded_call(item: tuple[Any, Callable, Any]) -> Any:
 
 
 def _lost_block(i: int, item: tuple[Any, Callable, Any], exc: BaseException) -> Any:
-    """A block whose task the cluster lost (its workers kept dying), as a failure."""
+    """Return a block whose task the cluster lost (its workers kept dying), as a failure."""
     from tiledseg.runs import BlockFailure
 
     block = item[2]
@@ -651,11 +660,14 @@ def one_cluster(
     cluster: Any = None,
     quiet: bool = False,
 ) -> Iterator[tuple[Executor, str | os.PathLike | None]]:
-    """One executor for several steps of a run (``segment``'s training and prediction,
-    ``cluster``'s sampling and labelling): a cluster of ``workers`` or ``cluster`` is
-    started once and serves them all. Yields the executor and the ``scheduler`` the
+    """Share one executor between several steps of a run.
+
+    The steps are ``segment``'s training and prediction, or ``cluster``'s sampling and
+    labelling: a cluster of ``workers`` or ``cluster`` is started once and serves them
+    all. Yields the executor and the ``scheduler`` the
     later steps pass on (with ``workers=None, cluster=None``): the started cluster's
-    address, else the given ``scheduler`` (``None``: threads)."""
+    address, else the given ``scheduler`` (``None``: threads).
+    """
     with open_executor(workers, quiet=quiet, scheduler=scheduler, cluster=cluster) as executor:
         started_here = workers is not None or cluster is not None
         yield executor, executor.client.scheduler.address if started_here else scheduler
@@ -663,7 +675,9 @@ def one_cluster(
 
 @contextlib.contextmanager
 def _quiet_distributed() -> Iterator[None]:
-    """distributed's INFO and WARNING lines (worker start, GC) would bury the progress bar,
+    """Quiet distributed's INFO and WARNING lines and shorten its logs of recent messages.
+
+    Distributed's INFO and WARNING lines (worker start, GC) would bury the progress bar,
     and its debugging logs of recent messages would grow the driver with the blocks.
 
     Each of distributed's batched connections keeps its last
@@ -689,7 +703,10 @@ def _quiet_distributed() -> Iterator[None]:
 
 
 def cluster_config(*, workers: int | None = None, cluster: Any = None) -> Any:
-    """The :class:`~tiledseg.cluster_config.ClusterConfig` of ``--workers`` or ``--cluster``."""
+    """Return the cluster configuration of ``--workers`` or ``--cluster``.
+
+    It is a :class:`~tiledseg.cluster_config.ClusterConfig`.
+    """
     from tiledseg.cluster_config import ClusterConfig, load_cluster_config
 
     if isinstance(cluster, ClusterConfig):

@@ -75,7 +75,7 @@ class ClusteringResult(PredictionResult):
 
 
 def check_classes(classes: int | str) -> int:
-    """The number of phases as an int, at least 2 (``"3"`` is accepted, as typed)."""
+    """Return the number of phases as an int, at least 2 (``"3"`` is accepted, as typed)."""
     value: int | None = None
     if isinstance(classes, int | np.integer) and not isinstance(classes, bool):
         value = int(classes)
@@ -156,7 +156,10 @@ def sample_features(
     seed: int,
     executor: Any,
 ) -> tuple[np.ndarray, int]:
-    """The sampled feature table ``(n, n_features)`` and the number of windows it came from."""
+    """Return the sampled feature table and the number of windows it came from.
+
+    The table is ``(n, n_features)``.
+    """
     windows = sample_windows(volume.shape, sample_voxels=sample_voxels, seed=seed)
     sampler = WindowSampler(volume, bank, math.ceil(sample_voxels / len(windows)), seed)
     parts = executor.map(sampler.rows, list(enumerate(windows)), desc="sampling features")
@@ -197,7 +200,7 @@ class NearestCentre(Classifier):
         return (xp.asarray(X, dtype=xp.float32) - xp.asarray(self.mean)) / xp.asarray(self.scale)
 
     def nearest(self, X: Any) -> Any:
-        """The index of the nearest centre of every row of ``X`` (ties: the lower index)."""
+        """Return the index of the nearest centre of every row of ``X`` (ties: the lower index)."""
         xp = get_backend(X).xp
         centres = xp.asarray(self.centres)
         mean, scale = xp.asarray(self.mean), xp.asarray(self.scale)
@@ -210,16 +213,19 @@ class NearestCentre(Classifier):
         return distance.argmin(axis=0)
 
     def fit(self, X: np.ndarray, y: np.ndarray, **options: Any) -> dict[str, Any]:
+        """Refuse: a clustering model is not trained on labels."""
         raise TiledsegError(
             "a clustering model is fitted by tiledseg.cluster_phases from the image, not "
             "trained on labels; use 'xgboost' or 'random-forest' to train on scribbles"
         )
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
+        """Return 1 for the nearest centre's class and 0 for the others, in ``X``'s array module."""
         xp = get_backend(X).xp
         return xp.eye(len(self.centres), dtype=xp.float32)[self.nearest(X)]
 
     def to_bytes(self) -> bytes:
+        """Refuse: a clustering model is not saved."""
         raise TiledsegError(
             "a clustering model is not saved: run 'tiledseg cluster' again (it is seeded, "
             "so the same options give the same phases), or paint scribbles and train"
@@ -227,8 +233,10 @@ class NearestCentre(Classifier):
 
 
 def _order_feature(bank: FeatureBank, *, ndim: int, n_channels: int) -> tuple[int, str]:
-    """Position and name of the feature the phases are ordered by: the first Gaussian
-    smoothing of the image's first channel, else the first feature."""
+    """Position and name of the feature the phases are ordered by.
+
+    It is the first Gaussian smoothing of the image's first channel, else the first feature.
+    """
     names = bank.feature_names(ndim=ndim, n_channels=n_channels)
     for i, name in enumerate(names):
         if name.family == "gaussian_smoothing":
@@ -237,8 +245,10 @@ def _order_feature(bank: FeatureBank, *, ndim: int, n_channels: int) -> tuple[in
 
 
 def fit_centres(table: np.ndarray, *, classes: int, seed: int, order_by: int = 0) -> NearestCentre:
-    """Standardise the sampled ``table`` and fit ``classes`` k-means centres, ordered by
-    the centres' value of feature ``order_by`` (ascending: label 1 the lowest).
+    """Standardise the sampled ``table`` and fit ``classes`` k-means centres.
+
+    The centres are ordered by their value of feature ``order_by`` (ascending: label 1 the
+    lowest).
 
     Raises
     ------
@@ -297,7 +307,7 @@ def clustering_model(
     volume: Volume,
     summary: dict[str, Any] | None = None,
 ) -> Model:
-    """An in-memory model (labels ``1..k``) that :func:`tiledseg.predict.predict` runs."""
+    """Return an in-memory model (labels ``1..k``) that :func:`tiledseg.predict.predict` runs."""
     return Model(
         classifier=clf,
         classes=np.arange(1, len(clf.centres) + 1),

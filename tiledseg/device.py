@@ -100,8 +100,10 @@ def worker_device(device: str) -> str:
 
 
 def free_device_memory() -> int:
-    """Free bytes on this process's CUDA device, counting cupy's pooled free blocks
-    as free (0 without a GPU)."""
+    """Free bytes on this process's CUDA device (0 without a GPU).
+
+    Counts cupy's pooled free blocks as free.
+    """
     if gpu_count() == 0:
         return 0
     import cupy
@@ -112,8 +114,11 @@ def free_device_memory() -> int:
 
 @functools.cache
 def xgboost_has_cuda() -> bool:
-    """Whether this process's XGBoost was built with CUDA (the ``xgboost-cpu`` and
-    manylinux2014 wheels are not): without it XGBoost predicts and fits on the CPU."""
+    """Whether this process's XGBoost was built with CUDA.
+
+    The ``xgboost-cpu`` and manylinux2014 wheels are not: without it XGBoost predicts and
+    fits on the CPU.
+    """
     try:
         import xgboost
     except ImportError:
@@ -122,7 +127,7 @@ def xgboost_has_cuda() -> bool:
 
 
 def describe_worker(device: str) -> dict[str, Any]:
-    """What a worker will compute on: run on each worker before a GPU run.
+    """Describe what a worker will compute on: run on each worker before a GPU run.
 
     Returns ``{"device": "cpu" | "cuda"}``, and on a GPU its ``gpu`` name, the
     physical device ``gpu_id`` (host and PCI address: processes that share a GPU
@@ -186,8 +191,11 @@ class DevicePlan:
 
     @property
     def fits_on_gpus(self) -> bool:
-        """Whether a distributed XGBoost fit can use the workers' GPUs: every worker has
-        its own GPU (NCCL refuses two processes on one device) and a CUDA XGBoost."""
+        """Whether a distributed XGBoost fit can use the workers' GPUs.
+
+        It can when every worker has its own GPU (NCCL refuses two processes on one
+        device) and a CUDA XGBoost.
+        """
         return (
             self.kind == "cuda"
             and len(self._threads_per_gpu()) == len(self.workers)
@@ -197,8 +205,10 @@ class DevicePlan:
     def gpu_block(
         self, *, shape: Sequence[int], halo: Sequence[int], n_features: int, n_classes: int
     ) -> tuple[int, ...] | None:
-        """The block for a run on these workers' GPUs, or ``None`` to keep the CPU default
-        (when some workers are on the CPU: GPU-sized blocks would not fit them).
+        """Return the block for a run on these workers' GPUs, or ``None`` to keep the CPU default.
+
+        The CPU default is kept when some workers are on the CPU: GPU-sized blocks would
+        not fit them.
 
         The largest block the most crowded GPU holds, one per task thread in flight on
         it (the threads of every worker sharing that GPU), clipped to ``shape``, then
@@ -263,10 +273,10 @@ def gpu_block(
     multiple: int = 16,
     in_flight: int = 1,
 ) -> tuple[int, ...]:
-    """Return the largest cubic block whose working set fits ``fraction`` of ``free_bytes``
-    shared by ``in_flight`` blocks computed at once.
+    """Return the largest cubic block whose working set fits ``fraction`` of ``free_bytes``.
 
-    The working set is the haloed block times :data:`_WORKING_ARRAYS` float32
+    That share of the free memory is divided between ``in_flight`` blocks computed at
+    once. The working set is the haloed block times :data:`_WORKING_ARRAYS` float32
     arrays, plus the block's features and class probabilities (float32). The edge is
     a multiple of ``multiple`` (and at least the largest halo, as the planner needs).
 

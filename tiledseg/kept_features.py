@@ -113,7 +113,7 @@ class Scratch:
 
 
 def identity(volume: Any) -> str:
-    """What the kept stacks were computed from, as JSON: prediction checks it is its image.
+    """Return what the kept stacks were computed from, as JSON: prediction checks it is its image.
 
     Besides the name (a path, or only ``<ndarray image>`` for an array), a digest of a
     central region of at most 32 voxels a side tells two images of one shape apart.
@@ -150,7 +150,7 @@ def using(out: str | Path) -> Iterator[Scratch]:
 
 
 def active() -> Scratch | None:
-    """The :class:`Scratch` of the ``segment`` run in progress (driver side), if any."""
+    """Return the :class:`Scratch` of the ``segment`` run in progress (driver side), if any."""
     return _ACTIVE.get()
 
 
@@ -198,8 +198,10 @@ class KeptFeatures:
         return Path(self.folder) / f"{where}.npy"
 
     def save(self, block: Block, features: np.ndarray) -> None:
-        """Keep a block's features ``(n_features, *block.shape)``; a failed write is only
-        a lost saving (prediction computes the block)."""
+        """Keep a block's features ``(n_features, *block.shape)``.
+
+        A failed write is only a lost saving (prediction computes the block).
+        """
         target = self._path(block)
         partial = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial")
         try:
@@ -210,7 +212,7 @@ class KeptFeatures:
             partial.unlink(missing_ok=True)
 
     def load(self, block: Block, n_features: int) -> np.ndarray | None:
-        """The kept features of ``block``, or ``None`` when they were not kept."""
+        """Return the kept features of ``block``, or ``None`` when they were not kept."""
         try:
             features = np.load(self._path(block))
         except (OSError, ValueError):
@@ -221,8 +223,10 @@ class KeptFeatures:
 
 
 def _budget(folder: Path) -> int:
-    """Bytes the scratch folder may hold: ``$TILEDSEG_KEPT_FEATURES_BYTES``, else half the
-    free space where it lives."""
+    """Bytes the scratch folder may hold.
+
+    ``$TILEDSEG_KEPT_FEATURES_BYTES``, else half the free space where it lives.
+    """
     value = os.environ.get(_BUDGET_VARIABLE)
     if value is not None:
         try:

@@ -63,8 +63,11 @@ class Options(BaseModel):
 
 
 def _block(value: Any) -> Any:
-    """Check the command line's ``"N"`` or ``"Z,Y,X"`` (kept as written: later messages, such
-    as a count that does not match the image's axes, quote it as the user wrote it)."""
+    """Check the command line's ``"N"`` or ``"Z,Y,X"``, kept as written.
+
+    Later messages, such as a count that does not match the image's axes, quote it as the
+    user wrote it.
+    """
     if isinstance(value, str):
         from tiledseg.errors import BlockSizeError
 

@@ -84,8 +84,10 @@ class PredictionResult:
 
     @property
     def voxels_per_second(self) -> float:
-        """Throughput of this run (reading, features, classification, writing), over the
-        voxels it computed (not those of blocks skipped as already done)."""
+        """Throughput of this run (reading, features, classification, writing).
+
+        It is over the voxels it computed (not those of blocks skipped as already done).
+        """
         return self.voxels / self.seconds if self.seconds > 0 else float("inf")
 
 
@@ -120,14 +122,16 @@ def block_probabilities(
 def classify_block(
     volume: Volume, block: Block, model: Model, *, n_threads: int = 1, device: str = "cpu"
 ) -> tuple[Any, Any]:
-    """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block, in the
-    array module the probabilities came in (numpy, or cupy on the GPU)."""
+    """Return the labels ``block.shape`` and probabilities ``(n, k)`` of one block.
+
+    They are in the array module the probabilities came in (numpy, or cupy on the GPU).
+    """
     proba = block_probabilities(volume, block, model, n_threads=n_threads, device=device)
     return _labels(proba, model, block.shape), proba
 
 
 def _labels(proba: Any, model: Model, shape: tuple[int, ...]) -> Any:
-    """The most probable class of each voxel, where ``proba`` is (numpy or cupy)."""
+    """Return the most probable class of each voxel, where ``proba`` is (numpy or cupy)."""
     values = get_backend(proba).xp.asarray(model.classes.astype(model.label_dtype))
     return values[proba.argmax(axis=1)].reshape(shape)
 
@@ -138,7 +142,7 @@ def _to_uint8(values: Any) -> Any:
 
 
 def _extras(proba: Any, block: Block, want_proba: bool, want_unc: bool) -> dict[str, Any]:
-    """The requested per-voxel outputs besides the labels, computed where ``proba`` is."""
+    """Return the requested per-voxel outputs besides the labels, computed where ``proba`` is."""
     xp = get_backend(proba).xp
     out = {}
     if want_proba:
@@ -187,8 +191,10 @@ class PredictionJob:
         return int(labels.size)
 
     def costs(self, block: Block) -> np.ndarray:
-        """Write the block's outputs besides the labels; return its graph-cut unary costs
-        ``(*block.shape, k)``."""
+        """Write the block's outputs besides the labels; return its graph-cut unary costs.
+
+        The costs are ``(*block.shape, k)``.
+        """
         from tiledseg.smoothing.energy import unary_costs
 
         # the graph cut runs on the CPU: the probabilities come back
@@ -205,8 +211,10 @@ class PredictionJob:
         return int(indices.size)
 
     def _probabilities_written(self, block: Block) -> Any:
-        """The block's probabilities, on the worker's device, with the probability and
-        uncertainty outputs already written."""
+        """Return the block's probabilities, on the worker's device.
+
+        The probability and uncertainty outputs are already written.
+        """
         with out_of_memory_hint(block.shape):
             proba = block_probabilities(
                 self.volume,
@@ -453,7 +461,7 @@ def _identity(
     prediction: Prediction,
     settings: Any,
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run that started the output."""
+    """Return what a resumed run must share with the run that started the output."""
     extras = [_where(v.path, v) for v in volume.extra_volumes]
     return {
         "model_checksum": model.checksum,
@@ -516,8 +524,11 @@ def _start(
 
 
 def _provenance(plan: _Plan, command: str | None, devices: Any) -> dict[str, Any]:
-    """What the output records of its making: the identity's model, image and region, and
-    what made them (bank, spacing, command, versions, devices)."""
+    """Return what the output records of its making.
+
+    The identity's model, image and region, and what made them (bank, spacing, command,
+    versions, devices).
+    """
     model, identity = plan.model, plan.identity
     return {
         **{key: identity[key] for key in ("model_checksum", "image", "roi")},
@@ -538,8 +549,11 @@ def _run_blocks(
     executor: Executor,
     resuming: bool,
 ) -> tuple[int, list[BlockFailure], dict[str, Any]]:
-    """Run the blocks not done; return the voxels written, the failures and what the
-    completion record adds (the smoothing's settings)."""
+    """Run the blocks not done.
+
+    Return the voxels written, the failures and what the completion record adds (the
+    smoothing's settings).
+    """
     if plan.smoothing is None:
         # each task is made when its wave is submitted, and only counts are kept of its
         # result: the driver's memory does not grow with the number of blocks
@@ -562,8 +576,11 @@ def _run_blocks(
 
 
 def _tally(results: Iterable[tuple[int, int | BlockFailure]]) -> tuple[int, list[BlockFailure]]:
-    """The voxels the blocks wrote and the blocks that failed (in block order), from their
-    ``(position, result)`` in any order: only the failures are kept, not every result."""
+    """Return the voxels the blocks wrote and the blocks that failed (in block order).
+
+    They are tallied from their ``(position, result)`` in any order: only the failures are
+    kept, not every result.
+    """
     voxels, failed = 0, []
     for i, result in results:
         if isinstance(result, BlockFailure):
@@ -574,8 +591,11 @@ def _tally(results: Iterable[tuple[int, int | BlockFailure]]) -> tuple[int, list
 
 
 def _kept_for(model: Model, volume: Volume, device: str) -> KeptFeatures | None:
-    """The features ``segment``'s training kept, when this prediction can use them as
-    they are: the same image and bank, one stage, features on the CPU."""
+    """Return the features ``segment``'s training kept, if this prediction can use them.
+
+    It can use them as they are when it has the same image and bank, one stage, and
+    features on the CPU.
+    """
     scratch = kept_features.active()
     kept = scratch.kept if scratch is not None else None
     if kept is None or device != "cpu" or not kept.serves(model, volume):
@@ -691,7 +711,7 @@ def check_finite(
 
 
 def _where(image: Any, volume: Volume) -> str:
-    """The image's absolute path for the provenance (or a description of an array)."""
+    """Return the image's absolute path for the provenance (or a description of an array)."""
     if isinstance(image, str | os.PathLike):
         path, dataset = split_dataset(str(image))
         path = str(Path(path).resolve())

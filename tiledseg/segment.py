@@ -107,7 +107,7 @@ def _check(config: Any) -> Model | None:
 
 
 def bank_file(features: Any) -> str | None:
-    """The feature bank's YAML file, if it is given as one."""
+    """Return the feature bank's YAML file, if it is given as one."""
     if isinstance(features, str) and features.lower().endswith((".yaml", ".yml")):
         return features
     return None
@@ -147,8 +147,10 @@ def _predict(
 
 
 def _model_of_unfinished_run(config: Any) -> Model | None:
-    """The model file of ``config`` if its output is an unfinished run made with it and
-    the config still asks for that model (bank and classifier), else ``None``."""
+    """Return the model file of ``config`` if its output is an unfinished run made with it.
+
+    The config must also still ask for that model (bank and classifier); else ``None``.
+    """
     from tiledseg.features.bank import resolve_bank
     from tiledseg.model import load_model
     from tiledseg.runs import unfinished_run
@@ -178,8 +180,10 @@ def _model_of_unfinished_run(config: Any) -> Model | None:
 
 
 def _open_inputs(config: Any) -> Volume:
-    """Open the image and refuse a bad ROI, truth, image or smoothing before a model file
-    is written."""
+    """Open the image and refuse a bad ROI, truth, image or smoothing.
+
+    Both happen before a model file is written.
+    """
     from tiledseg.predict import check_finite
     from tiledseg.volume import open_volume, parse_region, with_extra_channels
 

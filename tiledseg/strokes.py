@@ -80,8 +80,11 @@ def stroke_ids(coords: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _pieces(rows: np.ndarray, strokes: np.ndarray, coords: np.ndarray, need: int) -> list:
-    """The class's strokes as row-index arrays, the largest cut along its longest extent
-    until there are ``need`` pieces (or as many as the class has voxels)."""
+    """Return the class's strokes as row-index arrays, cut into ``need`` pieces.
+
+    The largest is cut along its longest extent until there are ``need`` pieces (or as
+    many as the class has voxels).
+    """
     pieces = [rows[strokes[rows] == s] for s in np.unique(strokes[rows])]
     need = min(need, len(rows))
     while len(pieces) < need:

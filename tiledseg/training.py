@@ -147,9 +147,12 @@ class TrainingTable:
     order: np.ndarray | None = field(default=None, repr=False)
 
     def in_c_order(self) -> TrainingTable:
-        """Put the rows in C order of their voxels, so that what a fit sees (a forest's
-        bootstrap draws follow the row order) does not depend on the blocks that were
-        scanned, nor on the cores that chose them. A distributed table stays as it is."""
+        """Put the rows in C order of their voxels.
+
+        Then what a fit sees (a forest's bootstrap draws follow the row order) does not
+        depend on the blocks that were scanned, nor on the cores that chose them. A
+        distributed table stays as it is.
+        """
         if self.distributed or self.order is not None:
             return self
         order = np.lexsort(self.coords.T[::-1])
@@ -225,8 +228,10 @@ def _reading(block: Block, *sources: Volume) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class TableJob:
-    """What every block of a training table shares; :meth:`scan` finds a block's
-    scribbles, :meth:`rows` computes a box's rows of the table."""
+    """What every block of a training table shares.
+
+    :meth:`scan` finds a block's scribbles, :meth:`rows` computes a box's rows of the table.
+    """
 
     image: Volume
     labels: Volume
@@ -306,7 +311,7 @@ def _scan(
 
 
 def _box(block: Block, local: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of positions ``local`` (inside ``block``) in the volume."""
+    """Return the bounding box of positions ``local`` (inside ``block``) in the volume."""
     lo, hi = local.min(axis=0), local.max(axis=0) + 1
     return tuple(
         slice(r.start + int(a), r.start + int(b))
@@ -485,8 +490,11 @@ def _keep_plan(image: Volume, block: tuple[int, ...], bank: FeatureBank) -> Kept
 
 
 def _labelled(scans: list[_Scan], labels: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """The label values and positions of the scanned voxels, refusing labels that cannot
-    be scribbles (none, one class, or more classes than scribbles have)."""
+    """Return the label values and positions of the scanned voxels.
+
+    Labels that cannot be scribbles (none, one class, or more classes than scribbles have)
+    are refused.
+    """
     if not scans:
         raise InputDataError(
             f"labels {labels.name} hold no labelled voxel (all 0); paint scribbles of at "
@@ -508,7 +516,7 @@ def _labelled(scans: list[_Scan], labels: Volume) -> tuple[np.ndarray, np.ndarra
 
 
 def _read_cached(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """A cached table's ``(X, y)``, or ``None`` (none there; a damaged one is removed)."""
+    """Return a cached table's ``(X, y)``, or ``None`` (none there; a damaged one is removed)."""
     if path is None or not path.is_file():
         return None
     try:
@@ -656,7 +664,7 @@ class _TrainingPlan:
     spacing_given: bool
 
     def classifier(self) -> Any:
-        """A fresh classifier (an estimator object must not be refitted in place)."""
+        """Return a fresh classifier (an estimator object must not be refitted in place)."""
         spec = self.training.classifier
         spec = spec if isinstance(spec, str) else copy.deepcopy(spec)
         return make_classifier(spec, seed=self.training.seed, device=self.fit_device)
@@ -841,7 +849,7 @@ class _Fit:
         self.seconds = time.perf_counter() - started
 
     def model(self, devices: Any, started: float) -> Model:
-        """The model, its summary recording what the training read, did and found."""
+        """Return the model, its summary recording what the training read, did and found."""
         plan, table, volume = self.plan, self.table, self.plan.volume
         counts = {int(c): int(n) for c, n in zip(self.classes, np.bincount(self.y), strict=True)}
         per_class = describe_split(self.y, self.strokes)
@@ -879,7 +887,10 @@ class _Fit:
 
 
 def _bank_for(volume: Volume, features: Any, *, filter_extra_channels: bool) -> FeatureBank:
-    """The bank for ``volume``: the named bank of its dimensionality, with its extra channels."""
+    """Return the bank for ``volume``.
+
+    It is the named bank of its dimensionality, with its extra channels.
+    """
     bank = resolve_bank(features, ndim=volume.ndim)
     if volume.n_extra or bank.extra_channels:
         if bank.extra_channels and bank.extra_channels != volume.n_extra:
@@ -898,7 +909,10 @@ def _bank_for(volume: Volume, features: Any, *, filter_extra_channels: bool) -> 
 
 
 def _cache_folder(training: Training) -> Path | None:
-    """The table cache's folder (:func:`default_cache_dir` unless given), ``None``: no cache."""
+    """Return the table cache's folder (:func:`default_cache_dir` unless given).
+
+    ``None``: no cache.
+    """
     if not training.cache:
         return None
     return default_cache_dir() if training.cache_dir is None else Path(training.cache_dir)
@@ -912,8 +926,10 @@ def _check_training_options(
     stages: int,
     n_features: int,
 ) -> bool | None:
-    """Refuse options that do not go together; return where the table is built
-    (``None``: on the cluster when it is large, see :func:`training_table`)."""
+    """Refuse options that do not go together; return where the table is built.
+
+    ``None``: on the cluster when it is large, see :func:`training_table`.
+    """
     if distributed_training and not clf.trains_distributed:
         raise TiledsegError(
             f"distributed training needs the xgboost classifier; {clf.name} trains in one "
@@ -1014,7 +1030,7 @@ def _context_folds(
 def _fold_model(
     X: np.ndarray, y: np.ndarray, rows: np.ndarray, make: Any, split: Any, fit_device: str
 ) -> Any:
-    """A stage's model fitted on ``rows`` (the strokes outside one fold)."""
+    """Return a stage's model fitted on ``rows`` (the strokes outside one fold)."""
     model = make()
     model.fit(
         X[rows],
@@ -1051,8 +1067,11 @@ def _stage_table(
     stage: int,
     device: str,
 ) -> np.ndarray:
-    """The table of stage ``stage``: each row's features with the earlier stages of its
-    fold's chain (``chains[folds[row]]``), rows in the table's (C) order."""
+    """Return the table of stage ``stage``, rows in the table's (C) order.
+
+    Each row has its features with the earlier stages of its fold's chain
+    (``chains[folds[row]]``).
+    """
     halo = stage_halo(bank, volume.spacing, stage)
     scan_folds = np.empty_like(folds)
     scan_folds[table.order] = folds  # the scans' rows are in scan order
@@ -1080,8 +1099,11 @@ def _stage_table(
 
 @dataclass(frozen=True)
 class _StageRows:
-    """One box's rows of a later stage's table: the box read with the stage's halos, its
-    labelled voxels (``flat``), their folds and each fold's chain of earlier stages."""
+    """One box's rows of a later stage's table.
+
+    The box read with the stage's halos, its labelled voxels (``flat``), their folds and
+    each fold's chain of earlier stages.
+    """
 
     image: Volume
     block: Block
@@ -1130,8 +1152,10 @@ _ANISOTROPY_VOXELS = 1 << 22
 
 
 def _anisotropy_hint(volume: Volume, *, given: bool) -> dict[str, Any]:
-    """``{"anisotropy": {...}}`` when a 3D image's spacing is unknown and one axis looks
-    coarser than the others: its neighbours differ more, as in a stack of sparse planes.
+    """``{"anisotropy": {...}}`` when a 3D image's spacing is unknown and one axis looks coarser.
+
+    An axis looks coarser than the others when its neighbours differ more, as in a stack of
+    sparse planes.
 
     The ratio of the mean absolute difference between neighbours along an axis to the
     finest axis' estimates the spacing ratio of smooth structures (noise pulls it to 1).

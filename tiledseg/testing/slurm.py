@@ -61,7 +61,7 @@ class SlurmUnavailable(RuntimeError):
 
 
 def which(program: str) -> str | None:
-    """The absolute path of ``program``, looking in sbin directories too.
+    """Return the absolute path of ``program``, looking in sbin directories too.
 
     ``PATH`` is read at each call, then the system's sbin and bin directories, so a
     PATH without ``/usr/sbin`` (a non-login root shell) still finds the daemons.
@@ -72,7 +72,7 @@ def which(program: str) -> str | None:
 
 
 def runuser(user: str, *command: str | os.PathLike) -> list[str]:
-    """The argv that runs ``command`` as ``user``, with runuser found by absolute path.
+    """Return the argv that runs ``command`` as ``user``, with runuser found by absolute path.
 
     Raises
     ------
@@ -152,7 +152,7 @@ def _tail(text: str, lines: int = 25) -> str:
 
 
 def _free_port() -> int:
-    """A TCP port nobody listens on now (so a machine's own SLURM ports are left alone)."""
+    """Return a TCP port nobody listens on now (so a machine's own SLURM ports are left alone)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -302,19 +302,21 @@ class SlurmController:
         return self
 
     def __enter__(self) -> SlurmController:
+        """Start the controller and return it."""
         return self.start()
 
     def __exit__(self, *exc) -> None:
+        """Stop the controller."""
         self.stop()
 
     def _private_dir(self, prefix: str) -> Path:
-        """A short-named directory in the system's temporary directory, removed on stop."""
+        """Make a short-named directory in the system's temporary directory, removed on stop."""
         path = Path(tempfile.mkdtemp(prefix=prefix))
         self._private_dirs.append(path)
         return path
 
     def _write_munge_key(self) -> None:
-        """A fresh key for a munged of our own, in a directory the munge user can reach.
+        """Write a fresh key for a munged of our own, in a directory the munge user can reach.
 
         munged runs as user ``munge`` and refuses key and socket paths it cannot reach
         or that others may write. pytest's temporary directories are private to root
@@ -390,7 +392,7 @@ class SlurmController:
         self.conf.write_text("\n".join(lines) + "\n")
 
     def _hardware(self) -> str:
-        """The node's hardware as ``slurmd -C`` sees it, with at least ``self.cpus`` CPUs.
+        """Return the node's hardware as ``slurmd -C`` sees it, with at least ``self.cpus`` CPUs.
 
         RealMemory above the real value would put the node in INVAL, so it is copied;
         more CPUs are advertised as more cores on one socket (CR_Core counts cores).
@@ -487,8 +489,11 @@ class SlurmController:
     # -- stop -------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Cancel every job, stop the daemons this controller started (by their pid files'
-        PIDs, never by name), wait for them to exit and restore ``SLURM_CONF``."""
+        """Cancel every job, stop the daemons this controller started and restore ``SLURM_CONF``.
+
+        The daemons are stopped by their pid files' PIDs, never by name, and waited for until
+        they exit.
+        """
         if not self._started:
             return
         self._started = False
@@ -513,7 +518,7 @@ class SlurmController:
             self._private_dirs = []
 
     def _cancel_jobs(self) -> None:
-        """scancel every job squeue shows and wait until none is left (or time runs out)."""
+        """Run scancel on every job squeue shows and wait until none is left (or time runs out)."""
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             listed = self.command("squeue", "-h", "-o", "%A", check=False)

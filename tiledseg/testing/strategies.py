@@ -56,7 +56,7 @@ def shapes(
     min_side: int = 1,
     max_side: int | None = None,
 ) -> tuple[int, ...]:
-    """A spatial shape of 2 or 3 axes, each between ``min_side`` and ``max_side``."""
+    """Draw a spatial shape of 2 or 3 axes, each between ``min_side`` and ``max_side``."""
     if ndim is None:
         ndim = draw(ndims())
     top = MAX_SIDE[ndim] if max_side is None else max_side
@@ -73,7 +73,10 @@ def banks(
     max_families: int = 3,
     max_scales: int = 2,
 ) -> FeatureBank:
-    """A small random bank: 1 to ``max_families`` families, each at 1 to ``max_scales`` scales."""
+    """Draw a small random bank of 1 to ``max_families`` families.
+
+    Each family is at 1 to ``max_scales`` scales.
+    """
     chosen = draw(
         st.lists(st.sampled_from(tuple(families)), min_size=1, max_size=max_families, unique=True)
     )
@@ -100,7 +103,7 @@ def block_shapes(
     *,
     beyond: int = 3,
 ) -> tuple[int, ...]:
-    """A block :func:`~tiledseg.blocks.resolve_block` accepts for ``shape`` and ``halo``.
+    """Draw a block :func:`~tiledseg.blocks.resolve_block` accepts for ``shape`` and ``halo``.
 
     Along each axis the size is at least ``halo`` (and 1) or at least the volume's
     length, and at most ``beyond`` past the length; sizes that do not divide the
@@ -132,7 +135,7 @@ class TilingCase:
         return self.bank.halo(self.spacing)
 
     def image(self) -> np.ndarray:
-        """The image, channels last when there is more than one channel (seeded)."""
+        """Return the image, channels last when there is more than one channel (seeded)."""
         rng = np.random.default_rng(self.seed)
         full = (*self.shape, self.n_channels) if self.n_channels > 1 else self.shape
         if self.dtype == "uint8":
@@ -155,7 +158,7 @@ def tiling_cases(
     channels: bool = True,
     bank: st.SearchStrategy[FeatureBank] | None = None,
 ) -> TilingCase:
-    """A shape, a small bank, a spacing and a valid, usually uneven block for them."""
+    """Draw a shape, a small bank, a spacing and a valid, usually uneven block for them."""
     if ndim is None:
         ndim = draw(ndims())
     fb = draw(bank if bank is not None else banks())
@@ -172,7 +175,7 @@ def tiling_cases(
 def symmetric_matrices(
     draw: st.DrawFn, ndim: int, *, max_count: int = 12, bound: float = 100.0
 ) -> np.ndarray:
-    """A stack ``(count, ndim, ndim)`` of symmetric matrices, degenerate ones included.
+    """Draw a stack ``(count, ndim, ndim)`` of symmetric matrices, degenerate ones included.
 
     Each matrix is random, zero, a multiple of the identity, rank one, or has a
     repeated eigenvalue (``Q diag(a, a, b) Q^T``), so closed-form eigenvalue code
