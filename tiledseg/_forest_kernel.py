@@ -145,6 +145,66 @@ def _best_split(X, y, w, rows, sums, total, max_features, perm, vals, sums_l):  
     return best_f, best_t
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _node_capacity(m_all, max_depth):  # pragma: no cover
+    """Return the most nodes a tree of ``m_all`` sampled voxels can have (fewer if limited)."""
+    cap = 2 * m_all - 1
+    if 0 <= max_depth < 40:
+        cap = min(cap, 2 ** (max_depth + 1) - 1)
+    return cap
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _attach(left, right, parent, is_left, node):  # pragma: no cover
+    """Record ``node`` as its parent's left or right child (the root has parent -1)."""
+    if parent >= 0:
+        if is_left:
+            left[parent] = node
+        else:
+            right[parent] = node
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _partition(X, idx, start, end, f, t):  # pragma: no cover
+    """Reorder ``idx[start:end]``: rows with feature ``f`` <= ``t`` first.
+
+    Returns where the other rows start.
+    """
+    lo, hi = start, end - 1
+    while lo <= hi:
+        if X[idx[lo], f] <= t:
+            lo += 1
+        else:
+            idx[lo], idx[hi] = idx[hi], idx[lo]
+            hi -= 1
+    return lo
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _gain(y, w, rows_l, sums, sums_l, total, gini):  # pragma: no cover
+    """Return the weighted Gini decrease of splitting a node into ``rows_l`` and the rest.
+
+    ``sums``, ``total`` and ``gini`` are the node's class sums, weight and impurity;
+    ``sums_l`` is scratch.
+    """
+    w_l = _class_sums(y, w, rows_l, sums_l)
+    w_r = total - w_l
+    return total * gini - w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _push_children(stack, top, start, lo, end, depth, node):  # pragma: no cover
+    """Push the children of ``node`` (rows ``start:lo`` and ``lo:end``); return the new top.
+
+    The left child goes on top: nodes are numbered depth first, left before right.
+    """
+    for side_start, side_end, side in ((lo, end, 0), (start, lo, 1)):
+        stack[top, 0], stack[top, 1], stack[top, 2] = side_start, side_end, depth + 1
+        stack[top, 3], stack[top, 4] = node, side
+        top += 1
+    return top
+
+
 @numba.njit(nogil=True, cache=True)
 def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # pragma: no cover
     """Grow one CART tree (Gini, best split among ``max_features`` random features).
@@ -158,9 +218,7 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
     np.random.seed(seed)  # noqa: NPY002
     w, idx = _sample(weight, bootstrap)
     m_all = idx.shape[0]
-    cap = 2 * m_all - 1
-    if 0 <= max_depth < 40:
-        cap = min(cap, 2 ** (max_depth + 1) - 1)
+    cap = _node_capacity(m_all, max_depth)
     feature = np.zeros(cap, np.int32)
     threshold = np.full(cap, np.inf)
     left = np.full(cap, -1, np.int64)
@@ -180,44 +238,24 @@ def grow(X, y, weight, n_classes, max_depth, max_features, bootstrap, seed):  # 
         start, end, depth, parent = stack[top, 0], stack[top, 1], stack[top, 2], stack[top, 3]
         node = count
         count += 1
-        if parent >= 0:
-            if stack[top, 4]:
-                left[parent] = node
-            else:
-                right[parent] = node
+        _attach(left, right, parent, stack[top, 4], node)
         deepest = max(deepest, depth)
         total = _class_sums(y, w, idx[start:end], sums)
         gini = _gini(sums, total)
         for c in range(n_classes):
             value[node, c] = sums[c] / total
-        m = end - start
-        if (0 <= max_depth <= depth) or m < 2 or gini <= _EPS:
+        if (0 <= max_depth <= depth) or end - start < 2 or gini <= _EPS:
             continue
         best_f, best_t = _best_split(
             X, y, w, idx[start:end], sums, total, max_features, perm, vals, sums_l
         )
         if best_f < 0:
             continue
-        # partition the node's samples: feature <= threshold first
-        lo, hi = start, end - 1
-        while lo <= hi:
-            if X[idx[lo], best_f] <= best_t:
-                lo += 1
-            else:
-                idx[lo], idx[hi] = idx[hi], idx[lo]
-                hi -= 1
+        lo = _partition(X, idx, start, end, best_f, best_t)
         feature[node] = best_f
         threshold[node] = best_t
-        w_l = _class_sums(y, w, idx[start:lo], sums_l)
-        w_r = total - w_l
-        importances[best_f] += (
-            total * gini - w_l * _gini(sums_l, w_l) - w_r * _gini_rest(sums, sums_l, w_r)
-        )
-        # the left child on top: nodes numbered depth first, left before right
-        for side_start, side_end, side in ((lo, end, 0), (start, lo, 1)):
-            stack[top, 0], stack[top, 1], stack[top, 2] = side_start, side_end, depth + 1
-            stack[top, 3], stack[top, 4] = node, side
-            top += 1
+        importances[best_f] += _gain(y, w, idx[start:lo], sums, sums_l, total, gini)
+        top = _push_children(stack, top, start, lo, end, depth, node)
     return (
         feature[:count].copy(),
         threshold[:count].copy(),

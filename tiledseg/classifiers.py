@@ -406,40 +406,9 @@ class XGBoostClassifier(Classifier):
         label = _scattered(client, y.astype(np.float32), chunks)
         with _current_client(client):
             if len(held) and len(np.unique(y[train])) == self.n_classes:
-                in_held = np.zeros(len(y), dtype=bool)
-                in_held[held] = True
-                zero = np.float32(0)
-                dtrain = dxgb.DaskQuantileDMatrix(
-                    client,
-                    X,
-                    label,
-                    weight=_scattered(client, np.where(in_held, zero, weights), chunks),
+                rounds, correct = self._probe_distributed(
+                    client, X, label, weights, held, params=params, rounds=rounds
                 )
-                dheld = dxgb.DaskQuantileDMatrix(
-                    client,
-                    X,
-                    label,
-                    weight=_scattered(client, np.where(in_held, weights, zero), chunks),
-                    ref=dtrain,
-                )
-                probe = dxgb.train(
-                    client,
-                    params,
-                    dtrain,
-                    num_boost_round=rounds,
-                    evals=[(dheld, "held_out")],
-                    early_stopping_rounds=self.params["patience"],
-                    verbose_eval=False,
-                )["booster"]
-                del dtrain, dheld
-                rounds = self._rounds_after(probe, rounds)
-                scored = min(rounds, probe.num_boosted_rounds())
-                # predicted on all rows (on the workers) and counted on the held-out ones:
-                # only the count comes back
-                raw = dxgb.inplace_predict(client, probe, X, iteration_range=(0, scored))
-                predicted = raw > 0.5 if raw.ndim == 1 else raw.argmax(axis=1)
-                hits = (predicted == label) & _scattered(client, in_held, chunks)
-                correct = client.compute(hits.sum()).result()
                 summary["held_out_accuracy"] = float(correct) / len(held)
                 summary["held_out_voxels"] = int(len(held))
             summary["rounds"] = rounds
@@ -453,6 +422,60 @@ class XGBoostClassifier(Classifier):
         summary["distributed"] = True
         summary["training_workers"] = len(dall.worker_map)
         return summary
+
+    def _probe_distributed(
+        self,
+        client: Any,
+        X: Any,
+        label: Any,
+        weights: np.ndarray,
+        held: np.ndarray,
+        *,
+        params: dict[str, Any],
+        rounds: int,
+    ) -> tuple[int, int]:
+        """Fit a probe; return the rounds for the final fit and the held-out rows predicted right.
+
+        The held-out rows stay in the training matrix with weight 0 and the held-out
+        matrix is the same rows weighted the other way (see :meth:`fit_distributed`).
+        """
+        import xgboost.dask as dxgb
+
+        chunks = X.chunks[0]
+        in_held = np.zeros(len(weights), dtype=bool)
+        in_held[held] = True
+        zero = np.float32(0)
+        dtrain = dxgb.DaskQuantileDMatrix(
+            client,
+            X,
+            label,
+            weight=_scattered(client, np.where(in_held, zero, weights), chunks),
+        )
+        dheld = dxgb.DaskQuantileDMatrix(
+            client,
+            X,
+            label,
+            weight=_scattered(client, np.where(in_held, weights, zero), chunks),
+            ref=dtrain,
+        )
+        probe = dxgb.train(
+            client,
+            params,
+            dtrain,
+            num_boost_round=rounds,
+            evals=[(dheld, "held_out")],
+            early_stopping_rounds=self.params["patience"],
+            verbose_eval=False,
+        )["booster"]
+        del dtrain, dheld
+        rounds = self._rounds_after(probe, rounds)
+        scored = min(rounds, probe.num_boosted_rounds())
+        # predicted on all rows (on the workers) and counted on the held-out ones:
+        # only the count comes back
+        raw = dxgb.inplace_predict(client, probe, X, iteration_range=(0, scored))
+        predicted = raw > 0.5 if raw.ndim == 1 else raw.argmax(axis=1)
+        hits = (predicted == label) & _scattered(client, in_held, chunks)
+        return rounds, client.compute(hits.sum()).result()
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
         if device == "cuda" and (self.vector_leaf or not xgboost_has_cuda()):

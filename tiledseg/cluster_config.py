@@ -232,23 +232,32 @@ def _substitute(value: Any, where: str, source: str) -> Any:
         return [_substitute(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
-
-    def lookup(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        # as in the shell's ${NAME:-default}: unset or empty takes the default
-        found = os.environ.get(name, "")
-        if found != "":
-            return found
-        if default is not None:
-            return default
-        raise ClusterConfigError(
-            f"cluster config {source}: {where} needs environment variable {name}, which is "
-            f"not set; set it (export {name}=...) or write ${{{name}:-default}}"
-        )
-
-    text = _ENV.sub(lookup, value)
+    text = _ENV.sub(lambda match: _lookup(match, where, source), value)
     if _ENV.fullmatch(value) is None:
         return text
+    return _typed(text, where)
+
+
+def _lookup(match: re.Match, where: str, source: str) -> str:
+    """Return the environment's value for one ``${NAME}`` or ``${NAME:-default}``."""
+    name, default = match.group(1), match.group(2)
+    # as in the shell's ${NAME:-default}: unset or empty takes the default
+    found = os.environ.get(name, "")
+    if found != "":
+        return found
+    if default is not None:
+        return default
+    raise ClusterConfigError(
+        f"cluster config {source}: {where} needs environment variable {name}, which is "
+        f"not set; set it (export {name}=...) or write ${{{name}:-default}}"
+    )
+
+
+def _typed(text: str, where: str) -> Any:
+    """Type the value of a reference that stood alone.
+
+    ``None`` if empty, else a number where it reads as one (not for string keys), else the text.
+    """
     if text == "":
         return None
     if where.rsplit(".", 1)[-1].replace("-", "_") in _STRING_KEYS:
@@ -272,6 +281,7 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
     Returns
     -------
     ClusterConfig
+        The cluster kind, its options (defaults filled in) and its scale or adapt.
 
     Raises
     ------
@@ -280,8 +290,29 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
     MissingExtraError
         The cluster kind needs an extra that is not installed.
     """
-    import yaml
+    source = str(path)
+    data = _read_yaml(_config_file(path), source)
+    kind = _top_kind(data, source)
+    data = _substitute(data, "", source)
+    options = _mapping(data[kind], kind, source)
+    # deprecated jobqueue.yaml keys left empty (as in dask-jobqueue's own defaults) are
+    # the same as absent
+    options = {
+        _python_name(k): v
+        for k, v in options.items()
+        if not (v is None and _python_name(k) in _DEPRECATED)
+    }
+    _check_keys(options, _allowed_keys(kind, source), kind, source)
+    scale, adapt = _sizing(data, kind, source)
+    options = _defaults(kind, options)
+    if kind == "slurm" and scale is None and adapt is None and not options.get("n_workers"):
+        # a SLURMCluster starts with no job at all: without this the run would wait forever
+        scale = {"jobs": 1}
+    return ClusterConfig(kind, options, scale=scale, adapt=adapt, source=source)
 
+
+def _config_file(path: str | os.PathLike) -> Path:
+    """Find the file ``path`` names: itself, or the shipped config of that name."""
     source = str(path)
     file = Path(path)
     if not file.is_file() and source in shipped_configs():
@@ -292,6 +323,13 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
             f"cluster config {source!r} does not exist; give a YAML file, or the name of one "
             f"in tiledseg/cluster_configs/ ({shipped})"
         )
+    return file
+
+
+def _read_yaml(file: Path, source: str) -> dict[str, Any]:
+    """Parse the file; return its top mapping."""
+    import yaml
+
     try:
         data = yaml.safe_load(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -303,6 +341,11 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
             f"cluster config {source}: expected a mapping with one of {', '.join(KINDS)} as its "
             "top key"
         )
+    return data
+
+
+def _top_kind(data: dict[str, Any], source: str) -> str:
+    """Return the one cluster kind among the top keys (the others may be scale and adapt)."""
     kinds = [k for k in data if k in KINDS]
     unknown = [k for k in data if k not in KINDS and k not in ("scale", "adapt")]
     if unknown:
@@ -316,17 +359,13 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
             f"cluster config {source}: give exactly one cluster kind as a top key (one of "
             f"{', '.join(KINDS)}), not {len(kinds)}"
         )
-    data = _substitute(data, "", source)
-    kind = kinds[0]
-    options = _mapping(data[kind], kind, source)
-    # deprecated jobqueue.yaml keys left empty (as in dask-jobqueue's own defaults) are
-    # the same as absent
-    options = {
-        _python_name(k): v
-        for k, v in options.items()
-        if not (v is None and _python_name(k) in _DEPRECATED)
-    }
-    _check_keys(options, _allowed_keys(kind, source), kind, source)
+    return kinds[0]
+
+
+def _sizing(
+    data: dict[str, Any], kind: str, source: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Check and return the ``scale`` and ``adapt`` mappings (one at most; ``None`` if absent)."""
     if "scale" in data and "adapt" in data:
         raise ClusterConfigError(
             f"cluster config {source}: give scale or adapt, not both (adapt: the cluster "
@@ -340,11 +379,7 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
         adapt = {_python_name(k): v for k, v in _mapping(data["adapt"], "adapt", source).items()}
         allowed = _ADAPT_KEYS | ({"minimum_jobs", "maximum_jobs"} if kind == "slurm" else set())
         _check_keys(adapt, allowed, "adapt", source)
-    options = _defaults(kind, options)
-    if kind == "slurm" and scale is None and adapt is None and not options.get("n_workers"):
-        # a SLURMCluster starts with no job at all: without this the run would wait forever
-        scale = {"jobs": 1}
-    return ClusterConfig(kind, options, scale=scale, adapt=adapt, source=source)
+    return scale, adapt
 
 
 def _python_name(key: Any) -> str:

@@ -71,45 +71,19 @@ def run_demo(
         No progress bars.
     echo : callable
         Where progress lines go.
-    """
-    import zarr
 
+    Returns
+    -------
+    dict
+        ``mean_iou``, ``accuracy``, ``train_seconds``, ``predict_seconds``,
+        ``voxels_per_second`` and ``out``.
+    """
     import tiledseg
-    from tiledseg.testing import make_phantom
 
     out = Path(out)
-    if out.exists():
-        if not (out / _MARKER).is_file():
-            raise OutputExistsError(
-                f"demo folder {str(out)!r} exists and was not made by the demo; "
-                "choose another with --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / _MARKER).write_text(json.dumps({"size": size}))
-
-    echo(f"making a {size}^3 phantom: 4 phases (two told apart only by texture), noise, scribbles")
-    phantom = make_phantom((size, size, size), seed=0)
-    chunks = (64, 64, 64)
-    write_ome_zarr(out / "image.zarr", phantom.image, spacing=(1.0, 1.0, 1.0), chunks=chunks)
-    zarr.save_array(str(out / "scribbles.zarr"), phantom.scribbles, zarr_format=3)
-    zarr.save_array(str(out / "truth.zarr"), phantom.truth, zarr_format=3)
-    labelled = int(np.count_nonzero(phantom.scribbles))
-    echo(f"  {labelled} scribbled voxels ({100 * labelled / phantom.scribbles.size:.2f}%)")
-    del phantom
-
-    started = time.perf_counter()
-    model = tiledseg.train(
-        out / "image.zarr", out / "scribbles.zarr", workers=workers, cache_dir=None, quiet=quiet
-    )
-    train_s = time.perf_counter() - started
-    model.save(out / "model.tseg")
-    rounds = f"{model.summary['rounds']} rounds, " if "rounds" in model.summary else ""
-    echo(
-        f"trained {model.classifier.name} on {model.summary['n_features']} features: "
-        f"{rounds}accuracy on held-out strokes "
-        f"{model.summary.get('held_out_accuracy', float('nan')):.3f}, {train_s:.1f} s"
-    )
+    _fresh_folder(out, size=size)
+    _write_inputs(out, size=size, echo=echo)
+    train_s = _train(out, workers=workers, quiet=quiet, echo=echo)
     result = tiledseg.predict(
         out / "image.zarr",
         out / "model.tseg",
@@ -143,3 +117,51 @@ def run_demo(
         "voxels_per_second": result.voxels_per_second,
         "out": str(out),
     }
+
+
+def _fresh_folder(out: Path, *, size: int) -> None:
+    """Empty ``out`` (only an earlier demo's) and mark it as the demo's."""
+    if out.exists():
+        if not (out / _MARKER).is_file():
+            raise OutputExistsError(
+                f"demo folder {str(out)!r} exists and was not made by the demo; "
+                "choose another with --out"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / _MARKER).write_text(json.dumps({"size": size}))
+
+
+def _write_inputs(out: Path, *, size: int, echo: Callable[[str], Any]) -> None:
+    """Write the phantom's image, scribbles and truth under ``out``."""
+    import zarr
+
+    from tiledseg.testing import make_phantom
+
+    echo(f"making a {size}^3 phantom: 4 phases (two told apart only by texture), noise, scribbles")
+    phantom = make_phantom((size, size, size), seed=0)
+    chunks = (64, 64, 64)
+    write_ome_zarr(out / "image.zarr", phantom.image, spacing=(1.0, 1.0, 1.0), chunks=chunks)
+    zarr.save_array(str(out / "scribbles.zarr"), phantom.scribbles, zarr_format=3)
+    zarr.save_array(str(out / "truth.zarr"), phantom.truth, zarr_format=3)
+    labelled = int(np.count_nonzero(phantom.scribbles))
+    echo(f"  {labelled} scribbled voxels ({100 * labelled / phantom.scribbles.size:.2f}%)")
+
+
+def _train(out: Path, *, workers: int | None, quiet: bool, echo: Callable[[str], Any]) -> float:
+    """Train on the written inputs, save ``model.tseg``; return the seconds it took."""
+    import tiledseg
+
+    started = time.perf_counter()
+    model = tiledseg.train(
+        out / "image.zarr", out / "scribbles.zarr", workers=workers, cache_dir=None, quiet=quiet
+    )
+    train_s = time.perf_counter() - started
+    model.save(out / "model.tseg")
+    rounds = f"{model.summary['rounds']} rounds, " if "rounds" in model.summary else ""
+    echo(
+        f"trained {model.classifier.name} on {model.summary['n_features']} features: "
+        f"{rounds}accuracy on held-out strokes "
+        f"{model.summary.get('held_out_accuracy', float('nan')):.3f}, {train_s:.1f} s"
+    )
+    return train_s

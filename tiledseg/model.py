@@ -326,6 +326,16 @@ def _is_pickle(path: Path) -> bool:
 def load_model(path: str | os.PathLike) -> Model:
     """Read and verify a model file.
 
+    Parameters
+    ----------
+    path : path
+        A model file written by :meth:`Model.save` (``tiledseg train``).
+
+    Returns
+    -------
+    Model
+        The model, its classifiers rebuilt from their payloads.
+
     Raises
     ------
     ModelFileError
@@ -334,54 +344,11 @@ def load_model(path: str | os.PathLike) -> Model:
     """
     passive_waits()
     path = Path(path)
-    if path.is_dir():
-        raise ModelFileError(
-            f"model {str(path)!r} is a folder; give a model file written by 'tiledseg train'"
-        )
-    if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    _check_model_file(path)
     name = str(path)
-    with path.open("rb") as f:
-        head = f.read(len(MAGIC))
-    if head != MAGIC and _is_pickle(path):
-        raise ModelFileError(
-            f"{name!r} is a Python pickle, not a tiledseg model; tiledseg never unpickles files. "
-            "Retrain with 'tiledseg train' to get a model file"
-        )
-    if head != MAGIC:
-        what = "a zip archive" if head[:2] == b"PK" else "not a tiledseg model file"
-        raise ModelFileError(f"{name!r} is {what}; give a model written by 'tiledseg train'")
     data = path.read_bytes()
-    start = len(MAGIC) + _LENGTH.size
-    if len(data) < start:
-        raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")
-    (length,) = _LENGTH.unpack(data[len(MAGIC) : start])
-    if len(data) < start + length:
-        raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")
-    try:
-        header = json.loads(data[start : start + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(f"model file {name!r} has a damaged header; retrain it") from None
-    if not isinstance(header, dict) or header.get("header_sha256") != _header_digest(header):
-        raise ModelFileError(
-            f"model file {name!r} has been modified (header checksum mismatch); retrain it"
-        )
-    payload = data[start + length :]
-    if len(payload) != header["payload_bytes"]:
-        raise ModelFileError(
-            f"model file {name!r} is truncated ({len(payload)} of {header['payload_bytes']} "
-            "payload bytes); retrain or copy it again"
-        )
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise ModelFileError(
-            f"model file {name!r} has been modified (payload checksum mismatch); retrain it"
-        )
-    if header.get("format_version") not in _READABLE_VERSIONS:
-        raise ModelFileError(
-            f"model file {name!r} has format version {header.get('format_version')}; this "
-            f"tiledseg reads versions {', '.join(map(str, _READABLE_VERSIONS))}: update "
-            "tiledseg or retrain"
-        )
+    header, payload = _read_header(data, name)
+    _check_payload(header, payload, name)
     stages = []
     for info in header.get("stages", []):
         stages.append(_classifier_of(info, payload[: info["payload_bytes"]]))
@@ -401,6 +368,65 @@ def load_model(path: str | os.PathLike) -> Model:
         columns=None if header.get("columns") is None else tuple(header["columns"]),
         stages=tuple(stages),
     )
+
+
+def _check_model_file(path: Path) -> None:
+    """Refuse a path that is not a file starting with the model magic (a pickle by name)."""
+    if path.is_dir():
+        raise ModelFileError(
+            f"model {str(path)!r} is a folder; give a model file written by 'tiledseg train'"
+        )
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    name = str(path)
+    with path.open("rb") as f:
+        head = f.read(len(MAGIC))
+    if head != MAGIC and _is_pickle(path):
+        raise ModelFileError(
+            f"{name!r} is a Python pickle, not a tiledseg model; tiledseg never unpickles files. "
+            "Retrain with 'tiledseg train' to get a model file"
+        )
+    if head != MAGIC:
+        what = "a zip archive" if head[:2] == b"PK" else "not a tiledseg model file"
+        raise ModelFileError(f"{name!r} is {what}; give a model written by 'tiledseg train'")
+
+
+def _read_header(data: bytes, name: str) -> tuple[dict[str, Any], bytes]:
+    """Read and verify the file's header; return it and the payload bytes after it."""
+    start = len(MAGIC) + _LENGTH.size
+    if len(data) < start:
+        raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")
+    (length,) = _LENGTH.unpack(data[len(MAGIC) : start])
+    if len(data) < start + length:
+        raise ModelFileError(f"model file {name!r} is truncated; retrain or copy it again")
+    try:
+        header = json.loads(data[start : start + length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"model file {name!r} has a damaged header; retrain it") from None
+    if not isinstance(header, dict) or header.get("header_sha256") != _header_digest(header):
+        raise ModelFileError(
+            f"model file {name!r} has been modified (header checksum mismatch); retrain it"
+        )
+    return header, data[start + length :]
+
+
+def _check_payload(header: dict[str, Any], payload: bytes, name: str) -> None:
+    """Refuse a payload of the wrong size or checksum, or a format this version cannot read."""
+    if len(payload) != header["payload_bytes"]:
+        raise ModelFileError(
+            f"model file {name!r} is truncated ({len(payload)} of {header['payload_bytes']} "
+            "payload bytes); retrain or copy it again"
+        )
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise ModelFileError(
+            f"model file {name!r} has been modified (payload checksum mismatch); retrain it"
+        )
+    if header.get("format_version") not in _READABLE_VERSIONS:
+        raise ModelFileError(
+            f"model file {name!r} has format version {header.get('format_version')}; this "
+            f"tiledseg reads versions {', '.join(map(str, _READABLE_VERSIONS))}: update "
+            "tiledseg or retrain"
+        )
 
 
 def _classifier_header(classifier: Classifier) -> dict[str, Any]:

@@ -467,6 +467,18 @@ def _draw_importance(plt, names: list[str], importance: list[float], folder: Pat
 # -- the report -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Drawn:
+    """The opened arrays and scores a report draws from (``None`` where absent)."""
+
+    labels: Volume
+    image: Volume | None
+    truth: Volume | None
+    uncertainty: Volume | None
+    scores: dict[str, Any] | None
+    described: dict[str, Any] | None
+
+
 def make_report(
     output: str | os.PathLike,
     *,
@@ -502,37 +514,71 @@ def make_report(
     Returns
     -------
     ReportResult
+        The files written, the panels, the notes and the scores against ``truth``.
     """
     notes: list[str] = []
     provenance, labels = _open_output(output)
     inputs = [str(output)] + [str(p) for p in (truth, image, model) if isinstance(p, str | Path)]
     html_path, folder = check_report_path(out, overwrite=overwrite, inputs=inputs)
     plt = _import_pyplot()
+    drawn = _open_inputs(
+        output, provenance, labels, truth=truth, image=image, model=model,
+        channel_axis=channel_axis, notes=notes,
+    )  # fmt: skip
+    classes = [int(c) for c in provenance.get("classes", [])]
+    if drawn.scores is not None:
+        classes += [c for c in drawn.scores["classes"] if c not in classes]
+    colours = class_colours(classes)
+    centre = _roi_centre(provenance.get("roi"), notes)
+    views = middle_views(labels.shape, max_edge=max_edge, centre=centre)
+    if views[0].step > 1:
+        notes.append(f"planes drawn with every {views[0].step}th voxel along each axis")
 
-    described = None
-    if model is not None:
-        from tiledseg.model import load_model
+    work = _work_folder(html_path, out)
+    try:
+        pictures = work / folder.name
+        pictures.mkdir()
+        panels = _draw_panels(plt, drawn, views, colours, pictures)
+        _write_manifest(
+            pictures, html=html_path.name, output=output, panels=panels, classes=classes,
+            colours=colours, notes=notes,
+        )  # fmt: skip
+        rows = _summary_rows(
+            output, provenance, labels, drawn.image, drawn.scores, drawn.described, model
+        )
+        page = _html_page(output, folder.name, panels, rows, notes, colours)
+        (work / html_path.name).write_text(page, encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(pictures, folder)
+        os.replace(work / html_path.name, html_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ReportResult(html_path, folder, panels, notes, drawn.scores)
 
-        loaded = load_model(model)
-        described = loaded.describe()
-        if provenance.get("model_checksum") not in (None, loaded.checksum):
-            notes.append(
-                f"model {str(model)!r} is not the model that made this output (checksums differ)"
-            )
-        if "importance" not in described:
-            notes.append(f"model {str(model)!r} reports no feature importances")
-    else:
-        notes.append("no model given (--model): no feature importances")
+
+def _open_inputs(
+    output: str | os.PathLike,
+    provenance: dict[str, Any],
+    labels: Volume,
+    *,
+    truth: Any,
+    image: Any,
+    model: str | os.PathLike | None,
+    channel_axis: int | None,
+    notes: list[str],
+) -> _Drawn:
+    """Open (and check) everything drawn beside the labels, in the order errors are raised."""
+    loaded, described = _load_report_model(model, provenance, notes)
     volume = _open_image(
         image,
         provenance,
         labels,
         channel_axis=channel_axis,
-        model_channel_axis=None if described is None else loaded.channel_axis,
+        model_channel_axis=None if loaded is None else loaded.channel_axis,
         notes=notes,
     )
-    scores = None
-    truth_volume = None
+    truth_volume, scores = None, None
     if truth is not None:
         truth_volume = open_volume(truth, role="truth", allow_channels=False)
         _same_shape(truth_volume, labels, "truth")
@@ -546,83 +592,110 @@ def make_report(
         notes.append("the run is not complete: blocks not yet predicted are blank")
     if volume is not None and volume.n_channels > 1:
         notes.append(f"image has {volume.n_channels} channels; channel 0 is drawn")
+    return _Drawn(labels, volume, truth_volume, uncertainty, scores, described)
 
-    classes = [int(c) for c in provenance.get("classes", [])]
-    if scores is not None:
-        classes += [c for c in scores["classes"] if c not in classes]
-    colours = class_colours(classes)
-    roi = provenance.get("roi")
-    centre = None
-    if roi:
-        # only the region was predicted: draw the planes through its middle
-        centre = [(start + stop) // 2 for start, stop in roi]
-        where = ", ".join(
-            f"{a} {start}:{stop}" for a, (start, stop) in zip("zyx"[-len(roi) :], roi, strict=True)
-        )
+
+def _load_report_model(
+    model: str | os.PathLike | None, provenance: dict[str, Any], notes: list[str]
+) -> tuple[Any, dict[str, Any] | None]:
+    """Load the model and describe it; return ``(None, None)`` without one."""
+    if model is None:
+        notes.append("no model given (--model): no feature importances")
+        return None, None
+    from tiledseg.model import load_model
+
+    loaded = load_model(model)
+    described = loaded.describe()
+    if provenance.get("model_checksum") not in (None, loaded.checksum):
         notes.append(
-            f"only the blocks meeting the region {where} were predicted (--roi): the rest "
-            "of the output is 0 (blank, and uncertainty 0), and is not scored"
+            f"model {str(model)!r} is not the model that made this output (checksums differ)"
         )
-    views = middle_views(labels.shape, max_edge=max_edge, centre=centre)
-    if views[0].step > 1:
-        notes.append(f"planes drawn with every {views[0].step}th voxel along each axis")
+    if "importance" not in described:
+        notes.append(f"model {str(model)!r} reports no feature importances")
+    return loaded, described
 
+
+def _roi_centre(roi: Sequence[Sequence[int]] | None, notes: list[str]) -> list[int] | None:
+    """Return the middle of the predicted region, where the planes are drawn (``None``: none)."""
+    if not roi:
+        return None
+    where = ", ".join(
+        f"{a} {start}:{stop}" for a, (start, stop) in zip("zyx"[-len(roi) :], roi, strict=True)
+    )
+    notes.append(
+        f"only the blocks meeting the region {where} were predicted (--roi): the rest "
+        "of the output is 0 (blank, and uncertainty 0), and is not scored"
+    )
+    return [(start + stop) // 2 for start, stop in roi]
+
+
+def _work_folder(html_path: Path, out: str | os.PathLike) -> Path:
+    """Make a temporary folder beside the report, so the final moves stay on one file system."""
     try:
-        work = Path(tempfile.mkdtemp(prefix=f".{html_path.stem}-report-", dir=html_path.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{html_path.stem}-report-", dir=html_path.parent))
     except OSError as exc:
         raise OutputExistsError(
             f"report {str(out)!r}: cannot create files in {str(html_path.parent)!r} "
             f"({exc.strerror}); choose another path"
         ) from None
-    try:
-        pictures = work / folder.name
-        pictures.mkdir()
-        planes: dict[str, list[np.ndarray]] = {}
-        if volume is not None:
-            planes["image"] = [read_view(volume, v) for v in views]
-        planes["labels"] = [read_view(labels, v) for v in views]
-        if truth_volume is not None:
-            planes["truth"] = [read_view(truth_volume, v) for v in views]
-        panels = [_draw_slices(plt, planes, views, labels.spacing, colours, pictures)]
-        if uncertainty is not None:
-            planes_u = [read_view(uncertainty, v) for v in views]
-            panels.append(_draw_uncertainty(plt, planes_u, views, labels.spacing, pictures))
-        if scores is not None:
-            panels.append(_draw_iou(plt, scores, colours, pictures))
-            panels.append(_draw_confusion(plt, scores, pictures))
-        if described is not None and "importance" in described:
-            panels.append(
-                _draw_importance(plt, described["features"], described["importance"], pictures)
-            )
-        manifest = {
-            MANIFEST_KEY: 1,
-            "html": html_path.name,
-            "output": str(output),
-            "panels": [
-                {
-                    "name": p.name,
-                    "file": p.file,
-                    "title": p.title,
-                    "axes": list(p.axes),
-                    "size": list(p.size),
-                }
-                for p in panels
-            ],
-            "classes": classes,
-            "colours": {str(v): _hex(c) for v, c in colours.items()},
-            "notes": notes,
-        }
-        (pictures / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        rows = _summary_rows(output, provenance, labels, volume, scores, described, model)
-        page = _html_page(output, folder.name, panels, rows, notes, colours)
-        (work / html_path.name).write_text(page, encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(pictures, folder)
-        os.replace(work / html_path.name, html_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return ReportResult(html_path, folder, panels, notes, scores)
+
+
+def _draw_panels(
+    plt: Any, drawn: _Drawn, views: list[View], colours: dict[int, Any], pictures: Path
+) -> list[Panel]:
+    """Draw every panel the inputs allow into ``pictures``; the slices always."""
+    spacing = drawn.labels.spacing
+    planes: dict[str, list[np.ndarray]] = {}
+    if drawn.image is not None:
+        planes["image"] = [read_view(drawn.image, v) for v in views]
+    planes["labels"] = [read_view(drawn.labels, v) for v in views]
+    if drawn.truth is not None:
+        planes["truth"] = [read_view(drawn.truth, v) for v in views]
+    panels = [_draw_slices(plt, planes, views, spacing, colours, pictures)]
+    if drawn.uncertainty is not None:
+        planes_u = [read_view(drawn.uncertainty, v) for v in views]
+        panels.append(_draw_uncertainty(plt, planes_u, views, spacing, pictures))
+    if drawn.scores is not None:
+        panels.append(_draw_iou(plt, drawn.scores, colours, pictures))
+        panels.append(_draw_confusion(plt, drawn.scores, pictures))
+    described = drawn.described
+    if described is not None and "importance" in described:
+        panels.append(
+            _draw_importance(plt, described["features"], described["importance"], pictures)
+        )
+    return panels
+
+
+def _write_manifest(
+    pictures: Path,
+    *,
+    html: str,
+    output: str | os.PathLike,
+    panels: list[Panel],
+    classes: list[int],
+    colours: dict[int, Any],
+    notes: list[str],
+) -> None:
+    """Write ``manifest.json``: the panels, the titles of their plots, the colours, the notes."""
+    manifest = {
+        MANIFEST_KEY: 1,
+        "html": html,
+        "output": str(output),
+        "panels": [
+            {
+                "name": p.name,
+                "file": p.file,
+                "title": p.title,
+                "axes": list(p.axes),
+                "size": list(p.size),
+            }
+            for p in panels
+        ],
+        "classes": classes,
+        "colours": {str(v): _hex(c) for v, c in colours.items()},
+        "notes": notes,
+    }
+    (pictures / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def _hex(colour: Sequence[float]) -> str:

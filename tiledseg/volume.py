@@ -359,39 +359,83 @@ def open_volume(
     Returns
     -------
     Volume
+        The lazily read image, with its channel axis, spacing and name.
     """
     if isinstance(image, Volume):
         return image
-    meta: dict[str, Any] = {}
-    if isinstance(image, str | os.PathLike):
-        source, meta, name = _open_path(str(image), level=level, role=role)
-    else:
-        source, name = image, f"<{type(image).__name__} {role}>"
-        if not (hasattr(source, "shape") and hasattr(source, "dtype")):
-            source = np.asarray(source)
+    path = str(image) if isinstance(image, str | os.PathLike) else None
+    source, meta, name = _open_source(image, level=level, role=role)
     _check_dtype(np.dtype(source.dtype), name, role)
-    time_axis = meta.get("time_axis")
-    if time_axis is not None:
-        if source.shape[time_axis] != 1:
-            raise InputDataError(
-                f"{role} {name} has a time axis of {source.shape[time_axis]} points (OME axes "
-                "metadata); tiledseg segments one time point: write it to its own array"
-            )
-        source = _OneTimePoint(source, time_axis)
-        if meta.get("channel_axis") is not None and meta["channel_axis"] > time_axis:
-            meta["channel_axis"] -= 1
+    source = _one_time_point(source, meta, name=name, role=role)
     shape = tuple(source.shape)
     if channel_axis is None:
         channel_axis = meta.get("channel_axis")
-    if channel_axis is not None:
-        if not allow_channels:
-            raise InputDataError(f"{role} {name}: a {role} map has no channel axis")
-        if not -len(shape) <= channel_axis < len(shape):
-            raise InputDataError(
-                f"{role} {name}: channel axis {channel_axis} is out of range for {len(shape)} axes"
-            )
-        channel_axis %= len(shape)
+    channel_axis = _check_channel_axis(
+        channel_axis, shape, name=name, role=role, allow_channels=allow_channels
+    )
     spatial = len(shape) - (channel_axis is not None)
+    _check_spatial(
+        shape, spatial, channel_axis, name=name, role=role, allow_channels=allow_channels
+    )
+    parsed, from_meta = _spacing_of(spacing, meta, spatial)
+    return Volume(source, channel_axis, parsed, name, from_meta, meta.get("attrs", {}), path=path)
+
+
+def _open_source(image: Any, *, level: int, role: str) -> tuple[Any, dict[str, Any], str]:
+    """Return the array behind a path or array, its metadata (``{}`` for an array), its name."""
+    if isinstance(image, str | os.PathLike):
+        return _open_path(str(image), level=level, role=role)
+    source, name = image, f"<{type(image).__name__} {role}>"
+    if not (hasattr(source, "shape") and hasattr(source, "dtype")):
+        source = np.asarray(source)
+    return source, {}, name
+
+
+def _one_time_point(source: Any, meta: dict[str, Any], *, name: str, role: str) -> Any:
+    """Drop the OME time axis of one point (and shift ``meta``'s channel axis past it)."""
+    time_axis = meta.get("time_axis")
+    if time_axis is None:
+        return source
+    if source.shape[time_axis] != 1:
+        raise InputDataError(
+            f"{role} {name} has a time axis of {source.shape[time_axis]} points (OME axes "
+            "metadata); tiledseg segments one time point: write it to its own array"
+        )
+    if meta.get("channel_axis") is not None and meta["channel_axis"] > time_axis:
+        meta["channel_axis"] -= 1
+    return _OneTimePoint(source, time_axis)
+
+
+def _check_channel_axis(
+    channel_axis: int | None,
+    shape: tuple[int, ...],
+    *,
+    name: str,
+    role: str,
+    allow_channels: bool,
+) -> int | None:
+    """Return the channel axis as an index from 0; refuse it where not allowed or out of range."""
+    if channel_axis is None:
+        return None
+    if not allow_channels:
+        raise InputDataError(f"{role} {name}: a {role} map has no channel axis")
+    if not -len(shape) <= channel_axis < len(shape):
+        raise InputDataError(
+            f"{role} {name}: channel axis {channel_axis} is out of range for {len(shape)} axes"
+        )
+    return channel_axis % len(shape)
+
+
+def _check_spatial(
+    shape: tuple[int, ...],
+    spatial: int,
+    channel_axis: int | None,
+    *,
+    name: str,
+    role: str,
+    allow_channels: bool,
+) -> None:
+    """Refuse an image that is not 2D or 3D, or is empty."""
     if spatial not in (2, 3):
         hint = (
             " If one axis holds channels, say which with --channel-axis."
@@ -404,21 +448,17 @@ def open_volume(
         )
     if any(n == 0 for n in shape):
         raise InputDataError(f"{role} {name} is empty (shape {shape})")
-    parsed = parse_spacing(spacing, spatial) if spacing is not None else None
-    from_meta = parsed is None and meta.get("spacing") is not None
-    if parsed is None:
-        parsed = tuple(meta["spacing"]) if from_meta else (1.0,) * spatial
-        if len(parsed) != spatial:
-            parsed, from_meta = (1.0,) * spatial, False
-    return Volume(
-        source,
-        channel_axis,
-        parsed,
-        name,
-        from_meta,
-        meta.get("attrs", {}),
-        path=str(image) if isinstance(image, str | os.PathLike) else None,
-    )
+
+
+def _spacing_of(
+    spacing: Sequence[float] | str | None, meta: dict[str, Any], spatial: int
+) -> tuple[tuple[float, ...], bool]:
+    """Return the spacing (given, else OME's if it fits, else 1) and whether OME's is used."""
+    if spacing is not None:
+        return parse_spacing(spacing, spatial), False
+    if meta.get("spacing") is None or len(meta["spacing"]) != spatial:
+        return (1.0,) * spatial, False
+    return tuple(meta["spacing"]), True
 
 
 class _ChannelStack:

@@ -284,6 +284,11 @@ def solve(
         4 or 8 in 2D, 6 or 26 in 3D.
     iterations : int
         Expansion cycles; -1 runs to convergence.
+
+    Returns
+    -------
+    ndarray of uint8, shape (*shape)
+        The class index of every voxel.
     """
     from tiledseg.smoothing import _grid_cut
 
@@ -292,10 +297,6 @@ def solve(
     free = np.ones(shape, dtype=bool) if fixed is None else fixed < 0
     padded = tuple(n + 2 for n in shape)
     inner = (slice(1, -1),) * len(shape)
-
-    def moved(region: tuple[slice, ...]) -> tuple[slice, ...]:  # in the padded grid
-        return tuple(slice(s.start + 1, s.stop + 1) for s in region)
-
     # int32 throughout: the solver's type (every sum stays below 2.7e7, see SCALE)
     costs = np.zeros((*padded, k), dtype=np.int32)
     costs[inner] = unary
@@ -306,19 +307,9 @@ def solve(
         w = _pair_weights(
             image, offset, beta=beta, weight=weight, spacing=spacing, neighbours=neighbours
         )
-        weights[m][moved(a)] = np.where(free[a] & free[b], w, 0)
-        if fixed is None:
-            continue
-        # an edge to a fixed voxel becomes a unary term of its free end
-        for near, far in ((a, b), (b, a)):
-            edge = free[near] & ~free[far]
-            if not edge.any():
-                continue
-            paid = np.where(edge, w, 0)
-            held = fixed[far]
-            target = costs[moved(near)]
-            for label in range(k):
-                target[..., label] += np.where(held == label, 0, paid)
+        weights[m][_padded(a)] = np.where(free[a] & free[b], w, 0)
+        if fixed is not None:
+            _fixed_edges_to_costs(costs, w, (a, b), free=free, fixed=fixed)
     # every free voxel starts at the first label, as gco did: measured against starting
     # from the arg-max, tiled runs then agree better with the whole-volume solve
     # (docs/smoothing.md), at the same cost
@@ -337,3 +328,33 @@ def solve(
     )
     # class indices fit uint8: training refuses more than 100 classes
     return solved.reshape(padded)[inner].astype(np.uint8)
+
+
+def _padded(region: tuple[slice, ...]) -> tuple[slice, ...]:
+    """Return the same region in the grid padded by one voxel on every side."""
+    return tuple(slice(s.start + 1, s.stop + 1) for s in region)
+
+
+def _fixed_edges_to_costs(
+    costs: np.ndarray,
+    w: np.ndarray,
+    pair: tuple[tuple[slice, ...], tuple[slice, ...]],
+    *,
+    free: np.ndarray,
+    fixed: np.ndarray,
+) -> None:
+    """Add, in place, the edges from free to fixed voxels to the free ends' costs.
+
+    An edge to a fixed voxel becomes a unary term of its free end: it pays the edge's
+    weight ``w`` for every label but the fixed voxel's.
+    """
+    a, b = pair
+    for near, far in ((a, b), (b, a)):
+        edge = free[near] & ~free[far]
+        if not edge.any():
+            continue
+        paid = np.where(edge, w, 0)
+        held = fixed[far]
+        target = costs[_padded(near)]
+        for label in range(costs.shape[-1]):
+            target[..., label] += np.where(held == label, 0, paid)
