@@ -38,6 +38,7 @@ from tiledseg.smoothing import energy
 
 __all__ = [
     "SmoothSettings",
+    "SmoothingJob",
     "SmoothingPlan",
     "image_beta",
     "read_contrast",
@@ -76,7 +77,7 @@ class SmoothSettings:
     contrast_sigma: float = 1.0
 
     def to_dict(self, beta: float) -> dict[str, Any]:
-        """The settings and the image's contrast scale, for the provenance."""
+        """Return the settings and the image's contrast scale, for the provenance."""
         return {
             "method": "graphcut",
             "weight": self.weight,
@@ -92,7 +93,7 @@ class SmoothSettings:
 def read_contrast(
     volume: Any, region: Region, *, sigma: float, spacing: Sequence[float]
 ) -> np.ndarray:
-    """The contrast image over ``region``: read with the blur's halo, blurred, cropped.
+    """Return the contrast image over ``region``: read with the blur's halo, blurred, cropped.
 
     Parameters
     ----------
@@ -128,7 +129,7 @@ def _beta_task(args: tuple) -> tuple[float, int]:
 def image_beta(
     volume: Any, executor: Any, *, sigma: float = 0.0, spacing: Sequence[float] | None = None
 ) -> float:
-    """The contrast scale of the whole image, read blockwise on a fixed grid.
+    """Return the contrast scale of the whole image, read blockwise on a fixed grid.
 
     The grid does not depend on the processing block, and the block sums are added
     with :func:`math.fsum`, so every tiling of a run gets the same ``beta``.
@@ -179,7 +180,7 @@ class _Grid:
         )
 
     def meeting(self, region: Region) -> list[Block]:
-        """The blocks that overlap ``region``, found per axis (not by a scan of all blocks)."""
+        """Return the blocks that overlap ``region``, found per axis (not by scanning them all)."""
         ranges = []
         for axis, r in enumerate(region):
             spans = self.spans[axis]  # (start, stop, index) sorted by start
@@ -204,15 +205,38 @@ def _assemble(region: Region, parts: Sequence[tuple[Region, np.ndarray]]) -> np.
 
 
 @dataclass(frozen=True)
-class _Solve:
-    """What every window solve needs besides its data."""
+class SmoothingJob:
+    """What every window of a graph cut shares; a method per pass of a block.
+
+    :meth:`first` solves a block's window from its neighbours' costs; :meth:`seams`
+    solves again across the block's borders along one axis, the labels around them
+    fixed. Each passes on a failure of its inputs, and reports its own as the block's
+    :class:`~tiledseg.runs.BlockFailure`.
+    """
 
     volume: Any
     beta: float
     spacing: tuple[float, ...]
     settings: SmoothSettings
 
-    def __call__(self, unary: np.ndarray, window: Region, fixed: np.ndarray | None = None):
+    def first(self, block: Block, window: Region, regions: Sequence[Region], *costs: Any) -> Any:
+        """Return the block's labels from the first pass (or the failure it meets)."""
+        failed = _failed_input(block, costs)
+        if failed is not None:
+            return failed
+        return guarded(self._first, block.name, block.index, block, window, regions, costs)
+
+    def seams(
+        self, block: Block, axis: int, box: Region, regions: Sequence[Region], *parts: Any
+    ) -> Any:
+        """Return the block's labels solved again across its borders along ``axis``."""
+        failed = _failed_input(block, parts)
+        if failed is not None:
+            return failed
+        return guarded(self._seams, block.name, block.index, block, axis, box, regions, parts)
+
+    def solve(self, unary: np.ndarray, window: Region, fixed: np.ndarray | None = None) -> Any:
+        """Return the labels of one window (``fixed``: labels kept, -1 where free)."""
         image = read_contrast(
             self.volume, window, sigma=self.settings.contrast_sigma, spacing=self.spacing
         )
@@ -227,9 +251,43 @@ class _Solve:
             iterations=self.settings.iterations,
         )
 
+    def _first(self, block: Block, window: Region, regions, costs) -> np.ndarray:
+        unary = _assemble(window, list(zip(regions, costs, strict=True)))
+        labels = self.solve(unary, window)
+        return labels[within(block.region, window)]
+
+    def _seams(self, block: Block, axis: int, box: Region, regions, parts) -> np.ndarray:
+        n = len(regions)
+        costs = list(zip(regions, parts[:n], strict=True))
+        labels = list(zip(regions, parts[n:], strict=True))
+        result = _assemble(block.region, labels)
+        span = block.region[axis]
+        for border in (span.start, span.stop):
+            if border in (box[axis].start, box[axis].stop):
+                continue  # an edge of the volume (or of the ROI) is no seam
+            piece = list(block.region)
+            piece[axis] = slice(
+                max(box[axis].start, border - self.settings.seam),
+                min(box[axis].stop, border + self.settings.seam),
+            )
+            piece = tuple(piece)
+            window = tuple(
+                slice(max(b.start, p.start - 1), min(b.stop, p.stop + 1))
+                for p, b in zip(piece, box, strict=True)
+            )
+            fixed = _assemble(window, labels).astype(np.int16)
+            fixed[within(piece, window)] = -1
+            solved = self.solve(_assemble(window, costs), window, fixed)
+            mine = tuple(
+                slice(max(p.start, r.start), min(p.stop, r.stop))
+                for p, r in zip(piece, block.region, strict=True)
+            )
+            result[within(mine, block.region)] = solved[within(mine, window)]
+        return result
+
 
 def _failed_input(block: Block, inputs: Sequence[Any]) -> BlockFailure | None:
-    """The failure a node passes on when one of its inputs failed (``None`` if none did).
+    """Return the failure a node passes on when an input failed (``None`` if none did).
 
     A block's own failure is passed as it is; a neighbour's becomes this block's,
     naming the block that failed, so the report names every block not written.
@@ -244,56 +302,6 @@ def _failed_input(block: Block, inputs: Sequence[Any]) -> BlockFailure | None:
     return BlockFailure(
         block.name, block.index, f"not smoothed: it needs block {cause}, which failed", "", cause
     )
-
-
-def _first_pass(solve: _Solve, block: Block, window: Region, regions, *costs) -> Any:
-    failed = _failed_input(block, costs)
-    if failed is not None:
-        return failed
-    return guarded(_solve_first, block.name, block.index, solve, block, window, regions, costs)
-
-
-def _seam_pass(solve: _Solve, block: Block, axis: int, box: Region, regions, *parts) -> Any:
-    failed = _failed_input(block, parts)
-    if failed is not None:
-        return failed
-    return guarded(_solve_seams, block.name, block.index, solve, block, axis, box, regions, parts)
-
-
-def _solve_first(solve: _Solve, block: Block, window: Region, regions, costs) -> np.ndarray:
-    unary = _assemble(window, list(zip(regions, costs, strict=True)))
-    labels = solve(unary, window)
-    return labels[within(block.region, window)]
-
-
-def _solve_seams(solve: _Solve, block: Block, axis: int, box: Region, regions, parts) -> np.ndarray:
-    n = len(regions)
-    costs = list(zip(regions, parts[:n], strict=True))
-    labels = list(zip(regions, parts[n:], strict=True))
-    result = _assemble(block.region, labels)
-    span = block.region[axis]
-    for border in (span.start, span.stop):
-        if border in (box[axis].start, box[axis].stop):
-            continue  # an edge of the volume (or of the ROI) is no seam
-        piece = list(block.region)
-        piece[axis] = slice(
-            max(box[axis].start, border - solve.settings.seam),
-            min(box[axis].stop, border + solve.settings.seam),
-        )
-        piece = tuple(piece)
-        window = tuple(
-            slice(max(b.start, p.start - 1), min(b.stop, p.stop + 1))
-            for p, b in zip(piece, box, strict=True)
-        )
-        fixed = _assemble(window, labels).astype(np.int16)
-        fixed[within(piece, window)] = -1
-        solved = solve(_assemble(window, costs), window, fixed)
-        mine = tuple(
-            slice(max(p.start, r.start), min(p.stop, r.stop))
-            for p, r in zip(piece, block.region, strict=True)
-        )
-        result[within(mine, block.region)] = solved[within(mine, window)]
-    return result
 
 
 class SmoothingPlan:
@@ -331,7 +339,7 @@ class SmoothingPlan:
         self.grid = _Grid(blocks)
         # task names must not meet another run's on a shared scheduler
         self.token = uuid.uuid4().hex[:12]
-        self.solve = _Solve(volume, float(beta), relative_spacing(spacing), settings)
+        self.job = SmoothingJob(volume, float(beta), relative_spacing(spacing), settings)
         ndim = len(self.grid.box)
         self.last = ndim
         self.windows: dict[tuple[int, ...], Region] = {}
@@ -350,8 +358,11 @@ class SmoothingPlan:
                 self.consumers.setdefault(need, set()).add(node)
 
     def needs(self, node: tuple) -> list[tuple]:
-        """The nodes ``node`` reads: its near blocks' costs (and, for a seam pass, their
-        labels after the previous pass), in the order its task takes them."""
+        """Return the nodes ``node`` reads, in the order its task takes them.
+
+        They are its near blocks' costs and, for a seam pass, their labels after the
+        previous pass.
+        """
         p, _ = node
         near = self.near[node]
         costs = [("costs", b.index) for b in near]
@@ -365,8 +376,7 @@ class SmoothingPlan:
         near = self.near[node]
         regions = tuple(b.region for b in near)
         if p == 0:
-            return dask.delayed(_first_pass)(
-                self.solve,
+            return dask.delayed(self.job.first)(
                 block,
                 self.windows[index],
                 regions,
@@ -374,8 +384,7 @@ class SmoothingPlan:
                 dask_key_name=f"graphcut-first-{self.token}-{index}",
             )
         axis = p - 1
-        return dask.delayed(_seam_pass)(
-            self.solve,
+        return dask.delayed(self.job.seams)(
             block,
             axis,
             self.grid.box,
@@ -392,7 +401,7 @@ class SmoothingPlan:
         costs: Callable[[Block], Any],
         kept: dict[tuple, Any] | None = None,
     ) -> Any:
-        """The delayed of ``node``, building what it needs into ``built`` (``kept``: done)."""
+        """Return the delayed of ``node``, building its inputs into ``built`` (``kept``: done)."""
         if kept is not None and node in kept:
             return kept[node]
         if node not in built:
