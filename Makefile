@@ -20,6 +20,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) tools/function_lengths.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet "scikit-image>=0.24"

@@ -1,7 +1,9 @@
-"""The forest kernels of :mod:`tiledseg.forest`, compiled by numba: the walk and the
-grower (imported only when a forest predicts or grows; numba caches the machine code
+"""The forest kernels of :mod:`tiledseg.forest`, compiled by numba: the walk and the grower.
+
+They are imported only when a forest predicts or grows; numba caches the machine code
 beside this file, or in its user cache where this folder is read-only, so later
-processes only load it)."""
+processes only load it.
+"""
 
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def _class_sums(y, w, rows, sums):  # pragma: no cover
 
 @numba.njit(nogil=True, cache=True)
 def _sample(weight, bootstrap):  # pragma: no cover
-    """A tree's voxel weights and the voxels that weigh anything: ``(w, rows)``.
+    """Return a tree's voxel weights and the voxels that weigh anything: ``(w, rows)``.
 
     With ``bootstrap``, n draws with probabilities in proportion to ``weight``, a voxel
     weighing the times it was drawn (scikit-learn >= 1.8; drawing uniformly and
@@ -101,7 +103,7 @@ def _sample(weight, bootstrap):  # pragma: no cover
 
 @numba.njit(nogil=True, cache=True)
 def _best_split(X, y, w, rows, sums, total, max_features, perm, vals, sums_l):  # pragma: no cover
-    """The best split of a node's ``rows``: ``(feature, threshold)``, feature -1 for none.
+    """Find the best split of a node's ``rows``: ``(feature, threshold)``, feature -1 for none.
 
     ``sums`` and ``total`` are the node's weighted class sums and weight; ``perm``,
     ``vals`` and ``sums_l`` are scratch arrays the grower reuses from node to node.

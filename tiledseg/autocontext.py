@@ -79,7 +79,7 @@ def check_stages(stages: Any) -> int:
 
 
 def context_bank(bank: FeatureBank) -> FeatureBank:
-    """The bank applied to probability maps: the image bank's families, no extra channels."""
+    """Return the bank applied to probability maps: the image bank's families, no extra channels."""
     return dataclasses.replace(bank, extra_channels=0, filter_extra=False)
 
 
@@ -111,9 +111,11 @@ def _grown(inner: tuple[slice, ...], halo: Sequence[int], k: int, shape) -> tupl
 def image_features(
     data: Any, *, inner: tuple[slice, ...], bank: FeatureBank, spacing: Sequence[float], n: int
 ) -> Any:
-    """The bank's features of ``data`` on the block ``inner`` grown by the ``n`` halos the
-    later stages' context features need (clipped): stage 1's input, and every later
-    stage's image part."""
+    """Return the bank's features of ``data`` on the block ``inner`` grown by ``n`` halos.
+
+    The ``n`` halos are those the later stages' context features need (the grown block is
+    clipped). The features are stage 1's input, and every later stage's image part.
+    """
     outer = _grown(inner, bank.halo(spacing), n, data.shape[1:])
     return block_features(data, bank=bank, inner=outer, spacing=spacing)
 

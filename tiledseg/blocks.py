@@ -63,8 +63,10 @@ class Block:
 def split_until(
     sizes: Sequence[int], *, shape: Sequence[int], halo: Sequence[int], min_blocks: int
 ) -> tuple[int, ...]:
-    """Halve the longest axis of a block until ``shape`` holds at least ``min_blocks`` of
-    them, so that every worker thread has one (never below twice the halo, nor 16)."""
+    """Halve the longest axis of a block until ``shape`` holds at least ``min_blocks`` of them.
+
+    Every worker thread then has one. No axis is halved below twice the halo, nor 16.
+    """
     sizes = list(sizes)
     while math.prod(-(-n // b) for n, b in zip(shape, sizes, strict=True)) < min_blocks:
         axis = max(range(len(sizes)), key=lambda a: sizes[a])
@@ -142,14 +144,14 @@ def resolve_block(
 
 
 def within(inner: Region, outer: Region) -> Region:
-    """The position of region ``inner`` inside region ``outer`` (which contains it)."""
+    """Return the position of region ``inner`` inside region ``outer`` (which contains it)."""
     return tuple(
         slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True)
     )
 
 
 def haloed(region: Region, halo: Sequence[int], shape: Sequence[int]) -> Region:
-    """The read region of ``region``: grown by ``halo``, clipped at the volume's edges."""
+    """Return the read region of ``region``: grown by ``halo``, clipped at the volume's edges."""
     return tuple(
         slice(max(0, s.start - h), min(n, s.stop + h))
         for s, h, n in zip(region, halo, shape, strict=True)
@@ -157,8 +159,9 @@ def haloed(region: Region, halo: Sequence[int], shape: Sequence[int]) -> Region:
 
 
 class BlockPlan:
-    """The blocks of a regular grid (only those meeting ``roi``, when given), made as they
-    are iterated.
+    """The blocks of a regular grid, made as they are iterated.
+
+    Only the blocks meeting ``roi`` are made, when it is given.
 
     A list of blocks holds ~0.7 kB a block in the process that plans it (70 MB for
     10^5); this holds the grid alone. Its length and membership are computed from
@@ -196,9 +199,11 @@ class BlockPlan:
         )
 
     def __len__(self) -> int:
+        """Return the number of blocks in the plan."""
         return math.prod(len(indices) for indices in self.axes)
 
     def __iter__(self) -> Iterator[Block]:
+        """Yield the plan's blocks, in grid index order."""
         for index in itertools.product(*self.axes):
             yield self.block_at(index)
 
@@ -211,7 +216,7 @@ class BlockPlan:
         )
 
     def block_at(self, index: Sequence[int]) -> Block:
-        """The block at grid ``index``."""
+        """Return the block at grid ``index``."""
         region = tuple(
             slice(i * b, min(i * b + b, n))
             for i, b, n in zip(index, self.block, self.shape, strict=True)
@@ -234,6 +239,9 @@ def plan_blocks(
     *,
     roi: Region | None = None,
 ) -> list[Block]:
-    """Return the blocks of a regular grid, optionally only those meeting ``roi`` (a list of
-    :class:`BlockPlan`'s blocks, for the callers that index them or go over them twice)."""
+    """Return the blocks of a regular grid, optionally only those meeting ``roi``.
+
+    The result is a list of :class:`BlockPlan`'s blocks, for the callers that index them
+    or go over them twice.
+    """
     return list(BlockPlan(shape, block, halo, roi=roi))

@@ -62,7 +62,10 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a train/held-out split that keeps at least one sample per class in each part."""
+    """Return the indices of a train/held-out split.
+
+    The split keeps at least one sample per class in each part.
+    """
     rng = np.random.default_rng(seed)
     train, held = [], []
     for cls in np.unique(y):
@@ -99,10 +102,13 @@ class Classifier(ABC):
         device: str = "cpu",
         held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1), on
-        ``device`` (``cpu`` or ``cuda``) where the classifier can. ``held_out``: the rows
-        a classifier that validates (XGBoost's early stopping) holds out, whole strokes
-        (:func:`tiledseg.strokes.held_out_split`); ``None``: voxels drawn per class."""
+        """Fit on features ``X`` (n, f) float32 and class indices ``y`` (0..k-1).
+
+        The fit runs on ``device`` (``cpu`` or ``cuda``) where the classifier can.
+        ``held_out``: the rows a classifier that validates (XGBoost's early stopping) holds
+        out, whole strokes (:func:`tiledseg.strokes.held_out_split`); ``None``: voxels drawn
+        per class.
+        """
 
     def fit_distributed(
         self,
@@ -265,8 +271,10 @@ class XGBoostClassifier(Classifier):
         return params
 
     def _strategy_for(self, n_classes: int, device: str) -> dict[str, Any]:
-        """Train one tree per class on the GPU and in a forest (see the class notes);
-        the model file then says so, and prediction follows."""
+        """Train one tree per class on the GPU and in a forest (see the class notes).
+
+        The model file then says so, and prediction follows.
+        """
         if n_classes > 2 and (device == "cuda" or self.forest):
             if self.params.get("multi_strategy") != "one_output_per_tree":
                 self.params["multi_strategy"] = "one_output_per_tree"
@@ -274,8 +282,10 @@ class XGBoostClassifier(Classifier):
         return {}
 
     def _rounds_after(self, probe: Any, rounds: int) -> int:
-        """Rounds for the final fit: where the probe's held-out error was best, at least
-        ``min_rounds`` (and at most ``rounds``)."""
+        """Return the rounds for the final fit: where the probe's held-out error was best.
+
+        They are at least ``min_rounds`` (and at most ``rounds``).
+        """
         return min(rounds, max(int(probe.best_iteration) + 1, self.params["min_rounds"]))
 
     def fit(
@@ -287,6 +297,7 @@ class XGBoostClassifier(Classifier):
         device: str = "cpu",
         held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
+        """Fit the booster on ``X``, ``y`` (after a held-out probe); return the fit summary."""
         import xgboost as xgb
 
         self.n_classes = int(y.max()) + 1
@@ -478,6 +489,7 @@ class XGBoostClassifier(Classifier):
         return rounds, client.compute(hits.sum()).result()
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
+        """Return the booster's probabilities of ``X`` (on the CPU where it cannot use the GPU)."""
         if device == "cuda" and (self.vector_leaf or not xgboost_has_cuda()):
             device = "cpu"  # (see the class notes; an XGBoost built without CUDA)
         if device == "cpu":
@@ -494,10 +506,12 @@ class XGBoostClassifier(Classifier):
         return _as_proba(raw, self.n_classes)
 
     def to_bytes(self) -> bytes:
+        """Return the booster as XGBoost's UBJSON model bytes."""
         return bytes(self.booster.save_raw(raw_format="ubj"))
 
     @classmethod
     def from_bytes(cls, data: bytes, *, n_classes: int, params: dict) -> XGBoostClassifier:
+        """Rebuild the classifier from :meth:`to_bytes`' booster and its ``params``."""
         import xgboost as xgb
 
         booster = xgb.Booster()
@@ -510,6 +524,7 @@ class XGBoostClassifier(Classifier):
         return cls(booster=booster, n_classes=n_classes, **params)
 
     def importances(self) -> np.ndarray | None:
+        """Return the booster's gain per feature, normalised to sum to 1."""
         scores = self.booster.get_score(importance_type="gain")
         n = self.booster.num_features()
         out = np.zeros(n, dtype=np.float64)
@@ -540,7 +555,7 @@ def _current_client(client: Any) -> Iterator[None]:
 
 
 def _scattered(client: Any, values: np.ndarray, chunks: tuple[int, ...]) -> Any:
-    """A 1-d dask array of ``values`` in the given row chunks, scattered to the workers.
+    """Return a 1-d dask array of ``values`` in the given row chunks, scattered to the workers.
 
     Scattered, not put into the graph: a graph holding them would be sent (and warned
     about, past 10 MB) with every computation built on it.
@@ -568,8 +583,9 @@ def _as_proba(raw: Any, n_classes: int) -> Any:
 
 
 class SklearnClassifier(Classifier):
-    """Any scikit-learn-style estimator with ``fit`` and ``predict_proba`` (or only
-    ``predict``: such a model labels, but gives no probabilities to write or smooth).
+    """Any scikit-learn-style estimator with ``fit`` and ``predict_proba`` (or only ``predict``).
+
+    An estimator with only ``predict`` labels, but gives no probabilities to write or smooth.
 
     Fitted with the same per-voxel weights as XGBoost where the estimator takes them;
     prediction runs single-threaded per block (the blocks are the parallelism, and a fixed
@@ -611,9 +627,11 @@ class SklearnClassifier(Classifier):
         device: str = "cpu",
         held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
+        """Fit the estimator on ``X``, ``y`` on the CPU; return the fit summary."""
         return _fit_with_probe(self.estimator, X, y, held_out=held_out, n_threads=n_threads)
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> np.ndarray:
+        """Return the estimator's class probabilities of ``X`` (one-hot labels without them)."""
         X = to_host(X)  # scikit-learn predicts on the CPU: GPU features come back first
         if self.has_probabilities:
             return np.asarray(self.estimator.predict_proba(X), dtype=np.float32)
@@ -622,6 +640,7 @@ class SklearnClassifier(Classifier):
         return np.eye(n_classes, dtype=np.float32)[np.asarray(self.estimator.predict(X))]
 
     def to_bytes(self) -> bytes:
+        """Save the estimator with skops, refusing the types that loading would refuse."""
         import skops.io as sio
 
         try:
@@ -643,6 +662,7 @@ class SklearnClassifier(Classifier):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SklearnClassifier:
+        """Load the estimator from skops bytes if every untrusted type is on the allowlist."""
         import skops.io as sio
 
         try:
@@ -659,13 +679,16 @@ class SklearnClassifier(Classifier):
         return cls(sio.loads(data, trusted=untrusted))
 
     def importances(self) -> np.ndarray | None:
+        """Return the estimator's ``feature_importances_``, if it has them."""
         values = getattr(self.estimator, "feature_importances_", None)
         return None if values is None else np.asarray(values, dtype=np.float64)
 
 
 class ForestClassifier(Classifier):
-    """``random-forest``: scikit-learn's random-forest algorithm, grown and applied as a
-    :class:`~tiledseg.forest.PackedForest` (no scikit-learn, nor pickle, at all).
+    """``random-forest``: scikit-learn's random-forest algorithm, as a packed forest.
+
+    The forest is grown and applied as a :class:`~tiledseg.forest.PackedForest` (no
+    scikit-learn, nor pickle, at all).
 
     The trees are balanced by the same per-voxel weights as XGBoost. The accuracy on
     held-out strokes comes from a probe forest of a quarter of the trees grown without
@@ -710,6 +733,7 @@ class ForestClassifier(Classifier):
         device: str = "cpu",
         held_out: np.ndarray | None = None,
     ) -> dict[str, Any]:
+        """Grow the forest on ``X``, ``y`` (after a probe forest); return the fit summary."""
         X, y = to_host(X), to_host(y)
         summary: dict[str, Any] = {"estimator": "PackedForest"}
         split = _held_split(y, held_out)
@@ -725,6 +749,7 @@ class ForestClassifier(Classifier):
         return summary
 
     def predict_proba(self, X: Any, *, n_threads: int = 1, device: str = "cpu") -> np.ndarray:
+        """Return the forest's class probabilities of ``X``, computed on the CPU."""
         proba = self._fitted.predict_proba(to_host(X), n_threads=n_threads)
         return proba.astype(np.float32)
 
@@ -735,24 +760,30 @@ class ForestClassifier(Classifier):
         return self.packed
 
     def to_bytes(self) -> bytes:
+        """Return the forest's arrays as an uncompressed ``.npz`` archive."""
         return self._fitted.to_bytes()
 
     @classmethod
     def from_bytes(
         cls, data: bytes, *, seed: int = 0, depth: int | None = None
     ) -> ForestClassifier:
+        """Rebuild the classifier from :meth:`to_bytes`' archive."""
         from tiledseg.forest import PackedForest
 
         packed = PackedForest.from_bytes(data)
         return cls(seed=seed, trees=packed.n_trees, depth=depth, packed=packed)
 
     def importances(self) -> np.ndarray | None:
+        """Return the forest's feature importances (``None`` before it is trained)."""
         return None if self.packed is None else self.packed.importances.copy()
 
 
 def _held_split(y: np.ndarray, held_out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(train rows, held-out rows)``, or ``None`` where nothing is held out or the rows
-    left to train on lack a class (no probe can then be grown)."""
+    """Return ``(train rows, held-out rows)``, or ``None`` where no probe can be grown.
+
+    No probe can be grown where nothing is held out or the rows left to train on lack a
+    class.
+    """
     held = np.unique(np.asarray(held_out if held_out is not None else [], dtype=np.int64))
     train = np.setdiff1d(np.arange(len(y)), held)
     if len(held) and len(np.unique(y[train])) == len(np.unique(y)):
@@ -768,8 +799,10 @@ def _fit_with_probe(
     held_out: np.ndarray | None,
     n_threads: int,
 ) -> dict[str, Any]:
-    """Fit a scikit-learn estimator on every row, on the CPU whatever the device; with
-    held-out strokes a copy of it fits without them first, for the accuracy on them."""
+    """Fit a scikit-learn estimator on every row, on the CPU whatever the device.
+
+    With held-out strokes a copy of it fits without them first, for the accuracy on them.
+    """
     from sklearn.base import clone
 
     summary: dict[str, Any] = {"estimator": type(est).__name__}

@@ -92,11 +92,11 @@ class ClusterConfig:
 
     @classmethod
     def local_workers(cls, n_workers: int) -> ClusterConfig:
-        """The LocalCluster of ``--workers N``: N single-threaded worker processes."""
+        """Return the LocalCluster of ``--workers N``: N single-threaded worker processes."""
         return cls("local", _defaults("local", {"n_workers": int(n_workers)}), source="--workers")
 
     def cluster_class(self) -> type:
-        """The cluster class (imported only now: each is an optional dependency)."""
+        """Return the cluster class (imported only now: each is an optional dependency)."""
         return _cluster_class(self.kind, self.source)
 
     def planned_threads(self) -> int:
@@ -163,8 +163,10 @@ class ClusterConfig:
 
 
 def _check_job_script(script: str, source: str) -> None:
-    """Ask SLURM whether it would run a worker job (``sbatch --test-only``), so a wrong
-    partition, account or size is one clear error, not a run that waits forever."""
+    """Ask SLURM whether it would run a worker job (``sbatch --test-only``).
+
+    A wrong partition, account or size is then one clear error, not a run that waits forever.
+    """
     import shutil
     import subprocess
     import tempfile
@@ -192,9 +194,10 @@ def _check_job_script(script: str, source: str) -> None:
 
 
 def shipped_configs() -> dict[str, Path]:
-    """The example configs shipped in the package's ``tiledseg/cluster_configs/`` (name -> path).
+    """Return the example configs shipped in the package (name -> path).
 
-    They are package data: an installed wheel finds them as a source checkout does.
+    They are in the package's ``tiledseg/cluster_configs/``. They are package data: an
+    installed wheel finds them as a source checkout does.
     """
     folder = Path(__file__).resolve().parent / "cluster_configs"
     return {p.stem: p for p in sorted(folder.glob("*.yaml"), key=lambda p: p.stem)}
@@ -446,7 +449,7 @@ def _parameters(func: Any) -> set[str]:
 
 
 def _allowed_keys(kind: str, source: str) -> set[str]:
-    """The keyword arguments the kind's class takes, from the class itself."""
+    """Return the keyword arguments the kind's class takes, from the class itself."""
     cls = _cluster_class(kind, source)
     if kind == "local":
         return _parameters(cls.__init__) | _LOCAL_WORKER_KEYS
@@ -464,7 +467,7 @@ def _allowed_keys(kind: str, source: str) -> set[str]:
 
 
 def _defaults(kind: str, options: dict[str, Any]) -> dict[str, Any]:
-    """tiledseg's defaults where the file says nothing (never over what it says)."""
+    """Add tiledseg's defaults where the file says nothing (never over what it says)."""
     # an empty value means "not set": the class's (or tiledseg's) default applies
     options = {k: v for k, v in options.items() if v is not None}
     if kind == "local":

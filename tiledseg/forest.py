@@ -71,14 +71,17 @@ class PackedForest:
 
     @property
     def n_trees(self) -> int:
+        """The number of trees."""
         return len(self.roots)
 
     @property
     def n_classes(self) -> int:
+        """The number of classes."""
         return self.values.shape[1]
 
     @property
     def n_features(self) -> int:
+        """The number of features."""
         return len(self.importances)
 
     @classmethod
@@ -284,7 +287,7 @@ class PackedForest:
         )
 
     def to_bytes(self) -> bytes:
-        """An uncompressed ``.npz`` archive of the arrays."""
+        """Return an uncompressed ``.npz`` archive of the arrays."""
         buffer = io.BytesIO()
         np.savez(buffer, **{name: getattr(self, name) for name in _ARRAYS})
         return buffer.getvalue()
@@ -336,9 +339,11 @@ _COMPILE_LOCK = threading.Lock()
 
 @cache
 def _compiled(name: str) -> Callable[..., Any]:
-    """A kernel of :mod:`tiledseg._forest_kernel` (numba imported and the kernel compiled or
-    loaded on first use, by one thread: blocks at once must not write numba's cache
-    together)."""
+    """Return a kernel of :mod:`tiledseg._forest_kernel`, compiled or loaded on first use.
+
+    On first use numba is imported and the kernel compiled or loaded, by one thread: blocks
+    at once must not write numba's cache together.
+    """
     with _COMPILE_LOCK:
         from tiledseg import _forest_kernel
 

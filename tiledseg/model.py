@@ -1,8 +1,8 @@
-"""A trained model and its file: a JSON header and a classifier payload, no pickle.
+r"""A trained model and its file: a JSON header and a classifier payload, no pickle.
 
 File layout::
 
-    b"TILEDSEG-MODEL\\n"          magic line
+    b"TILEDSEG-MODEL\n"          magic line
     8 bytes, big-endian          length of the header
     header                       UTF-8 JSON: bank, classes, channels, spacing, versions,
                                  training summary, payload size and SHA-256, header SHA-256
@@ -165,8 +165,10 @@ class Model:
     def block_probabilities(
         self, data: Any, *, inner: tuple[slice, ...], n_threads: int = 1, device: str = "cpu"
     ) -> Any:
-        """Class probabilities ``(n_voxels, k)`` of the block at ``inner`` of ``data`` (the
-        block read with :attr:`halo`), every stage computed on it."""
+        """Return class probabilities ``(n_voxels, k)`` of the block at ``inner`` of ``data``.
+
+        The block is read with :attr:`halo`, and every stage is computed on it.
+        """
         from tiledseg.autocontext import cascade_probabilities
 
         return cascade_probabilities(
@@ -181,12 +183,14 @@ class Model:
 
     @property
     def label_dtype(self) -> np.dtype:
-        """dtype of the label maps this model writes."""
+        """The dtype of the label maps this model writes."""
         return label_dtype(self.classes)
 
     def predict_proba(self, features: Any, *, n_threads: int = 1, device: str = "cpu") -> Any:
-        """Class probabilities of a feature table ``(n, n_features)`` of the whole bank
-        (numpy, or cupy on ``device="cuda"``: see :meth:`Classifier.predict_proba`)."""
+        """Return class probabilities of a feature table ``(n, n_features)`` of the whole bank.
+
+        The table is numpy, or cupy on ``device="cuda"``: see :meth:`Classifier.predict_proba`.
+        """
         if self.columns is not None:
             features = features[:, list(self.columns)]
         return self.classifier.predict_proba(features, n_threads=n_threads, device=device)
@@ -235,7 +239,7 @@ class Model:
         }
 
     def to_bytes(self) -> bytes:
-        """The model file's bytes."""
+        """Return the model file's bytes."""
         parts = [c.to_bytes() for c in (*self.stages, self.classifier)]
         payload = b"".join(parts)
         # as JSON will give it back: integer keys (a summary's class values) become
@@ -256,7 +260,7 @@ class Model:
         return path
 
     def describe(self) -> dict[str, Any]:
-        """The model as plain data (for ``tiledseg info``)."""
+        """Return the model as plain data (for ``tiledseg info``)."""
         info = {
             "classes": [int(c) for c in self.classes],
             "classifier": self.classifier.name,
@@ -280,8 +284,11 @@ class Model:
 def check_model_path(
     path: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str | None] = ()
 ) -> Path:
-    """Refuse a model path that is an input, a folder, in a missing folder, or (without
-    ``overwrite``) an existing file. Nothing is written; callers check before training."""
+    """Refuse a model path that is an input, a folder, in a missing folder, or an existing file.
+
+    An existing file is refused only without ``overwrite``. Nothing is written; callers
+    check before training.
+    """
     text, path = str(path), Path(path)  # messages name the path as the user wrote it
     for source in inputs:
         if source is not None and same_path(source, path):
@@ -430,8 +437,10 @@ def _check_payload(header: dict[str, Any], payload: bytes, name: str) -> None:
 
 
 def _classifier_header(classifier: Classifier) -> dict[str, Any]:
-    """What the header says of one classifier (its payload is XGBoost's, the forest's
-    arrays or skops')."""
+    """Return what the header says of one classifier.
+
+    Its payload is XGBoost's, the forest's arrays or skops'.
+    """
     if isinstance(classifier, XGBoostClassifier):
         return {"kind": "xgboost", "params": classifier.params, "n_classes": classifier.n_classes}
     if isinstance(classifier, ForestClassifier):
@@ -445,7 +454,7 @@ def _classifier_header(classifier: Classifier) -> dict[str, Any]:
 
 
 def _classifier_of(info: dict[str, Any], payload: bytes) -> Classifier:
-    """A classifier from its header entry and its payload."""
+    """Return a classifier made from its header entry and its payload."""
     if info["kind"] == "xgboost":
         return XGBoostClassifier.from_bytes(
             payload, n_classes=info["n_classes"], params=info["params"]
@@ -458,8 +467,10 @@ def _classifier_of(info: dict[str, Any], payload: bytes) -> Classifier:
 
 
 def _bank_of(data: dict[str, Any]) -> FeatureBank:
-    """The model's bank; a plug-in's module is imported only if allowed (a model file
-    may come from anywhere: :func:`tiledseg.features.plugins.untrusted_source`)."""
+    """Return the model's bank; a plug-in's module is imported only if allowed.
+
+    A model file may come from anywhere: :func:`tiledseg.features.plugins.untrusted_source`.
+    """
     from tiledseg.features.plugins import untrusted_source
 
     with untrusted_source():

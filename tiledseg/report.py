@@ -104,7 +104,7 @@ class ReportResult:
 def middle_views(
     shape: Sequence[int], *, max_edge: int = MAX_EDGE, centre: Sequence[int] | None = None
 ) -> list[View]:
-    """The planes a report draws: the middle z, y and x planes in 3D, the image in 2D.
+    """Return the planes a report draws: the middle z, y and x planes in 3D, the image in 2D.
 
     One stride for every axis (so the aspect is kept) makes the longest edge at most
     ``max_edge``. ``centre`` (e.g. of a predicted region) replaces the volume's middle.
@@ -127,7 +127,7 @@ def middle_views(
 
 
 def read_view(volume: Volume, view: View) -> np.ndarray:
-    """The 2D plane ``view`` of ``volume`` (its first channel), read alone."""
+    """Read the 2D plane ``view`` of ``volume`` (its first channel), alone."""
     data = volume.read(view.region)[0]
     if view.axis is not None:
         data = np.take(data, 0, axis=view.axis)
@@ -135,7 +135,7 @@ def read_view(volume: Volume, view: View) -> np.ndarray:
 
 
 def class_colours(classes: Sequence[int]) -> dict[int, tuple[float, float, float]]:
-    """A fixed colour for each class value, by its rank among ``classes``."""
+    """Return a fixed colour for each class value, by its rank among ``classes``."""
     import matplotlib
 
     values = sorted({int(c) for c in classes})
@@ -153,7 +153,7 @@ def class_colours(classes: Sequence[int]) -> dict[int, tuple[float, float, float
 def label_rgba(
     labels: np.ndarray, colours: dict[int, tuple[float, float, float]], *, alpha: float = 0.5
 ) -> np.ndarray:
-    """An RGBA picture of a label plane: each class in its colour, anything else clear."""
+    """Return an RGBA picture of a label plane: each class in its colour, anything else clear."""
     values = np.array(sorted(colours), dtype=np.int64)
     table = np.array([colours[int(v)] for v in values], dtype=float).reshape(-1, 3)
     flat = labels.astype(np.int64)
@@ -166,7 +166,7 @@ def label_rgba(
 
 
 def report_folder(html: str | os.PathLike) -> Path:
-    """The folder of a report's PNGs: ``report_files`` beside ``report.html``."""
+    """Return the folder of a report's PNGs: ``report_files`` beside ``report.html``."""
     html = Path(html)
     return html.with_name(f"{html.stem}_files")
 

@@ -97,7 +97,7 @@ def _stored_run(path: Path) -> dict[str, Any] | None:
 
 
 def unfinished_run(path: str | Path) -> dict[str, Any] | None:
-    """The provenance of the unfinished tiledseg run at ``path`` (``None``: there is none)."""
+    """Return the provenance of the unfinished tiledseg run at ``path`` (``None``: none)."""
     path = Path(path)
     stored = _stored_run(path) if path.exists() else None
     if stored is None or stored.get("complete", True):
@@ -300,7 +300,7 @@ def mark_block_done(path: str | Path, index: Sequence[int]) -> None:
 
 
 def done_blocks(path: str | Path) -> set[tuple[int, ...]]:
-    """The grid indices of the blocks an unfinished run at ``path`` has written."""
+    """Return the grid indices of the blocks an unfinished run at ``path`` has written."""
     folder = Path(path) / DONE_DIR
     if not folder.is_dir():
         return set()
@@ -322,6 +322,7 @@ class BlockFailure:
     caused_by: str = ""
 
     def __str__(self) -> str:
+        """Return one line for the report: the block and the first line of its error."""
         # one line per block in the report: the first line of the error
         first = self.error.splitlines()[0] if self.error else ""
         return f"block {self.name} (grid index {self.index}): {first}"

@@ -586,7 +586,10 @@ class _ChunkCached(_Wrapped):
 def _index_bounds(
     index: Any, shape: tuple[int, ...]
 ) -> tuple[list[int], list[int], tuple[int, ...]] | None:
-    """Starts, stops and integer-indexed axes of a basic index, or ``None`` for another kind."""
+    """Return the starts, stops and integer-indexed axes of a basic index.
+
+    ``None`` for another kind of index.
+    """
     items = index if isinstance(index, tuple) else (index,)
     if len(items) > len(shape):
         return None
@@ -660,7 +663,10 @@ def chunk_cacheable(volume: Volume) -> bool:
 
 
 def _storage_chunks(source: Any) -> tuple[int, ...] | None:
-    """The regular chunk shape of a stored source not read through a cache yet, else ``None``."""
+    """Return the regular chunk shape of a stored source, else ``None``.
+
+    Only a stored source not read through a cache yet has one here.
+    """
     if isinstance(source, _ChunkCached | np.ndarray) or hasattr(source, "compute"):
         return None
     chunks = getattr(getattr(source, "array", source), "chunks", None)

@@ -393,8 +393,10 @@ def _max_flow(tr, rc, disp, parent, sink, ts, dist, queue, queued, orphans):  # 
 
 @numba.njit(nogil=True, cache=True)
 def _expand(unary, weights, disp, labels, iterations, tr, rc, *state):  # pragma: no cover
-    """Expansion cycles over the labels in order, each move a max-flow (see
-    :func:`expansion`); ``tr``, ``rc`` and ``state`` are reused by every move."""
+    """Run expansion cycles over the labels in order, each move a max-flow.
+
+    See :func:`expansion`; ``tr``, ``rc`` and ``state`` are reused by every move.
+    """
     n, k = unary.shape
     parent, sink = state[0], state[1]
     cycle = 0
@@ -425,9 +427,12 @@ def _displacements(shape: tuple[int, ...], offsets: list[tuple[int, ...]]) -> np
 
 
 def _workspace(n: int, n_dirs: int) -> tuple[np.ndarray, ...]:
-    """The max-flow's search state for ``n`` sites (parent, sink, ts, dist, queue, queued,
-    orphans): 23 bytes a site. The timestamps are int64: the clock ticks once per growth
-    step, which an int32 would outrun (and then wrap) on windows of 10^8 sites."""
+    """Return the max-flow's search state for ``n`` sites: 23 bytes a site.
+
+    The state is parent, sink, ts, dist, queue, queued and orphans. The timestamps are
+    int64: the clock ticks once per growth step, which an int32 would outrun (and then
+    wrap) on windows of 10^8 sites.
+    """
     return (
         np.empty(n, dtype=np.int8),
         np.empty(n, dtype=np.uint8),

@@ -197,7 +197,7 @@ def contrast_halo(sigma: float, spacing: Sequence[float]) -> tuple[int, ...]:
 def contrast_image(
     image: np.ndarray, *, sigma: float, spacing: Sequence[float], inner: Sequence[slice]
 ) -> np.ndarray:
-    """The image the contrast term compares: Gaussian-smoothed, then cropped to ``inner``.
+    """Return the image the contrast term compares: Gaussian-smoothed, then cropped to ``inner``.
 
     Raw intensities of a noisy image differ between neighbours mostly by noise, so
     the contrast weights would be noise too; a blur of ``sigma`` (in units of the
@@ -216,7 +216,7 @@ def contrast_image(
 
 
 def beta_from_sums(total: float, count: int) -> float:
-    """The contrast scale ``1 / (2 mean ||dI||^2)``; 0 for a constant image."""
+    """Return the contrast scale ``1 / (2 mean ||dI||^2)``; 0 for a constant image."""
     if count == 0 or total <= 0:
         return 0.0
     return 1.0 / (2.0 * total / count)
