@@ -419,12 +419,13 @@ def _print_model(data: dict[str, Any]) -> None:
     help="Edge of the phantom cube.",
 )
 @model_options(Execution, only=["workers", "quiet"])
-def demo(out, size, workers, quiet) -> None:
+def demo(out, size, **options) -> None:
     """Make a 3D phantom, train on its scribbles, predict, evaluate, report."""
     from tiledseg.demo import run_demo
 
+    execution = take(options, Execution)
     started = time.perf_counter()
-    run_demo(out, size=size, workers=workers, quiet=quiet, echo=click.echo)
+    run_demo(out, size=size, workers=execution.workers, quiet=execution.quiet, echo=click.echo)
     click.echo(f"demo done in {time.perf_counter() - started:.1f} s")
 
 

@@ -2,9 +2,10 @@
 
 Each field of a model in :mod:`tiledseg.options` becomes ``--field-name``: its help
 is the field's description, its choices the field's literal values, its default the
-field's default. The command passes on only what the user gave; the model applies
-its defaults and checks every value, so the command line, the config file and the
-API accept and refuse the same values with the same messages.
+field's default (or its ``cli_default``, for ``quiet``). The command passes on only
+what the user gave; the model applies its defaults and checks every value, so the
+command line, the config file and the API accept and refuse the same values with the
+same messages.
 """
 
 from __future__ import annotations
@@ -80,9 +81,11 @@ def _option(name: str, field: FieldInfo) -> Callable[[Callable], Callable]:
     if _is_bool(annotation):
         default = extra.get("cli_default", field.default)
         declared = extra.get("cli") or (flag if default is False else f"{flag}/--no-{flag[2:]}")
-        settings.update(default=default, is_flag=True if "/" not in declared else None)
-        if settings["is_flag"] is None:
-            del settings["is_flag"]
+        if "/" in declared:
+            # a --x/--no-x pair: its default is shown as the switch that is on
+            settings.update(default=default, show_default=default is not None)
+        else:
+            settings.update(default=default, is_flag=True)
         return click.option(declared, name, **settings)
     choices = _choices(annotation, extra)
     if choices is not None:
@@ -96,7 +99,8 @@ def _option(name: str, field: FieldInfo) -> Callable[[Callable], Callable]:
     if _is_tuple(annotation):
         settings.update(multiple=True, default=())
     elif field.default is not None and not field.is_required():
-        settings["show_default"] = str(field.default)
+        # (click's show_default given a text shows it in parentheses: written out instead)
+        settings["help"] = f"{field.description}  [default: {field.default}]"
     settings["required"] = field.is_required()
     return click.option(flag, name, **settings)
 
@@ -116,8 +120,17 @@ def _number_type(annotation: Any) -> Any:
 
 def _members(annotation: Any) -> tuple[Any, ...]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
+        return tuple(_bare(m) for m in typing.get_args(annotation))
+    return (_bare(annotation),)
+
+
+def _bare(annotation: Any) -> Any:
+    """``int`` of ``Annotated[int, Gt(0)]`` (PositiveInt)."""
+    return (
+        typing.get_args(annotation)[0]
+        if typing.get_origin(annotation) is typing.Annotated
+        else annotation
+    )
 
 
 def _is_bool(annotation: Any) -> bool:

@@ -10,6 +10,7 @@ naming the key. Relative paths are taken relative to the config file.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from tiledseg.errors import TiledsegError
 from tiledseg.options import (
     Execution,
     ImageInput,
+    OptionError,
     Options,
     Prediction,
     Smoothing,
     Training,
     build,
+    cause_of,
     explain,
 )
 from tiledseg.volume import split_dataset
@@ -67,12 +70,12 @@ class _Run(Options):
         def fix(value: str | None) -> str | None:
             if value is None:
                 return None
-            head, dataset = split_dataset(value)
+            head, dataset = split_dataset(os.path.expanduser(value))
             if not Path(head).is_absolute():
                 head = str(base / head)
             return head if dataset is None else f"{head}:{dataset}"
 
-        names = ("image", "labels", "model", "out", "truth")
+        names = ("image", "labels", "model", "out", "truth", "cache_dir")
         updates: dict[str, Any] = {k: fix(getattr(self, k)) for k in names}
         if self.extra_channels is not None:
             updates["extra_channels"] = [fix(p) for p in self.extra_channels]
@@ -144,10 +147,13 @@ def load_config(path: str | Path) -> Any:
 
 def _explain(exc: ValidationError, data: dict) -> str:
     """One line naming the first bad key, the value given and what it should be."""
+    cause = cause_of(exc)
+    while isinstance(cause, OptionError):  # raised by a model's __init__
+        exc = cause.validation
+        cause = cause_of(exc)
     first = exc.errors()[0]
     key = str(first["loc"][0]) if first["loc"] else "(top level)"
     fields = list(SegmentConfig.model_fields)
-    cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, TiledsegError):  # a check's own message
         return f"key {key!r} = {data.get(key)!r}: {cause}" if first["loc"] else str(cause)
     if first["type"] == "extra_forbidden":

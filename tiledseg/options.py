@@ -8,12 +8,15 @@ and the YAML config of ``tiledseg segment`` is the models' fields side by side
 ``--smooth-weight`` on the command line and ``smooth_weight:`` in a config file.
 
 Adding an option is adding one field here: its type, default and ``description``
-(the help text) are used by all three doors.
+(the help text) are used by all three doors. One default differs on purpose:
+``Execution.quiet`` is ``True`` in the API and ``False`` on the command line (a field's
+``cli_default``), where a run shows its progress.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -35,6 +38,7 @@ __all__ = [
     "DEFAULT_SMOOTH_WEIGHT",
     "Execution",
     "ImageInput",
+    "OptionError",
     "Options",
     "PhaseSearch",
     "Prediction",
@@ -49,14 +53,41 @@ __all__ = [
 DEFAULT_SMOOTH_WEIGHT = 2.0
 
 
+class OptionError(TiledsegError):
+    """A bad option value, as one line.
+
+    It keeps pydantic's errors so that each door can name the option as its user wrote it
+    (``--workers``, ``workers=``, ``key 'workers'``).
+    """
+
+    def __init__(self, message: str, validation: ValidationError):
+        super().__init__(message)
+        #: pydantic's errors behind the message
+        self.validation = validation
+
+
 class Options(BaseModel):
-    """Base of the option models: frozen, strict about unknown names."""
+    """Base of the option models: frozen, strict about unknown names.
+
+    A bad value raises a :class:`~tiledseg.errors.TiledsegError` of one line, whether the
+    model is built directly (``Execution(workers=0)``), from keyword arguments, from the
+    command line or from a config file.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # (pydantic's errors kept: a door that built the model names the option its way)
+            raise OptionError(str(_user_error(exc, values, "api")), exc) from None
+
     def updated(self, **values: Any) -> Options:
         """Return a copy with ``values`` set, validated as the model's own fields."""
-        return build(type(self), {**self.model_dump(exclude_unset=True), **values}, "api")
+        # the values as they are (a FeatureBank stays one), not as model_dump would give them
+        given = {name: getattr(self, name) for name in self.model_fields_set}
+        return build(type(self), {**given, **values}, "api")
 
 
 # -- parsers shared by several fields (each raises TiledsegError with the message the user sees)
@@ -97,6 +128,11 @@ def _spacing_values(value: list[float] | str | None) -> list[float] | str | None
 
         parse_spacing(value)  # positive and finite
     return value
+
+
+def _text(value: Any) -> Any:
+    """Return a path given as a ``Path`` as its text."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def _device(value: Any) -> Any:
@@ -184,6 +220,8 @@ def _neighbours(value: Any) -> int | None:
     offered = sorted({n for sizes in NEIGHBOURHOODS.values() for n in sizes})
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # (YAML's 6.0)
     if isinstance(value, bool) or str(value).strip() not in {str(n) for n in offered}:
         raise TiledsegError(
             f"smooth neighbourhood {value} is not offered; use {', '.join(map(str, offered))}"
@@ -220,7 +258,7 @@ class Execution(Options):
         description="Run on N local worker processes (default: threads, one per core).",
         json_schema_extra={"metavar": "N"},
     )
-    scheduler: str | None = Field(
+    scheduler: Annotated[str | None, BeforeValidator(_text)] = Field(
         None,
         description="Run on the workers of a running dask scheduler: its address "
         "(tcp://host:8786) or its scheduler file.",
@@ -315,14 +353,17 @@ class Training(Options):
         "that did not see the voxel's fold of strokes (out-of-fold) or the final earlier stage.",
     )
     cache: bool = Field(True, description="Read and write the training-table cache.")
-    cache_dir: str | None = Field(
+    cache_dir: Annotated[str | None, BeforeValidator(_text)] = Field(
         None,
         description="Folder of the training-table cache (default: $TILEDSEG_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/tiledseg, else ~/.cache/tiledseg).",
+        "$XDG_CACHE_HOME/tiledseg, else ~/.cache/tiledseg). train()'s keyword cache_dir=None "
+        "is the older spelling of cache=False.",
         json_schema_extra={"metavar": "DIR"},
     )
     seed: Annotated[int, AfterValidator(_seed)] = Field(
-        0, description="Seed of the classifier, of the held-out split and of the sampling."
+        0,
+        description="Random seed: of the classifier and the held-out split (train), of the "
+        "sampled windows and k-means (cluster).",
     )
 
 
@@ -433,11 +474,17 @@ def build(model: type[Options], values: Mapping[str, Any], source: str) -> Optio
 
 
 def _user_error(exc: ValidationError, values: Mapping[str, Any], source: str) -> TiledsegError:
-    first = exc.errors()[0]
-    cause = (first.get("ctx") or {}).get("error")
+    cause = cause_of(exc)
+    if isinstance(cause, OptionError):  # raised by the model's __init__: named for this door
+        return _user_error(cause.validation, values, source)
     if isinstance(cause, TiledsegError):
         return cause  # a check's own message, with its own class
-    return TiledsegError(explain(exc, values, source=source))
+    return OptionError(explain(exc, values, source=source), exc)
+
+
+def cause_of(exc: ValidationError) -> Exception | None:
+    """Return the exception a validator raised for the first error, if one did."""
+    return (exc.errors()[0].get("ctx") or {}).get("error")
 
 
 def explain(exc: ValidationError, values: Mapping[str, Any], *, source: str) -> str:
@@ -456,6 +503,8 @@ def explain(exc: ValidationError, values: Mapping[str, Any], *, source: str) -> 
     specific = [e for e in same if not e["type"].endswith("_type")] or same
     messages = list(dict.fromkeys(_located(e, source) for e in specific))
     value = values.get(key)
+    if first["type"] == "missing":
+        return f"--{key.replace('_', '-')} is required" if source == "cli" else f"{key} is required"
     if source == "config":
         return f"key {key!r} = {value!r}: {'; or '.join(messages)}"
     name = f"--{key.replace('_', '-')} {value}" if source == "cli" else f"{key}={value!r}"

@@ -95,7 +95,8 @@ def _check(config: Any) -> Model | None:
     inputs += config.extra_channels or []
     if same_path(config.model, config.out):
         raise OutputExistsError(
-            f"config: model and out are the same path {config.out!r}; give them different paths"
+            f"the config's model and out are the same path {config.out!r}; give them "
+            "different paths"
         )
     # a rerun after a kill during prediction: the model it wrote is used again
     model = None if config.overwrite else _model_of_unfinished_run(config)
