@@ -544,3 +544,104 @@ def test_console_entry_point_exit_status_and_debug(work):
     assert "Traceback (most recent call last)" in debug.stderr
     assert "InputDataError: image path 'missing.npy' does not exist" in debug.stderr
     assert not Path("new.tseg").exists()
+
+
+# -- issue 17: mistakes found by trying real commands -------------------------------------
+
+
+@pytest.fixture
+def predicted(work, phantom):
+    """``out.zarr``, predicted from the phantom, and ``truth.npy``."""
+    np.save("truth.npy", phantom.truth)
+    assert main([*PREDICT, "--block", "20"]) == 0
+    return work
+
+
+def test_evaluate_refuses_an_intensity_image_as_truth(predicted, capsys, phantom):
+    np.save("grey.npy", phantom.image.astype(np.float32) / 255 + 0.001)
+    refused(capsys, ["evaluate", "out.zarr", "grey.npy"], "truth grey.npy hold fractional value")
+    levels = np.arange(np.prod(SHAPE)).reshape(SHAPE) % 200 + 1
+    np.save("levels.npy", levels.astype(np.uint16))
+    refused(capsys, ["evaluate", "out.zarr", "levels.npy"], "hold 200 classes", "is it the image")
+
+
+def test_evaluate_refuses_a_truth_without_the_predicted_classes(predicted, capsys, phantom):
+    np.save("other.npy", (phantom.truth * 10).astype(np.uint8))
+    refused(capsys, ["evaluate", "out.zarr", "other.npy"], "share no class value", "10, 20")
+
+
+def test_evaluate_says_how_far_an_unfinished_output_got(work, capsys, phantom, monkeypatch):
+    from tiledseg.predict import PredictionJob
+
+    np.save("truth.npy", phantom.truth)
+    real = PredictionJob.predict
+
+    def failing(job, block):
+        if block.index[0] == 1:
+            raise OSError("disk full (on purpose)")
+        return real(job, block)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PredictionJob, "predict", failing)
+        assert main([*PREDICT, "--block", "20"]) == 1
+    refused(capsys, ["evaluate", "out.zarr", "truth.npy"], "unfinished: 4 of 8 blocks are done")
+
+
+def test_more_workers_than_cores_are_capped_in_one_line(work, capsys):
+    from tiledseg.cluster import available_cores
+
+    assert main([*PREDICT, "--workers", "999"]) == 0
+    err = capsys.readouterr().err
+    cores = available_cores()
+    assert f"--workers 999 is more than this machine's {cores} cores can run" in err, err
+    assert f"starting {cores} worker processes" in err
+    assert "Traceback" not in err
+
+
+def test_an_output_whose_folder_is_a_file(work, capsys):
+    Path("notes.txt").write_text("a file, not a folder")
+    args = [*PREDICT[:4], "--out", "notes.txt/out.zarr", "--quiet"]
+    refused(capsys, args, "the folder of output 'notes.txt/out.zarr' is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_an_output_in_a_folder_that_cannot_be_written(work, capsys):
+    Path("locked").mkdir(mode=0o500)
+    args = [*PREDICT[:4], "--out", "locked/out.zarr", "--quiet"]
+    refused(capsys, args, "cannot write output 'locked/out.zarr'", "is not writable")
+
+
+def test_an_output_inside_the_input_store(work, capsys, phantom):
+    zarr.save_array("in.zarr", phantom.image)
+    args = [*with_image(PREDICT, "in.zarr")[:4], "--out", "in.zarr/pred.zarr", "--quiet"]
+    refused(capsys, args, "output 'in.zarr/pred.zarr' is inside input 'in.zarr'")
+
+
+def test_all_blocks_failing_says_nothing_was_written(work, capsys, monkeypatch):
+    from tiledseg.predict import PredictionJob
+
+    def failing(job, block):
+        raise OSError("disk full (on purpose)")
+
+    monkeypatch.setattr(PredictionJob, "predict", failing)
+    assert main([*PREDICT, "--block", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "all 8 of 8 blocks failed; no block was written" in err
+    assert "the other blocks are written" not in err
+
+
+def test_progress_in_a_log_is_plain_lines(work, capsys, monkeypatch):
+    from tiledseg.cluster import LogProgress
+
+    monkeypatch.setattr(LogProgress, "interval", 0.0)
+    args = [a for a in PREDICT if a != "--quiet"]
+    assert main([*args, "--block", "20"]) == 0  # stderr is captured: not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "predict: 8/8 blocks (100%)" in err
+
+
+def test_a_permission_error_is_one_line():
+    from tiledseg.cli import _failed
+
+    assert _failed(PermissionError(13, "Permission denied", "/x/out.zarr"), debug=False) == 2

@@ -438,33 +438,43 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     try:
         cli.main(args=args, prog_name="tiledseg", standalone_mode=False, obj={"argv": args})
-    except click.exceptions.Abort:
+    except (Exception, KeyboardInterrupt) as exc:
+        return _failed(exc, debug=debug)
+    return 0
+
+
+def _failed(exc: BaseException, *, debug: bool) -> int:
+    """Print what went wrong as one line; return the exit status.
+
+    2: the input or options are wrong; 1: blocks failed, or an internal error; 130:
+    interrupted. With ``--debug`` an error is raised again, for its traceback.
+    """
+    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
         click.echo("tiledseg: interrupted", err=True)
         return 130
-    except click.ClickException as exc:
+    if isinstance(exc, click.ClickException):
         exc.show()
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
-    except TiledsegError as exc:
-        if debug:
-            raise
+    if debug:
+        raise exc
+    if isinstance(exc, TiledsegError):
         click.echo(f"tiledseg: error: {exc}", err=True)
-        # 2: the input or options are wrong; a run with failed blocks says 1
         return getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:
-        click.echo("tiledseg: interrupted", err=True)
-        return 130
-    except Exception as exc:
-        if debug:
-            raise
+    if isinstance(exc, PermissionError):  # a path the checks up front could not foresee
         click.echo(
-            f"tiledseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-            "traceback, and please report it)",
+            f"tiledseg: error: permission denied: {exc.filename or exc}; check who may write "
+            "there, or choose another path",
             err=True,
         )
-        return 1
-    return 0
+        return 2
+    click.echo(
+        f"tiledseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+        "traceback, and please report it)",
+        err=True,
+    )
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

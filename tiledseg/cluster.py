@@ -26,6 +26,7 @@ from tiledseg.errors import TiledsegError
 __all__ = [
     "Executor",
     "available_cores",
+    "capped_workers",
     "check_placement",
     "cluster_threads_per_task",
     "open_executor",
@@ -556,9 +557,59 @@ def wait_futures(futures: Sequence[Any], bar: Any = None, *, raise_errors: bool 
 
 
 def _progress(total: int, desc: str, *, disable: bool) -> Any:
+    """Return a progress bar on a terminal, plain lines in a log (a file, a pipe, SLURM's)."""
+    if not disable and not _is_terminal(sys.stderr):
+        return LogProgress(total, desc, file=sys.stderr)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="block", file=sys.stderr, disable=disable, leave=False)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed, or not a file
+        return False
+
+
+class LogProgress:
+    """Progress for a log: a plain line every :attr:`interval` seconds, never a bar.
+
+    A bar's carriage returns leave fragments in a file and glue the next line onto
+    them. A step that printed a line ends with one more, at 100%; a short step prints
+    nothing.
+    """
+
+    #: Seconds between lines.
+    interval = 30.0
+
+    def __init__(self, total: int | None, desc: str, *, file: Any):
+        self.total, self.desc, self.file = total, desc, file
+        self.n, self.lines = 0, 0
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more items done; write a line when the interval has passed."""
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line(now)
+
+    def close(self) -> None:
+        """Write the last line, if the step wrote any."""
+        if self.lines:
+            self._line(time.monotonic())
+
+    def _line(self, now: float) -> None:
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        of = f"/{self.total}" if self.total else ""
+        print(
+            f"{self.desc}: {self.n}{of} blocks{share}, {now - self.started:.0f} s",
+            file=self.file,
+            flush=True,
+        )
+        self.lines += 1
 
 
 def _method_call(item: tuple[Any, Callable, Any]) -> Any:
@@ -713,7 +764,40 @@ def cluster_config(*, workers: int | None = None, cluster: Any = None) -> Any:
         return cluster
     if cluster is not None:
         return load_cluster_config(cluster)
-    return ClusterConfig.local_workers(workers)
+    return ClusterConfig.local_workers(capped_workers(workers, say=True))
+
+
+#: Memory a local worker process needs at least (its blocks' features, the model, dask's
+#: own): more workers than the free memory holds at this much each are not started.
+MIN_WORKER_BYTES = 1 << 30
+
+
+def capped_workers(workers: int | None, *, say: bool = False) -> int:
+    """Return ``workers`` local processes, or fewer where the cores or memory cannot hold them.
+
+    Each process has a core and :data:`MIN_WORKER_BYTES` of free memory; ``say``: print
+    one line on stderr when the count is capped, saying by what.
+    """
+    import psutil
+
+    wanted = max(1, int(workers or 1))
+    cores = available_cores()
+    by_memory = max(1, psutil.virtual_memory().available // MIN_WORKER_BYTES)
+    cap = min(cores, by_memory)
+    if wanted <= cap:
+        return wanted
+    if say:
+        which = (
+            f"{cores} cores"
+            if cap == cores
+            else f"free memory ({by_memory} GiB, at {MIN_WORKER_BYTES >> 30} GiB a worker)"
+        )
+        print(
+            f"tiledseg: --workers {wanted} is more than this machine's {which} can run: "
+            f"starting {cap} worker processes",
+            file=sys.stderr,
+        )
+    return cap
 
 
 def planned_workers(
@@ -725,7 +809,7 @@ def planned_workers(
     say nothing about a remote cluster.
     """
     if workers is not None:
-        return max(1, int(workers))
+        return capped_workers(workers)
     if cluster is not None:
         return cluster_config(cluster=cluster).planned_threads()
     if scheduler is not None:

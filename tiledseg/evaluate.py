@@ -8,7 +8,10 @@ Classes are the label values found in the truth or the prediction.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ import numpy as np
 from tiledseg.blocks import plan_blocks
 from tiledseg.cluster import open_executor
 from tiledseg.errors import InputDataError
+from tiledseg.labels import check_class_count, label_values
 from tiledseg.volume import Volume, open_volume
 
 __all__ = ["evaluate", "scores_from_confusion"]
@@ -23,14 +27,28 @@ __all__ = ["evaluate", "scores_from_confusion"]
 _EVAL_BLOCK = {2: 2048, 3: 128}
 
 
-def _pairs(args: tuple[Volume, Volume, tuple[slice, ...]]) -> tuple[np.ndarray, np.ndarray, int]:
-    prediction, truth, region = args
-    t = truth.read(region)[0].astype(np.int64).ravel()
-    p = prediction.read(region)[0].astype(np.int64).ravel()
-    labelled = t != 0
-    keep = labelled & (p != 0)
-    pairs, counts = np.unique(np.stack([t[keep], p[keep]]), axis=1, return_counts=True)
-    return pairs, counts, int(np.count_nonzero(labelled & ~keep))
+@dataclass(frozen=True)
+class _Scoring:
+    """A prediction and its truth; :meth:`pairs` counts one region's voxel pairs."""
+
+    prediction: Volume
+    truth: Volume
+
+    def pairs(self, region: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+        """Return one region's (truth, prediction) value pairs and what else scoring needs.
+
+        Also returned: the pairs' counts, the voxels labelled in the truth but not
+        predicted, and the truth's values there.
+        """
+        t = label_values(self.truth.read(region)[0], role="truth", name=self.truth.name)
+        p = label_values(
+            self.prediction.read(region)[0], role="prediction", name=self.prediction.name
+        )
+        t, p = t.ravel(), p.ravel()
+        labelled = t != 0
+        keep = labelled & (p != 0)
+        pairs, counts = np.unique(np.stack([t[keep], p[keep]]), axis=1, return_counts=True)
+        return pairs, counts, int(np.count_nonzero(labelled & ~keep)), np.unique(t)
 
 
 def scores_from_confusion(confusion: np.ndarray, classes: Sequence[int]) -> dict[str, Any]:
@@ -70,6 +88,7 @@ def evaluate(prediction: Any, truth: Any, *, workers: int | None = None) -> dict
         ``scored_voxels`` and ``unpredicted_voxels`` (labelled in the truth, 0 in the
         prediction).
     """
+    _check_finished(prediction)
     pred = open_volume(prediction, role="prediction", allow_channels=False)
     true = open_volume(truth, role="truth", allow_channels=False)
     if pred.shape != true.shape:
@@ -80,17 +99,58 @@ def evaluate(prediction: Any, truth: Any, *, workers: int | None = None) -> dict
     edge = _EVAL_BLOCK[pred.ndim]
     blocks = plan_blocks(pred.shape, (edge,) * pred.ndim, (0,) * pred.ndim)
     with open_executor(workers, quiet=True) as executor:
-        parts = executor.map(_pairs, [(pred, true, b.region) for b in blocks], desc="evaluate")
-    pairs = np.concatenate([p for p, _, _ in parts], axis=1)
-    counts = np.concatenate([c for _, c, _ in parts])
+        parts = executor.map_method(
+            _Scoring(pred, true).pairs, [b.region for b in blocks], desc="evaluate"
+        )
+    truth_classes = np.unique(np.concatenate([v for *_, v in parts]))
+    check_class_count(truth_classes[truth_classes != 0], role="truth", name=true.name)
+    pairs = np.concatenate([p for p, *_ in parts], axis=1)
+    counts = np.concatenate([c for _, c, *_ in parts])
     if counts.sum() == 0:
         raise InputDataError(
             f"no voxel to score: truth {true.name} is all 0 where prediction {pred.name} has labels"
+        )
+    if not np.any(pairs[0] == pairs[1]):
+        raise InputDataError(
+            f"truth {true.name} and prediction {pred.name} share no class value (truth: "
+            f"{_listed(truth_classes[truth_classes != 0])}; prediction: {_listed(pairs[1])}); "
+            "give the truth whose values the scribbles used"
         )
     classes = np.unique(pairs)
     index = np.searchsorted(classes, pairs)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (index[0], index[1]), counts)
     scores = scores_from_confusion(confusion, classes)
-    scores["unpredicted_voxels"] = sum(n for _, _, n in parts)
+    scores["unpredicted_voxels"] = sum(n for _, _, n, _ in parts)
     return scores
+
+
+def _listed(values: np.ndarray, most: int = 8) -> str:
+    values = np.unique(values)
+    shown = ", ".join(str(int(v)) for v in values[:most])
+    return shown + (f", ... ({len(values)} values)" if len(values) > most else "")
+
+
+def _check_finished(prediction: Any) -> None:
+    """Refuse a tiledseg output whose run has not finished, saying how far it got."""
+    from tiledseg.runs import done_blocks, is_tiledseg_output, unfinished_run
+
+    if not isinstance(prediction, str | os.PathLike) or not is_tiledseg_output(prediction):
+        return
+    stored = unfinished_run(prediction)
+    if stored is None:
+        return
+    total = _block_count(stored.get("identity") or {})
+    done = len(done_blocks(prediction))
+    of = f" of {total}" if total else ""
+    raise InputDataError(
+        f"output {prediction} is unfinished: {done}{of} blocks are done; rerun the command that "
+        "made it to finish it, then evaluate"
+    )
+
+
+def _block_count(identity: dict[str, Any]) -> int | None:
+    shape, block = identity.get("image_shape"), identity.get("block")
+    if not shape or not block or identity.get("roi"):
+        return None
+    return math.prod(-(-n // b) for n, b in zip(shape, block, strict=True))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.errors import BlocksFailedError, OutputExistsError
-from tiledseg.volume import same_path
+from tiledseg.volume import split_dataset
 
 __all__ = [
     "BlockFailure",
@@ -132,15 +133,8 @@ def prepare_output(
         Whether ``path`` holds an unfinished run with this identity, to be continued.
     """
     path = Path(path)
-    for source in inputs:
-        if same_path(source, path):
-            raise OutputExistsError(
-                f"output {str(path)!r} is one of the inputs; choose another path"
-            )
-    if not path.parent.exists():
-        raise OutputExistsError(
-            f"the folder of output {str(path)!r} does not exist; create {str(path.parent)!r} first"
-        )
+    check_apart(path, inputs, what="output")
+    check_writable(path, what="output")
     if path.exists() or path.is_symlink():
         stored = _stored_run(path)
         if stored is None:
@@ -159,6 +153,51 @@ def prepare_output(
         _check_same_run(path, stored.get("identity") or {}, identity)
         return True
     return False
+
+
+def check_apart(path: str | Path, inputs: Sequence[str], *, what: str) -> None:
+    """Refuse an output that is an input, lies inside an input's store, or holds one."""
+    given, path = str(path), Path(path).resolve()
+    for source in inputs:
+        head = split_dataset(str(source))[0]
+        store = Path(head).resolve()
+        if path == store:
+            raise OutputExistsError(f"{what} {given!r} is one of the inputs; choose another path")
+        if store in path.parents:
+            raise OutputExistsError(
+                f"{what} {given!r} is inside input {head!r}; writing there would change the "
+                "input: choose a path outside it"
+            )
+        if path in store.parents:
+            raise OutputExistsError(
+                f"{what} {given!r} holds input {head!r}; replacing it would delete the input: "
+                "choose another path"
+            )
+
+
+def check_writable(path: str | Path, *, what: str) -> None:
+    """Refuse an output whose folder is missing or cannot be written, before any work.
+
+    The folder is probed by creating (and removing) a file in it: permission bits say
+    nothing of a read-only mount, nor of root's rights.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        which = "is a file" if folder.exists() else "does not exist"
+        raise OutputExistsError(
+            f"the folder of {what} {str(path)!r} {which}; give a path in an existing folder"
+            + ("" if folder.exists() else f" (create {str(folder)!r} first)")
+        )
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".tiledseg-probe-")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputExistsError(
+            f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable "
+            f"({reason}); choose another folder"
+        ) from None
+    probe.close()
 
 
 def _check_same_run(path: Path, stored: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -361,10 +400,14 @@ def raise_failures(
     if not failures:
         return
     resumed = f" (this run skipped {skipped} blocks already done)" if skipped else ""
+    if len(failures) + skipped >= total:
+        written = "no block was written" if not skipped else "no other block was written"
+        head = f"{'all ' if not skipped else ''}{len(failures)} of {total} blocks failed; {written}"
+    else:
+        head = f"{len(failures)} of {total} blocks failed; the other blocks are written"
     lines = [
-        f"{len(failures)} of {total} blocks failed; the other blocks are written to "
-        f"{str(path)!r}{resumed}. Fix the cause and rerun the same command: it redoes only "
-        "the blocks not done."
+        f"{head} to {str(path)!r}{resumed}. Fix the cause and rerun the same command: it "
+        "redoes only the blocks not done."
     ]
     lines += [f"  {f}" for f in sorted(failures, key=lambda f: f.index)]
     raise BlocksFailedError("\n".join(lines), list(failures))
