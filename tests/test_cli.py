@@ -278,6 +278,9 @@ def test_demo(tmp_path, capsys):
     for name in ("image.zarr", "scribbles.zarr", "truth.zarr", "model.tseg", "prediction.zarr"):
         assert (out / name).exists(), name
     assert "uncertainty: true" in (out / "segment.yaml").read_text()
+    # the report its help promises
+    assert f"report: {out / 'report.html'}" in text
+    assert "<img" in (out / "report.html").read_text()
 
     # a rerun replaces the demo's own folder ...
     (out / "stale.txt").write_text("from an earlier run")

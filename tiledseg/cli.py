@@ -306,7 +306,8 @@ def _print_scores(scores: dict[str, Any], *, as_json: bool) -> None:
 )
 @model_options(ImageInput, only=["channel_axis"])
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
-def report(output, out, truth, image, model_path, channel_axis, overwrite) -> None:
+@model_options(Execution, only=["quiet"])
+def report(output, out, truth, image, model_path, channel_axis, overwrite, quiet) -> None:
     """Draw OUT.zarr's middle planes, uncertainty, scores and importances into an HTML page.
 
     The PNGs (and manifest.json) go to a folder named after the page: report_files/
@@ -323,6 +324,8 @@ def report(output, out, truth, image, model_path, channel_axis, overwrite) -> No
         channel_axis=channel_axis,
         overwrite=overwrite,
     )
+    if quiet:
+        return
     for note in result.notes:
         click.echo(f"note: {note}")
     names = ", ".join(p.name for p in result.panels)

@@ -94,6 +94,7 @@ def run_demo(
         command="tiledseg demo",
     )
     scores = tiledseg.evaluate(out / "prediction.zarr", out / "truth.zarr")
+    report = _report(out)
     (out / "segment.yaml").write_text(
         "# rerun the demo's job: tiledseg segment segment.yaml\n"
         "image: image.zarr\nlabels: scribbles.zarr\nmodel: model-segment.tseg\n"
@@ -109,6 +110,7 @@ def run_demo(
     echo(
         f"outputs: {out / 'prediction.zarr'} (labels/0, uncertainty/0), model {out / 'model.tseg'}"
     )
+    echo(f"report: {report} (planes, uncertainty, IoU, feature importances)")
     return {
         "mean_iou": scores["mean_iou"],
         "accuracy": scores["accuracy"],
@@ -165,3 +167,17 @@ def _train(out: Path, *, workers: int | None, quiet: bool, echo: Callable[[str],
         f"{model.summary.get('held_out_accuracy', float('nan')):.3f}, {train_s:.1f} s"
     )
     return train_s
+
+
+def _report(out: Path) -> Path:
+    """Write the demo's HTML report (middle planes, uncertainty, scores, importances)."""
+    from tiledseg.report import make_report
+
+    result = make_report(
+        out / "prediction.zarr",
+        out=out / "report.html",
+        truth=out / "truth.zarr",
+        model=out / "model.tseg",
+        overwrite=True,
+    )
+    return Path(result.html)
