@@ -94,7 +94,7 @@ def run_demo(
         command="tiledseg demo",
     )
     scores = tiledseg.evaluate(out / "prediction.zarr", out / "truth.zarr")
-    report = _report(out)
+    report = _report(out, echo=echo)
     (out / "segment.yaml").write_text(
         "# rerun the demo's job: tiledseg segment segment.yaml\n"
         "image: image.zarr\nlabels: scribbles.zarr\nmodel: model-segment.tseg\n"
@@ -110,7 +110,8 @@ def run_demo(
     echo(
         f"outputs: {out / 'prediction.zarr'} (labels/0, uncertainty/0), model {out / 'model.tseg'}"
     )
-    echo(f"report: {report} (planes, uncertainty, IoU, feature importances)")
+    if report is not None:
+        echo(f"report: {report} (planes, uncertainty, IoU, feature importances)")
     return {
         "mean_iou": scores["mean_iou"],
         "accuracy": scores["accuracy"],
@@ -169,15 +170,23 @@ def _train(out: Path, *, workers: int | None, quiet: bool, echo: Callable[[str],
     return train_s
 
 
-def _report(out: Path) -> Path:
-    """Write the demo's HTML report (middle planes, uncertainty, scores, importances)."""
+def _report(out: Path, *, echo: Callable[[str], Any]) -> Path | None:
+    """Write the demo's HTML report (middle planes, uncertainty, scores, importances).
+
+    Without matplotlib (the ``report`` extra) the demo says so and goes on.
+    """
+    from tiledseg.errors import MissingExtraError
     from tiledseg.report import make_report
 
-    result = make_report(
-        out / "prediction.zarr",
-        out=out / "report.html",
-        truth=out / "truth.zarr",
-        model=out / "model.tseg",
-        overwrite=True,
-    )
+    try:
+        result = make_report(
+            out / "prediction.zarr",
+            out=out / "report.html",
+            truth=out / "truth.zarr",
+            model=out / "model.tseg",
+            overwrite=True,
+        )
+    except MissingExtraError as exc:
+        echo(f"no report: {exc}")
+        return None
     return Path(result.html)

@@ -14,6 +14,7 @@ __all__ = [
     "BlockSizeError",
     "BlocksFailedError",
     "ClusterConfigError",
+    "DamagedChunkError",
     "InputDataError",
     "MissingExtraError",
     "ModelFileError",
@@ -28,6 +29,10 @@ class TiledsegError(ValueError):
 
 class InputDataError(TiledsegError):
     """An image, label or truth array that cannot be used as given."""
+
+
+class DamagedChunkError(InputDataError):
+    """A stored chunk of an input array that cannot be read (damaged or truncated)."""
 
 
 class BlockSizeError(TiledsegError):

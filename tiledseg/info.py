@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from tiledseg.errors import TiledsegError
+from tiledseg.formats import READABLE
 from tiledseg.volume import split_dataset
 
 __all__ = ["describe"]
 
-_IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".he5")
+_IMAGE_SUFFIXES = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".he5", ".png", ".jpg", ".jpeg")
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if target.suffix.lower() in (".yaml", ".yml", ".json", ".txt"):
         raise TiledsegError(
             f"{path!r} is neither an image nor a model; 'tiledseg info' describes stores "
-            "(zarr, OME-Zarr, TIFF, HDF5, .npy) and model files"
+            f"({READABLE}) and model files"
         )
     if target.is_file() and not target.name.lower().endswith(_IMAGE_SUFFIXES):
         # a model file, or a clear error for a pickle or anything else

@@ -1,10 +1,11 @@
 """Opening images and label maps as volumes: axes, channels, spacing, lazy region reads.
 
 A :class:`Volume` wraps any sliceable array (zarr, HDF5, memory-mapped ``.npy``,
-TIFF through tifffile's zarr view, dask or numpy) and knows which axes are
-spatial and which one, if any, holds channels. Reading a region returns a numpy
-array ``(channels, *spatial)``: channels first inside blocks, so that each
-channel is one contiguous image for the filters.
+TIFF through tifffile's zarr view, PNG or JPEG decoded whole, dask or numpy) and
+knows which axes are spatial and which one, if any, holds channels. Reading a
+region returns a numpy array ``(channels, *spatial)``: channels first inside
+blocks, so that each channel is one contiguous image for the filters. A zarr
+read that fails names the damaged chunk files (:mod:`tiledseg.damaged_chunks`).
 
 Sources opened from a path are reopened lazily in each process, so a volume can
 be sent to dask workers without shipping its data.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledseg.errors import InputDataError, TiledsegError
+from tiledseg.formats import PILLOW_SUFFIXES, READABLE, file_kind, not_readable, open_pillow
 
 if TYPE_CHECKING:
     from tiledseg.chunk_cache import ChunkCache
@@ -51,6 +53,7 @@ SUPPORTED_DTYPES = tuple(
 
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 _TIFF_SUFFIXES = (".tif", ".tiff")  # .ome.tif(f) included
+_ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
 
 
 class _LazySource:
@@ -100,7 +103,24 @@ class _LazySource:
         return np.dtype(self.array.dtype)
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        return np.asarray(self.array[index])
+        try:
+            return np.asarray(self.array[index])
+        except MemoryError:
+            raise
+        except Exception as exc:  # a damaged chunk: the codec's error, whatever its type
+            error = self._damaged(index, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _damaged(self, index: Any, exc: Exception) -> Exception | None:
+        """Return an error naming the damaged zarr chunks a failed read met, if it finds any."""
+        bounds = _index_bounds(index, self.shape) if self.kind == "zarr" else None
+        if bounds is None:
+            return None
+        from tiledseg.damaged_chunks import damaged_chunk_error
+
+        return damaged_chunk_error(self.array, bounds[0], bounds[1], exc)
 
     def close(self) -> None:
         """Close open file handles (TIFF, HDF5); the source reopens on next use."""
@@ -341,10 +361,12 @@ def open_volume(
     ----------
     image : str, Path, Volume, zarr array, dask array or numpy array
         Paths: ``.npy`` (memory-mapped), ``.tif``/``.tiff`` (lazy, through
-        tifffile's zarr view), ``file.h5:/dataset``, a zarr v2/v3 array, or a zarr
+        tifffile's zarr view), ``file.h5:/dataset``, ``.png``/``.jpg``/``.jpeg``
+        (2D, read whole; colour as channels, last), a zarr v2/v3 array, or a zarr
         group: an OME-Zarr image (multiscale ``level``), a tiledseg output (its
         labels) or a group with one array. ``store.zarr/path/to/array`` addresses
-        an array inside a group.
+        an array inside a group. A file of another name is read by its first bytes.
+        Reading a damaged zarr chunk raises an error naming its file.
     channel_axis : int, optional
         Axis of the stored array holding channels (overrides OME metadata).
     spacing : sequence of float or "z,y,x", optional
@@ -364,7 +386,7 @@ def open_volume(
     if isinstance(image, Volume):
         return image
     path = str(image) if isinstance(image, str | os.PathLike) else None
-    source, meta, name = _open_source(image, level=level, role=role)
+    source, meta, name = _open_source(image, level=level, role=role, labels=not allow_channels)
     _check_dtype(np.dtype(source.dtype), name, role)
     source = _one_time_point(source, meta, name=name, role=role)
     shape = tuple(source.shape)
@@ -381,10 +403,15 @@ def open_volume(
     return Volume(source, channel_axis, parsed, name, from_meta, meta.get("attrs", {}), path=path)
 
 
-def _open_source(image: Any, *, level: int, role: str) -> tuple[Any, dict[str, Any], str]:
-    """Return the array behind a path or array, its metadata (``{}`` for an array), its name."""
+def _open_source(
+    image: Any, *, level: int, role: str, labels: bool = False
+) -> tuple[Any, dict[str, Any], str]:
+    """Return the array behind a path or array, its metadata (``{}`` for an array), its name.
+
+    ``labels``: the array is a label map (a palette PNG gives its indices).
+    """
     if isinstance(image, str | os.PathLike):
-        return _open_path(str(image), level=level, role=role)
+        return _open_path(str(image), level=level, role=role, labels=labels)
     source, name = image, f"<{type(image).__name__} {role}>"
     if not (hasattr(source, "shape") and hasattr(source, "dtype")):
         source = np.asarray(source)
@@ -711,28 +738,58 @@ def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def _open_path(text: str, *, level: int, role: str) -> tuple[Any, dict, str]:
+def _open_path(text: str, *, level: int, role: str, labels: bool = False) -> tuple[Any, dict, str]:
     """Open a path to a sliceable source, with metadata (channel axis, spacing)."""
     path, key = split_dataset(text)
     key = key.lstrip("/") or None if key else None
     if not os.path.exists(path):
         raise InputDataError(f"{role} path {text!r} does not exist")
-    lower = path.lower()
-    if lower.endswith(".npy"):
-        try:
-            source = _LazySource("npy", path)
-            source.array  # noqa: B018 - open now so a bad file fails here, not in a worker
-        except ValueError:
-            raise InputDataError(
-                f"{role} {text!r} is not a plain .npy array (it may hold pickled Python "
-                "objects, which tiledseg never loads); save a numeric array"
-            ) from None
-        return source, {}, text
-    if lower.endswith(_H5_SUFFIXES):
+    if os.path.isdir(path):
+        return _open_zarr(path, level=level, role=role)
+    return _open_file(text, path, key, role=role, labels=labels)
+
+
+def _open_file(
+    text: str, path: str, key: str | None, *, role: str, labels: bool
+) -> tuple[Any, dict, str]:
+    """Open a file by its name's suffix, else by its first bytes; refuse another kind."""
+    found = file_kind(path)
+    if found == "model":  # whatever its name
+        raise not_readable(role, text, found)
+    kind = _suffix_kind(path.lower()) or found
+    if kind == "npy":
+        return _open_npy(path, text, role), {}, text
+    if kind == "hdf5":
         return _open_hdf5(path, key, role), {}, text
-    if lower.endswith(_TIFF_SUFFIXES):
+    if kind == "tiff":
         return _open_tiff(path, role), {}, text
-    return _open_zarr(path, level=level, role=role)
+    if kind in ("png", "jpeg"):
+        source, meta = open_pillow(path, role=role, labels=labels)
+        return source, meta, text
+    raise not_readable(role, text, found)
+
+
+def _suffix_kind(lower: str) -> str | None:
+    """Return the kind of file a (lower-case) name says, or ``None``."""
+    if lower.endswith(".npy"):
+        return "npy"
+    if lower.endswith(_H5_SUFFIXES):
+        return "hdf5"
+    if lower.endswith(_TIFF_SUFFIXES):
+        return "tiff"
+    return "png" if lower.endswith(PILLOW_SUFFIXES) else None
+
+
+def _open_npy(path: str, text: str, role: str) -> _LazySource:
+    try:
+        source = _LazySource("npy", path)
+        source.array  # noqa: B018 - open now so a bad file fails here, not in a worker
+    except ValueError:
+        raise InputDataError(
+            f"{role} {text!r} is not a plain .npy array (it may hold pickled Python "
+            "objects, which tiledseg never loads); save a numeric array"
+        ) from None
+    return source
 
 
 def _open_hdf5(path: str, key: str | None, role: str) -> _LazySource:
@@ -773,8 +830,15 @@ def _open_zarr(path: str, *, level: int, role: str) -> tuple[Any, dict, str]:
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:  # zarr raises several types for a non-store
+        if any(os.path.exists(os.path.join(path, m)) for m in _ZARR_METADATA):
+            said = " ".join(str(exc).split())[:200]
+            raise InputDataError(
+                f"{role} {path!r} is a zarr store that zarr cannot open ({type(exc).__name__}: "
+                f"{said}); its metadata may be damaged: rewrite it"
+            ) from None
         raise InputDataError(
-            f"{role} {path!r} is not a zarr store, .npy, .tif or .h5 file ({exc})"
+            f"{role} {path!r} is a folder but not a zarr store (no zarr.json, .zarray or "
+            f".zgroup in it); give {READABLE}"
         ) from None
     if isinstance(node, zarr.Array):
         return _LazySource("zarr", path), {}, path
