@@ -645,3 +645,41 @@ def test_a_permission_error_is_one_line():
     from tiledseg.cli import _failed
 
     assert _failed(PermissionError(13, "Permission denied", "/x/out.zarr"), debug=False) == 2
+
+
+def test_a_second_run_into_an_output_in_use_is_refused(work, capsys):
+    import json
+    import socket
+
+    from tiledseg.locks import lock_path
+
+    lock = lock_path("out.zarr")
+    holder = subprocess.Popen(["sleep", "60"])  # a live process of this host holds it
+    try:
+        held = {"pid": holder.pid, "host": socket.gethostname(), "since": "2026-12-06T15:00"}
+        lock.write_text(json.dumps(held))
+        refused(
+            capsys,
+            PREDICT,
+            f"output 'out.zarr' is in use by another run (pid {holder.pid} on host",
+            "if that run is dead",
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, taken over, and removed when the run ends
+    assert main(PREDICT) == 0
+    assert not lock.exists()
+    assert not (work / "out.zarr" / ".tiledseg-done").exists()
+
+
+def test_the_lock_is_held_once_per_process(tmp_path):
+    from tiledseg.locks import output_lock
+
+    out = tmp_path / "out.zarr"
+    with output_lock(out) as lock:
+        assert lock.is_file()
+        with output_lock(out):  # segment holds it around its prediction
+            pass
+        assert lock.is_file()
+    assert not lock.exists()
