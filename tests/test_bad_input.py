@@ -140,15 +140,14 @@ def test_labels_of_a_single_class(work, capsys, phantom):
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("command", ["train", "predict"])
-def test_non_finite_float_image(work, capsys, phantom, command, value):
+def test_non_finite_float_image(work, capsys, phantom, value):
+    # (predict refuses it per block, writing the others: tests/test_nan_policy.py, issue 17)
     image = phantom.image.astype(np.float32)
     # at a scribbled voxel, so training has to read it
     image[tuple(np.argwhere(phantom.scribbles)[0])] = value
     np.save("float.npy", image)
-    args = with_image(TRAIN if command == "train" else PREDICT, "float.npy")
+    args = with_image(TRAIN, "float.npy")
     refused(capsys, args, "image float.npy holds NaN or infinite values", "nan_to_num")
-    assert not Path("out.zarr").exists()
 
 
 @pytest.mark.parametrize(("shape", "axes"), [((64,), 1), ((2, 3, 4, 5, 6), 5)])

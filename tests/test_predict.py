@@ -359,14 +359,6 @@ def test_dimensionality_must_match_the_model(tmp_path, phantom3d, model2d):
         ts.predict(phantom3d.image, model2d, out=tmp_path / "o.zarr")
 
 
-def test_nan_in_the_image_is_refused_before_the_output_exists(tmp_path, phantom2d, model2d):
-    image = phantom2d.image.astype(np.float32)
-    image[-1, -1] = np.nan
-    with pytest.raises(InputDataError, match="NaN or infinite"):
-        ts.predict(image, model2d, out=tmp_path / "o.zarr")
-    assert not (tmp_path / "o.zarr").exists()
-
-
 # -- a cluster of worker processes -----------------------------------------------------------
 
 

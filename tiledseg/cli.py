@@ -229,7 +229,7 @@ def segment(config_path, overwrite, quiet) -> None:
 @click.option("--out", required=True, help="Output OME-Zarr group (OUT.zarr).")
 @model_options(PhaseSearch)
 @model_options(Training, only=["features", "seed"])
-@model_options(ImageInput, only=["spacing", "channel_axis"])
+@model_options(ImageInput, only=["spacing", "channel_axis", "nan_fill"])
 @model_options(Execution)
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
 def cluster(image, out, overwrite, **options) -> None:

@@ -41,7 +41,7 @@ from tiledseg.cluster import one_cluster
 from tiledseg.errors import TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import FeatureBank, resolve_bank
-from tiledseg.features.tiled import features_of_block
+from tiledseg.features.tiled import features_of_block, with_nan_fill
 from tiledseg.model import Model
 from tiledseg.options import Execution, ImageInput, PhaseSearch, Training, gather
 from tiledseg.predict import PredictionResult, predict
@@ -425,7 +425,10 @@ def _cluster(
     phases: PhaseSearch,
 ) -> ClusteringResult:
     ex, seed, classes = execution, training.seed, phases.classes
-    volume = open_volume(image, channel_axis=image_input.channel_axis, spacing=image_input.spacing)
+    volume = with_nan_fill(
+        open_volume(image, channel_axis=image_input.channel_axis, spacing=image_input.spacing),
+        image_input.nan_fill,
+    )
     bank = resolve_bank(training.features, ndim=volume.ndim)
     bank.check_channels(volume.n_channels)
     resolve_block(ex.block, shape=volume.shape, halo=bank.halo(volume.spacing))

@@ -122,6 +122,21 @@ class Model:
         return len(self.stages) + 1
 
     @property
+    def nan_fill(self) -> float | None:
+        """The value NaN and infinite values were read as in training (``None``: refused)."""
+        return self.summary.get("nan_fill")
+
+    @property
+    def intensity(self) -> dict[str, Any] | None:
+        """The dtype and range of the values training read (``None``: an older model).
+
+        ``{"dtype": ..., "low": ..., "high": ...}``: the 0.1 and 99.9 percentiles of the
+        image's values in the boxes of scribbles. Prediction warns when an image's values
+        are far from them (:func:`tiledseg.predict.intensity_warnings`).
+        """
+        return self.summary.get("intensity") or None
+
+    @property
     def feature_names(self) -> list[str]:
         """Name of every feature the (last stage's) classifier uses, in stack order."""
         return self.stage_feature_names(self.n_stages)
@@ -284,7 +299,7 @@ class Model:
 def check_model_path(
     path: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str | None] = ()
 ) -> Path:
-    """Refuse a model path that is an input, a folder, in a missing folder, or an existing file.
+    """Refuse a model path that is an input, a folder, an existing file, or unwritable.
 
     An existing file is refused only without ``overwrite``. Nothing is written; callers
     check before training.
@@ -303,10 +318,10 @@ def check_model_path(
         raise OutputExistsError(
             f"model file {text!r} exists; choose another path or pass --overwrite"
         )
-    if not path.parent.exists():
-        raise OutputExistsError(
-            f"the folder of model {text!r} does not exist; create {str(path.parent)!r} first"
-        )
+    from tiledseg.runs import check_writable
+
+    # (before training: a model that cannot be saved must not cost a fit)
+    check_writable(text, what="model")
     return path
 
 

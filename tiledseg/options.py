@@ -135,6 +135,14 @@ def _text(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
+def _finite(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"give a finite number, not {value}")
+    return value
+
+
 def _device(value: Any) -> Any:
     from tiledseg.device import check_device
 
@@ -301,6 +309,13 @@ class ImageInput(Options):
         "distance map...): each channel adds its raw value as a feature. Repeat the option "
         "for each image; the model records them and predict needs the same, in the same order.",
         json_schema_extra={"metavar": "PATH"},
+    )
+    nan_fill: Annotated[float | None, AfterValidator(_finite)] = Field(
+        None,
+        description="Replace NaN and infinite values by this value (default: refuse them, "
+        "naming the first block that holds one). The model records it, and predict uses the "
+        "model's value when none is given.",
+        json_schema_extra={"metavar": "VALUE"},
     )
 
     @model_validator(mode="before")

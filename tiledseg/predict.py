@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -25,11 +26,12 @@ from tiledseg.arrays import out_of_memory_hint, to_host
 from tiledseg.blocks import Block, BlockPlan, resolve_block
 from tiledseg.cluster import Executor, open_executor, planned_workers
 from tiledseg.device import plan_devices, worker_device
-from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
+from tiledseg.errors import BlocksFailedError, InputDataError, OutputExistsError, TiledsegError
 from tiledseg.features.backend import get_backend
 from tiledseg.features.bank import relative_spacing
-from tiledseg.features.tiled import read_block, read_finite
+from tiledseg.features.tiled import NonFiniteValuesError, read_block, read_finite, with_nan_fill
 from tiledseg.kept_features import KeptFeatures
+from tiledseg.locks import output_lock
 from tiledseg.model import Model, load_model, versions
 from tiledseg.options import (
     DEFAULT_SMOOTH_WEIGHT,
@@ -67,6 +69,7 @@ __all__ = [
     "check_finite",
     "block_probabilities",
     "classify_block",
+    "intensity_warnings",
     "predict",
 ]
 
@@ -81,6 +84,8 @@ class PredictionResult:
     voxels: int
     seconds: float
     skipped: int = 0
+    #: the warnings printed on stderr before the blocks ran (one line each)
+    warnings: tuple[str, ...] = ()
 
     @property
     def voxels_per_second(self) -> float:
@@ -279,8 +284,8 @@ def predict(
         Where blocks run (:class:`~tiledseg.options.Execution`), how the image is read
         (:class:`~tiledseg.options.ImageInput`: ``channel_axis``, default the model's
         when the image has one more axis than the model's spatial axes;
-        ``extra_channels``, the model's extras in the same order; not ``spacing``,
-        which is the model's), which outputs are written
+        ``extra_channels``, the model's extras in the same order; ``nan_fill``, default
+        the model's; not ``spacing``, which is the model's), which outputs are written
         (:class:`~tiledseg.options.Prediction`: ``probabilities``, ``uncertainty``,
         ``roi``) and the graph-cut smoothing (:class:`~tiledseg.options.Smoothing`).
         ``device="cuda"`` computes features, classifier, argmax and uncertainty on each
@@ -305,6 +310,16 @@ def predict(
     BlocksFailedError
         Some blocks failed (e.g. an unreadable chunk of the image); all others are
         written, the output stays unfinished and a rerun redoes only those blocks.
+    NonFiniteValuesError
+        Without ``nan_fill``, the blocks that read NaN or infinite values failed (and
+        nothing else): the one line names the first; a rerun with ``nan_fill`` computes
+        only them.
+
+    Notes
+    -----
+    An image whose dtype or values are far from those the model was trained on gets one
+    warning line on stderr (:func:`intensity_warnings`; also in
+    :attr:`PredictionResult.warnings`); the run goes on.
     """
     passive_waits()
     given = gather(
@@ -361,13 +376,7 @@ def _run(
 ) -> PredictionResult:
     started = time.perf_counter()
     model = model if isinstance(model, Model) else load_model(model)
-    volume = _open_for_model(image, model, image_input.channel_axis, image_input.extra_channels)
-    if prediction.probabilities or prediction.uncertainty:
-        option = "--probabilities" if prediction.probabilities else "--uncertainty"
-        _require_probabilities(model, option)
-    settings = smoothing.settings(model.ndim)
-    if settings is not None:
-        _require_probabilities(model, "--smooth graphcut")
+    volume, settings, fill, notes = _inputs(image, model, image_input, prediction, smoothing)
     ex = execution
     with contextlib.ExitStack() as stack:
 
@@ -382,13 +391,17 @@ def _run(
         # the output is checked before a cluster starts
         executor = executor_() if ex.device != "cpu" else None
         devices = plan_devices(ex.device, executor)
-        plan = _plan(image, volume, model, out, overwrite, ex, prediction, settings, devices)
+        plan = _plan(image, volume, model, out, overwrite, ex, prediction, settings, devices, fill)
         resuming = prepare_output(
             out,
             overwrite=overwrite,
             inputs=plan.inputs,
             identity=plan.identity if plan.resumable else None,
         )
+        # one run per output: a second one into it is refused here, before it writes
+        stack.enter_context(output_lock(out))
+        for note in notes:  # (once the run is known to start)
+            print(note, file=sys.stderr)
         executor = executor or executor_()
         path, done, plan = _start(plan, out, resuming, executor, overwrite, command, devices)
         job = PredictionJob(
@@ -403,10 +416,142 @@ def _run(
         )
         voxels, failures, extra = _run_blocks(job, plan, done, executor, resuming)
     skipped = sum(index in plan.blocks for index in done)
-    raise_failures(path, failures, total=len(plan.blocks), skipped=skipped)
+    _raise_failures(path, failures, plan, skipped)
     seconds = time.perf_counter() - started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
-    return PredictionResult(str(path), volume.shape, len(plan.blocks), voxels, seconds, skipped)
+    return PredictionResult(
+        str(path), volume.shape, len(plan.blocks), voxels, seconds, skipped, tuple(notes)
+    )
+
+
+def _inputs(
+    image: Any,
+    model: Model,
+    image_input: ImageInput,
+    prediction: Prediction,
+    smoothing: Smoothing,
+) -> tuple[Volume, Any, float | None, list[str]]:
+    """Open the image as the model reads it and check the outputs the model can give.
+
+    Returns the volume (reading NaN and infinite values as the fill, if there is one),
+    the smoothing's settings, the fill and the warnings, one line each (printed on stderr
+    once the output may be written).
+    """
+    volume = _open_for_model(image, model, image_input.channel_axis, image_input.extra_channels)
+    if prediction.probabilities or prediction.uncertainty:
+        option = "--probabilities" if prediction.probabilities else "--uncertainty"
+        _require_probabilities(model, option)
+    settings = smoothing.settings(model.ndim)
+    if settings is not None:
+        _require_probabilities(model, "--smooth graphcut")
+    fill, notes = _nan_fill(model, image_input.nan_fill)
+    volume = with_nan_fill(volume, fill)
+    return volume, settings, fill, notes + intensity_warnings(model, volume)
+
+
+def _nan_fill(model: Model, given: float | None) -> tuple[float | None, list[str]]:
+    """Return the value NaN and infinite values read as, and a warning if it is not the model's.
+
+    Without one given, the model's (the one it was trained with, if any).
+    """
+    trained = model.nan_fill
+    if given is None or trained is None or given == trained:
+        return (trained if given is None else given), []
+    return given, [
+        f"warning: the model was trained with NaN and infinite values read as {trained:g}; "
+        f"this prediction reads them as {given:g}"
+    ]
+
+
+#: Voxels of the image's centre read to compare its values with the model's record.
+INTENSITY_SAMPLE_VOXELS = 1 << 18
+#: Ranges of values whose widths differ more than this many times are far apart, as are
+#: ranges whose common part is less than :data:`INTENSITY_OVERLAP` of the narrower.
+INTENSITY_WIDTH_RATIO = 4.0
+INTENSITY_OVERLAP = 0.5
+
+
+def intensity_warnings(model: Model, volume: Volume) -> list[str]:
+    """Return a warning when ``volume``'s values are far from those the model was trained on.
+
+    The model records the dtype and the 0.1 and 99.9 percentiles of the image's values
+    in its boxes of scribbles (``summary["intensity"]``); the image's own channels are
+    sampled in a central region of :data:`INTENSITY_SAMPLE_VOXELS`. A dtype of another
+    kind or size (float32 against float64 is the same) or ranges far apart
+    (:data:`INTENSITY_WIDTH_RATIO`, :data:`INTENSITY_OVERLAP`) give one line; a model
+    without the record (saved before it was kept) gives none.
+
+    Returns
+    -------
+    list of str
+        No line, or one.
+    """
+    from tiledseg.training import INTENSITY_PERCENTILES
+
+    record = model.intensity
+    if record is None:
+        return []
+    own = volume.image_only
+    edge = max(1, round((INTENSITY_SAMPLE_VOXELS / own.n_channels) ** (1 / own.ndim)))
+    centre = tuple(
+        slice(max(0, (n - edge) // 2), max(0, (n - edge) // 2) + edge) for n in own.shape
+    )
+    try:
+        values = own.read(centre).ravel()
+    except Exception:  # unreadable (a damaged chunk): the blocks that need it report it
+        return []
+    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if values.size == 0:
+        return []
+    low, high = (float(v) for v in np.percentile(values, INTENSITY_PERCENTILES, method="nearest"))
+    trained = (float(record["low"]), float(record["high"]))
+    dtype, was = np.dtype(own.dtype), np.dtype(record["dtype"])
+    other_dtype = dtype != was and not (dtype.kind == was.kind == "f")
+    if not other_dtype and _close_ranges(trained, (low, high)):
+        return []
+    return [
+        f"warning: the model was trained on {was} values {trained[0]:.6g}..{trained[1]:.6g}; "
+        f"image {own.name} is {dtype} {low:.6g}..{high:.6g}: rescale it if that is not on "
+        "purpose"
+    ]
+
+
+def _close_ranges(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two ranges of values have similar widths and mostly overlap."""
+    shorter, longer = sorted((a[1] - a[0], b[1] - b[0]))
+    common = min(a[1], b[1]) - max(a[0], b[0])
+    if shorter <= 0:  # one range is a single value: close when it is inside the other
+        return common >= 0
+    return longer <= INTENSITY_WIDTH_RATIO * shorter and common >= INTENSITY_OVERLAP * shorter
+
+
+def _raise_failures(path: Path, failures: list[BlockFailure], plan: _Plan, skipped: int) -> None:
+    """Raise the failed blocks' error; NaN or infinite values in every one are one line.
+
+    A failed block whose read met NaN or infinite values names its region: the first in
+    block order is named, with the fix (``--nan-fill``). With other failures too, the
+    report of every failed block ends with that line.
+    """
+    total = len(plan.blocks)
+    marker = f"{NonFiniteValuesError.__name__}: "
+    bad = [f for f in failures if f.error.startswith(marker)]
+    if not bad:
+        raise_failures(path, failures, total=total, skipped=skipped)
+        return
+    found = re.search(r"\(in region ([^)]*)\)", bad[0].error)
+    where = f"block {bad[0].name}" + (f", read as region {found.group(1)}" if found else "")
+    line = (
+        f"image {plan.volume.name} holds NaN or infinite values: {len(bad)} of {total} blocks "
+        f"read some and were not computed (the first {where}); the other blocks are written "
+        f"to {str(path)!r}. Rerun with --nan-fill VALUE (nan_fill: in a config) to compute "
+        "those blocks with VALUE in their place, or replace them (e.g. with numpy.nan_to_num)"
+    )
+    if len(bad) == len(failures):
+        raise NonFiniteValuesError(line)
+    try:
+        raise_failures(path, failures, total=total, skipped=skipped)
+    except BlocksFailedError as exc:
+        raise BlocksFailedError(f"{exc}\n{line}", exc.failures) from None
 
 
 def _plan(
@@ -419,6 +564,7 @@ def _plan(
     prediction: Prediction,
     settings: Any,
     devices: Any,
+    fill: float | None = None,
 ) -> _Plan:
     """Decide the blocks and the output's identity (nothing is written)."""
     # an in-memory array has no identity a later run could check: it is never resumed
@@ -449,6 +595,10 @@ def _plan(
     # made block by block as their tasks are submitted: nothing here grows with the blocks
     blocks = BlockPlan(volume.shape, shape, halo, roi=region)
     identity = _identity(image, volume, model, shape, region, prediction, settings)
+    if fill is not None:
+        identity["nan_fill"] = fill
+    if stored is not None:
+        _check_fill(out, stored.get("identity") or {}, identity)
     return _Plan(volume, model, image, shape, blocks, region, identity, resumable, settings)
 
 
@@ -479,6 +629,30 @@ def _identity(
     }
 
 
+def _check_fill(out: str, stored: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to continue a run that read NaN and infinite values as another value.
+
+    A run that refused them may be continued with a fill: its blocks that met one failed,
+    and only they are computed again, with the fill.
+    """
+    was, now = stored.get("nan_fill"), identity.get("nan_fill")
+    if was is None or was == now:
+        return
+    this = "refuses them" if now is None else f"reads them as {now:g}"
+    raise OutputExistsError(
+        f"output {out!r} holds an unfinished run that read NaN and infinite values as {was:g} "
+        f"(this run {this}); rerun it with --nan-fill {was:g} to continue it, pass "
+        "--overwrite to start afresh, or choose another path"
+    )
+
+
+def _record_fill(path: Path, identity: dict[str, Any]) -> None:
+    """Record the fill a continued run adds in the output's identity."""
+    stored = (unfinished_run(path) or {}).get("identity") or {}
+    if "nan_fill" in identity and stored.get("nan_fill") != identity["nan_fill"]:
+        update_provenance(path, identity={**stored, "nan_fill": identity["nan_fill"]})
+
+
 def _start(
     plan: _Plan,
     out: str,
@@ -488,16 +662,17 @@ def _start(
     command: str | None,
     devices: Any,
 ) -> tuple[Path, set[tuple[int, ...]], _Plan]:
-    """Create the output (checking the image first), or take up the unfinished one.
+    """Create the output, or take up the unfinished one.
 
-    Returns the output's path, the blocks already done and the plan (whose volume
-    remembers a whole-image check).
+    Returns the output's path, the blocks already done and the plan. The image is not
+    read here: each block refuses NaN or infinite values as it is read (or reads the
+    fill, with one).
     """
     if resuming:
-        # the run that started this output checked the image (same path, shape, dtype)
         path = Path(out)
         done = done_blocks(path)
         record_resume(path, skipped=len(done), total=len(plan.blocks))
+        _record_fill(path, plan.identity)
         if done and not executor.quiet:
             skipped = sum(index in plan.blocks for index in done)
             print(
@@ -505,8 +680,7 @@ def _start(
                 file=sys.stderr,
             )
         return path, done, plan
-    volume = check_finite(plan.volume, roi=plan.region, executor=executor)
-    model = plan.model
+    volume, model = plan.volume, plan.model
     path = create_output(
         out,
         shape=volume.shape,
@@ -520,7 +694,7 @@ def _start(
         identity=plan.identity,
         overwrite=overwrite,
     )
-    return path, set(), dataclasses.replace(plan, volume=volume)
+    return path, set(), plan
 
 
 def _provenance(plan: _Plan, command: str | None, devices: Any) -> dict[str, Any]:
@@ -629,7 +803,8 @@ def _predict_smoothed(
     if beta is None:
         # a whole-image pass: computed once per output, kept for a resumed run
         beta = image_beta(
-            job.volume,
+            # a pass over the whole image: NaN or infinity would make the scale NaN
+            with_nan_fill(job.volume, None, refuse=True),
             executor,
             sigma=settings.contrast_sigma,
             spacing=relative_spacing(model.spacing),
@@ -673,13 +848,15 @@ def check_finite(
     """Refuse NaN or infinite values anywhere in ``image`` (or ``roi``), reading it blockwise.
 
     Integer images cannot hold them and are not read; a volume already checked
-    whole is not read again.
+    whole is not read again. The runs do not call it (each block refuses them as it is
+    read, :func:`tiledseg.features.tiled.read_finite`): it is for a caller who wants the
+    whole image checked up front, at the cost of reading it once more.
 
     Returns
     -------
     Volume
-        The image, as a copy that remembers a whole-image check (``checked_finite``),
-        so that later steps given it skip the read; ``image`` itself is not changed.
+        The image, as a copy that remembers a whole-image check (``checked_finite``);
+        ``image`` itself is not changed.
     """
     volume = open_volume(image)
     if volume.dtype.kind != "f" or volume.checked_finite:

@@ -1,8 +1,9 @@
 """One run from a config: train on the scribbles, predict every voxel, score against truth.
 
 ``tiledseg segment CONFIG.yaml`` and :func:`segment` are the same run. Every input
-is checked before a file is written; a rerun after a kill during the prediction
-continues it with the model the first run wrote.
+is checked before a file is written, but for NaN or infinite values, which are refused
+(or read as ``nan_fill``) where a block reads them; a rerun after a kill, or after the
+blocks that read a NaN failed, continues the prediction with the model the first run wrote.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def segment(
     from tiledseg import kept_features
     from tiledseg.cluster import one_cluster
     from tiledseg.config import load_config
+    from tiledseg.locks import output_lock
 
     if not hasattr(config, "training"):
         config = load_config(config)
@@ -64,6 +66,8 @@ def segment(
     volume = _open_inputs(config)
     ex = config.execution
     with (
+        # one run per output, from training on (its prediction holds the same lock)
+        output_lock(config.out),
         one_cluster(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster, quiet=ex.quiet) as (
             _,
             scheduler,
@@ -183,9 +187,8 @@ def _model_of_unfinished_run(config: Any) -> Model | None:
 def _open_inputs(config: Any) -> Volume:
     """Open the image and refuse a bad ROI, truth, image or smoothing.
 
-    Both happen before a model file is written.
+    Both happen before a model file is written. The image's values are not read here.
     """
-    from tiledseg.predict import check_finite
     from tiledseg.volume import open_volume, parse_region, with_extra_channels
 
     volume = open_volume(config.image, channel_axis=config.channel_axis, spacing=config.spacing)
@@ -193,8 +196,8 @@ def _open_inputs(config: Any) -> Volume:
         volume = with_extra_channels(volume, config.extra_channels)
     parse_region(config.roi, volume.shape)
     config.smoothing.settings(volume.ndim)  # (the neighbourhood depends on the dimensions)
-    # training reads only the scribbled blocks: check the whole image before a model is written
-    volume = check_finite(volume, workers=config.workers)
+    # NaN or infinite values are refused (or read as nan_fill) where a block is read:
+    # training's boxes of scribbles, then prediction's blocks, which name the first one
     if config.truth is not None:
         truth = open_volume(config.truth, role="truth", allow_channels=False)
         if truth.shape != volume.shape:

@@ -45,10 +45,11 @@ from tiledseg.chunk_cache import chunk_cache_bytes, run_cache
 from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
 from tiledseg.device import gpu_count, plan_devices, worker_device, xgboost_has_cuda
-from tiledseg.errors import InputDataError, TiledsegError
+from tiledseg.errors import DamagedChunkError, InputDataError, TiledsegError
 from tiledseg.features.bank import FeatureBank, resolve_bank
-from tiledseg.features.tiled import features_of_block, read_block, read_finite
+from tiledseg.features.tiled import features_of_block, read_block, read_finite, with_nan_fill
 from tiledseg.kept_features import WHOLE_FRACTION, KeptFeatures
+from tiledseg.labels import check_class_count, label_values
 from tiledseg.model import Model, versions
 from tiledseg.options import Execution, ImageInput, Training, gather
 from tiledseg.selection import check_k
@@ -72,8 +73,6 @@ __all__ = [
 ]
 
 _TABLE_VERSION = 1
-#: More classes than this is almost surely the image given as labels (255 grey values).
-_MAX_CLASSES = 100
 # the libraries whose versions can change feature values
 _FEATURE_LIBRARIES = ("tiledseg", "numpy", "scipy")
 
@@ -103,24 +102,7 @@ def default_cache_dir() -> Path:
 
 def read_labels(labels: Volume, region: tuple[slice, ...]) -> np.ndarray:
     """Read a region of a label map as int64, refusing negative or fractional values."""
-    data = labels.read(region)[0]
-    if data.dtype.kind == "b":
-        return data.astype(np.int64)
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            raise InputDataError(f"labels {labels.name} hold NaN or infinite values")
-        if not np.array_equal(data, np.round(data)):
-            bad = data[data != np.round(data)][0]
-            raise InputDataError(
-                f"labels {labels.name} hold fractional value {bad:g}; labels are integers "
-                "(0 = unlabelled, 1, 2, ... = classes)"
-            )
-    if data.size and data.min() < 0:
-        raise InputDataError(
-            f"labels {labels.name} hold negative value {int(data.min())}; labels are "
-            "0 (unlabelled) or positive class values"
-        )
-    return data.astype(np.int64)
+    return label_values(labels.read(region)[0], role="labels", name=labels.name)
 
 
 @dataclass
@@ -145,6 +127,8 @@ class TrainingTable:
     #: scan position of each row (the rows are in C order of their voxels, see
     #: :meth:`in_c_order`); ``None``: rows in scan order
     order: np.ndarray | None = field(default=None, repr=False)
+    #: the image's values in the boxes of scribbles (:func:`_intensity`), for the model
+    intensity: dict[str, Any] = field(default_factory=dict)
 
     def in_c_order(self) -> TrainingTable:
         """Put the rows in C order of their voxels.
@@ -174,6 +158,8 @@ class _Scan:
     values: np.ndarray
     digest: str | None  # of the box's image and labels; only when a cache is used
     keep: KeptFeatures | None = None  # the box is its whole block: keep its features there
+    #: the image's own values in the box: min, max, 0.1 and 99.9 percentiles (_box_range)
+    span: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
 def _scribble_boxes(coords: np.ndarray, halo: Sequence[int]) -> list[np.ndarray]:
@@ -216,6 +202,8 @@ def _reading(block: Block, *sources: Volume) -> Iterator[None]:
     """
     try:
         yield
+    except DamagedChunkError as exc:  # it names the chunk; the block is named here
+        raise DamagedChunkError(f"reading block {block.name}: {exc}") from None
     except TiledsegError:
         raise
     except Exception as exc:  # the codec's or the store's error, whatever its type
@@ -275,7 +263,8 @@ def _scan(
     Features do not depend on the tiling, so a box (with its own halo) gives its
     labelled voxels the same features as the whole block would, at a fraction of
     the cost when scribbles are strokes on a few slices. With a cache, the box's
-    image is read and hashed for the cache key; without one it is not read here.
+    image is read with its halo and hashed for the cache key; without one only the box
+    of the image's own channels is read here, for its range of values (:func:`_box_range`).
     With ``keep`` (``segment``), a block whose boxes cover most of it is one box, the
     block itself, whose features are kept for prediction
     (:mod:`tiledseg.kept_features`).
@@ -297,17 +286,61 @@ def _scan(
         read = haloed(region, halo, image.shape)
         flat = np.ravel_multi_index(tuple((local - lo).T), tuple(s.stop - s.start for s in region))
         values = lab[tuple(local.T)]
-        digest = None
+        digest, data = None, None
         if digest_wanted:
+            data = read_finite(image, read)
             h = hashlib.sha256(str(image.dtype).encode())
-            h.update(np.ascontiguousarray(read_finite(image, read)).tobytes())
+            h.update(np.ascontiguousarray(data).tobytes())
             h.update(flat.astype(np.int64).tobytes())
             h.update(values.astype(np.int64).tobytes())
             digest = h.hexdigest()
         where = local + np.asarray([r.start for r in block.region])
         box = Block(block.index, region, read)
-        scans.append(_Scan(box, flat, where, values, digest, keep))
+        span = _box_range(image, box, data)
+        scans.append(_Scan(box, flat, where, values, digest, keep, span))
     return scans
+
+
+# values of a box taken for its percentiles, at most (every k-th value of a larger box)
+_RANGE_SAMPLE = 1 << 16
+#: The percentiles of the image's values a model records as its intensity range.
+INTENSITY_PERCENTILES = (0.1, 99.9)
+
+
+def _box_range(image: Volume, box: Block, data: np.ndarray | None) -> tuple[float, ...]:
+    """Return the min, max and :data:`INTENSITY_PERCENTILES` of the image's own channels in a box.
+
+    ``data``: the box read with its halo (every channel), if it was read already; else
+    the box of the image's own channels is read (NaN and infinite values refused).
+    """
+    own = image.image_only
+    if data is None:
+        data = read_finite(own, box.region)
+    else:
+        data = data[(slice(0, own.n_channels), *box.inner)]
+    values = data.ravel()
+    sample = values[:: max(1, values.size // _RANGE_SAMPLE)]
+    low, high = np.percentile(sample, INTENSITY_PERCENTILES, method="nearest")
+    return float(values.min()), float(values.max()), float(low), float(high)
+
+
+def _intensity(scans: list[_Scan], image: Volume) -> dict[str, Any]:
+    """Return the model's record of the values training read: dtype, low and high.
+
+    An image with the same value in every box of scribbles is refused: there is
+    nothing to learn from.
+    """
+    least = min(s.span[0] for s in scans)
+    if least == max(s.span[1] for s in scans):
+        raise InputDataError(
+            f"image {image.image_only.name} has no variation (all values are {least:g}) where "
+            "the scribbles are: nothing to learn from"
+        )
+    return {
+        "dtype": str(image.image_only.dtype),
+        "low": min(s.span[2] for s in scans),
+        "high": max(s.span[3] for s in scans),
+    }
 
 
 def _box(block: Block, local: np.ndarray) -> tuple[slice, ...]:
@@ -449,6 +482,7 @@ def _training_table(
     found = executor.map_method(job.scan, plan_blocks(image.shape, block, halo), desc="labels")
     scans = [s for block_scans in found for s in block_scans]
     values, coords = _labelled(scans, labels)
+    intensity = _intensity(scans, image)
     n_features = bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
     if distributed is None:
         big = len(values) * n_features * 4 > DISTRIBUTED_TABLE_BYTES
@@ -459,15 +493,20 @@ def _training_table(
     if stored is not None:
         X, y = stored
         X = _scatter_rows(executor, X) if distributed else X
-        return TrainingTable(X, y, coords, True, key, cached=True, scans=scans).in_c_order()
+        table = TrainingTable(X, y, coords, True, key, cached=True, scans=scans)
+        table.intensity = intensity
+        return table.in_c_order()
     if distributed:
         X = _persist_rows(executor, job, scans, n_cols=n_features)
-        return TrainingTable(X, values, coords, False, key, cached=False, scans=scans)
+        table = TrainingTable(X, values, coords, False, key, cached=False, scans=scans)
+        table.intensity = intensity
+        return table
     # the boxes in the reverse of the scan's order: the chunks its last boxes read are the
     # ones still in a chunk cache too small for them all (the rows come back in scan order)
     rows = executor.map_method(job.rows, scans[::-1], desc="training features")[::-1]
     X = np.concatenate(rows)
     table = TrainingTable(X, values, coords, False, key, cached=path is not None, scans=scans)
+    table.intensity = intensity
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
@@ -502,11 +541,7 @@ def _labelled(scans: list[_Scan], labels: Volume) -> tuple[np.ndarray, np.ndarra
         )
     values = np.concatenate([s.values for s in scans])
     classes = np.unique(values)
-    if len(classes) > _MAX_CLASSES:
-        raise InputDataError(
-            f"labels {labels.name} hold {len(classes)} classes; scribbles have a few "
-            f"(at most {_MAX_CLASSES}): is it the image, or a dense label map, given as labels?"
-        )
+    check_class_count(classes, role="labels", name=labels.name)
     if len(classes) < 2:
         raise InputDataError(
             f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
@@ -608,7 +643,9 @@ def train(
         How the image is read (:class:`~tiledseg.options.ImageInput`): ``spacing``
         (else from OME metadata, else isotropic), ``channel_axis``,
         ``extra_channels`` (co-registered images whose channels add their raw values
-        as features; prediction needs the same, in the same order).
+        as features; prediction needs the same, in the same order), ``nan_fill`` (the
+        value NaN and infinite values read as; without it a box of scribbles that holds
+        one is refused, naming its region).
     training : Training, optional
         What is trained (:class:`~tiledseg.options.Training`): ``features`` (a bank
         name, YAML path, mapping or FeatureBank), ``classifier`` (a name or a
@@ -626,7 +663,15 @@ def train(
     -------
     Model
         Its summary holds ``distributed_training``, and with it XGBoost's
-        ``training_workers``.
+        ``training_workers``; ``intensity``, the dtype and range of the image's values in
+        the boxes of scribbles, which prediction compares its image with; and ``nan_fill``
+        when one was given.
+
+    Raises
+    ------
+    InputDataError
+        Among others: NaN or infinite values in a box of scribbles (without ``nan_fill``),
+        or the same value everywhere in them (nothing to learn from).
     """
     passive_waits()
     given = gather(
@@ -662,6 +707,8 @@ class _TrainingPlan:
     execution: Execution
     training: Training
     spacing_given: bool
+    #: the value NaN and infinite values read as (``None``: refused), recorded in the model
+    nan_fill: float | None = None
 
     def classifier(self) -> Any:
         """Return a fresh classifier (an estimator object must not be refitted in place)."""
@@ -678,6 +725,7 @@ def _plan_training(
     )
     if image_input.extra_channels:
         volume = with_extra_channels(volume, image_input.extra_channels)
+    volume = with_nan_fill(volume, image_input.nan_fill)
     bank = _bank_for(volume, tr.features, filter_extra_channels=tr.filter_extra_channels)
     # training computes features per scribble box (at most a block): the CPU's default block
     # keeps the table cache's keys stable, whatever GPU memory is free
@@ -709,6 +757,7 @@ def _plan_training(
         ex,
         tr,
         image_input.spacing is not None,
+        image_input.nan_fill,
     )
 
 
@@ -869,6 +918,8 @@ class _Fit:
             **({"extra_channels": extras} if volume.n_extra else {}),
             "labels": plan.labels.name,
             "shape": list(volume.shape),
+            "intensity": table.intensity,
+            **({"nan_fill": plan.nan_fill} if plan.nan_fill is not None else {}),
             **_anisotropy_hint(volume, given=plan.spacing_given),
             **self.summary,
         }

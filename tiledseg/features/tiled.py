@@ -11,6 +11,7 @@ stack is never in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,19 +25,137 @@ from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.filters import block_features
 from tiledseg.volume import Volume, open_volume, with_extra_channels
 
-__all__ = ["feature_array", "features_of_block", "read_block", "read_finite"]
+__all__ = [
+    "NonFiniteValuesError",
+    "feature_array",
+    "features_of_block",
+    "read_block",
+    "read_finite",
+    "with_nan_fill",
+]
+
+
+class NonFiniteValuesError(InputDataError):
+    """An image holding NaN or infinite values where a run read it (and no fill was given)."""
+
+
+def _where(region: Sequence[slice]) -> str:
+    return ", ".join(f"{s.start}:{s.stop}" for s in region)
+
+
+def _non_finite(name: str, region: Sequence[slice]) -> NonFiniteValuesError:
+    return NonFiniteValuesError(
+        f"image {name} holds NaN or infinite values (in region {_where(region)}); replace "
+        "them (e.g. with numpy.nan_to_num) or give --nan-fill VALUE to read them as VALUE"
+    )
 
 
 def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
-    """Read a region and refuse NaN or infinite values with a clear error."""
+    """Read a region and refuse NaN or infinite values, naming the region.
+
+    A volume made by :func:`with_nan_fill` reads them as its fill value instead.
+
+    Raises
+    ------
+    NonFiniteValuesError
+        The region holds NaN or infinite values.
+    """
     data = volume.read(region)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
-        where = ", ".join(f"{s.start}:{s.stop}" for s in region)
-        raise InputDataError(
-            f"image {volume.name} holds NaN or infinite values (in region {where}); "
-            "replace them (e.g. with numpy.nan_to_num) before segmenting"
-        )
+        raise _non_finite(volume.name, region)
     return data
+
+
+class _Finite:
+    """A float source whose NaN and infinite values read as ``fill``.
+
+    With ``fill=None`` reading one raises :class:`NonFiniteValuesError`, naming the
+    spatial region read (``channel_axis``: the source's axis left out of it).
+    """
+
+    def __init__(self, source: Any, fill: float | None, name: str, channel_axis: int | None):
+        self.source, self.fill, self.name, self.channel_axis = source, fill, name, channel_axis
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    @property
+    def array(self) -> Any:
+        # the stored array, whose chunks a chunk cache reads whole (through this source)
+        return getattr(self.source, "array", self.source)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        data = self.source[index]
+        if hasattr(data, "compute"):  # a dask array: compute here, in this task
+            data = data.compute(scheduler="sync")
+        data = np.asarray(data)
+        bad = ~np.isfinite(data)
+        if not bad.any():
+            return data
+        if self.fill is None:
+            items = list(index) if isinstance(index, tuple) else [index]
+            if self.channel_axis is not None and len(items) > self.channel_axis:
+                del items[self.channel_axis]
+            raise _non_finite(self.name, [i for i in items if isinstance(i, slice)])
+        return np.where(bad, data.dtype.type(self.fill), data)
+
+
+def with_nan_fill(volume: Volume, fill: float | None, *, refuse: bool = False) -> Volume:
+    """Return ``volume`` reading NaN and infinite values as ``fill``.
+
+    Every read of the returned volume (its blocks, the chunks a chunk cache keeps, a
+    sample of its centre) sees ``fill`` in their place; ``volume`` is not changed.
+    Integer images, which hold none, come back as they are; with extra channels each
+    float image of the stack reads through the fill.
+
+    Parameters
+    ----------
+    volume : Volume
+        The image (with its extra channels, if any).
+    fill : float or None
+        The value NaN and infinite values read as; ``None``: ``volume`` as it is, unless
+        ``refuse``.
+    refuse : bool
+        With ``fill=None``, a read that meets a NaN or infinite value raises
+        :class:`NonFiniteValuesError` naming the region (a pass over the whole image,
+        such as the graph cut's contrast scale, that must not add them up).
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    InputDataError
+        ``fill`` does not fit a float image's dtype (above float16's 65504).
+    """
+    if fill is None and not refuse:
+        return volume
+    extras = volume.extra_volumes
+    if extras:
+        parts = [with_nan_fill(v, fill, refuse=refuse) for v in (volume.image_only, *extras)]
+        return dataclasses.replace(volume, source=type(volume.source)(parts))
+    if volume.dtype.kind != "f":
+        return volume
+    with np.errstate(over="ignore"):
+        fits = fill is None or bool(np.isfinite(volume.dtype.type(fill)))
+    if not fits:
+        raise InputDataError(
+            f"nan_fill {fill:g} does not fit image {volume.name}'s dtype {volume.dtype}; "
+            "give a value inside its range"
+        )
+    source = volume.source
+    if isinstance(source, _Finite):
+        if fill is None:  # read as a fill (which leaves nothing to refuse) or refused already
+            return volume
+        source = source.source
+    filled = _Finite(source, fill, volume.name, volume.channel_axis)
+    return dataclasses.replace(volume, source=filled)
 
 
 def read_block(volume: Volume, block: Block, device: str = "cpu") -> Any:
