@@ -682,3 +682,9 @@ def test_the_lock_is_held_once_per_process(tmp_path):
             pass
         assert lock.is_file()
     assert not lock.exists()
+
+
+def test_a_model_that_cannot_be_saved_is_refused_before_training(work, capsys):
+    Path("notes.txt").write_text("a file, not a folder")
+    args = [*TRAIN[:3], "--model", "notes.txt/m.tseg", "--quiet"]
+    refused(capsys, args, "the folder of model 'notes.txt/m.tseg' is a file")

@@ -346,3 +346,12 @@ def test_a_region_run_is_drawn_through_its_region_and_said(run3d, tmp_path):
     assert any(
         "only the blocks meeting the region z 0:8, y 0:10, x 0:10" in n for n in manifest["notes"]
     )
+
+
+def test_report_quiet_prints_nothing(run2d, tmp_path, capsys):
+    html = tmp_path / "q.html"
+    capsys.readouterr()
+    assert main(["report", str(run2d), "--out", str(html), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
+    assert html.is_file()
