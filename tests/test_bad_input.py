@@ -558,10 +558,10 @@ def predicted(work, phantom):
 
 def test_evaluate_refuses_an_intensity_image_as_truth(predicted, capsys, phantom):
     np.save("grey.npy", phantom.image.astype(np.float32) / 255 + 0.001)
-    refused(capsys, ["evaluate", "out.zarr", "grey.npy"], "truth grey.npy hold fractional value")
+    refused(capsys, ["evaluate", "out.zarr", "grey.npy"], "truth grey.npy holds fractional value")
     levels = np.arange(np.prod(SHAPE)).reshape(SHAPE) % 200 + 1
     np.save("levels.npy", levels.astype(np.uint16))
-    refused(capsys, ["evaluate", "out.zarr", "levels.npy"], "hold 200 classes", "is it the image")
+    refused(capsys, ["evaluate", "out.zarr", "levels.npy"], "holds 200 classes", "is it the image")
 
 
 def test_evaluate_refuses_a_truth_without_the_predicted_classes(predicted, capsys, phantom):
@@ -688,3 +688,22 @@ def test_a_model_that_cannot_be_saved_is_refused_before_training(work, capsys):
     Path("notes.txt").write_text("a file, not a folder")
     args = [*TRAIN[:3], "--model", "notes.txt/m.tseg", "--quiet"]
     refused(capsys, args, "the folder of model 'notes.txt/m.tseg' is a file")
+
+
+def test_more_mistakes_a_user_tried(work, capsys, phantom):
+    # a binary file given as a config
+    refused(capsys, ["segment", "image.npy"], "'image.npy' is not a YAML text file")
+    # a wrong option: one line, as any error
+    refused(capsys, [*PREDICT, "--nan-fill", "abc"], "'abc' is not a valid float", "--help")
+    # train --overwrite never replaces a file that is not a model
+    np.save("data.npy", phantom.truth)
+    args = [*TRAIN[:3], "--model", "data.npy", "--overwrite", "--quiet"]
+    refused(capsys, args, "'data.npy' exists and is a npy data file, not a tiledseg model")
+    # an image given as the prediction
+    np.save("truth.npy", phantom.truth)
+    refused(capsys, ["evaluate", "image.npy", "truth.npy"], "prediction image.npy holds")
+
+
+def test_demo_into_a_folder_that_is_a_file(work, capsys):
+    Path("notes.txt").write_text("a file, not a folder")
+    refused(capsys, ["demo", "--out", "notes.txt/demo", "--quiet"], "cannot make demo folder")

@@ -282,10 +282,10 @@ def test_demo(tmp_path, capsys):
     assert f"report: {out / 'report.html'}" in text
     assert "<img" in (out / "report.html").read_text()
 
-    # a rerun replaces the demo's own folder ...
-    (out / "stale.txt").write_text("from an earlier run")
+    # a rerun replaces the demo's own files, and keeps the user's ...
+    (out / "notes.txt").write_text("the user's, beside the demo's")
     run_ok("demo", "--size", "32", "--out", out, "--quiet")
-    assert not (out / "stale.txt").exists()
+    assert (out / "notes.txt").read_text() == "the user's, beside the demo's"
     assert zarr.open_group(str(out / "prediction.zarr"), mode="r")["labels/0"].shape == (32,) * 3
 
     # ... but never a folder the demo did not make

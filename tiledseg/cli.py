@@ -455,6 +455,10 @@ def _failed(exc: BaseException, *, debug: bool) -> int:
     if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
         click.echo("tiledseg: interrupted", err=True)
         return 130
+    if isinstance(exc, click.UsageError):  # a wrong option or value: one line, as any error
+        where = f"; see tiledseg {exc.ctx.info_name} --help" if exc.ctx is not None else ""
+        click.echo(f"tiledseg: error: {exc.format_message()}{where}", err=True)
+        return exc.exit_code
     if isinstance(exc, click.ClickException):
         exc.show()
         return exc.exit_code

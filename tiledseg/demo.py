@@ -122,17 +122,55 @@ def run_demo(
     }
 
 
+#: What the demo writes in its folder (and its segment.yaml's outputs): a rerun replaces
+#: these, and only these.
+_WRITES = (
+    "image.zarr",
+    "scribbles.zarr",
+    "truth.zarr",
+    "model.tseg",
+    "prediction.zarr",
+    "segment.yaml",
+    "report.html",
+    "report_files",
+    "model-segment.tseg",
+    "prediction-segment.zarr",
+)
+
+
 def _fresh_folder(out: Path, *, size: int) -> None:
-    """Empty ``out`` (only an earlier demo's) and mark it as the demo's."""
+    """Make ``out`` the demo's folder: new, or an earlier demo's, whose files are replaced.
+
+    Files the demo did not write are left where they are.
+    """
+    from tiledseg.runs import check_writable
+
     if out.exists():
         if not (out / _MARKER).is_file():
             raise OutputExistsError(
                 f"demo folder {str(out)!r} exists and was not made by the demo; "
                 "choose another with --out"
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        check_writable(out / _MARKER, what="demo folder")
+        for name in (*_WRITES, _MARKER):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    else:
+        _make_folder(out)
     (out / _MARKER).write_text(json.dumps({"size": size}))
+
+
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputExistsError(
+            f"cannot make demo folder {str(out)!r} ({exc.strerror or type(exc).__name__}); "
+            "choose another with --out"
+        ) from None
 
 
 def _write_inputs(out: Path, *, size: int, echo: Callable[[str], Any]) -> None:

@@ -105,6 +105,8 @@ def evaluate(prediction: Any, truth: Any, *, workers: int | None = None) -> dict
     truth_classes = np.unique(np.concatenate([v for *_, v in parts]))
     check_class_count(truth_classes[truth_classes != 0], role="truth", name=true.name)
     pairs = np.concatenate([p for p, *_ in parts], axis=1)
+    # (an image given as the prediction: hundreds of "classes")
+    check_class_count(np.unique(pairs[1]), role="prediction", name=pred.name)
     counts = np.concatenate([c for _, c, *_ in parts])
     if counts.sum() == 0:
         raise InputDataError(

@@ -32,16 +32,16 @@ def label_values(data: np.ndarray, *, role: str, name: str) -> np.ndarray:
         return data.astype(np.int64)
     if data.dtype.kind == "f":
         if not np.isfinite(data).all():
-            raise InputDataError(f"{role} {name} hold NaN or infinite values")
+            raise InputDataError(f"{role} {name} {_hold(role)} NaN or infinite values")
         if not np.array_equal(data, np.round(data)):
             bad = data[data != np.round(data)][0]
             raise InputDataError(
-                f"{role} {name} hold fractional value {bad:g}; {role} are integers "
-                "(0 = unlabelled, 1, 2, ... = classes): is it an image?"
+                f"{role} {name} {_hold(role)} fractional value {bad:g}; {_values(role)} are "
+                "integers (0 = unlabelled, 1, 2, ... = classes): is it an image?"
             )
     if data.size and data.min() < 0:
         raise InputDataError(
-            f"{role} {name} hold negative value {int(data.min())}; {role} are "
+            f"{role} {name} {_hold(role)} negative value {int(data.min())}; {_values(role)} are "
             "0 (unlabelled) or positive class values"
         )
     return data.astype(np.int64)
@@ -51,6 +51,14 @@ def check_class_count(classes: np.ndarray, *, role: str, name: str) -> None:
     """Refuse more than :data:`MAX_CLASSES` class values (an image given as a label map)."""
     if len(classes) > MAX_CLASSES:
         raise InputDataError(
-            f"{role} {name} hold {len(classes)} classes; a label map has a few "
+            f"{role} {name} {_hold(role)} {len(classes)} classes; a label map has a few "
             f"(at most {MAX_CLASSES}): is it the image, or a dense label map, given as {role}?"
         )
+
+
+def _hold(role: str) -> str:
+    return "hold" if role.endswith("s") else "holds"  # labels hold, truth holds
+
+
+def _values(role: str) -> str:
+    return role if role.endswith("s") else f"{role} values"  # labels are, truth values are

@@ -318,6 +318,14 @@ def check_model_path(
         raise OutputExistsError(
             f"model file {text!r} exists; choose another path or pass --overwrite"
         )
+    from tiledseg.formats import file_kind
+
+    kind = file_kind(text) if path.is_file() else None
+    if kind not in (None, "model"):
+        raise OutputExistsError(
+            f"{text!r} exists and is a {kind} data file, not a tiledseg model; tiledseg will "
+            "not replace it, even with --overwrite: choose another path"
+        )
     from tiledseg.runs import check_writable
 
     # (before training: a model that cannot be saved must not cost a fit)

@@ -19,6 +19,11 @@ def read_yaml(path: str | Path, *, what: str) -> Any:
         raise TiledsegError(f"{what} {str(path)!r} does not exist")
     try:
         return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise TiledsegError(
+            f"{what} {str(path)!r} is not a YAML text file (it holds binary data: an image or "
+            "a model given in its place?)"
+        ) from None
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())  # one line: the parser's message spans several
         raise TiledsegError(f"{what} {str(path)!r} is not valid YAML: {detail}") from None
