@@ -14,7 +14,7 @@ from tiledseg.options import CONCERNS, Execution, Smoothing, Training, build
 
 # the arguments and options a command has besides the models' fields
 OWN = {
-    "train": {"image", "labels", "model_path", "overwrite"},
+    "train": {"images", "model_path", "overwrite"},
     "predict": {"image", "model_path", "out", "overwrite"},
     "segment": {"config_path", "overwrite"},
     "cluster": {"image", "out", "overwrite"},

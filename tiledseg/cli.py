@@ -31,27 +31,34 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("image")
-@click.argument("labels")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE LABELS [IMAGE LABELS]...")
 @click.option("--model", "model_path", required=True, help="Where to write the model file.")
 @model_options(Training, ImageInput, Execution)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
-def train(image, labels, model_path, overwrite, **options) -> None:
-    """Train a classifier on the scribbles in LABELS (0 = unlabelled)."""
+def train(images, model_path, overwrite, **options) -> None:
+    """Train a classifier on the scribbles in LABELS (0 = unlabelled).
+
+    Several IMAGE LABELS pairs train one model on the scribbles of them all.
+    """
     import tiledseg
     from tiledseg.model import check_model_path
     from tiledseg.segment import bank_file
 
+    if len(images) % 2:
+        raise click.UsageError(
+            f"give IMAGE LABELS pairs; {len(images)} paths were given ({images[-1]!r} has no "
+            "labels)"
+        )
     training = take(options, Training)
     image_input = take(options, ImageInput)
     check_model_path(
         model_path,
         overwrite=overwrite,
-        inputs=[image, labels, bank_file(training.features), *image_input.extra_channels],
+        inputs=[*images, bank_file(training.features), *image_input.extra_channels],
     )
+    pairs = list(zip(images[::2], images[1::2], strict=True))
     model = tiledseg.train(
-        image,
-        labels,
+        *(pairs[0] if len(pairs) == 1 else (pairs,)),
         execution=take(options, Execution),
         image_input=image_input,
         training=training,
@@ -70,6 +77,9 @@ def _print_training(model, model_path) -> None:
     total = max(1, sum(mix.values()))
     counts = ", ".join(f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in mix.items())
     click.echo(f"labelled voxels per class: {counts}")
+    for entry in s.get("images", []):  # several training images
+        per = ", ".join(f"{k}: {v}" for k, v in entry["labelled_voxels"].items())
+        click.echo(f"  {entry['image']}: {per}")
     rare = [k for k, v in mix.items() if v / total < _RARE_CLASS_SHARE]
     if rare:
         click.echo(

@@ -46,7 +46,7 @@ from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
 from tiledseg.device import gpu_count, plan_devices, worker_device, xgboost_has_cuda
 from tiledseg.errors import DamagedChunkError, InputDataError, TiledsegError
-from tiledseg.features.bank import FeatureBank, resolve_bank
+from tiledseg.features.bank import FeatureBank, relative_spacing, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_block, read_finite, with_nan_fill
 from tiledseg.kept_features import WHOLE_FRACTION, KeptFeatures
 from tiledseg.labels import check_class_count, label_values
@@ -70,6 +70,7 @@ __all__ = [
     "read_labels",
     "train",
     "training_table",
+    "training_tables",
 ]
 
 _TABLE_VERSION = 1
@@ -129,6 +130,8 @@ class TrainingTable:
     order: np.ndarray | None = field(default=None, repr=False)
     #: the image's values in the boxes of scribbles (:func:`_intensity`), for the model
     intensity: dict[str, Any] = field(default_factory=dict)
+    #: several images (:func:`training_tables`): each image's labelled voxels per class
+    per_image: list[dict[int, int]] = field(default_factory=list)
 
     def in_c_order(self) -> TrainingTable:
         """Put the rows in C order of their voxels.
@@ -616,7 +619,7 @@ def _table_key(image: Volume, bank: FeatureBank, scans: list[_Scan], *, device: 
 
 def train(
     image: Any,
-    labels: Any,
+    labels: Any = None,
     *,
     execution: Execution | None = None,
     image_input: ImageInput | None = None,
@@ -627,8 +630,11 @@ def train(
 
     Parameters
     ----------
-    image : path or array
-        The image (see :func:`tiledseg.volume.open_volume`).
+    image : path or array, or a list of pairs
+        The image (see :func:`tiledseg.volume.open_volume`). Several images: a list of
+        ``(image, labels)`` pairs (or of mappings with ``image``, ``labels`` and
+        optionally ``extra_channels``), with ``labels`` left out: one model is trained
+        on the scribbles of them all (:func:`training_tables`).
     labels : path or array
         Same spatial shape; 0 = unlabelled, any positive integer = a class. The
         model predicts these very values.
@@ -679,6 +685,8 @@ def train(
         _cache_convenience(options),
         what="train",
     )
+    if labels is None and isinstance(image, list | tuple):
+        return _train_several(_pairs(image), **given)
     return _train(image, labels, **given)
 
 
@@ -798,6 +806,158 @@ def _train(
         # after the executor is closed: a LocalCluster's workers have given their memory back
         fit.here()
     return fit.model(devices, started)
+
+
+def _pairs(images: Any) -> list[tuple[Any, Any, tuple[Any, ...]]]:
+    """Return ``(image, labels, extra_channels)`` of each training image, checked."""
+    pairs = []
+    for i, item in enumerate(images):
+        if isinstance(item, dict):
+            unknown = set(item) - {"image", "labels", "extra_channels"}
+            if unknown or not {"image", "labels"} <= set(item):
+                raise TiledsegError(
+                    f"training image {i + 1}: give image and labels (and optionally "
+                    f"extra_channels), not {sorted(item)}"
+                )
+            pairs.append((item["image"], item["labels"], tuple(item.get("extra_channels") or ())))
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            pairs.append((item[0], item[1], ()))
+        else:
+            raise TiledsegError(
+                f"training image {i + 1} is {type(item).__name__}; give (image, labels) pairs"
+            )
+    if not pairs:
+        raise TiledsegError("no training image given; give (image, labels) pairs")
+    return pairs
+
+
+def _plans(
+    pairs: list[tuple[Any, Any, tuple[Any, ...]]],
+    ex: Execution,
+    image_input: ImageInput,
+    tr: Training,
+) -> list[_TrainingPlan]:
+    """Plan each image's table; refuse images one model cannot serve together."""
+    plans = []
+    for image, labels, extras in pairs:
+        own = image_input.updated(extra_channels=extras) if extras else image_input
+        plans.append(_plan_training(image, labels, ex, own, tr))
+    first = plans[0]
+    for plan in plans[1:]:
+        v, w = first.volume, plan.volume
+        if (w.ndim, w.n_channels) != (v.ndim, v.n_channels):
+            raise InputDataError(
+                f"image {w.name} is {w.ndim}D with {w.n_channels} channel(s) but image {v.name} "
+                f"is {v.ndim}D with {v.n_channels}; one model needs images of one kind"
+            )
+        if not np.allclose(relative_spacing(w.spacing), relative_spacing(v.spacing), rtol=1e-3):
+            raise InputDataError(
+                f"image {w.name} has spacing {list(w.spacing)} but image {v.name} has "
+                f"{list(v.spacing)}; training on images of different anisotropy is not "
+                "supported yet: resample them to one spacing"
+            )
+    if tr.stages > 1:
+        raise TiledsegError(
+            "--stages > 1 trains on one image for now; train stage models on one image, or "
+            "leave --stages out"
+        )
+    return plans
+
+
+def training_tables(
+    plans: list[Any], *, executor: Executor, cache_dir: Path | None, feature_device: str
+) -> TrainingTable:
+    """Return the table of several images: each image's table, one after the other.
+
+    Each image's table is built (or found in the cache) on its own; the rows are
+    concatenated in the order of the images, and each row's voxel position is prefixed
+    with its image's number (times two, so that no stroke spans two images).
+    """
+    tables = [
+        training_table(
+            plan.volume,
+            plan.labels,
+            bank=plan.bank,
+            block=plan.block,
+            executor=executor,
+            cache_dir=cache_dir,
+            distributed=plan.distributed,
+            device=plan.execution.device,
+            feature_device=feature_device,
+        )
+        for plan in plans
+    ]
+    distributed = any(t.distributed for t in tables)
+    if distributed:
+        import dask.array as da
+
+        X = da.concatenate([t.X if t.distributed else da.from_array(t.X) for t in tables])
+    else:
+        X = np.concatenate([t.X for t in tables])
+    coords = np.concatenate(
+        [np.column_stack([np.full(len(t.y), 2 * i), t.coords]) for i, t in enumerate(tables)]
+    )
+    keys = [t.key for t in tables]
+    key = None if None in keys else hashlib.sha256("".join(keys).encode()).hexdigest()
+    table = TrainingTable(
+        X,
+        np.concatenate([t.y for t in tables]),
+        coords,
+        all(t.from_cache for t in tables),
+        key,
+        cached=all(t.cached for t in tables),
+    )
+    table.intensity = _joined_intensity([t.intensity for t in tables])
+    table.per_image = [
+        {int(c): int(n) for c, n in zip(*np.unique(t.y, return_counts=True), strict=True)}
+        for t in tables
+    ]
+    return table
+
+
+def _joined_intensity(ranges: list[dict[str, Any]]) -> dict[str, Any]:
+    """One intensity record for several images: the widest range (the first's dtype)."""
+    ranges = [r for r in ranges if r]
+    if not ranges:
+        return {}
+    return {
+        **ranges[0],
+        "low": min(r["low"] for r in ranges),
+        "high": max(r["high"] for r in ranges),
+    }
+
+
+def _train_several(
+    pairs: list[tuple[Any, Any, tuple[Any, ...]]],
+    *,
+    execution: Execution,
+    image_input: ImageInput,
+    training: Training,
+) -> Model:
+    started = time.perf_counter()
+    plans = _plans(pairs, execution, image_input, training)
+    ex = execution
+    with open_executor(
+        ex.workers, quiet=ex.quiet, scheduler=ex.scheduler, cluster=ex.cluster
+    ) as executor:
+        devices = plan_devices(ex.device, executor)
+        table = training_tables(
+            plans,
+            executor=executor,
+            cache_dir=_cache_folder(training),
+            feature_device=devices.kind,
+        )
+        fit = _Fit(plans[0], table)
+        if table.distributed:
+            fit.on_cluster(executor, on_gpus=devices.fits_on_gpus)
+    if not table.distributed:
+        fit.here()
+    model = fit.model(devices, started)
+    model.summary["images"] = [
+        {"image": p.volume.name, "labels": p.labels.name, "labelled_voxels": counts}
+        for p, counts in zip(plans, table.per_image, strict=True)
+    ]
+    return model
 
 
 class _Fit:

@@ -1,0 +1,72 @@
+"""One model trained on the scribbles of several images (issue 18)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tiledseg as ts
+from tiledseg.cli import main
+from tiledseg.cluster import open_executor
+from tiledseg.errors import TiledsegError
+from tiledseg.options import Execution, ImageInput, Training
+from tiledseg.testing import make_phantom
+from tiledseg.training import _plans, training_table, training_tables
+
+FEATURES = {"gaussian_smoothing": [1.0], "gaussian_gradient_magnitude": [1.0]}
+
+
+@pytest.fixture(scope="module")
+def two():
+    return [make_phantom((30, 34, 28), n_classes=3, seed=s, scribble_fraction=0.01) for s in (1, 2)]
+
+
+def test_the_table_is_the_single_tables_one_after_the_other(two):
+    pairs = [(p.image, p.scribbles, ()) for p in two]
+    plans = _plans(pairs, Execution(block=16), ImageInput(), Training(features=FEATURES))
+    with open_executor(None, quiet=True) as executor:
+        both = training_tables(plans, executor=executor, cache_dir=None, feature_device="cpu")
+        singles = [
+            training_table(
+                p.volume, p.labels, bank=p.bank, block=p.block, executor=executor, cache_dir=None
+            )
+            for p in plans
+        ]
+    np.testing.assert_array_equal(both.X, np.concatenate([t.X for t in singles]))
+    np.testing.assert_array_equal(both.y, np.concatenate([t.y for t in singles]))
+    assert both.coords.shape[1] == 4  # the image's number first
+    assert sorted(set(both.coords[:, 0])) == [0, 2]
+    assert both.per_image == [
+        {int(c): int(n) for c, n in zip(*np.unique(t.y, return_counts=True), strict=True)}
+        for t in singles
+    ]
+
+
+def test_train_on_several_images_through_the_api_and_the_command(two, tmp_path):
+    model = ts.train([(p.image, p.scribbles) for p in two], features=FEATURES, cache_dir=None)
+    per_image = model.summary["images"]
+    assert len(per_image) == 2
+    for entry, p in zip(per_image, two, strict=True):
+        values, counts = np.unique(p.scribbles[p.scribbles > 0], return_counts=True)
+        assert entry["labelled_voxels"] == dict(zip(values.tolist(), counts.tolist(), strict=True))
+    total = sum(sum(e["labelled_voxels"].values()) for e in per_image)
+    assert sum(model.summary["labelled_voxels"].values()) == total
+    # the command: IMAGE LABELS pairs
+    for i, p in enumerate(two):
+        np.save(tmp_path / f"i{i}.npy", p.image)
+        np.save(tmp_path / f"l{i}.npy", p.scribbles)
+    paths = [str(tmp_path / f"{k}{i}.npy") for i in range(2) for k in ("i", "l")]
+    args = ["train", *paths, "--model", str(tmp_path / "m.tseg"), "--quiet", "--no-cache"]
+    assert main([*args, "--features", "minimal"]) == 0
+    assert len(ts.load_model(tmp_path / "m.tseg").summary["images"]) == 2
+
+
+def test_several_images_must_be_of_one_kind(two, tmp_path, capsys):
+    plane = (two[1].image[10], two[1].scribbles[10])
+    with pytest.raises(TiledsegError, match="is 2D with 1 channel.* is 3D with 1"):
+        ts.train([(two[0].image, two[0].scribbles), plane], cache_dir=None)
+    np.save(tmp_path / "i.npy", two[0].image)
+    assert main(["train", str(tmp_path / "i.npy"), "--model", str(tmp_path / "m.tseg")]) == 2
+    err = capsys.readouterr().err
+    assert "give IMAGE LABELS pairs" in err
+    assert err.count("\n") == 1
