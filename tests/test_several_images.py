@@ -22,7 +22,7 @@ def two():
 
 
 def test_the_table_is_the_single_tables_one_after_the_other(two):
-    pairs = [(p.image, p.scribbles, ()) for p in two]
+    pairs = [(p.image, p.scribbles, {}) for p in two]
     plans = _plans(pairs, Execution(block=16), ImageInput(), Training(features=FEATURES))
     with open_executor(None, quiet=True) as executor:
         both = training_tables(plans, executor=executor, cache_dir=None, feature_device="cpu")
@@ -70,3 +70,19 @@ def test_several_images_must_be_of_one_kind(two, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "give IMAGE LABELS pairs" in err
     assert err.count("\n") == 1
+
+
+def test_a_config_trains_on_more_images(two, tmp_path):
+    import zarr
+
+    for i, p in enumerate(two):
+        np.save(tmp_path / f"i{i}.npy", p.image)
+        np.save(tmp_path / f"l{i}.npy", p.scribbles)
+    (tmp_path / "run.yaml").write_text(
+        "image: i0.npy\nlabels: l0.npy\nmodel: m.tseg\nout: o.zarr\nfeatures: minimal\n"
+        "training_images:\n  - {image: i1.npy, labels: l1.npy}\n"
+    )
+    assert main(["segment", str(tmp_path / "run.yaml"), "--quiet"]) == 0
+    model = ts.load_model(tmp_path / "m.tseg")
+    assert [e["image"] for e in model.summary["images"]][1].endswith("i1.npy")
+    assert zarr.open_array(tmp_path / "o.zarr" / "labels" / "0").shape == two[0].image.shape

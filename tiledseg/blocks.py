@@ -9,10 +9,12 @@ true edge the filters' boundary mode applies to the same voxels in both.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tiledseg.errors import BlockSizeError
 
@@ -178,6 +180,8 @@ class BlockPlan:
         Halo per axis: grows each block's read region.
     roi : tuple of slice, optional
         Only the blocks whose write region meets this region.
+
+    :meth:`only` leaves out more blocks (those a mask does not meet), by their grid index.
     """
 
     def __init__(
@@ -197,15 +201,36 @@ class BlockPlan:
         self.axes = tuple(
             _axis_indices(n, b, r) for n, b, r in zip(self.shape, self.block, limits, strict=True)
         )
+        #: ``None``, or a boolean array of the grid's shape: the blocks kept (:meth:`only`)
+        self.keep: Any = None
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The number of blocks along each axis of the whole grid (``roi`` or not)."""
+        return tuple(-(-n // b) for n, b in zip(self.shape, self.block, strict=True))
+
+    def only(self, keep: Any) -> BlockPlan:
+        """Return the plan of this plan's blocks whose entry in ``keep`` is true.
+
+        ``keep`` is a boolean array of shape :attr:`grid` (one byte a block).
+        """
+        plan = copy.copy(self)
+        plan.keep = keep if self.keep is None else keep & self.keep
+        return plan
 
     def __len__(self) -> int:
         """Return the number of blocks in the plan."""
-        return math.prod(len(indices) for indices in self.axes)
+        if self.keep is None:
+            return math.prod(len(indices) for indices in self.axes)
+        import numpy as np
+
+        return int(self.keep[np.ix_(*(list(indices) for indices in self.axes))].sum())
 
     def __iter__(self) -> Iterator[Block]:
         """Yield the plan's blocks, in grid index order."""
         for index in itertools.product(*self.axes):
-            yield self.block_at(index)
+            if self.keep is None or self.keep[index]:
+                yield self.block_at(index)
 
     def __contains__(self, index: object) -> bool:
         """Whether the block at grid ``index`` is one of the plan's."""
@@ -213,6 +238,7 @@ class BlockPlan:
             isinstance(index, tuple)
             and len(index) == len(self.axes)
             and all(i in indices for i, indices in zip(index, self.axes, strict=True))
+            and (self.keep is None or bool(self.keep[index]))
         )
 
     def block_at(self, index: Sequence[int]) -> Block:

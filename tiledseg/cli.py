@@ -194,10 +194,12 @@ def _command_line() -> str:
 
 
 def _print_prediction(result) -> None:
-    if result.skipped:
-        click.echo(
-            f"resumed: {result.skipped} of {result.blocks} blocks were already done and skipped"
-        )
+    masked = getattr(result, "masked", 0)
+    if masked:
+        click.echo(f"{masked} of {result.blocks} blocks have no mask voxel: skipped")
+    if result.skipped > masked:
+        done = result.skipped - masked
+        click.echo(f"resumed: {done} of {result.blocks} blocks were already done and skipped")
     click.echo(
         f"{result.voxels:,} voxels in {result.blocks - result.skipped} blocks, "
         f"{result.seconds:.1f} s "
@@ -361,6 +363,8 @@ def info(path, as_json) -> None:
 def _print_store(path: str, data: dict[str, Any]) -> None:
     for key in ("path", "shape", "axes", "channels", "dtype", "chunks", "spacing", "spacing_from"):
         click.echo(f"{key:>12}: {data[key]}")
+    if data.get("metadata"):  # the kind of metadata the layout and spacing came from
+        click.echo(f"{'metadata':>12}: {data['metadata']}")
     if "provenance" not in data:
         return
     info = data["provenance"]

@@ -32,7 +32,7 @@ from tiledseg.options import (
 from tiledseg.volume import split_dataset
 from tiledseg.yamlfile import read_yaml
 
-__all__ = ["SegmentConfig", "load_config"]
+__all__ = ["SegmentConfig", "TrainingImage", "load_config"]
 
 #: The concerns a config holds, in the order of its keys after the paths.
 CONCERNS = (ImageInput, Training, Execution, Prediction, Smoothing)
@@ -44,7 +44,17 @@ _YAML_TYPES: dict[str, Any] = {
     "cluster": str | None,
     "extra_channels": list[str] | None,
     "roi": str | None,
+    "mask": str | None,
 }
+
+
+class TrainingImage(Options):
+    """One more image to train on, besides the config's ``image`` and ``labels``."""
+
+    image: str = Field(description="image path")
+    labels: str = Field(description="its scribbles")
+    extra_channels: list[str] | None = Field(None, description="its extra channels")
+    spacing: list[float] | str | None = Field(None, description="its spacing")
 
 
 class _Run(Options):
@@ -56,6 +66,11 @@ class _Run(Options):
     out: str = Field(description="output OME-Zarr group")
     truth: str | None = Field(None, description="dense ground truth to score the result against")
     overwrite: bool = Field(False, description="replace the model and output if they exist")
+    training_images: list[TrainingImage] | None = Field(
+        None,
+        description="more images to train the one model on, each {image, labels} (and its "
+        "own extra_channels, spacing); image is predicted",
+    )
 
     @model_validator(mode="after")
     def _concerns_hold(self) -> _Run:
@@ -75,7 +90,7 @@ class _Run(Options):
                 head = str(base / head)
             return head if dataset is None else f"{head}:{dataset}"
 
-        names = ("image", "labels", "model", "out", "truth", "cache_dir")
+        names = ("image", "labels", "model", "out", "truth", "cache_dir", "mask")
         updates: dict[str, Any] = {k: fix(getattr(self, k)) for k in names}
         if self.extra_channels is not None:
             updates["extra_channels"] = [fix(p) for p in self.extra_channels]
@@ -83,6 +98,17 @@ class _Run(Options):
             updates["cluster"] = fix(self.cluster)
         if isinstance(self.features, str) and self.features.endswith((".yaml", ".yml")):
             updates["features"] = fix(self.features)
+        if self.training_images:
+            updates["training_images"] = [
+                t.model_copy(
+                    update={
+                        "image": fix(t.image),
+                        "labels": fix(t.labels),
+                        "extra_channels": [fix(e) for e in t.extra_channels or []] or None,
+                    }
+                )
+                for t in self.training_images
+            ]
         return self.model_copy(update=updates)
 
     def concern(self, model: type[Options]) -> Options:

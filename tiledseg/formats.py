@@ -7,6 +7,10 @@ a tiledseg model file given as an image is named as such.
 
 PNG and JPEG files are small 2D images: Pillow decodes them whole into numpy
 (:class:`PillowImage`), grey as ``(y, x)`` and colour as ``(y, x, channels)``.
+
+A TIFF file's axes are its first series' as tifffile reads them (:func:`tiff_metadata`):
+samples (``S``: RGB) and OME channels (``C``) are the channel axis, an OME time axis
+``T`` of one point is dropped, and an OME-TIFF's ``PhysicalSizeZ/Y/X`` are its spacing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "file_kind",
     "not_readable",
     "open_pillow",
+    "tiff_metadata",
 ]
 
 #: The kinds of input tiledseg reads, as the messages list them.
@@ -216,3 +221,77 @@ def _decode(path: str, *, labels: bool, role: str) -> np.ndarray:
             "value per pixel: save it as a grey or palette PNG, one value per class"
         )
     return pixels
+
+
+# micrometres per unit of an OME PhysicalSize (OME's default unit is the micrometre)
+_MICROMETRES = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4}
+_MICROMETRES["m"] = 1e6
+
+
+def tiff_metadata(path: str, *, role: str, labels: bool = False) -> dict[str, Any]:
+    """Return what a TIFF file's first series says of its axes and, for an OME-TIFF, spacing.
+
+    Parameters
+    ----------
+    path : str
+        A readable TIFF file.
+    role : str
+        What the file is, for messages.
+    labels : bool
+        Whether it holds labels (a channel axis is refused).
+
+    Returns
+    -------
+    dict
+        ``channel_axis`` (the ``S`` or ``C`` axis, if any), ``time_axis`` (``T``, if any),
+        ``spacing`` (OME's ``PhysicalSizeZ/Y/X`` in micrometres, when all are given),
+        ``axes`` (tifffile's letters) and ``metadata`` (``"OME-TIFF"`` or ``"TIFF"``).
+
+    Raises
+    ------
+    InputDataError
+        For two channel axes (``C`` and ``S``), or a channel axis in a label map.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes.upper()
+        ome = tif.ome_metadata if tif.is_ome else None
+    channels = [i for i, a in enumerate(axes) if a in "CS"]
+    if len(channels) > 1:
+        raise InputDataError(
+            f"{role} {path!r} has two channel axes (TIFF axes {axes}: C and S); write one "
+            "channel axis, e.g. with tifffile.imwrite(..., photometric='minisblack')"
+        )
+    if channels and labels:
+        raise InputDataError(
+            f"{role} {path!r} has a channel axis (TIFF axes {axes}, e.g. RGB); a label map "
+            "holds one value per voxel: save it as a grey TIFF, one value per class"
+        )
+    meta: dict[str, Any] = {"axes": axes, "metadata": "OME-TIFF" if ome else "TIFF"}
+    if channels:
+        meta["channel_axis"] = channels[0]
+    if "T" in axes:
+        meta["time_axis"] = axes.index("T")
+    spatial = "".join(a for a in axes if a not in "CST")
+    if ome and set(spatial) <= set("ZYX") and len(set(spatial)) == len(spatial):
+        meta["spacing"] = _ome_spacing(ome, spatial)
+    return meta
+
+
+def _ome_spacing(xml: str, spatial: str) -> tuple[float, ...] | None:
+    """Return the ``PhysicalSize`` of each of ``spatial``'s axes in micrometres, else ``None``."""
+    import tifffile
+
+    image = tifffile.xml2dict(xml).get("OME", {}).get("Image", {})
+    image = image[0] if isinstance(image, list) else image
+    pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
+    sizes = [pixels.get(f"PhysicalSize{a}") for a in spatial]
+    units = [str(pixels.get(f"PhysicalSize{a}Unit", "µm")) for a in spatial]
+    if not all(isinstance(s, int | float) and s > 0 for s in sizes):
+        return None
+    if len(set(units)) == 1:
+        return tuple(float(s) for s in sizes)
+    if not all(u in _MICROMETRES for u in units):
+        return None
+    return tuple(float(s) * _MICROMETRES[u] for s, u in zip(sizes, units, strict=True))

@@ -307,7 +307,9 @@ class ImageInput(Options):
         (),
         description="A co-registered image of IMAGE's spatial shape (another modality, a "
         "distance map...): each channel adds its raw value as a feature. Repeat the option "
-        "for each image; the model records them and predict needs the same, in the same order.",
+        "for each image; the model records them and predict needs the same, in the same "
+        "order. An extra's own channels are read from its metadata, or written after its "
+        "path: PATH[channel_axis=N].",
         json_schema_extra={"metavar": "PATH"},
     )
     nan_fill: Annotated[float | None, AfterValidator(_finite)] = Field(
@@ -392,6 +394,27 @@ class Prediction(Options):
         description="Only the blocks meeting e.g. '0:64,:,100:200'.",
         json_schema_extra={"metavar": "SLICES"},
     )
+    mask: Annotated[Any, BeforeValidator(_text)] = Field(
+        None,
+        description="Segment only where this image of IMAGE's spatial shape is nonzero: blocks "
+        "without a mask voxel are not read nor computed, and labels outside it are 0.",
+        json_schema_extra={"metavar": "PATH"},
+    )
+    mask_threshold: Annotated[float | None, AfterValidator(_finite)] = Field(
+        None,
+        description="Segment only where IMAGE's first channel, smoothed by a Gaussian of sigma 2 "
+        "voxels, is above T (skip the air); labels elsewhere are 0.",
+        json_schema_extra={"metavar": "T"},
+    )
+
+    @model_validator(mode="after")
+    def _one_mask(self) -> Prediction:
+        if self.mask is not None and self.mask_threshold is not None:
+            raise TiledsegError(
+                "--mask and --mask-threshold exclude each other; give a mask image or a "
+                "threshold of the smoothed image, not both"
+            )
+        return self
 
 
 class Smoothing(Options):

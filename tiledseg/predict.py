@@ -32,6 +32,7 @@ from tiledseg.features.bank import relative_spacing
 from tiledseg.features.tiled import NonFiniteValuesError, read_block, read_finite, with_nan_fill
 from tiledseg.kept_features import KeptFeatures
 from tiledseg.locks import output_lock
+from tiledseg.masks import MASK_SIGMA, blocks_meeting, mask_path, open_mask
 from tiledseg.model import Model, load_model, versions
 from tiledseg.options import (
     DEFAULT_SMOOTH_WEIGHT,
@@ -86,6 +87,8 @@ class PredictionResult:
     skipped: int = 0
     #: the warnings printed on stderr before the blocks ran (one line each)
     warnings: tuple[str, ...] = ()
+    #: of the blocks skipped, those without a voxel inside the mask (never read)
+    masked: int = 0
 
     @property
     def voxels_per_second(self) -> float:
@@ -146,8 +149,13 @@ def _to_uint8(values: Any) -> Any:
     return xp.rint(xp.clip(values, 0.0, 1.0) * 255.0).astype(xp.uint8)
 
 
-def _extras(proba: Any, block: Block, want_proba: bool, want_unc: bool) -> dict[str, Any]:
-    """Return the requested per-voxel outputs besides the labels, computed where ``proba`` is."""
+def _extras(
+    proba: Any, block: Block, want_proba: bool, want_unc: bool, inside: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Return the requested per-voxel outputs besides the labels, computed where ``proba`` is.
+
+    With ``inside`` (the block's voxels inside the mask), they are 0 outside it.
+    """
     xp = get_backend(proba).xp
     out = {}
     if want_proba:
@@ -156,13 +164,23 @@ def _extras(proba: Any, block: Block, want_proba: bool, want_unc: bool) -> dict[
         top2 = xp.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
         margin = xp.abs(top2[:, 1] - top2[:, 0])
         out["uncertainty"] = _to_uint8(1.0 - margin).reshape(block.shape)
+    if inside is not None:
+        keep = xp.asarray(inside, dtype=xp.uint8)  # (broadcast over the classes)
+        out = {name: values * keep for name, values in out.items()}
     return out
 
 
-def _write_extras(out: str, block: Block, proba: Any, want_proba: bool, want_unc: bool):
+def _write_extras(
+    out: str,
+    block: Block,
+    proba: Any,
+    want_proba: bool,
+    want_unc: bool,
+    inside: np.ndarray | None = None,
+):
     import zarr
 
-    for name, values in _extras(proba, block, want_proba, want_unc).items():
+    for name, values in _extras(proba, block, want_proba, want_unc, inside).items():
         where = (slice(None), *block.region) if name == "probabilities" else block.region
         zarr.open_array(f"{out}/{name}/0", mode="r+")[where] = to_host(values)
 
@@ -184,12 +202,20 @@ class PredictionJob:
     n_threads: int
     device: str
     kept: KeptFeatures | None = None
+    #: where voxels are segmented (:mod:`tiledseg.masks`); elsewhere the outputs are 0
+    mask: Any = None
 
     def predict(self, block: Block) -> int:
         """Write the block's outputs and mark it done; return its voxels."""
         import zarr
 
-        labels = to_host(_labels(self._probabilities_written(block), self.model, block.shape))
+        inside = None if self.mask is None else self.mask.inside(block.region)
+        if inside is not None and inside.all():
+            inside = None  # (nothing to clear)
+        proba = self._probabilities_written(block, inside)
+        labels = to_host(_labels(proba, self.model, block.shape))
+        if inside is not None:
+            labels[~inside] = 0
         # labels last, then the marker: a block marked done has all its outputs written
         zarr.open_array(f"{self.out}/labels/0", mode="r+")[block.region] = labels
         mark_block_done(self.out, block.index)
@@ -203,7 +229,7 @@ class PredictionJob:
         from tiledseg.smoothing.energy import unary_costs
 
         # the graph cut runs on the CPU: the probabilities come back
-        proba = to_host(self._probabilities_written(block))
+        proba = to_host(self._probabilities_written(block, None))
         return unary_costs(proba).reshape(*block.shape, proba.shape[1])
 
     def write_labels(self, block: Block, indices: np.ndarray) -> int:
@@ -215,10 +241,11 @@ class PredictionJob:
         mark_block_done(self.out, block.index)
         return int(indices.size)
 
-    def _probabilities_written(self, block: Block) -> Any:
+    def _probabilities_written(self, block: Block, inside: np.ndarray | None) -> Any:
         """Return the block's probabilities, on the worker's device.
 
-        The probability and uncertainty outputs are already written.
+        The probability and uncertainty outputs are already written (0 where ``inside``,
+        the voxels inside the mask, is false).
         """
         with out_of_memory_hint(block.shape):
             proba = block_probabilities(
@@ -229,7 +256,7 @@ class PredictionJob:
                 device=worker_device(self.device),
                 kept=self.kept,
             )
-            _write_extras(self.out, block, proba, self.probabilities, self.uncertainty)
+            _write_extras(self.out, block, proba, self.probabilities, self.uncertainty, inside)
         return proba
 
 
@@ -353,13 +380,23 @@ class _Plan:
     identity: dict[str, Any]
     resumable: bool
     smoothing: Any  # SmoothSettings, or None
+    mask: Any = None  # a tiledseg.masks mask, or None
+    #: blocks of the region without a voxel inside the mask: left out of ``blocks``
+    masked: int = 0
 
     @property
     def inputs(self) -> list[str]:
         """The paths an output must never be written over."""
         paths = [self.image] if isinstance(self.image, str | os.PathLike) else []
         paths += [v.path for v in self.volume.extra_volumes if v.path]
+        mask = getattr(self.mask, "volume", None)  # (a mask image's)
+        paths += [mask.path] if mask is not None and mask.path else []
         return [str(p) for p in paths]
+
+    @property
+    def total(self) -> int:
+        """The blocks of the region, those outside the mask included."""
+        return len(self.blocks) + self.masked
 
 
 def _run(
@@ -404,23 +441,37 @@ def _run(
             print(note, file=sys.stderr)
         executor = executor or executor_()
         path, done, plan = _start(plan, out, resuming, executor, overwrite, command, devices)
-        job = PredictionJob(
-            plan.volume,
-            model,
-            str(path),
-            prediction.probabilities,
-            prediction.uncertainty,
+        job = _job(
+            plan,
+            path,
+            prediction,
             executor.threads_per_task(len(plan.blocks) - len(done)),
             ex.device,
-            _kept_for(model, plan.volume, ex.device),
         )
         voxels, failures, extra = _run_blocks(job, plan, done, executor, resuming)
-    skipped = sum(index in plan.blocks for index in done)
+    skipped = sum(index in plan.blocks for index in done) + plan.masked  # (as done: skipped)
     _raise_failures(path, failures, plan, skipped)
     seconds = time.perf_counter() - started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
     return PredictionResult(
-        str(path), volume.shape, len(plan.blocks), voxels, seconds, skipped, tuple(notes)
+        str(path), volume.shape, plan.total, voxels, seconds, skipped, tuple(notes), plan.masked
+    )
+
+
+def _job(
+    plan: _Plan, path: Path, prediction: Prediction, n_threads: int, device: str
+) -> PredictionJob:
+    """Return the job every block of ``plan`` shares."""
+    return PredictionJob(
+        plan.volume,
+        plan.model,
+        str(path),
+        prediction.probabilities,
+        prediction.uncertainty,
+        n_threads,
+        device,
+        _kept_for(plan.model, plan.volume, device),
+        plan.mask,
     )
 
 
@@ -532,7 +583,7 @@ def _raise_failures(path: Path, failures: list[BlockFailure], plan: _Plan, skipp
     block order is named, with the fix (``--nan-fill``). With other failures too, the
     report of every failed block ends with that line.
     """
-    total = len(plan.blocks)
+    total = plan.total
     marker = f"{NonFiniteValuesError.__name__}: "
     bad = [f for f in failures if f.error.startswith(marker)]
     if not bad:
@@ -570,8 +621,15 @@ def _plan(
     # an in-memory array has no identity a later run could check: it is never resumed
     if isinstance(image, Volume) and image.path is not None:
         image = image.path  # (its identity is its path, as for a path given directly)
-    # (with extra channels: when they are paths too, as the stack's path says)
-    resumable = isinstance(image, str | os.PathLike) and bool(not volume.n_extra or volume.path)
+    # (with extra channels: when they are paths too, as the stack's path says; a mask too)
+    resumable = (
+        isinstance(image, str | os.PathLike)
+        and bool(not volume.n_extra or volume.path)
+        and (prediction.mask is None or mask_path(prediction.mask) is not None)
+    )
+    mask = open_mask(
+        prediction.mask, prediction.mask_threshold, volume, smoothed=settings is not None
+    )
     stored = unfinished_run(out) if resumable and not overwrite else None
     block = ex.block
     if block is None and stored is not None and "block" in stored:
@@ -595,11 +653,13 @@ def _plan(
     # made block by block as their tasks are submitted: nothing here grows with the blocks
     blocks = BlockPlan(volume.shape, shape, halo, roi=region)
     identity = _identity(image, volume, model, shape, region, prediction, settings)
+    identity.update(_mask_identity(prediction, mask))
     if fill is not None:
         identity["nan_fill"] = fill
     if stored is not None:
         _check_fill(out, stored.get("identity") or {}, identity)
-    return _Plan(volume, model, image, shape, blocks, region, identity, resumable, settings)
+        _check_mask(out, stored.get("identity") or {}, identity)
+    return _Plan(volume, model, image, shape, blocks, region, identity, resumable, settings, mask)
 
 
 def _identity(
@@ -627,6 +687,38 @@ def _identity(
         "smoothing": None if settings is None else settings.to_dict(None),
         **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
     }
+
+
+def _mask_identity(prediction: Prediction, mask: Any) -> dict[str, Any]:
+    """Return the mask's part of the identity: the mask image's path, or the threshold.
+
+    Nothing without a mask (the identity of an output written before masks is unchanged).
+    """
+    if prediction.mask is not None:
+        return {"mask": _where(mask_path(prediction.mask) or prediction.mask, mask.volume)}
+    if prediction.mask_threshold is not None:
+        return {"mask": {"threshold": prediction.mask_threshold, "sigma": MASK_SIGMA}}
+    return {}
+
+
+def _check_mask(out: str, stored: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to continue a run made with another mask (or none, or one where it had none)."""
+    was, now = stored.get("mask"), identity.get("mask")
+    if was == now:
+        return
+    raise OutputExistsError(
+        f"output {out!r} holds an unfinished run with a different mask (it had "
+        f"{_mask_text(was)}, this run has {_mask_text(now)}); rerun it as it was to continue "
+        "it, pass --overwrite to start afresh, or choose another path"
+    )
+
+
+def _mask_text(mask: Any) -> str:
+    if mask is None:
+        return "none"
+    if isinstance(mask, dict):
+        return f"--mask-threshold {mask.get('threshold')}"
+    return f"--mask {mask}"
 
 
 def _check_fill(out: str, stored: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -666,17 +758,22 @@ def _start(
 
     Returns the output's path, the blocks already done and the plan. The image is not
     read here: each block refuses NaN or infinite values as it is read (or reads the
-    fill, with one).
+    fill, with one). With a mask, the blocks without a voxel inside it are left out of the
+    plan's blocks here (:func:`tiledseg.masks.blocks_meeting`).
     """
+    if plan.mask is not None:
+        kept = plan.blocks.only(blocks_meeting(plan.mask, plan.blocks, executor))
+        plan = dataclasses.replace(plan, blocks=kept, masked=len(plan.blocks) - len(kept))
     if resuming:
         path = Path(out)
         done = done_blocks(path)
-        record_resume(path, skipped=len(done), total=len(plan.blocks))
+        record_resume(path, skipped=len(done) + plan.masked, total=plan.total)
         _record_fill(path, plan.identity)
         if done and not executor.quiet:
-            skipped = sum(index in plan.blocks for index in done)
+            skipped = sum(index in plan.blocks for index in done) + plan.masked
+            outside = f" ({plan.masked} outside the mask)" if plan.masked else ""
             print(
-                f"resuming {path}: {skipped} of {len(plan.blocks)} blocks already done, skipped",
+                f"resuming {path}: {skipped} of {plan.total} blocks already done{outside}, skipped",
                 file=sys.stderr,
             )
         return path, done, plan

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.errors import InputDataError, MissingExtraError, OutputExistsError, TiledsegError
-from tiledseg.volume import Volume, open_volume, same_path, split_dataset
+from tiledseg.volume import Volume, open_volume, same_path, split_dataset, split_options
 
 __all__ = [
     "Panel",
@@ -47,11 +47,13 @@ __all__ = [
     "View",
     "check_report_path",
     "class_colours",
+    "is_colour",
     "label_rgba",
     "make_report",
     "middle_views",
     "read_view",
     "report_folder",
+    "rgb_picture",
 ]
 
 #: Marks ``manifest.json`` as a tiledseg report's (only such a folder is replaced).
@@ -126,12 +128,37 @@ def middle_views(
     return views
 
 
-def read_view(volume: Volume, view: View) -> np.ndarray:
-    """Read the 2D plane ``view`` of ``volume`` (its first channel), alone."""
-    data = volume.read(view.region)[0]
+def read_view(volume: Volume, view: View, *, colour: bool = False) -> np.ndarray:
+    """Read the 2D plane ``view`` of ``volume``, alone.
+
+    Its first channel ``(rows, cols)``, or with ``colour`` its first three
+    ``(rows, cols, 3)`` (see :func:`is_colour`).
+    """
+    data = volume.read(view.region)
+    data = data[:3] if colour else data[0]
     if view.axis is not None:
-        data = np.take(data, 0, axis=view.axis)
-    return np.asarray(data)
+        data = np.take(data, 0, axis=view.axis + int(colour))
+    return np.moveaxis(np.asarray(data), 0, -1) if colour else np.asarray(data)
+
+
+def is_colour(volume: Volume) -> bool:
+    """Whether ``volume`` is drawn in colour: 3 (RGB) or 4 (RGBA) channels, uint8 or float."""
+    return volume.n_channels in (3, 4) and (volume.dtype == np.uint8 or volume.dtype.kind == "f")
+
+
+def rgb_picture(plane: np.ndarray) -> np.ndarray:
+    """Return a ``(rows, cols, 3)`` plane as RGB that matplotlib draws as it is.
+
+    uint8 stays as stored (0 to 255); floats between 0 and 1 too; other floats are
+    stretched between their 1st and 99.5th percentiles, all channels alike. NaN is black.
+    """
+    if plane.dtype == np.uint8:
+        return plane
+    plane = np.nan_to_num(plane.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if plane.size and plane.min() >= 0 and plane.max() <= 1:
+        return plane
+    low, high = _contrast(plane)
+    return np.clip((plane - low) / (high - low), 0.0, 1.0)
 
 
 def class_colours(classes: Sequence[int]) -> dict[int, tuple[float, float, float]]:
@@ -261,7 +288,7 @@ def _open_image(
         _same_shape(volume, labels, "image")
         return volume
     stored = provenance.get("image")
-    if not isinstance(stored, str) or not Path(split_dataset(stored)[0]).exists():
+    if not isinstance(stored, str) or not Path(split_dataset(split_options(stored)[0])[0]).exists():
         notes.append(
             f"image {stored!r} of the provenance is not readable here; labels are drawn alone "
             "(give --image)"
@@ -359,11 +386,7 @@ def _draw_slices(plt, planes, views, spacing, colours, folder: Path) -> Panel:
             ax = axes[r][c]
             aspect = _aspect(view, spacing)
             if image_planes is not None:
-                low, high = _contrast(image_planes[c])
-                ax.imshow(
-                    image_planes[c], cmap="gray", vmin=low, vmax=high, aspect=aspect,
-                    interpolation="nearest",
-                )  # fmt: skip
+                _draw_image(ax, image_planes[c], aspect)
             if row != "image":
                 ax.imshow(
                     label_rgba(
@@ -377,6 +400,15 @@ def _draw_slices(plt, planes, views, spacing, colours, folder: Path) -> Panel:
     fig.tight_layout(rect=(0, 0.8 / (3.6 * len(rows) + 0.8), 1, 1))
     title = "middle planes: " + ", ".join(rows)
     return _save(fig, folder, "slices", title)
+
+
+def _draw_image(ax, plane: np.ndarray, aspect: float) -> None:
+    """Draw an image plane: grey with a contrast stretch, or in colour (``(rows, cols, 3)``)."""
+    if plane.ndim == 3:
+        ax.imshow(rgb_picture(plane), aspect=aspect, interpolation="nearest")
+        return
+    low, high = _contrast(plane)
+    ax.imshow(plane, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
 
 
 def _label_plane(ax, view, title: str) -> None:
@@ -505,7 +537,8 @@ def make_report(
     model : path, optional
         A model file: adds its feature importances.
     channel_axis : int, optional
-        Channel axis of ``image`` (the first channel is drawn).
+        Channel axis of ``image`` (an RGB(A) image of uint8 or floats is drawn in colour,
+        another the first channel).
     overwrite : bool
         Replace an existing report (only one tiledseg made).
     max_edge : int
@@ -591,7 +624,8 @@ def _open_inputs(
     if not provenance.get("complete", True):
         notes.append("the run is not complete: blocks not yet predicted are blank")
     if volume is not None and volume.n_channels > 1:
-        notes.append(f"image has {volume.n_channels} channels; channel 0 is drawn")
+        how = "drawn in colour (RGB)" if is_colour(volume) else "channel 0 is drawn"
+        notes.append(f"image has {volume.n_channels} channels; {how}")
     return _Drawn(labels, volume, truth_volume, uncertainty, scores, described)
 
 
@@ -647,7 +681,8 @@ def _draw_panels(
     spacing = drawn.labels.spacing
     planes: dict[str, list[np.ndarray]] = {}
     if drawn.image is not None:
-        planes["image"] = [read_view(drawn.image, v) for v in views]
+        colour = is_colour(drawn.image)
+        planes["image"] = [read_view(drawn.image, v, colour=colour) for v in views]
     planes["labels"] = [read_view(drawn.labels, v) for v in views]
     if drawn.truth is not None:
         planes["truth"] = [read_view(drawn.truth, v) for v in views]

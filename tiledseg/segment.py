@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tiledseg.errors import InputDataError, ModelFileError, OutputExistsError, TiledsegError
+from tiledseg.errors import ModelFileError, OutputExistsError, TiledsegError
 from tiledseg.model import Model
 from tiledseg.predict import PredictionResult
 from tiledseg.volume import Volume, same_path
@@ -97,6 +97,9 @@ def _check(config: Any) -> Model | None:
 
     inputs = [config.image, config.labels, config.truth, bank_file(config.features)]
     inputs += config.extra_channels or []
+    for more in config.training_images or []:  # never written over either
+        inputs += [more.image, more.labels, *(more.extra_channels or [])]
+    inputs += [config.mask] if isinstance(config.mask, str) else []
     if same_path(config.model, config.out):
         raise OutputExistsError(
             f"the config's model and out are the same path {config.out!r}; give them "
@@ -121,12 +124,18 @@ def bank_file(features: Any) -> str | None:
 def _train(config: Any, volume: Volume, execution: Any) -> Model:
     import tiledseg
 
+    # the volume holds the extra channels already
+    image_input = config.image_input.updated(extra_channels=())
+    images: Any = volume
+    labels: Any = config.labels
+    if config.training_images:  # one model on the scribbles of several images
+        more = [t.model_dump(exclude_none=True) for t in config.training_images]
+        images, labels = [(volume, config.labels), *more], None
     model = tiledseg.train(
-        volume,
-        config.labels,
+        images,
+        labels,
         execution=execution,
-        # the volume holds the extra channels already
-        image_input=config.image_input.updated(extra_channels=()),
+        image_input=image_input,
         training=config.training,
     )
     model.save(config.model, overwrite=config.overwrite)
@@ -185,24 +194,24 @@ def _model_of_unfinished_run(config: Any) -> Model | None:
 
 
 def _open_inputs(config: Any) -> Volume:
-    """Open the image and refuse a bad ROI, truth, image or smoothing.
+    """Open the image and refuse a bad ROI, truth, image, mask or smoothing.
 
     Both happen before a model file is written. The image's values are not read here.
     """
-    from tiledseg.volume import open_volume, parse_region, with_extra_channels
+    from tiledseg.masks import open_mask
+    from tiledseg.volume import open_volume, parse_region, shape_mismatch, with_extra_channels
 
     volume = open_volume(config.image, channel_axis=config.channel_axis, spacing=config.spacing)
     if config.extra_channels:
         volume = with_extra_channels(volume, config.extra_channels)
     parse_region(config.roi, volume.shape)
-    config.smoothing.settings(volume.ndim)  # (the neighbourhood depends on the dimensions)
+    settings = config.smoothing.settings(volume.ndim)  # (the neighbourhood: from the axes)
+    # the mask's shape (and a mask with the graph cut), before a model is trained
+    open_mask(config.mask, config.mask_threshold, volume, smoothed=settings is not None)
     # NaN or infinite values are refused (or read as nan_fill) where a block is read:
     # training's boxes of scribbles, then prediction's blocks, which name the first one
     if config.truth is not None:
         truth = open_volume(config.truth, role="truth", allow_channels=False)
         if truth.shape != volume.shape:
-            raise InputDataError(
-                f"truth {truth.name} has shape {truth.shape} but image {volume.name} has "
-                f"spatial shape {volume.shape}; they must match"
-            )
+            raise shape_mismatch(volume, truth, "truth")
     return volume

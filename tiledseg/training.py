@@ -59,6 +59,7 @@ from tiledseg.volume import (
     Volume,
     chunk_cacheable,
     open_volume,
+    shape_mismatch,
     with_chunk_cache,
     with_extra_channels,
 )
@@ -633,8 +634,8 @@ def train(
     image : path or array, or a list of pairs
         The image (see :func:`tiledseg.volume.open_volume`). Several images: a list of
         ``(image, labels)`` pairs (or of mappings with ``image``, ``labels`` and
-        optionally ``extra_channels``), with ``labels`` left out: one model is trained
-        on the scribbles of them all (:func:`training_tables`).
+        optionally that image's ``extra_channels`` and ``spacing``), with ``labels`` left
+        out: one model is trained on the scribbles of them all (:func:`training_tables`).
     labels : path or array
         Same spatial shape; 0 = unlabelled, any positive integer = a class. The
         model predicts these very values.
@@ -808,20 +809,24 @@ def _train(
     return fit.model(devices, started)
 
 
-def _pairs(images: Any) -> list[tuple[Any, Any, tuple[Any, ...]]]:
-    """Return ``(image, labels, extra_channels)`` of each training image, checked."""
+def _pairs(images: Any) -> list[tuple[Any, Any, dict[str, Any]]]:
+    """Return ``(image, labels, image options)`` of each training image, checked.
+
+    An item is an ``(image, labels)`` pair, or a mapping with ``image``, ``labels`` and
+    optionally ``extra_channels`` and ``spacing`` (that image's own).
+    """
     pairs = []
     for i, item in enumerate(images):
         if isinstance(item, dict):
-            unknown = set(item) - {"image", "labels", "extra_channels"}
-            if unknown or not {"image", "labels"} <= set(item):
+            own = {k: v for k, v in item.items() if k not in ("image", "labels")}
+            if set(own) - {"extra_channels", "spacing"} or not {"image", "labels"} <= set(item):
                 raise TiledsegError(
                     f"training image {i + 1}: give image and labels (and optionally "
-                    f"extra_channels), not {sorted(item)}"
+                    f"extra_channels, spacing), not {sorted(item)}"
                 )
-            pairs.append((item["image"], item["labels"], tuple(item.get("extra_channels") or ())))
+            pairs.append((item["image"], item["labels"], own))
         elif isinstance(item, list | tuple) and len(item) == 2:
-            pairs.append((item[0], item[1], ()))
+            pairs.append((item[0], item[1], {}))
         else:
             raise TiledsegError(
                 f"training image {i + 1} is {type(item).__name__}; give (image, labels) pairs"
@@ -832,16 +837,16 @@ def _pairs(images: Any) -> list[tuple[Any, Any, tuple[Any, ...]]]:
 
 
 def _plans(
-    pairs: list[tuple[Any, Any, tuple[Any, ...]]],
+    pairs: list[tuple[Any, Any, dict[str, Any]]],
     ex: Execution,
     image_input: ImageInput,
     tr: Training,
 ) -> list[_TrainingPlan]:
     """Plan each image's table; refuse images one model cannot serve together."""
     plans = []
-    for image, labels, extras in pairs:
-        own = image_input.updated(extra_channels=extras) if extras else image_input
-        plans.append(_plan_training(image, labels, ex, own, tr))
+    for image, labels, own in pairs:
+        given = image_input.updated(**own) if own else image_input
+        plans.append(_plan_training(image, labels, ex, given, tr))
     first = plans[0]
     for plan in plans[1:]:
         v, w = first.volume, plan.volume
@@ -928,7 +933,7 @@ def _joined_intensity(ranges: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _train_several(
-    pairs: list[tuple[Any, Any, tuple[Any, ...]]],
+    pairs: list[tuple[Any, Any, dict[str, Any]]],
     *,
     execution: Execution,
     image_input: ImageInput,
@@ -1404,8 +1409,5 @@ def _open_pair(image, labels, *, channel_axis, spacing) -> tuple[Volume, Volume]
     volume = open_volume(image, channel_axis=channel_axis, spacing=spacing)
     label_volume = open_volume(labels, role="labels", allow_channels=False)
     if label_volume.shape != volume.shape:
-        raise InputDataError(
-            f"labels {label_volume.name} have shape {label_volume.shape} but image "
-            f"{volume.name} has spatial shape {volume.shape}; they must match voxel for voxel"
-        )
+        raise shape_mismatch(volume, label_volume, "labels")
     return volume, label_volume

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiledseg.errors import InputDataError, TiledsegError
-from tiledseg.formats import PILLOW_SUFFIXES, READABLE, file_kind, not_readable, open_pillow
+from tiledseg.formats import (
+    PILLOW_SUFFIXES,
+    READABLE,
+    file_kind,
+    not_readable,
+    open_pillow,
+    tiff_metadata,
+)
 
 if TYPE_CHECKING:
     from tiledseg.chunk_cache import ChunkCache
@@ -39,7 +47,9 @@ __all__ = [
     "parse_region",
     "parse_spacing",
     "same_path",
+    "shape_mismatch",
     "split_dataset",
+    "split_options",
     "with_chunk_cache",
     "with_extra_channels",
 ]
@@ -195,6 +205,8 @@ class Volume:
     checked_finite: bool = field(default=False, compare=False)
     #: The path it was opened from (``None``: an in-memory array), as the user gave it.
     path: str | None = None
+    #: The metadata its axes and spacing were read from ("OME-Zarr", "OME-TIFF", "TIFF").
+    metadata: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -283,6 +295,7 @@ class Volume:
             "chunks": list(self.chunks) if self.chunks else None,
             "spacing": list(self.spacing),
             "spacing_from": "metadata" if self.spacing_from_metadata else "default",
+            "metadata": self.metadata,
         }
 
 
@@ -366,9 +379,13 @@ def open_volume(
         group: an OME-Zarr image (multiscale ``level``), a tiledseg output (its
         labels) or a group with one array. ``store.zarr/path/to/array`` addresses
         an array inside a group. A file of another name is read by its first bytes.
-        Reading a damaged zarr chunk raises an error naming its file.
+        Reading a damaged zarr chunk raises an error naming its file. A TIFF's axes are
+        tifffile's: samples (``S``, RGB) or OME's ``C`` are channels, OME's ``T`` of one
+        point is dropped; an OME-TIFF's or OME-Zarr's spacing is read. A path may end
+        with ``[channel_axis=N]`` (or ``[channel_axis=none]``), e.g.
+        ``dist.h5:/data[channel_axis=-1]``: its own channel axis (see :func:`split_options`).
     channel_axis : int, optional
-        Axis of the stored array holding channels (overrides OME metadata).
+        Axis of the stored array holding channels (overrides the file's metadata).
     spacing : sequence of float or "z,y,x", optional
         Voxel spacing (overrides OME metadata; isotropic 1 by default).
     level : int
@@ -386,21 +403,76 @@ def open_volume(
     if isinstance(image, Volume):
         return image
     path = str(image) if isinstance(image, str | os.PathLike) else None
+    written: dict[str, Any] = {}
+    if path is not None:
+        image, written = split_options(path)
     source, meta, name = _open_source(image, level=level, role=role, labels=not allow_channels)
     _check_dtype(np.dtype(source.dtype), name, role)
     source = _one_time_point(source, meta, name=name, role=role)
     shape = tuple(source.shape)
-    if channel_axis is None:
+    checked = dict(name=name, role=role, allow_channels=allow_channels)
+    if "channel_axis" in written:
+        axis = _check_channel_axis(written["channel_axis"], shape, **checked)
+        if channel_axis is not None and _check_channel_axis(channel_axis, shape, **checked) != axis:
+            raise InputDataError(
+                f"{role} {path!r} says channel axis {axis} but channel axis {channel_axis} was "
+                "given too (--channel-axis); give one of them"
+            )
+        channel_axis = axis
+    elif channel_axis is None:
         channel_axis = meta.get("channel_axis")
-    channel_axis = _check_channel_axis(
-        channel_axis, shape, name=name, role=role, allow_channels=allow_channels
-    )
+    channel_axis = _check_channel_axis(channel_axis, shape, **checked)
     spatial = len(shape) - (channel_axis is not None)
-    _check_spatial(
-        shape, spatial, channel_axis, name=name, role=role, allow_channels=allow_channels
-    )
+    _check_spatial(shape, spatial, channel_axis, **checked)
     parsed, from_meta = _spacing_of(spacing, meta, spatial)
-    return Volume(source, channel_axis, parsed, name, from_meta, meta.get("attrs", {}), path=path)
+    return Volume(
+        source, channel_axis, parsed, name, from_meta, meta.get("attrs", {}),
+        path=path, metadata=meta.get("metadata"),
+    )  # fmt: skip
+
+
+#: A path's trailing options: ``[key=value]`` (only ``channel_axis`` exists).
+_PATH_OPTIONS = re.compile(r"\[(\w+)=([^\[\]]*)\]$")
+
+
+def split_options(text: str) -> tuple[str, dict[str, Any]]:
+    """Split the options written after a path, ``PATH[channel_axis=N]``, from the path.
+
+    ``N`` is the axis of the stored array holding channels (negative counts from the
+    end), or ``none``: no channel axis, whatever the file's metadata says. It applies
+    to any path, e.g. ``dist.h5:/data[channel_axis=-1]``, ``scan.npy[channel_axis=0]``,
+    ``rgb.tif[channel_axis=none]``. A text naming an existing file is a path, whole.
+
+    Parameters
+    ----------
+    text : str
+        A path as the user gave it.
+
+    Returns
+    -------
+    str
+        The path without its options.
+    dict
+        ``{"channel_axis": N or None}``, or ``{}`` without options.
+
+    Raises
+    ------
+    InputDataError
+        For an unknown option or an axis that is not an integer.
+    """
+    found = _PATH_OPTIONS.search(text)
+    if found is None or os.path.exists(text):
+        return text, {}
+    key, value = found[1], found[2].strip()
+    fix = "write PATH[channel_axis=N], N the stored array's axis of channels (or none)"
+    if key != "channel_axis":
+        raise InputDataError(f"{text!r}: [{key}=...] is no option of a path; {fix}")
+    if value.lower() == "none":
+        return text[: found.start()], {"channel_axis": None}
+    try:
+        return text[: found.start()], {"channel_axis": int(value)}
+    except ValueError:
+        raise InputDataError(f"{text!r}: channel_axis={value!r} is not an integer; {fix}") from None
 
 
 def _open_source(
@@ -464,8 +536,9 @@ def _check_spatial(
 ) -> None:
     """Refuse an image that is not 2D or 3D, or is empty."""
     if spatial not in (2, 3):
+        how = "--channel-axis" if role == "image" else f"'{name}[channel_axis=N]'"
         hint = (
-            " If one axis holds channels, say which with --channel-axis."
+            f" If one axis holds channels, say which with {how}."
             if spatial == 4 and channel_axis is None and allow_channels
             else ""
         )
@@ -526,8 +599,11 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
     volume : Volume
         The image.
     extras : sequence of path, array or Volume
-        Images of the same spatial shape (each may have channels of its own, as its
-        OME axes say). They take the image's spacing.
+        Images of the same spatial shape. Each may have channels of its own, every one
+        of them a feature: as its metadata says (OME-Zarr or OME-TIFF axes, a TIFF's
+        samples) or as written after its path, ``PATH[channel_axis=N]`` (e.g.
+        ``dist.h5:/data[channel_axis=-1]`` for channels last; see :func:`split_options`).
+        They take the image's spacing.
 
     Returns
     -------
@@ -537,16 +613,11 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
     Raises
     ------
     InputDataError
-        For an extra of another spatial shape or with other spacing in its metadata.
+        For an extra of another spatial shape or with other spacing in its metadata; one
+        whose shape is the image's with one axis more names ``[channel_axis=N]``.
     """
-    opened = [open_volume(e, role="extra channel") for e in extras]
+    opened = [_open_extra(e, volume) for e in extras]
     for extra in opened:
-        if extra.shape != volume.shape:
-            raise InputDataError(
-                f"extra channel {extra.name} has spatial shape {extra.shape} but image "
-                f"{volume.name} has {volume.shape}; extra channels must be co-registered with "
-                "the image, voxel for voxel (resample them first)"
-            )
         if (
             extra.spacing_from_metadata
             and volume.spacing_from_metadata
@@ -566,6 +637,107 @@ def with_extra_channels(volume: Volume, extras: Sequence[Any]) -> Volume:
         volume.attrs,
         path=volume.path if all(e.path is not None for e in opened) else None,
     )
+
+
+def _open_extra(extra: Any, volume: Volume) -> Volume:
+    """Open an extra channel of ``volume``; one of another shape names the fix it needs."""
+    role = "extra channel"
+    try:
+        opened = open_volume(extra, role=role)
+    except InputDataError:
+        stored = _stored_shape(extra, role)
+        axis = None if stored is None else _channel_axis_fix(stored, volume.shape)
+        if axis is None:
+            raise
+        raise _extra_needs_axis(extra, stored, volume, axis) from None
+    if opened.shape == volume.shape:
+        return opened
+    stored = tuple(opened.source.shape)
+    axis = _channel_axis_fix(stored, volume.shape)
+    if axis is not None and axis != opened.channel_axis:
+        raise _extra_needs_axis(extra, stored, volume, axis)
+    raise InputDataError(
+        f"extra channel {opened.name} has spatial shape {opened.shape} but image "
+        f"{volume.name} has {volume.shape}; extra channels must be co-registered with "
+        "the image, voxel for voxel (resample them first)"
+    )
+
+
+def _stored_shape(image: Any, role: str) -> tuple[int, ...] | None:
+    """Return the shape of the array behind a path or array (``None``: it cannot be read)."""
+    if not isinstance(image, str | os.PathLike):
+        return tuple(np.shape(image))
+    try:
+        source, meta, name = _open_source(split_options(str(image))[0], level=0, role=role)
+        return tuple(_one_time_point(source, meta, name=name, role=role).shape)
+    except TiledsegError:
+        return None
+
+
+def _channel_axis_fix(stored: Sequence[int], spatial: Sequence[int]) -> int | None:
+    """Return the axis of ``stored`` without which it is ``spatial`` (the last first), or None."""
+    stored, spatial = tuple(stored), tuple(spatial)
+    for axis in reversed(range(len(stored))):
+        if stored[:axis] + stored[axis + 1 :] == spatial:
+            return axis
+    return None
+
+
+def _extra_needs_axis(
+    extra: Any, stored: tuple[int, ...], volume: Volume, axis: int
+) -> InputDataError:
+    """Return the error for an extra whose channel axis (``axis``) was not said."""
+    if isinstance(extra, str | os.PathLike):
+        fix = f"give it as '{split_options(str(extra))[0]}[channel_axis={axis}]'"
+        name = split_options(str(extra))[0]
+    else:
+        fix = f"give it as open_volume(array, channel_axis={axis})"
+        name = f"<{type(extra).__name__}>"
+    return InputDataError(
+        f"extra channel {name} has shape {stored}, image {volume.name}'s spatial shape "
+        f"{volume.shape} with one axis more: if its axis {axis} holds channels, {fix}"
+    )
+
+
+def shape_mismatch(image: Volume, other: Volume, role: str) -> InputDataError:
+    """Return the error for a label map (or truth) whose shape is not the image's.
+
+    When the two differ by a channel axis the image was not read with (or was read
+    with), the message names the fix: ``--channel-axis N`` (or ``PATH[channel_axis=none]``).
+
+    Parameters
+    ----------
+    image : Volume
+        The image (its extra channels, if any, are left aside).
+    other : Volume
+        The labels, truth or prediction.
+    role : str
+        What ``other`` is ("labels", "truth"), for the message.
+
+    Returns
+    -------
+    InputDataError
+        The error, to raise.
+    """
+    image = image.image_only
+    message = (
+        f"{role} {other.name} {'have' if role == 'labels' else 'has'} shape {other.shape} but "
+        f"image {image.name} has spatial shape {image.shape}; they must match voxel for voxel"
+    )
+    stored = tuple(image.source.shape)
+    axis = _channel_axis_fix(stored, other.shape)
+    if image.channel_axis is None and axis is not None:
+        message += (
+            f"; if the image's axis {axis} holds channels (e.g. RGB), give --channel-axis "
+            f"{axis} (channel_axis= in Python)"
+        )
+    elif image.channel_axis is not None and stored == tuple(other.shape):
+        where = split_options(image.path)[0] if image.path else "PATH"
+        message += (
+            f"; the image was read with axis {image.channel_axis} as channels: if that "
+            f"axis is spatial, give the image as '{where}[channel_axis=none]'"
+        )
+    return InputDataError(message)
 
 
 class _ChunkCached(_Wrapped):
@@ -731,9 +903,10 @@ def split_dataset(text: str) -> tuple[str, str | None]:
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths (``file.h5:/dataset`` or plain) name the same file or folder."""
+    """Whether two paths (``file.h5:/dataset``, ``PATH[channel_axis=N]`` or plain) name one file."""
+    a, b = (split_dataset(split_options(str(p))[0])[0] for p in (a, b))
     try:
-        return Path(split_dataset(str(a))[0]).resolve() == Path(split_dataset(str(b))[0]).resolve()
+        return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return False
 
@@ -762,7 +935,7 @@ def _open_file(
     if kind == "hdf5":
         return _open_hdf5(path, key, role), {}, text
     if kind == "tiff":
-        return _open_tiff(path, role), {}, text
+        return _open_tiff(path, role), tiff_metadata(path, role=role, labels=labels), text
     if kind in ("png", "jpeg"):
         source, meta = open_pillow(path, role=role, labels=labels)
         return source, meta, text
@@ -867,7 +1040,7 @@ def _open_zarr(path: str, *, level: int, role: str) -> tuple[Any, dict, str]:
 
 def _ome_meta(ms: dict, level: int, attrs: dict) -> dict:
     axes = ms.get("axes") or []
-    meta: dict[str, Any] = {"attrs": attrs}
+    meta: dict[str, Any] = {"attrs": attrs, "metadata": "OME-Zarr"}
     if not axes or not isinstance(axes[0], dict):
         return meta
     default_kind = {"z": "space", "y": "space", "x": "space", "c": "channel", "t": "time"}
