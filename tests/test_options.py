@@ -15,7 +15,7 @@ from tiledseg.options import CONCERNS, Execution, Smoothing, Training, build
 # the arguments and options a command has besides the models' fields
 OWN = {
     "train": {"images", "model_path", "overwrite"},
-    "predict": {"image", "model_path", "out", "overwrite"},
+    "predict": {"images", "model_path", "out", "out_dir", "overwrite"},
     "segment": {"config_path", "overwrite"},
     "cluster": {"image", "out", "overwrite"},
     "report": {"output", "out", "truth", "image", "model_path", "overwrite"},

@@ -6,6 +6,7 @@ blockwise prediction into OME-Zarr, on threads or a dask cluster.
 
 # OpenMP's wait policy is set when tiledseg starts work, not here (tiledseg/_openmp.py)
 from tiledseg.clustering import ClusteringResult, cluster_phases
+from tiledseg.collection import CollectionResult, predict_collection
 from tiledseg.errors import BlocksFailedError, ClusterConfigError, TiledsegError
 from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
@@ -32,6 +33,7 @@ __all__ = [
     "BlocksFailedError",
     "ClusterConfigError",
     "ClusteringResult",
+    "CollectionResult",
     "Execution",
     "FeatureBank",
     "ImageInput",
@@ -53,6 +55,7 @@ __all__ = [
     "load_model",
     "open_volume",
     "predict",
+    "predict_collection",
     "register_feature",
     "resolve_bank",
     "segment",

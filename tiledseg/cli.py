@@ -157,33 +157,77 @@ def _training_notes(model) -> list[str]:
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE [IMAGE]...")
 @click.option("--model", "model_path", required=True, help="A model file from 'tiledseg train'.")
-@click.option("--out", required=True, help="Output OME-Zarr group (OUT.zarr).")
+@click.option("--out", default=None, help="Output OME-Zarr group (OUT.zarr), for one image.")
+@click.option(
+    "--out-dir",
+    default=None,
+    metavar="DIR",
+    help="For several images (or a glob): DIR/<image stem>.zarr each, in one run.",
+)
 @model_options(Prediction, Smoothing)
 @model_options(ImageInput, exclude=["spacing"])
 @model_options(Execution)
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
-def predict(image, model_path, out, overwrite, **options) -> None:
-    """Classify every voxel of IMAGE and write OUT.zarr.
+def predict(images, model_path, out, out_dir, overwrite, **options) -> None:
+    """Classify every voxel of IMAGE and write OUT.zarr (several images: --out-dir).
 
     A run that stopped (killed, out of walltime, failed blocks) continues when the
     same command is run again: blocks already written are skipped.
     """
     import tiledseg
 
+    if (out is None) == (out_dir is None):
+        raise click.UsageError("give --out OUT.zarr (one image) or --out-dir DIR (several)")
+    if out is not None and len(images) > 1:
+        raise click.UsageError(f"{len(images)} images: give --out-dir DIR, not --out")
+    models = {
+        "prediction": take(options, Prediction),
+        "smoothing": take(options, Smoothing),
+        "image_input": take(options, ImageInput),
+        "execution": take(options, Execution),
+    }
+    if out is None:
+        _predict_collection(images, model_path, out_dir, overwrite, models)
+        return
     result = tiledseg.predict(
-        image,
+        images[0],
         model_path,
         out=out,
-        prediction=take(options, Prediction),
-        smoothing=take(options, Smoothing),
-        image_input=take(options, ImageInput),
-        execution=take(options, Execution),
         overwrite=overwrite,
         command=_command_line(),
+        **models,
     )
     _print_prediction(result)
+
+
+def _predict_collection(images, model_path, out_dir, overwrite, models) -> None:
+    from tiledseg.collection import predict_collection
+    from tiledseg.errors import BlocksFailedError
+
+    result = predict_collection(
+        list(images),
+        model_path,
+        out_dir=out_dir,
+        overwrite=overwrite,
+        command=_command_line(),
+        **models,
+    )
+    for image, done in result.results.items():
+        click.echo(
+            f"{image}: {done.voxels:,} voxels in {done.blocks - done.skipped} blocks, "
+            f"{done.seconds:.1f} s; written to {done.path}"
+        )
+    for image, why in result.failed.items():
+        click.echo(f"{image}: FAILED: {why}")
+    if result.failed:
+        raise BlocksFailedError(
+            f"{len(result.failed)} of {len(result.failed) + len(result.results)} images failed "
+            "(listed above); the others are written. Fix the cause and rerun the same command: "
+            "it redoes only what is not done.",
+            [],
+        )
 
 
 def _command_line() -> str:

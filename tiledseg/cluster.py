@@ -182,9 +182,30 @@ class Executor:
         others. The job (``method``'s object) is the same in every item, so a cluster
         receives it once.
         """
-        job, func = method.__self__, method.__func__
-        items = ((job, func, block) for block in blocks)
+        return self.blocks_of(((method, block) for block in blocks), desc=desc, total=total)
+
+    def blocks_of(
+        self,
+        calls: Iterable[tuple[Callable[[Any], Any], Any]],
+        *,
+        desc: str,
+        total: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Run ``(method, block)`` pairs of any jobs (several images' side by side).
+
+        As :meth:`blocks`: each call is guarded once.
+        """
+        items = ((self._sent(method.__self__), method.__func__, block) for method, block in calls)
         return self.imap(_guarded_call, items, desc=desc, on_error=_lost_block, total=total)
+
+    def _sent(self, job: Any) -> Any:
+        """Return ``job``, or on a cluster the future of it sent once (not with every task)."""
+        if self.client is None:
+            return job
+        sent = self.__dict__.setdefault("_jobs_sent", {})
+        if id(job) not in sent:  # (the job is kept too: its id is not reused meanwhile)
+            sent[id(job)] = (job, self.client.submit(_shared_object, job, pure=False))
+        return sent[id(job)][1]
 
     def in_flight(self) -> int:
         """Return how many items :meth:`map` submits at once on a cluster.

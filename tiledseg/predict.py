@@ -411,9 +411,7 @@ def _run(
     prediction: Prediction,
     smoothing: Smoothing,
 ) -> PredictionResult:
-    started = time.perf_counter()
     model = model if isinstance(model, Model) else load_model(model)
-    volume, settings, fill, notes = _inputs(image, model, image_input, prediction, smoothing)
     ex = execution
     with contextlib.ExitStack() as stack:
 
@@ -427,34 +425,99 @@ def _run(
         # on a GPU the workers say what they have before blocks are planned; on the CPU
         # the output is checked before a cluster starts
         executor = executor_() if ex.device != "cpu" else None
-        devices = plan_devices(ex.device, executor)
-        plan = _plan(image, volume, model, out, overwrite, ex, prediction, settings, devices, fill)
-        resuming = prepare_output(
-            out,
-            overwrite=overwrite,
-            inputs=plan.inputs,
-            identity=plan.identity if plan.resumable else None,
+        options = RunOptions(ex, image_input, prediction, smoothing, overwrite, command)
+        running = begin(image, model, out, options, stack, executor or executor_)
+        voxels, failures, extra = _run_blocks(
+            running.job, running.plan, running.done, running.executor, running.resuming
         )
-        # one run per output: a second one into it is refused here, before it writes
-        stack.enter_context(output_lock(out))
-        for note in notes:  # (once the run is known to start)
-            print(note, file=sys.stderr)
-        executor = executor or executor_()
-        path, done, plan = _start(plan, out, resuming, executor, overwrite, command, devices)
-        job = _job(
-            plan,
-            path,
-            prediction,
-            executor.threads_per_task(len(plan.blocks) - len(done)),
-            ex.device,
-        )
-        voxels, failures, extra = _run_blocks(job, plan, done, executor, resuming)
-    skipped = sum(index in plan.blocks for index in done) + plan.masked  # (as done: skipped)
+    return finish(running, voxels, failures, extra)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every image of a run shares: its options, and how it treats existing outputs."""
+
+    execution: Execution
+    image_input: ImageInput
+    prediction: Prediction
+    smoothing: Smoothing
+    overwrite: bool
+    command: str | None
+
+
+@dataclass(frozen=True)
+class Running:
+    """One image's prediction, started: its job, plan, blocks done and output."""
+
+    job: PredictionJob
+    plan: _Plan
+    done: set[tuple[int, ...]]
+    path: Path
+    notes: tuple[str, ...]
+    started: float
+    resuming: bool
+    executor: Executor
+
+
+def begin(
+    image: Any,
+    model: Model,
+    out: str,
+    options: RunOptions,
+    stack: contextlib.ExitStack,
+    executor: Executor | Any,
+) -> Running:
+    """Plan one image's prediction, check and lock its output, and create (or take up) it.
+
+    ``executor``: the executor, or a function that opens it (once the output is known to
+    be writable). The output's lock is held until ``stack`` closes.
+    """
+    started = time.perf_counter()
+    ex, prediction = options.execution, options.prediction
+    volume, settings, fill, notes = _inputs(
+        image, model, options.image_input, prediction, options.smoothing
+    )
+    devices = plan_devices(ex.device, executor if isinstance(executor, Executor) else None)
+    plan = _plan(
+        image, volume, model, out, options.overwrite, ex, prediction, settings, devices, fill
+    )
+    resuming = prepare_output(
+        out,
+        overwrite=options.overwrite,
+        inputs=plan.inputs,
+        identity=plan.identity if plan.resumable else None,
+    )
+    # one run per output: a second one into it is refused here, before it writes
+    stack.enter_context(output_lock(out))
+    for note in notes:  # (once the run is known to start)
+        print(note, file=sys.stderr)
+    executor = executor if isinstance(executor, Executor) else executor()
+    path, done, plan = _start(
+        plan, out, resuming, executor, options.overwrite, options.command, devices
+    )
+    n_threads = executor.threads_per_task(len(plan.blocks) - len(done))
+    job = _job(plan, path, prediction, n_threads, ex.device)
+    return Running(job, plan, done, path, tuple(notes), started, resuming, executor)
+
+
+def finish(
+    running: Running, voxels: int, failures: list[BlockFailure], extra: dict[str, Any]
+) -> PredictionResult:
+    """Report the failed blocks (raising), or mark the output complete; return the result."""
+    plan, path = running.plan, running.path
+    skipped = sum(index in plan.blocks for index in running.done) + plan.masked  # (as done)
     _raise_failures(path, failures, plan, skipped)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - running.started
     mark_complete(path, voxels=voxels, seconds=round(seconds, 3), **extra)
     return PredictionResult(
-        str(path), volume.shape, plan.total, voxels, seconds, skipped, tuple(notes), plan.masked
+        str(path),
+        plan.volume.shape,
+        plan.total,
+        voxels,
+        seconds,
+        skipped,
+        running.notes,
+        plan.masked,
     )
 
 

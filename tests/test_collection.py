@@ -1,0 +1,89 @@
+"""A collection of images predicted in one run (issue 18)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+import tiledseg as ts
+from tiledseg.cli import main
+from tiledseg.testing import make_phantom
+
+
+@pytest.fixture(scope="module")
+def model():
+    ph = make_phantom((24, 28, 20), n_classes=3, seed=3, scribble_fraction=0.01)
+    return ts.train(ph.image, ph.scribbles, features="minimal", cache_dir=None)
+
+
+def labels(path):
+    return zarr.open_array(path / "labels" / "0", mode="r")[:]
+
+
+def test_a_collection_with_a_failing_image(model, tmp_path, capsys):
+    for i, seed in enumerate((4, 5)):
+        np.save(tmp_path / f"img{i}.npy", make_phantom((24, 28, 20), seed=seed).image)
+    np.save(tmp_path / "flat.npy", np.zeros((24, 28), np.uint8))  # 2D: the model is 3D
+    model_path = model.save(tmp_path / "m.tseg")
+    (tmp_path / "out").mkdir()
+    images = [str(tmp_path / n) for n in ("img0.npy", "flat.npy", "img1.npy")]
+    args = ["predict", *images, "--model", str(model_path), "--out-dir", str(tmp_path / "out")]
+    assert main([*args, "--quiet", "--block", "12"]) == 1
+    captured = capsys.readouterr()
+    assert "flat.npy: FAILED: image" in captured.out
+    assert "2 spatial axes" in captured.out
+    assert "1 of 3 images failed" in captured.err
+    for i in range(2):
+        single = ts.predict(images[2 * i], model, out=tmp_path / f"single{i}.zarr", block=12)
+        np.testing.assert_array_equal(
+            labels(tmp_path / "out" / f"img{i}.zarr"), labels(tmp_path / f"single{i}.zarr")
+        )
+        assert single.blocks == 12
+    assert not (tmp_path / "out" / "flat.zarr").exists()
+    # the same command again: the written images are complete, the failing one still fails
+    assert main([*args, "--quiet", "--block", "12"]) == 1
+
+
+def test_a_glob_in_python_and_one_output_per_stem(model, tmp_path):
+    for i in range(3):
+        np.save(tmp_path / f"tile{i}.npy", make_phantom((16, 20, 16), seed=i).image)
+    (tmp_path / "out").mkdir()
+    result = ts.predict_collection(str(tmp_path / "tile*.npy"), model, out_dir=tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "tile0.zarr",
+        "tile1.zarr",
+        "tile2.zarr",
+    ]
+    assert not result.failed
+    assert all(r.voxels == 16 * 20 * 16 for r in result.results.values())
+
+
+def test_out_and_out_dir_are_one_or_the_other(model, tmp_path, capsys):
+    model_path = model.save(tmp_path / "m.tseg")
+    np.save(tmp_path / "a.npy", make_phantom((16, 20, 16), seed=1).image)
+    args = ["predict", str(tmp_path / "a.npy"), "--model", str(model_path)]
+    assert main(args) == 2
+    assert main([*args, "--out", "x.zarr", "--out-dir", str(tmp_path)]) == 2
+    assert (
+        main([str(a) for a in [*args[:2], tmp_path / "a.npy", *args[2:], "--out", "x.zarr"]]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("give --out OUT.zarr (one image) or --out-dir DIR") == 2
+    assert "images: give --out-dir DIR, not --out" in err
+
+
+@pytest.mark.slow
+def test_a_collection_on_worker_processes_equals_threads(model, tmp_path):
+    for i in range(2):
+        np.save(tmp_path / f"t{i}.npy", make_phantom((16, 20, 16), seed=10 + i).image)
+    for run, workers in (("threads", None), ("workers", 2)):
+        (tmp_path / run).mkdir()
+        result = ts.predict_collection(
+            str(tmp_path / "t*.npy"), model, out_dir=tmp_path / run, workers=workers, block=12
+        )
+        assert not result.failed
+    for i in range(2):
+        np.testing.assert_array_equal(
+            labels(tmp_path / "threads" / f"t{i}.zarr"), labels(tmp_path / "workers" / f"t{i}.zarr")
+        )
