@@ -14,6 +14,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -707,3 +708,18 @@ def test_more_mistakes_a_user_tried(work, capsys, phantom):
 def test_demo_into_a_folder_that_is_a_file(work, capsys):
     Path("notes.txt").write_text("a file, not a folder")
     refused(capsys, ["demo", "--out", "notes.txt/demo", "--quiet"], "cannot make demo folder")
+
+
+def test_a_lock_left_on_another_host_is_taken_over_once_stale(work, capsys):
+    import json
+
+    from tiledseg.locks import STALE_AFTER, lock_path
+
+    lock = lock_path("out.zarr")
+    held = {"pid": 1, "host": "another-node", "since": "2026-12-06T15:00"}
+    lock.write_text(json.dumps(held))
+    refused(capsys, PREDICT, "in use by another run (pid 1 on host another-node")
+    old = time.time() - STALE_AFTER - 5  # a walltime kill: no one touches it any more
+    os.utime(lock, (old, old))
+    assert main(PREDICT) == 0
+    assert not lock.exists()

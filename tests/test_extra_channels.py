@@ -154,10 +154,11 @@ def test_a_positional_argument_after_the_option_stays_positional(files, tmp_path
     train = ["train", "--extra-channels", files["extra"], files["image"], files["labels"]]
     assert main([*train, "--model", model, "--features", files["bank"], "--quiet"]) == 0
     assert ts.load_model(model).bank.extra_channels == 1
-    # two paths after one flag: the second is an unexpected argument, not an extra
+    # two paths after one flag: the second is an image to predict (a collection needs
+    # --out-dir), not an extra
     predict = ["predict", files["image"], "--model", model, "--out", str(tmp_path / "o.zarr")]
     assert main([*predict, "--extra-channels", files["extra"], files["extra2"]]) == 2
-    assert f"unexpected extra argument ({files['extra2']})" in capsys.readouterr().err
+    assert "2 images: give --out-dir DIR, not --out" in capsys.readouterr().err
 
 
 def test_bad_extra_channels_are_one_clear_line(files, tmp_path, capsys):

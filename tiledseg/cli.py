@@ -534,6 +534,10 @@ def _failed(exc: BaseException, *, debug: bool) -> int:
             err=True,
         )
         return 2
+    if isinstance(exc, OSError):  # a full disk, a read-only or stale file system
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"tiledseg: error: {exc.strerror or exc}{where}", err=True)
+        return 1
     click.echo(
         f"tiledseg: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
         "traceback, and please report it)",

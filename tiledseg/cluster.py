@@ -830,7 +830,8 @@ def planned_workers(
     say nothing about a remote cluster.
     """
     if workers is not None:
-        return capped_workers(workers)
+        # (the cores only: the free memory of the moment must not change the blocks)
+        return max(1, min(int(workers), available_cores()))
     if cluster is not None:
         return cluster_config(cluster=cluster).planned_threads()
     if scheduler is not None:

@@ -44,6 +44,8 @@ from tiledseg.options import (
 )
 from tiledseg.runs import (
     BlockFailure,
+    check_apart,
+    check_writable,
     create_output,
     done_blocks,
     guarded,
@@ -481,14 +483,16 @@ def begin(
     plan = _plan(
         image, volume, model, out, options.overwrite, ex, prediction, settings, devices, fill
     )
+    check_apart(out, plan.inputs, what="output")
+    check_writable(out, what="output")
+    # one run per output: a second one into it is refused here, before it looks at the output
+    stack.enter_context(output_lock(out))
     resuming = prepare_output(
         out,
         overwrite=options.overwrite,
         inputs=plan.inputs,
         identity=plan.identity if plan.resumable else None,
     )
-    # one run per output: a second one into it is refused here, before it writes
-    stack.enter_context(output_lock(out))
     for note in notes:  # (once the run is known to start)
         print(note, file=sys.stderr)
     executor = executor if isinstance(executor, Executor) else executor()
@@ -579,10 +583,12 @@ def _nan_fill(model: Model, given: float | None) -> tuple[float | None, list[str
 
 #: Voxels of the image's centre read to compare its values with the model's record.
 INTENSITY_SAMPLE_VOXELS = 1 << 18
-#: Ranges of values whose widths differ more than this many times are far apart, as are
-#: ranges whose common part is less than :data:`INTENSITY_OVERLAP` of the narrower.
+#: A sample whose range is this many times wider than the trained one is far from it, as
+#: is one of which less than :data:`INTENSITY_OVERLAP` lies in (or near) the trained range.
 INTENSITY_WIDTH_RATIO = 4.0
 INTENSITY_OVERLAP = 0.5
+#: A sample this many times narrower than the trained range is on another scale.
+INTENSITY_NARROW_RATIO = 50.0
 
 
 def intensity_warnings(model: Model, volume: Volume) -> list[str]:
@@ -621,7 +627,7 @@ def intensity_warnings(model: Model, volume: Volume) -> list[str]:
     trained = (float(record["low"]), float(record["high"]))
     dtype, was = np.dtype(own.dtype), np.dtype(record["dtype"])
     other_dtype = dtype != was and not (dtype.kind == was.kind == "f")
-    if not other_dtype and _close_ranges(trained, (low, high)):
+    if not other_dtype and not _far(values, trained, (low, high)):
         return []
     return [
         f"warning: the model was trained on {was} values {trained[0]:.6g}..{trained[1]:.6g}; "
@@ -630,13 +636,24 @@ def intensity_warnings(model: Model, volume: Volume) -> list[str]:
     ]
 
 
-def _close_ranges(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Whether two ranges of values have similar widths and mostly overlap."""
-    shorter, longer = sorted((a[1] - a[0], b[1] - b[0]))
-    common = min(a[1], b[1]) - max(a[0], b[0])
-    if shorter <= 0:  # one range is a single value: close when it is inside the other
-        return common >= 0
-    return longer <= INTENSITY_WIDTH_RATIO * shorter and common >= INTENSITY_OVERLAP * shorter
+def _far(values: np.ndarray, trained: tuple[float, float], seen: tuple[float, float]) -> bool:
+    """Whether sampled values lie far from the trained range.
+
+    Far: most of them outside it (grown by a tenth of its width each side), or their
+    range :data:`INTENSITY_WIDTH_RATIO` times wider, or :data:`INTENSITY_NARROW_RATIO`
+    times narrower (0..1 where training saw 0..255). A sample a few times narrower is not
+    far: a central region may hold one phase only.
+    """
+    low, high = trained
+    width = max(high - low, np.finfo(np.float64).eps)
+    margin = 0.1 * width
+    outside = np.count_nonzero((values < low - margin) | (values > high + margin))
+    spread = seen[1] - seen[0]
+    return (
+        outside > (1 - INTENSITY_OVERLAP) * values.size
+        or spread > INTENSITY_WIDTH_RATIO * width
+        or spread * INTENSITY_NARROW_RATIO < width
+    )
 
 
 def _raise_failures(path: Path, failures: list[BlockFailure], plan: _Plan, skipped: int) -> None:

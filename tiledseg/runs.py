@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from tiledseg.errors import BlocksFailedError, OutputExistsError
-from tiledseg.volume import split_dataset
+from tiledseg.volume import split_dataset, split_options
 
 __all__ = [
     "BlockFailure",
@@ -159,7 +159,7 @@ def check_apart(path: str | Path, inputs: Sequence[str], *, what: str) -> None:
     """Refuse an output that is an input, lies inside an input's store, or holds one."""
     given, path = str(path), Path(path).resolve()
     for source in inputs:
-        head = split_dataset(str(source))[0]
+        head = split_dataset(split_options(str(source))[0])[0]
         store = Path(head).resolve()
         if path == store:
             raise OutputExistsError(f"{what} {given!r} is one of the inputs; choose another path")

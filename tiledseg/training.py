@@ -391,6 +391,7 @@ def training_table(
     feature_device: str = "cpu",
     chunk_cache: int | None = None,
     keep_features: bool = False,
+    one_class: bool = False,
 ) -> TrainingTable:
     """Build (or fetch from the cache) the features of every labelled voxel.
 
@@ -427,6 +428,9 @@ def training_table(
     keep_features : bool
         Inside ``segment`` (:func:`tiledseg.kept_features.using`), filter the blocks full
         of scribbles whole and keep their features for the prediction.
+    one_class : bool
+        Accept scribbles of one class (one of several images, :func:`training_tables`,
+        whose joined table is checked instead).
 
     Returns
     -------
@@ -446,6 +450,7 @@ def training_table(
             device=device,
             feature_device=feature_device,
             keep_features=keep_features,
+            one_class=one_class,
         )
 
 
@@ -478,6 +483,7 @@ def _training_table(
     device: str,
     feature_device: str,
     keep_features: bool,
+    one_class: bool = False,
 ) -> TrainingTable:
     """:func:`training_table` with ``image`` read as it should be."""
     halo = bank.halo(image.spacing)
@@ -485,7 +491,7 @@ def _training_table(
     job = TableJob(image, labels, bank, halo, cache_dir is not None, device, keep)
     found = executor.map_method(job.scan, plan_blocks(image.shape, block, halo), desc="labels")
     scans = [s for block_scans in found for s in block_scans]
-    values, coords = _labelled(scans, labels)
+    values, coords = _labelled(scans, labels, one_class=one_class)
     intensity = _intensity(scans, image)
     n_features = bank.n_features(ndim=image.ndim, n_channels=image.n_channels)
     if distributed is None:
@@ -532,7 +538,9 @@ def _keep_plan(image: Volume, block: tuple[int, ...], bank: FeatureBank) -> Kept
     )
 
 
-def _labelled(scans: list[_Scan], labels: Volume) -> tuple[np.ndarray, np.ndarray]:
+def _labelled(
+    scans: list[_Scan], labels: Volume, *, one_class: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Return the label values and positions of the scanned voxels.
 
     Labels that cannot be scribbles (none, one class, or more classes than scribbles have)
@@ -546,7 +554,7 @@ def _labelled(scans: list[_Scan], labels: Volume) -> tuple[np.ndarray, np.ndarra
     values = np.concatenate([s.values for s in scans])
     classes = np.unique(values)
     check_class_count(classes, role="labels", name=labels.name)
-    if len(classes) < 2:
+    if len(classes) < 2 and not one_class:
         raise InputDataError(
             f"labels {labels.name} hold only one class (value {int(classes[0])}); paint "
             "scribbles of at least two classes"
@@ -843,6 +851,12 @@ def _plans(
     tr: Training,
 ) -> list[_TrainingPlan]:
     """Plan each image's table; refuse images one model cannot serve together."""
+    if image_input.extra_channels and len(pairs) > 1:
+        raise TiledsegError(
+            "--extra-channels gives one image's extra channels; with several training "
+            "images give each its own (a mapping with extra_channels, or training_images: "
+            "in a config)"
+        )
     plans = []
     for image, labels, own in pairs:
         given = image_input.updated(**own) if own else image_input
@@ -850,7 +864,9 @@ def _plans(
     first = plans[0]
     for plan in plans[1:]:
         v, w = first.volume, plan.volume
-        if (w.ndim, w.n_channels) != (v.ndim, v.n_channels):
+        if (w.ndim, w.n_channels, w.n_extra) != (v.ndim, v.n_channels, v.n_extra) or (
+            plan.bank.to_dict() != first.bank.to_dict()
+        ):
             raise InputDataError(
                 f"image {w.name} is {w.ndim}D with {w.n_channels} channel(s) but image {v.name} "
                 f"is {v.ndim}D with {v.n_channels}; one model needs images of one kind"
@@ -889,9 +905,16 @@ def training_tables(
             distributed=plan.distributed,
             device=plan.execution.device,
             feature_device=feature_device,
+            one_class=True,  # an image may add scribbles of one class: the whole is checked
         )
         for plan in plans
     ]
+    joined = np.unique(np.concatenate([t.y for t in tables]))
+    if len(joined) < 2:
+        raise InputDataError(
+            f"the labels of all {len(plans)} images hold only one class (value "
+            f"{int(joined[0])}); paint scribbles of at least two classes"
+        )
     distributed = any(t.distributed for t in tables)
     if distributed:
         import dask.array as da
