@@ -215,9 +215,17 @@ def _predict_collection(images, model_path, out_dir, overwrite, models) -> None:
         **models,
     )
     for image, done in result.results.items():
+        # (no time per image: their blocks ran side by side)
         click.echo(
-            f"{image}: {done.voxels:,} voxels in {done.blocks - done.skipped} blocks, "
-            f"{done.seconds:.1f} s; written to {done.path}"
+            f"{image}: {done.voxels:,} voxels in {done.blocks - done.skipped} blocks; "
+            f"written to {done.path}"
+        )
+    if result.results:
+        seconds = max(done.seconds for done in result.results.values())
+        voxels = sum(done.voxels for done in result.results.values())
+        click.echo(
+            f"{len(result.results)} images, {voxels:,} voxels in {seconds:.1f} s "
+            f"({voxels / max(seconds, 1e-9) / 1e6:.2f} Mvox/s)"
         )
     for image, why in result.failed.items():
         click.echo(f"{image}: FAILED: {why}")
