@@ -86,3 +86,19 @@ def test_a_config_trains_on_more_images(two, tmp_path):
     model = ts.load_model(tmp_path / "m.tseg")
     assert [e["image"] for e in model.summary["images"]][1].endswith("i1.npy")
     assert zarr.open_array(tmp_path / "o.zarr" / "labels" / "0").shape == two[0].image.shape
+
+
+def test_a_bad_training_image_in_a_config_is_named(tmp_path):
+    from tiledseg.config import load_config
+
+    head = "image: a.npy\nlabels: b.npy\nmodel: m.tseg\nout: o.zarr\ntraining_images:\n"
+    for entry, expected in (
+        (
+            "  - {image: c.npy, labels: d.npy, channel_axis: 0}",
+            "item 1: unknown key 'channel_axis'",
+        ),
+        ("  - {image: c.npy}", "item 1: required key 'labels' is missing"),
+    ):
+        (tmp_path / "run.yaml").write_text(head + entry + "\n")
+        with pytest.raises(TiledsegError, match=expected):
+            load_config(tmp_path / "run.yaml")

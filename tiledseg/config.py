@@ -174,10 +174,15 @@ def load_config(path: str | Path) -> Any:
 def _explain(exc: ValidationError, data: dict) -> str:
     """One line naming the first bad key, the value given and what it should be."""
     cause = cause_of(exc)
+    outer: tuple = ()  # where a nested model's error is (an item of training_images)
     while isinstance(cause, OptionError):  # raised by a model's __init__
+        outer += tuple(exc.errors()[0]["loc"])
         exc = cause.validation
         cause = cause_of(exc)
     first = exc.errors()[0]
+    where = outer + tuple(first["loc"])
+    if where[:1] == ("training_images",) and len(where) > 2:
+        return _training_image_error({**first, "loc": where})
     key = str(first["loc"][0]) if first["loc"] else "(top level)"
     fields = list(SegmentConfig.model_fields)
     if isinstance(cause, TiledsegError):  # a check's own message
@@ -189,3 +194,15 @@ def _explain(exc: ValidationError, data: dict) -> str:
     if first["type"] == "missing":
         return f"required key {key!r} is missing"
     return explain(exc, data, source="config")
+
+
+def _training_image_error(error: dict) -> str:
+    """One line naming the item of ``training_images`` and its key."""
+    item, key = error["loc"][1], error["loc"][2]
+    where = f"training_images item {int(item) + 1}"
+    known = ", ".join(TrainingImage.model_fields)
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key {key!r} (known keys: {known})"
+    if error["type"] == "missing":
+        return f"{where}: required key {key!r} is missing"
+    return f"{where}: key {key!r}: {error['msg']}"
