@@ -23,7 +23,7 @@ from tiledseg.cluster import open_executor
 from tiledseg.device import DevicePlan, gpu_block, gpu_count, plan_devices
 from tiledseg.errors import MissingExtraError, TiledsegError
 from tiledseg.model import load_model
-from tiledseg.predict import _extras
+from tiledseg.prediction_job import _extras
 
 #: Share of voxels whose label may differ between the GPU and the CPU path (float32
 #: filters in another summation order move probabilities near 0.5 across it).
