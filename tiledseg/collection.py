@@ -19,8 +19,15 @@ from typing import Any
 from tiledseg.cluster import Executor, open_executor
 from tiledseg.errors import OutputExistsError, TiledsegError
 from tiledseg.model import Model, load_model
-from tiledseg.options import Execution, ImageInput, Prediction, Smoothing, gather
-from tiledseg.predict import PredictionResult, Running, RunOptions, begin, finish
+from tiledseg.options import Execution, ImageInput, Prediction, Smoothing
+from tiledseg.predict import (
+    PredictionResult,
+    Running,
+    RunOptions,
+    begin,
+    finish,
+    prediction_options,
+)
 from tiledseg.volume import split_dataset
 
 __all__ = ["CollectionResult", "output_paths", "predict_collection"]
@@ -84,7 +91,7 @@ def predict_collection(
     CollectionResult
         Each image's result, and each failed image's reason.
     """
-    given = gather(
+    given = prediction_options(
         {
             "execution": execution,
             "image_input": image_input,

@@ -181,7 +181,7 @@ def predict(
     :attr:`PredictionResult.warnings`); the run goes on.
     """
     passive_waits()
-    given = gather(
+    given = prediction_options(
         {
             "execution": execution,
             "image_input": image_input,
@@ -191,12 +191,23 @@ def predict(
         options,
         what="predict",
     )
-    if given["image_input"].spacing is not None:
+    return _run(image, model, out=str(out), overwrite=overwrite, command=command, **given)
+
+
+def prediction_options(
+    given: dict[str, Any], options: dict[str, Any], *, what: str
+) -> dict[str, Any]:
+    """Return a prediction's option models (:func:`tiledseg.options.gather`), checked.
+
+    The spacing is the model's: an image's own is refused.
+    """
+    models = gather(given, options, what=what)
+    if models["image_input"].spacing is not None:
         raise TiledsegError(
             "predict computes features at the spacing the model was trained with; leave "
             "spacing out (retrain to change it)"
         )
-    return _run(image, model, out=str(out), overwrite=overwrite, command=command, **given)
+    return models
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class _LazySource:
             pass
 
 
-class _Wrapped:
+class WrappedSource:
     """A source read through another (``self.source``): its dtype and stored array."""
 
     source: Any
@@ -161,7 +161,7 @@ class _Wrapped:
         return getattr(self.source, "array", self.source)
 
 
-class _OneTimePoint(_Wrapped):
+class _OneTimePoint(WrappedSource):
     """A source seen without its single-point time axis (OME's t of size 1)."""
 
     def __init__(self, source: Any, axis: int):
@@ -740,7 +740,7 @@ def shape_mismatch(image: Volume, other: Volume, role: str) -> InputDataError:
     return InputDataError(message)
 
 
-class _ChunkCached(_Wrapped):
+class _ChunkCached(WrappedSource):
     """A chunked source whose reads are assembled from whole chunks kept in a cache.
 
     Each chunk is read from ``source`` once (decoded by the store) and kept in the

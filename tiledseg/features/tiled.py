@@ -23,7 +23,7 @@ from tiledseg.blocks import Block, plan_blocks, resolve_block
 from tiledseg.errors import InputDataError
 from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.filters import block_features
-from tiledseg.volume import Volume, open_volume, with_extra_channels
+from tiledseg.volume import Volume, WrappedSource, open_volume, with_extra_channels
 
 __all__ = [
     "NonFiniteValuesError",
@@ -66,7 +66,7 @@ def read_finite(volume: Volume, region: tuple[slice, ...]) -> np.ndarray:
     return data
 
 
-class _Finite:
+class _Finite(WrappedSource):
     """A float source whose NaN and infinite values read as ``fill``.
 
     With ``fill=None`` reading one raises :class:`NonFiniteValuesError`, naming the
@@ -79,15 +79,6 @@ class _Finite:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.source.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.source.dtype)
-
-    @property
-    def array(self) -> Any:
-        # the stored array, whose chunks a chunk cache reads whole (through this source)
-        return getattr(self.source, "array", self.source)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         data = self.source[index]
