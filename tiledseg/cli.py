@@ -429,6 +429,7 @@ def _print_store(path: str, data: dict[str, Any]) -> None:
             f" ({len(done_blocks(path))} blocks done; the same command again continues the run)"
         )
     click.echo(f"{'output':>12}: {arrays}; {state}")
+    click.echo(f"{'levels':>12}: {_levels_text(data['shape'], info)}")
     click.echo(f"{'classes':>12}: {info.get('classes')}")
     click.echo(f"{'model':>12}: {info.get('model_checksum')}")
     click.echo(f"{'command':>12}: {info.get('command')}")
@@ -436,6 +437,18 @@ def _print_store(path: str, data: dict[str, Any]) -> None:
     if smoothing:
         settings = ", ".join(f"{k} {v}" for k, v in smoothing.items() if k != "method")
         click.echo(f"{'smoothing':>12}: {smoothing.get('method')} ({settings})")
+
+
+def _levels_text(shape: list[int], info: dict[str, Any]) -> str:
+    """Return the output's multiscale levels (below full resolution) and OME-Zarr version."""
+    from tiledseg.pyramid import level_shapes
+
+    levels = int(info.get("levels") or 0)
+    ngff = f"OME-Zarr {info.get('ngff', '0.5')}"
+    if not levels:
+        return f"full resolution only; {ngff}"
+    below = ", ".join("x".join(map(str, s)) for s in level_shapes(shape, levels)[1:])
+    return f"{levels} below full resolution ({below}); {ngff}"
 
 
 def _print_model(data: dict[str, Any]) -> None:

@@ -114,6 +114,7 @@ class Executor:
         desc: str,
         on_error: Callable[[int, Any, BaseException], Any] | None = None,
         total: int | None = None,
+        bar: Any = None,
     ) -> Iterator[tuple[int, Any]]:
         """Run ``func(item)`` for every item; yield ``(i, result)`` as items finish.
 
@@ -136,6 +137,9 @@ class Executor:
             cluster lost; without it the error is raised.
         total : int, optional
             Number of items, for the progress bar (default ``len(items)`` where it has one).
+        bar : progress bar, optional
+            One that :meth:`progress` opened, counting these items and others; by default
+            one is opened for these.
 
         Yields
         ------
@@ -149,7 +153,8 @@ class Executor:
         if first is None:
             return  # no progress bar for nothing, as before
         numbered = itertools.chain([first], numbered)
-        with self.progress(total, desc) as bar:
+        opened = self.progress(total, desc) if bar is None else contextlib.nullcontext(bar)
+        with opened as bar:
             if self.client is None:
                 yield from self._imap_threads(func, numbered, bar)
             else:
@@ -190,13 +195,16 @@ class Executor:
         *,
         desc: str,
         total: int | None = None,
+        bar: Any = None,
     ) -> Iterator[tuple[int, Any]]:
         """Run ``(method, block)`` pairs of any jobs (several images' side by side).
 
-        As :meth:`blocks`: each call is guarded once.
+        As :meth:`blocks`: each call is guarded once. ``bar``: as for :meth:`imap`.
         """
         items = ((self._sent(method.__self__), method.__func__, block) for method, block in calls)
-        return self.imap(_guarded_call, items, desc=desc, on_error=_lost_block, total=total)
+        return self.imap(
+            _guarded_call, items, desc=desc, on_error=_lost_block, total=total, bar=bar
+        )
 
     def _sent(self, job: Any) -> Any:
         """Return ``job``, or on a cluster the future of it sent once (not with every task)."""

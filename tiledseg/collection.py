@@ -160,28 +160,8 @@ def _run_all(
     started: dict[str, Running], executor: Executor, *, smoothed: bool
 ) -> dict[str, tuple[int, list[Any], dict[str, Any]]]:
     """Run every image's blocks: one stream of all of them (smoothing: image by image)."""
-    from tiledseg.predict import _run_blocks, _tally
+    from tiledseg.predict import run_blocks, run_streamed
 
     if smoothed:  # the graph cut's windows are planned per image
-        return {
-            image: _run_blocks(r.job, r.plan, r.done, executor, r.resuming)
-            for image, r in started.items()
-        }
-    owners: list[str] = []  # each streamed block's image, by its position in the stream
-
-    def calls():
-        for image, r in started.items():
-            for block in r.plan.blocks:
-                if block.index not in r.done:
-                    owners.append(image)
-                    yield r.job.predict, block
-
-    total = sum(
-        len(r.plan.blocks) - sum(index in r.plan.blocks for index in r.done)
-        for r in started.values()
-    )
-    per_image: dict[str, list[tuple[int, Any]]] = {image: [] for image in started}
-    with contextlib.closing(executor.blocks_of(calls(), desc="predict", total=total)) as results:
-        for i, value in results:
-            per_image[owners[i]].append((i, value))
-    return {image: (*_tally(pairs), {}) for image, pairs in per_image.items()}
+        return {image: run_blocks(r) for image, r in started.items()}
+    return {image: (*done, {}) for image, done in run_streamed(started, executor).items()}

@@ -238,6 +238,17 @@ def _neighbours(value: Any) -> int | None:
     return int(value)
 
 
+def _pyramid(value: Any) -> str | int:
+    from tiledseg.pyramid import check_pyramid
+
+    return check_pyramid(value)
+
+
+def _ngff(value: Any) -> Any:
+    # (a YAML 0.4 is a number)
+    return str(value) if isinstance(value, float) else value
+
+
 def _smooth(value: Any) -> Any:
     return "none" if value is None else value
 
@@ -405,6 +416,18 @@ class Prediction(Options):
         description="Segment only where IMAGE's first channel, smoothed by a Gaussian of sigma 2 "
         "voxels, is above T (skip the air); labels elsewhere are 0.",
         json_schema_extra={"metavar": "T"},
+    )
+
+    pyramid: Annotated[str | int, BeforeValidator(_pyramid)] = Field(
+        "auto",
+        description="Multiscale levels for viewers: auto (halve until the smallest side is "
+        "about 256), none, or a number of halved levels.",
+        json_schema_extra={"metavar": "auto|none|N"},
+    )
+    ngff: Annotated[Literal["0.5", "0.4"], BeforeValidator(_ngff)] = Field(
+        "0.5",
+        description="OME-Zarr version of the output: 0.5 (zarr v3) or 0.4 (zarr v2, for "
+        "readers such as ilastik that open no other).",
     )
 
     @model_validator(mode="after")

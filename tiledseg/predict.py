@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import re
 import sys
@@ -47,6 +48,7 @@ from tiledseg.prediction_job import (
     block_probabilities,
     classify_block,
 )
+from tiledseg.pyramid import PyramidJob, level_count, level_shapes, stream, tracker
 from tiledseg.runs import (
     BlockFailure,
     check_apart,
@@ -270,9 +272,7 @@ def _run(
         executor = executor_() if ex.device != "cpu" else None
         options = RunOptions(ex, image_input, prediction, smoothing, overwrite, command)
         running = begin(image, model, out, options, stack, executor or executor_)
-        voxels, failures, extra = _run_blocks(
-            running.job, running.plan, running.done, running.executor, running.resuming
-        )
+        voxels, failures, extra = run_blocks(running)
     return finish(running, voxels, failures, extra)
 
 
@@ -300,6 +300,8 @@ class Running:
     started: float
     resuming: bool
     executor: Executor
+    #: the output's levels below full resolution, or ``None`` without any
+    pyramid: PyramidJob | None = None
 
 
 def begin(
@@ -342,7 +344,8 @@ def begin(
     )
     n_threads = executor.threads_per_task(len(plan.blocks) - len(done))
     job = _job(plan, path, prediction, n_threads, ex.device)
-    return Running(job, plan, done, path, tuple(notes), started, resuming, executor)
+    levels = _levels_job(plan, path)
+    return Running(job, plan, done, path, tuple(notes), started, resuming, executor, levels)
 
 
 def finish(
@@ -381,6 +384,15 @@ def _job(
         _kept_for(plan.model, plan.volume, device),
         plan.mask,
     )
+
+
+def _levels_job(plan: _Plan, path: Path) -> PyramidJob | None:
+    """Return the job that makes the output's levels below full resolution, if it has any."""
+    levels = plan.identity.get("levels", 0)
+    if not levels:
+        return None
+    arrays = tuple(plan.identity["arrays"])
+    return PyramidJob(str(path), arrays, plan.shape, tuple(level_shapes(plan.volume.shape, levels)))
 
 
 def _inputs(
@@ -607,6 +619,19 @@ def _identity(
         + ["uncertainty"] * prediction.uncertainty,
         "smoothing": None if settings is None else settings.to_dict(None),
         **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
+        **_output_kind(volume.shape, prediction),
+    }
+
+
+def _output_kind(shape: tuple[int, ...], prediction: Prediction) -> dict[str, Any]:
+    """Return the identity's levels and OME-Zarr version, where not the former defaults.
+
+    (An output made before either existed keeps its identity, and can be continued.)
+    """
+    levels = level_count(shape, prediction.pyramid)
+    return {
+        **({"levels": levels} if levels else {}),
+        **({"ngff": prediction.ngff} if prediction.ngff != "0.5" else {}),
     }
 
 
@@ -711,6 +736,8 @@ def _start(
         provenance=_provenance(plan, command, devices),
         identity=plan.identity,
         overwrite=overwrite,
+        levels=plan.identity.get("levels", 0),
+        ngff=plan.identity.get("ngff", "0.5"),
     )
     return path, set(), plan
 
@@ -734,37 +761,62 @@ def _provenance(plan: _Plan, command: str | None, devices: Any) -> dict[str, Any
     }
 
 
-def _run_blocks(
-    job: PredictionJob,
-    plan: _Plan,
-    done: set[tuple[int, ...]],
-    executor: Executor,
-    resuming: bool,
-) -> tuple[int, list[BlockFailure], dict[str, Any]]:
-    """Run the blocks not done.
+def run_blocks(running: Running) -> tuple[int, list[BlockFailure], dict[str, Any]]:
+    """Run the blocks not done, then (or meanwhile) the output's levels.
 
     Return the voxels written, the failures and what the completion record adds (the
     smoothing's settings).
     """
-    if plan.smoothing is None:
-        # each task is made when its wave is submitted, and only counts are kept of its
-        # result: the driver's memory does not grow with the number of blocks
-        todo = (b for b in plan.blocks if b.index not in done)
-        total = len(plan.blocks) - sum(index in plan.blocks for index in done)
-        with contextlib.closing(
-            executor.blocks(job.predict, todo, desc="predict", total=total)
-        ) as results:  # closed here, whatever happens: its tasks are cancelled
-            return (*_tally(results), {})
-    stored = unfinished_run(job.out) if resuming else None
+    if running.plan.smoothing is None:
+        return (*run_streamed({None: running}, running.executor)[None], {})
+    stored = unfinished_run(running.path) if running.resuming else None
     results, record = _predict_smoothed(
-        job,
-        list(plan.blocks),  # the graph cut's plan needs them all, by position
-        done=done,
+        running.job,
+        list(running.plan.blocks),  # the graph cut's plan needs them all, by position
+        done=running.done,
         beta=(stored or {}).get("smoothing_beta"),
-        settings=plan.smoothing,
-        executor=executor,
+        settings=running.plan.smoothing,
+        executor=running.executor,
     )
-    return (*_tally(enumerate(results)), {"smoothing": record})
+    voxels, failures = _tally(enumerate(results))
+    if running.pyramid is not None and not failures:
+        # the labels are final only once the graph cut has written them all
+        trackers = {None: tracker(running.pyramid, running.plan.blocks, set(), running=False)}
+        levels = stream(running.executor, iter(()), trackers, desc="levels", total=0)
+        failures = _tally((i, r) for i, (_, _, r) in enumerate(levels))[1]
+    return voxels, failures, {"smoothing": record}
+
+
+def run_streamed(
+    started: dict[Any, Running], executor: Executor
+) -> dict[Any, tuple[int, list[BlockFailure]]]:
+    """Run the blocks not done of each started run, and their levels, in one stream.
+
+    Each run's result is its voxels written and its failed blocks (and level chunks).
+    Nothing kept grows with the blocks but the failures: each task is made when its wave
+    is submitted, and only counts are kept of its result.
+    """
+    calls = (
+        (key, r.job.predict, block)
+        for key, r in started.items()
+        for block in r.plan.blocks
+        if block.index not in r.done
+    )
+    total = sum(
+        len(r.plan.blocks) - sum(index in r.plan.blocks for index in r.done)
+        for r in started.values()
+    )
+    trackers = {
+        key: tracker(r.pyramid, r.plan.blocks, r.done)
+        for key, r in started.items()
+        if r.pyramid is not None
+    }
+    results: dict[Any, list[tuple[int, Any]]] = {key: [] for key in started}
+    order = itertools.count()
+    with contextlib.closing(stream(executor, calls, trackers, desc="predict", total=total)) as each:
+        for owner, _, result in each:  # (closed here, whatever happens: its tasks are cancelled)
+            results[owner].append((next(order), result))
+    return {key: _tally(pairs) for key, pairs in results.items()}
 
 
 def _tally(results: Iterable[tuple[int, int | BlockFailure]]) -> tuple[int, list[BlockFailure]]:

@@ -1,25 +1,27 @@
 """The output store: an OME-Zarr group written block by block, with provenance.
 
-Layout of ``OUT.zarr`` (zarr v3, OME-Zarr 0.5)::
+Layout of ``OUT.zarr`` (zarr v3 and OME-Zarr 0.5; zarr v2 and OME-Zarr 0.4 with ``--ngff
+0.4``)::
 
     OUT.zarr/                 attrs["tiledseg"]: provenance (model checksum, bank, versions,
-                              command, image, block, roi, complete)
+                              command, image, block, roi, levels, complete)
       labels/0                the user's label values, smallest unsigned dtype that fits
+      labels/1, 2, ...        halved levels (--pyramid; tiledseg.pyramid)
       probabilities/0         optional: uint8 0-255, class axis first
       uncertainty/0           optional: uint8, 255 * (1 - (p_best - p_second))
 
-      .tiledseg-done/         one empty file per finished block (named by its grid index),
-                              made after all of the block's data is written; removed
-                              when the run completes
+      .tiledseg-done/         one empty file per finished block (named by its grid index;
+                              a level's chunk by levelK-index), made after all of the
+                              block's data is written; removed when the run completes
 
 A run that stopped (killed, walltime, failed blocks) leaves ``complete: false``
 and its done markers: the same command again continues it, skipping the blocks
 already done. What must match for that is the run's *identity* (model, image,
 block, region, arrays, smoothing); anything else is refused rather than mixed.
 
-Each of ``labels``, ``probabilities`` and ``uncertainty`` is a one-level
-OME-Zarr multiscale image, so napari and other OME-Zarr readers open them
-directly. Arrays are chunked like the processing blocks, so every block writes
+Each of ``labels``, ``probabilities`` and ``uncertainty`` is an OME-Zarr multiscale
+image (``labels`` with ``image-label`` metadata), so napari and other OME-Zarr readers
+open them directly. Arrays are chunked like the processing blocks, so every block writes
 whole chunks and no two blocks touch the same chunk.
 
 An existing path is never replaced unless asked, and never at all unless it is
@@ -74,6 +76,8 @@ _IDENTITY_NAMES = {
     "smoothing": "smoothing",
     "extra_channels": "set of extra channels",
     "plugins": "plug-in feature code",
+    "levels": "number of multiscale levels (--pyramid)",
+    "ngff": "OME-Zarr version (--ngff)",
 }
 
 
@@ -221,25 +225,30 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
-def _multiscale_attrs(name: str, axes: str, scale: Sequence[float]) -> dict[str, Any]:
+def _multiscale_attrs(
+    name: str, axes: str, scale: Sequence[float], *, levels: int, ngff: str
+) -> dict[str, Any]:
+    """Return a group's OME-Zarr ``ngff`` (0.5 or 0.4) metadata: ``levels`` below level 0.
+
+    Level ``k``'s scale is ``2**k`` times level 0's along the spatial axes.
+    """
     kinds = {"c": "channel", "z": "space", "y": "space", "x": "space"}
-    return {
-        "ome": {
-            "version": "0.5",
-            "multiscales": [
-                {
-                    "name": name,
-                    "axes": [{"name": a, "type": kinds[a]} for a in axes],
-                    "datasets": [
-                        {
-                            "path": "0",
-                            "coordinateTransformations": [{"type": "scale", "scale": list(scale)}],
-                        }
-                    ],
-                }
-            ],
-        }
+    datasets = []
+    for k in range(levels + 1):
+        factors = [1 if a == "c" else 2**k for a in axes]
+        level = [s * f for s, f in zip(scale, factors, strict=True)]
+        datasets.append(
+            {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": level}]}
+        )
+    multiscale = {
+        "name": name,
+        "axes": [{"name": a, "type": kinds[a]} for a in axes],
+        "datasets": datasets,
     }
+    labels = {"image-label": {"version": ngff}} if name == "labels" else {}
+    if ngff == "0.4":  # (0.4: the version inside each multiscale, the keys at the top)
+        return {"multiscales": [{"version": ngff, **multiscale}], **labels}
+    return {"ome": {"version": ngff, "multiscales": [multiscale], **labels}}
 
 
 def create_output(
@@ -255,49 +264,61 @@ def create_output(
     provenance: dict[str, Any],
     overwrite: bool,
     identity: dict[str, Any] | None = None,
+    levels: int = 0,
+    ngff: str = "0.5",
 ) -> Path:
     """Create the output group and its empty arrays (after :func:`prepare_output`).
 
     ``identity`` is stored in the provenance; a later run with the same identity
-    continues this one (:func:`prepare_output`).
+    continues this one (:func:`prepare_output`). ``levels``: the multiscale levels below
+    full resolution (:mod:`tiledseg.pyramid`), chunked as level 0. ``ngff``: ``"0.5"``
+    (zarr v3) or ``"0.4"`` (zarr v2, for readers that know no other).
     """
     import zarr
+
+    from tiledseg.pyramid import level_shapes
 
     path = Path(path)
     prepare_output(path, overwrite=overwrite)
     if path.exists():
         shutil.rmtree(path)
-    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    v2 = ngff == "0.4"
+    root = zarr.open_group(str(path), mode="w-", zarr_format=2 if v2 else 3)
+    # (0.4 names chunks with "/" between indices, as v3 does)
+    keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if v2 else {}
     spatial = "zyx"[-len(shape) :]
-    shape, block, spacing = tuple(shape), tuple(block), list(spacing)
-    wanted = [("labels", shape, block, label_dtype, spatial, spacing)]
+    shapes = level_shapes(shape, levels)
+    block, spacing = tuple(block), list(spacing)
+    n = len(classes)
+    wanted = [("labels", (), label_dtype, spatial, spacing)]
     if probabilities:
-        wanted.append(
-            (
-                "probabilities",
-                (len(classes), *shape),
-                (len(classes), *block),
-                np.uint8,
-                "c" + spatial,
-                [1.0, *spacing],
-            )
-        )
+        wanted.append(("probabilities", (n,), np.uint8, "c" + spatial, [1.0, *spacing]))
     if uncertainty:
-        wanted.append(("uncertainty", shape, block, np.uint8, spatial, spacing))
-    for name, arr_shape, chunks, dtype, axes, scale in wanted:
+        wanted.append(("uncertainty", (), np.uint8, spatial, spacing))
+    for name, lead, dtype, axes, scale in wanted:
         group = root.create_group(name)
-        attrs = _multiscale_attrs(name, axes, scale)
-        if name == "labels":
-            # no "source": the image is not the parent group, as the spec's "../../" assumes
-            attrs["ome"]["image-label"] = {"version": "0.5"}
-        group.attrs.update(attrs)
-        group.create_array("0", shape=arr_shape, chunks=chunks, dtype=dtype, fill_value=0)
+        group.attrs.update(_multiscale_attrs(name, axes, scale, levels=levels, ngff=ngff))
+        # no "source" in image-label: the image is not the parent group, as its "../../" assumes
+        names = {} if v2 else {"dimension_names": tuple(axes)}  # (0.5 asks for them; v2 has none)
+        for k, level in enumerate(shapes):
+            chunks = tuple(min(b, m) for b, m in zip(block, level, strict=True))
+            group.create_array(
+                str(k),
+                shape=(*lead, *level),
+                chunks=(*lead, *chunks),
+                dtype=dtype,
+                fill_value=0,
+                **keys,
+                **names,
+            )
     root.attrs["tiledseg"] = {
         **provenance,
         "identity": identity,
         "arrays": [w[0] for w in wanted],
         "classes": [int(c) for c in classes],
         "block": list(block),
+        "levels": levels,
+        "ngff": ngff,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False,
     }
@@ -331,22 +352,29 @@ def _marker_name(index: Sequence[int]) -> str:
     return "_".join(str(int(i)) for i in index)
 
 
-def mark_block_done(path: str | Path, index: Sequence[int]) -> None:
-    """Record that the block at grid ``index`` is written (call after its last write)."""
+def mark_block_done(path: str | Path, index: Sequence[int], *, level: int = 0) -> None:
+    """Record that the block at grid ``index`` is written (call after its last write).
+
+    ``level``: a chunk of a multiscale level below full resolution (:mod:`tiledseg.pyramid`).
+    """
     # an empty file: its creation is the whole record, so a kill leaves it or not
-    marker = Path(path) / DONE_DIR / _marker_name(index)
-    os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644))
+    name = _marker_name(index) if not level else f"level{level}-{_marker_name(index)}"
+    os.close(os.open(Path(path) / DONE_DIR / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-def done_blocks(path: str | Path) -> set[tuple[int, ...]]:
-    """Return the grid indices of the blocks an unfinished run at ``path`` has written."""
+def done_blocks(path: str | Path, *, level: int = 0) -> set[tuple[int, ...]]:
+    """Return the grid indices of the blocks an unfinished run at ``path`` has written.
+
+    ``level``: the chunks of a multiscale level below full resolution instead.
+    """
     folder = Path(path) / DONE_DIR
     if not folder.is_dir():
         return set()
+    prefix = f"level{level}-" if level else ""
     return {
-        tuple(int(i) for i in entry.name.split("_"))
+        tuple(int(i) for i in entry.name[len(prefix) :].split("_"))
         for entry in os.scandir(folder)
-        if entry.name.replace("_", "").isdigit()
+        if entry.name.startswith(prefix) and entry.name[len(prefix) :].replace("_", "").isdigit()
     }
 
 
