@@ -87,3 +87,60 @@ def test_a_collection_on_worker_processes_equals_threads(model, tmp_path):
         np.testing.assert_array_equal(
             labels(tmp_path / "threads" / f"t{i}.zarr"), labels(tmp_path / "workers" / f"t{i}.zarr")
         )
+
+
+def test_a_config_predicts_more_images_into_out_dir(tmp_path, capsys):
+    ph = make_phantom((20, 24, 18), n_classes=3, seed=6, scribble_fraction=0.02)
+    np.save(tmp_path / "image.npy", ph.image)
+    np.save(tmp_path / "labels.npy", ph.scribbles)
+    (tmp_path / "tiles").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "tiles" / f"t{i}.npy", make_phantom((20, 24, 18), seed=30 + i).image)
+    np.save(tmp_path / "tiles" / "t2.npy", np.zeros((20, 24), np.float32))  # 2D: fails
+    (tmp_path / "more").mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "image: image.npy\nlabels: labels.npy\nmodel: m.tseg\nout: out.zarr\n"
+        "features: minimal\nblock: 12\npredict_images: tiles/t*.npy\nout_dir: more\n"
+    )
+    assert main(["segment", str(config), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "t2.npy: FAILED: image" in captured.out
+    assert "1 of 3 images failed" in captured.err
+    model = ts.load_model(tmp_path / "m.tseg")
+    for i in range(2):
+        single = tmp_path / f"single{i}.zarr"
+        ts.predict(tmp_path / "tiles" / f"t{i}.npy", model, out=single, block=12)
+        np.testing.assert_array_equal(labels(tmp_path / "more" / f"t{i}.zarr"), labels(single))
+    assert labels(tmp_path / "out.zarr").shape == (20, 24, 18)
+    # the same config again, the bad tile gone: the model's run is done, the tiles too
+    (tmp_path / "tiles" / "t2.npy").unlink()
+    assert main(["segment", str(config), "--quiet", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ("predict_images: [a.npy]\n", "predict_images and out_dir go together"),
+        ("out_dir: more\n", "predict_images and out_dir go together"),
+        ("predict_images: [a.npy]\nout_dir: more\nmask: a.npy\n", "mask belongs to image alone"),
+        ("predict_images: [none*.npy]\nout_dir: .\n", "no image matches"),
+        ("predict_images: [a.npy]\nout_dir: missing\n", "out_dir "),
+        ("predict_images: [out.npy]\nout_dir: .\n", "is also the output of one of"),
+    ],
+)
+def test_a_bad_collection_in_a_config_is_one_line_before_training(tmp_path, capsys, extra, says):
+    ph = make_phantom((16, 16), n_classes=2, seed=1)
+    for name in ("a.npy", "out.npy"):
+        np.save(tmp_path / name, ph.image)
+    np.save(tmp_path / "labels.npy", ph.scribbles)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "image: a.npy\nlabels: labels.npy\nmodel: m.tseg\nout: out.zarr\nfeatures: minimal\n"
+        + extra
+    )
+    assert main(["segment", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m.tseg").exists()

@@ -204,7 +204,6 @@ def predict(images, model_path, out, out_dir, overwrite, **options) -> None:
 
 def _predict_collection(images, model_path, out_dir, overwrite, models) -> None:
     from tiledseg.collection import predict_collection
-    from tiledseg.errors import BlocksFailedError
 
     result = predict_collection(
         list(images),
@@ -214,6 +213,13 @@ def _predict_collection(images, model_path, out_dir, overwrite, models) -> None:
         command=_command_line(),
         **models,
     )
+    _print_collection(result)
+
+
+def _print_collection(result) -> None:
+    """Print each image's output, then each failed image; raise when one failed (exit 1)."""
+    from tiledseg.errors import BlocksFailedError
+
     for image, done in result.results.items():
         # (no time per image: their blocks ran side by side)
         click.echo(
@@ -286,6 +292,8 @@ def segment(config_path, overwrite, quiet) -> None:
     _print_prediction(result.prediction)
     if result.scores is not None:
         _print_scores(result.scores, as_json=False)
+    if result.collection is not None:
+        _print_collection(result.collection)
 
 
 @cli.command()

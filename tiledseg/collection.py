@@ -30,7 +30,7 @@ from tiledseg.predict import (
 )
 from tiledseg.volume import split_dataset
 
-__all__ = ["CollectionResult", "output_paths", "predict_collection"]
+__all__ = ["CollectionResult", "expanded", "output_paths", "predict_collection"]
 
 _SUFFIXES = (".zarr", ".ome", ".tif", ".tiff", ".npy", ".h5", ".hdf5", ".png", ".jpg", ".jpeg")
 
@@ -101,7 +101,7 @@ def predict_collection(
         options,
         what="predict_collection",
     )
-    paths = output_paths(_expanded(images), out_dir)
+    paths = output_paths(expanded(images), out_dir)
     model = model if isinstance(model, Model) else load_model(model)
     run = RunOptions(**given, overwrite=overwrite, command=command)
     ex = run.execution
@@ -120,7 +120,7 @@ def predict_collection(
     return result
 
 
-def _expanded(images: Any) -> list[str]:
+def expanded(images: Any) -> list[str]:
     """Return the images, each glob pattern replaced by the files it matches, sorted."""
     if isinstance(images, str | os.PathLike):
         images = [images]

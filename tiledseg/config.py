@@ -72,6 +72,28 @@ class _Run(Options):
         "own extra_channels, spacing); image is predicted",
     )
 
+    predict_images: list[str] | str | None = Field(
+        None,
+        description="more images to predict with the model in the same run (paths or glob "
+        "patterns such as tiles/*.tif), each to out_dir/<stem>.zarr",
+    )
+    out_dir: str | None = Field(None, description="the existing folder of predict_images' outputs")
+
+    @model_validator(mode="after")
+    def _collection_holds(self) -> _Run:
+        if (self.predict_images is None) != (self.out_dir is None):
+            raise TiledsegError(
+                "predict_images and out_dir go together: give both (the images to predict "
+                "besides image, and the folder of their outputs) or neither"
+            )
+        if self.predict_images is not None and (self.extra_channels or self.mask is not None):
+            which = "extra_channels" if self.extra_channels else "mask"
+            raise TiledsegError(
+                f"{which} belongs to image alone and cannot serve predict_images; predict those "
+                f"images with their own {which} ('tiledseg predict'), or use mask_threshold"
+            )
+        return self
+
     @model_validator(mode="after")
     def _concerns_hold(self) -> _Run:
         # the checks between a concern's fields (smooth_weight needs smooth: graphcut)
@@ -90,10 +112,12 @@ class _Run(Options):
                 head = str(base / head)
             return head if dataset is None else f"{head}:{dataset}"
 
-        names = ("image", "labels", "model", "out", "truth", "cache_dir", "mask")
+        names = ("image", "labels", "model", "out", "truth", "cache_dir", "mask", "out_dir")
         updates: dict[str, Any] = {k: fix(getattr(self, k)) for k in names}
-        if self.extra_channels is not None:
-            updates["extra_channels"] = [fix(p) for p in self.extra_channels]
+        for name in ("extra_channels", "predict_images"):  # (lists of paths; one as a text)
+            paths = getattr(self, name)
+            if paths is not None:
+                updates[name] = [fix(p) for p in ([paths] if isinstance(paths, str) else paths)]
         if self.cluster is not None and self.cluster.endswith((".yaml", ".yml")):
             updates["cluster"] = fix(self.cluster)
         if isinstance(self.features, str) and self.features.endswith((".yaml", ".yml")):

@@ -282,35 +282,19 @@ def create_output(
     prepare_output(path, overwrite=overwrite)
     if path.exists():
         shutil.rmtree(path)
-    v2 = ngff == "0.4"
-    root = zarr.open_group(str(path), mode="w-", zarr_format=2 if v2 else 3)
-    # (0.4 names chunks with "/" between indices, as v3 does)
-    keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if v2 else {}
+    root = zarr.open_group(str(path), mode="w-", zarr_format=2 if ngff == "0.4" else 3)
     spatial = "zyx"[-len(shape) :]
-    shapes = level_shapes(shape, levels)
-    block, spacing = tuple(block), list(spacing)
-    n = len(classes)
+    spacing = list(spacing)
     wanted = [("labels", (), label_dtype, spatial, spacing)]
     if probabilities:
+        n = len(classes)
         wanted.append(("probabilities", (n,), np.uint8, "c" + spatial, [1.0, *spacing]))
     if uncertainty:
         wanted.append(("uncertainty", (), np.uint8, spatial, spacing))
     for name, lead, dtype, axes, scale in wanted:
         group = root.create_group(name)
         group.attrs.update(_multiscale_attrs(name, axes, scale, levels=levels, ngff=ngff))
-        # no "source" in image-label: the image is not the parent group, as its "../../" assumes
-        names = {} if v2 else {"dimension_names": tuple(axes)}  # (0.5 asks for them; v2 has none)
-        for k, level in enumerate(shapes):
-            chunks = tuple(min(b, m) for b, m in zip(block, level, strict=True))
-            group.create_array(
-                str(k),
-                shape=(*lead, *level),
-                chunks=(*lead, *chunks),
-                dtype=dtype,
-                fill_value=0,
-                **keys,
-                **names,
-            )
+        _create_levels(group, lead, level_shapes(shape, levels), tuple(block), dtype, axes, ngff)
     root.attrs["tiledseg"] = {
         **provenance,
         "identity": identity,
@@ -324,6 +308,27 @@ def create_output(
     }
     (path / DONE_DIR).mkdir()
     return path
+
+
+def _create_levels(
+    group: Any,
+    lead: tuple[int, ...],
+    shapes: Sequence[tuple[int, ...]],
+    block: tuple[int, ...],
+    dtype: Any,
+    axes: str,
+    ngff: str,
+) -> None:
+    """Create one array per level in ``group``, each chunked as the blocks (``lead`` whole)."""
+    if ngff == "0.4":  # zarr v2: 0.4 names chunks with "/" between indices, as v3 does
+        keys: dict[str, Any] = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+    else:  # (0.5 asks for the axes' names on the arrays too)
+        keys = {"dimension_names": tuple(axes)}
+    keys["fill_value"] = 0  # (unwritten chunks, outside a mask or region, read 0)
+    for k, level in enumerate(shapes):
+        chunks = tuple(min(b, m) for b, m in zip(block, level, strict=True))
+        shape = (*lead, *level)
+        group.create_array(str(k), shape=shape, chunks=(*lead, *chunks), dtype=dtype, **keys)
 
 
 def update_provenance(path: str | Path, **items: Any) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tiledseg.collection import CollectionResult
 from tiledseg.errors import ModelFileError, OutputExistsError, TiledsegError
 from tiledseg.model import Model
 from tiledseg.predict import PredictionResult
@@ -31,6 +32,8 @@ class SegmentResult:
     prediction: PredictionResult
     #: :func:`tiledseg.evaluate`'s scores when the config names a ``truth``
     scores: dict[str, Any] | None
+    #: the ``predict_images`` predicted into ``out_dir``, and those that failed
+    collection: CollectionResult | None = None
 
 
 def segment(
@@ -82,12 +85,13 @@ def segment(
         if on_model is not None:
             on_model(model, trained)
         prediction = _predict(config, volume, model, shared, command)
+        collection = _predict_more(config, model, shared, command)
     scores = None
     if config.truth is not None:
         import tiledseg
 
         scores = tiledseg.evaluate(config.out, config.truth)
-    return SegmentResult(model, trained, prediction, scores)
+    return SegmentResult(model, trained, prediction, scores, collection)
 
 
 def _check(config: Any) -> Model | None:
@@ -100,6 +104,7 @@ def _check(config: Any) -> Model | None:
     for more in config.training_images or []:  # never written over either
         inputs += [more.image, more.labels, *(more.extra_channels or [])]
     inputs += [config.mask] if isinstance(config.mask, str) else []
+    inputs += _more_images(config)
     if same_path(config.model, config.out):
         raise OutputExistsError(
             f"the config's model and out are the same path {config.out!r}; give them "
@@ -112,6 +117,27 @@ def _check(config: Any) -> Model | None:
         present = [i for i in inputs if i is not None]
         prepare_output(config.out, overwrite=config.overwrite, inputs=present)
     return model
+
+
+def _more_images(config: Any) -> list[str]:
+    """Return ``predict_images`` expanded, refusing a bad one or ``out_dir`` before training."""
+    if config.predict_images is None:
+        return []
+    from tiledseg.collection import expanded, output_paths
+
+    images = expanded(config.predict_images)
+    if not Path(config.out_dir).is_dir():
+        raise OutputExistsError(
+            f"out_dir {config.out_dir!r} is not a folder; create it first (the outputs of "
+            "predict_images are written into it)"
+        )
+    paths = output_paths(images, config.out_dir)
+    if any(same_path(config.out, target) for target in paths.values()):
+        raise OutputExistsError(
+            f"out {config.out!r} is also the output of one of predict_images; give out a path "
+            "outside out_dir or another name"
+        )
+    return images
 
 
 def bank_file(features: Any) -> str | None:
@@ -151,6 +177,27 @@ def _predict(
         volume,
         model,
         out=config.out,
+        execution=execution,
+        image_input=config.image_input.updated(spacing=None, extra_channels=()),
+        prediction=config.prediction,
+        smoothing=config.smoothing,
+        overwrite=config.overwrite,
+        command=command,
+    )
+
+
+def _predict_more(
+    config: Any, model: Model, execution: Any, command: str | None
+) -> CollectionResult | None:
+    """Predict ``predict_images`` into ``out_dir`` in one run, on the same cluster."""
+    if config.predict_images is None:
+        return None
+    from tiledseg.collection import predict_collection
+
+    return predict_collection(
+        config.predict_images,
+        model,
+        out_dir=config.out_dir,
         execution=execution,
         image_input=config.image_input.updated(spacing=None, extra_channels=()),
         prediction=config.prediction,
