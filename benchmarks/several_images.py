@@ -3,7 +3,8 @@
 Data: ../shared/data/nasa-super1 (14 SEM images of one superalloy; 10 train, 4 val, with
 scribbles and dense truth). The several-image model trains on the scribbles of all 10
 train images; each one-image model on one of them. Every model labels the 4 val images,
-scored against their truth (tiledseg's defaults; same seed).
+scored against their truth (tiledseg's defaults; same seed); each model predicts the 4 val
+images in one run (`predict_collection`).
 
     .venv/bin/python benchmarks/several_images.py [--data ../shared/data/nasa-super1]
 """
@@ -24,13 +25,20 @@ def _stems(folder: Path) -> list[str]:
 
 
 def _scores(model: tiledseg.Model, val: Path, work: Path) -> dict[str, float]:
-    """Each val image's mIoU with ``model``."""
-    out = {}
-    for stem in _stems(val):
-        target = work / f"{stem}-{time.monotonic_ns()}.zarr"
-        tiledseg.predict(str(val / f"{stem}_image.tif"), model, out=target)
-        out[stem] = tiledseg.evaluate(target, str(val / f"{stem}_truth.tif"))["mean_iou"]
-    return out
+    """Each val image's mIoU with ``model``: the val images predicted in one run."""
+    folder = work / f"run-{time.monotonic_ns()}"
+    folder.mkdir()
+    stems = _stems(val)
+    result = tiledseg.predict_collection(
+        [str(val / f"{stem}_image.tif") for stem in stems], model, out_dir=folder, quiet=True
+    )
+    assert not result.failed, result.failed
+    return {
+        stem: tiledseg.evaluate(folder / f"{stem}_image.zarr", str(val / f"{stem}_truth.tif"))[
+            "mean_iou"
+        ]
+        for stem in stems
+    }
 
 
 def main() -> None:

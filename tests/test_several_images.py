@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 
 import tiledseg as ts
 from tiledseg.cli import main
 from tiledseg.cluster import open_executor
 from tiledseg.errors import TiledsegError
+from tiledseg.features.tiled import feature_array
 from tiledseg.options import Execution, ImageInput, Training
 from tiledseg.testing import make_phantom
 from tiledseg.training import _plans, training_table, training_tables
+
+
+def read_labels(path) -> np.ndarray:
+    return zarr.open_array(f"{path}/labels/0", mode="r")[...]
+
+
+def zarr_attrs(path) -> dict:
+    return dict(zarr.open_group(str(path), mode="r").attrs["tiledseg"])
+
 
 FEATURES = {"gaussian_smoothing": [1.0], "gaussian_gradient_magnitude": [1.0]}
 
@@ -102,3 +113,75 @@ def test_a_bad_training_image_in_a_config_is_named(tmp_path):
         (tmp_path / "run.yaml").write_text(head + entry + "\n")
         with pytest.raises(TiledsegError, match=expected):
             load_config(tmp_path / "run.yaml")
+
+
+# -- images of different anisotropy ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def anisotropic(two):
+    """A model on two images of spacings (1, 1, 1) and (2, 1, 1), given per image."""
+    items = [
+        {"image": two[0].image, "labels": two[0].scribbles},
+        {"image": two[1].image, "labels": two[1].scribbles, "spacing": [2.0, 1.0, 1.0]},
+    ]
+    return ts.train(items, features=FEATURES, cache_dir=None, block=16)
+
+
+def test_each_image_is_trained_at_its_own_spacing(two, anisotropic):
+    items = [
+        (two[0].image, two[0].scribbles, {}),
+        (two[1].image, two[1].scribbles, {"spacing": "2,1,1"}),
+    ]
+    plans = _plans(items, Execution(block=16), ImageInput(), Training(features=FEATURES))
+    assert [p.volume.spacing for p in plans] == [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)]
+    with open_executor(None, quiet=True) as executor:
+        both = training_tables(plans, executor=executor, cache_dir=None, feature_device="cpu")
+        second = training_table(
+            plans[1].volume, plans[1].labels, bank=plans[1].bank, block=plans[1].block,
+            executor=executor, cache_dir=None,
+        )  # fmt: skip
+    np.testing.assert_array_equal(both.X[-len(second.X) :], second.X)
+    assert anisotropic.spacings == [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)]
+    assert [i["spacing"] for i in anisotropic.summary["images"]] == [[1, 1, 1], [2, 1, 1]]
+
+
+def test_a_model_of_several_anisotropies_predicts_each_image_at_its_own(tmp_path, two, anisotropic):
+    from tiledseg.demo import write_ome_zarr
+    from tiledseg.errors import InputDataError
+
+    image = two[1].image
+    np.save(tmp_path / "img.npy", image)
+    # the image's features at (2, 1, 1), classified by the model: the expected labels
+    features = feature_array(image, features=anisotropic.bank, spacing=(2.0, 1.0, 1.0))
+    table = np.asarray(features).reshape(features.shape[0], -1).T
+    proba = anisotropic.predict_proba(table, n_threads=1)
+    expected = anisotropic.classes[proba.argmax(axis=1)].reshape(image.shape)
+    given = ts.predict(
+        str(tmp_path / "img.npy"), anisotropic, out=tmp_path / "a.zarr", spacing="2,1,1"
+    )
+    np.testing.assert_array_equal(read_labels(given.path), expected)
+    # from the metadata: the same
+    write_ome_zarr(tmp_path / "img.zarr", image, spacing=(4.0, 2.0, 2.0), chunks=(16, 16, 16))
+    meta = ts.predict(str(tmp_path / "img.zarr"), anisotropic, out=tmp_path / "m.zarr")
+    np.testing.assert_array_equal(read_labels(meta.path), expected)
+    # at the other spacing the features (and here labels) differ
+    other = ts.predict(image, anisotropic, out=tmp_path / "o.zarr", spacing=(1.0, 1.0, 1.0))
+    assert (read_labels(other.path) != expected).any()
+    # without a spacing: refused, in one line
+    with pytest.raises(InputDataError, match="trained on images of 2 anisotropies"):
+        ts.predict(str(tmp_path / "img.npy"), anisotropic, out=tmp_path / "n.zarr")
+    # an unfinished output at one spacing is not continued at another
+    assert "spacing" in zarr_attrs(given.path)["identity"]
+
+
+def test_a_model_of_one_anisotropy_refuses_an_image_of_another(tmp_path, two, capsys):
+    model = ts.train(two[0].image, two[0].scribbles, features=FEATURES, cache_dir=None)
+    np.save(tmp_path / "img.npy", two[1].image)
+    path = model.save(tmp_path / "m.tseg")
+    args = ["predict", str(tmp_path / "img.npy"), "--model", str(path), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a.zarr"), "--spacing", "2,1,1"]) == 2
+    err = capsys.readouterr().err
+    assert "spacing [2.0, 1.0, 1.0] (--spacing) but the model was trained with spacing" in err
+    # the same anisotropy in other units is the same features
+    assert main([*args, "--out", str(tmp_path / "b.zarr"), "--spacing", "3,3,3"]) == 0

@@ -167,7 +167,7 @@ def _training_notes(model) -> list[str]:
     help="For several images (or a glob): DIR/<image stem>.zarr each, in one run.",
 )
 @model_options(Prediction, Smoothing)
-@model_options(ImageInput, exclude=["spacing"])
+@model_options(ImageInput)
 @model_options(Execution)
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiledseg output.")
 def predict(images, model_path, out, out_dir, overwrite, **options) -> None:

@@ -122,6 +122,23 @@ class Model:
         return len(self.stages) + 1
 
     @property
+    def spacings(self) -> list[tuple[float, ...]]:
+        """The anisotropies (spacings relative to the finest axis) it was trained at.
+
+        One for a model of one image, or of several images of one anisotropy; more when
+        its training images differed, and then it predicts an image at the image's own.
+        """
+        from tiledseg.features.bank import relative_spacing
+
+        found: list[tuple[float, ...]] = []
+        given = [image.get("spacing") for image in self.summary.get("images", [])]
+        for spacing in [self.spacing, *[g for g in given if g]]:
+            relative = tuple(float(r) for r in relative_spacing(spacing))
+            if not any(np.allclose(relative, f, rtol=1e-3) for f in found):
+                found.append(relative)
+        return found
+
+    @property
     def nan_fill(self) -> float | None:
         """The value NaN and infinite values were read as in training (``None``: refused)."""
         return self.summary.get("nan_fill")

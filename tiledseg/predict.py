@@ -66,6 +66,7 @@ from tiledseg.volume import (
     Volume,
     open_volume,
     parse_region,
+    parse_spacing,
     split_dataset,
     with_extra_channels,
 )
@@ -146,7 +147,8 @@ def predict(
         (:class:`~tiledseg.options.ImageInput`: ``channel_axis``, default the model's
         when the image has one more axis than the model's spatial axes;
         ``extra_channels``, the model's extras in the same order; ``nan_fill``, default
-        the model's; not ``spacing``, which is the model's), which outputs are written
+        the model's; ``spacing``, needed only by a model of several anisotropies:
+        :func:`feature_spacing`), which outputs are written
         (:class:`~tiledseg.options.Prediction`: ``probabilities``, ``uncertainty``,
         ``roi``) and the graph-cut smoothing (:class:`~tiledseg.options.Smoothing`).
         ``device="cuda"`` computes features, classifier, argmax and uncertainty on each
@@ -199,17 +201,8 @@ def predict(
 def prediction_options(
     given: dict[str, Any], options: dict[str, Any], *, what: str
 ) -> dict[str, Any]:
-    """Return a prediction's option models (:func:`tiledseg.options.gather`), checked.
-
-    The spacing is the model's: an image's own is refused.
-    """
-    models = gather(given, options, what=what)
-    if models["image_input"].spacing is not None:
-        raise TiledsegError(
-            "predict computes features at the spacing the model was trained with; leave "
-            "spacing out (retrain to change it)"
-        )
-    return models
+    """Return a prediction's option models (:func:`tiledseg.options.gather`), checked."""
+    return gather(given, options, what=what)
 
 
 @dataclass(frozen=True)
@@ -319,7 +312,7 @@ def begin(
     """
     started = time.perf_counter()
     ex, prediction = options.execution, options.prediction
-    volume, settings, fill, notes = _inputs(
+    volume, model, settings, fill, notes = _inputs(
         image, model, options.image_input, prediction, options.smoothing
     )
     devices = plan_devices(ex.device, executor if isinstance(executor, Executor) else None)
@@ -401,14 +394,20 @@ def _inputs(
     image_input: ImageInput,
     prediction: Prediction,
     smoothing: Smoothing,
-) -> tuple[Volume, Any, float | None, list[str]]:
+) -> tuple[Volume, Model, Any, float | None, list[str]]:
     """Open the image as the model reads it and check the outputs the model can give.
 
-    Returns the volume (reading NaN and infinite values as the fill, if there is one),
+    Returns the volume (reading NaN and infinite values as the fill, if there is one), the
+    model at the spacing the image's features are computed at (:func:`feature_spacing`),
     the smoothing's settings, the fill and the warnings, one line each (printed on stderr
     once the output may be written).
     """
     volume = _open_for_model(image, model, image_input.channel_axis, image_input.extra_channels)
+    spacing = feature_spacing(volume, model, image_input.spacing)
+    if spacing != tuple(model.spacing):
+        model = dataclasses.replace(model, spacing=spacing)
+    # a copy: the caller's volume (segment's, or one a user opened) keeps its own spacing
+    volume = dataclasses.replace(volume, spacing=spacing)
     if prediction.probabilities or prediction.uncertainty:
         option = "--probabilities" if prediction.probabilities else "--uncertainty"
         _require_probabilities(model, option)
@@ -417,7 +416,46 @@ def _inputs(
         _require_probabilities(model, "--smooth graphcut")
     fill, notes = _nan_fill(model, image_input.nan_fill)
     volume = with_nan_fill(volume, fill)
-    return volume, settings, fill, notes + intensity_warnings(model, volume)
+    return volume, model, settings, fill, notes + intensity_warnings(model, volume)
+
+
+def feature_spacing(
+    volume: Volume, model: Model, given: Sequence[float] | None
+) -> tuple[float, ...]:
+    """Return the spacing the image's features are computed at: the model's, or its own.
+
+    A model trained at one anisotropy computes every image's features at its spacing; an
+    image whose own spacing (``given``, or its metadata) has another anisotropy is refused,
+    since its features would be at other scales. A model trained on images of several
+    anisotropies (:attr:`Model.spacings`) computes them at the image's own spacing, which
+    must then be known.
+    """
+    own = given if given is not None else volume.spacing if volume.spacing_from_metadata else None
+    where = "--spacing" if given is not None else "its metadata"
+    several = len(model.spacings) > 1
+    if own is None:
+        if several:
+            raise InputDataError(
+                f"the model was trained on images of {len(model.spacings)} anisotropies "
+                f"({'; '.join(map(_ratio, model.spacings))}) and image {volume.name} has no "
+                "spacing in its metadata; give its spacing (--spacing Z,Y,X, or spacing: in a "
+                "config) so that its features are computed at its own"
+            )
+        return tuple(model.spacing)
+    own = parse_spacing(own, volume.ndim)
+    if np.allclose(relative_spacing(own), relative_spacing(model.spacing), rtol=1e-3):
+        return tuple(model.spacing)
+    if not several:
+        raise InputDataError(
+            f"image {volume.name} has spacing {list(own)} ({where}) but the model was trained "
+            f"with spacing {list(model.spacing)}; its features would be at other scales: "
+            "retrain with this image's spacing, or on images of both anisotropies"
+        )
+    return tuple(float(s) for s in own)
+
+
+def _ratio(spacing: Sequence[float]) -> str:
+    return ":".join(f"{s:g}" for s in spacing)
 
 
 def _nan_fill(model: Model, given: float | None) -> tuple[float | None, list[str]]:
@@ -620,6 +658,8 @@ def _identity(
         "smoothing": None if settings is None else settings.to_dict(None),
         **({"plugins": model.bank.fingerprints()} if model.bank.plugins else {}),
         **_output_kind(volume.shape, prediction),
+        # (a model of several anisotropies computes each image's features at its own)
+        **({"spacing": list(model.spacing)} if len(model.spacings) > 1 else {}),
     }
 
 
@@ -981,18 +1021,7 @@ def _open_for_model(
             f"image {volume.name} has {volume.n_channels} channel(s) but the model was trained "
             f"on {model.n_channels}; predict on images with the training image's channels"
         )
-    # features must be computed as in training: the model carries the spacing, and an
-    # image whose metadata says otherwise would get features at the wrong scale
-    if volume.spacing_from_metadata and not np.allclose(
-        relative_spacing(volume.spacing), relative_spacing(model.spacing), rtol=1e-3
-    ):
-        raise InputDataError(
-            f"image {volume.name} has spacing {list(volume.spacing)} in its metadata but the "
-            f"model was trained with spacing {list(model.spacing)}; its features would be at "
-            "other scales: retrain with this image's spacing"
-        )
-    # a copy: the caller's volume (segment's, or one a user opened) keeps its own spacing
-    return dataclasses.replace(volume, spacing=tuple(model.spacing))
+    return volume
 
 
 def _check_extra_channels(volume: Volume, model: Model) -> None:

@@ -78,6 +78,7 @@ _IDENTITY_NAMES = {
     "plugins": "plug-in feature code",
     "levels": "number of multiscale levels (--pyramid)",
     "ngff": "OME-Zarr version (--ngff)",
+    "spacing": "spacing of the image's features",
 }
 
 

@@ -178,7 +178,8 @@ def _predict(
         model,
         out=config.out,
         execution=execution,
-        image_input=config.image_input.updated(spacing=None, extra_channels=()),
+        # the image's spacing is known (given, read or the default): that of its training
+        image_input=config.image_input.updated(spacing=list(volume.spacing), extra_channels=()),
         prediction=config.prediction,
         smoothing=config.smoothing,
         overwrite=config.overwrite,

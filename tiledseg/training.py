@@ -46,7 +46,7 @@ from tiledseg.classifiers import make_classifier
 from tiledseg.cluster import Executor, available_cores, open_executor, planned_workers, wait_futures
 from tiledseg.device import gpu_count, plan_devices, worker_device, xgboost_has_cuda
 from tiledseg.errors import DamagedChunkError, InputDataError, TiledsegError
-from tiledseg.features.bank import FeatureBank, relative_spacing, resolve_bank
+from tiledseg.features.bank import FeatureBank, resolve_bank
 from tiledseg.features.tiled import features_of_block, read_block, read_finite, with_nan_fill
 from tiledseg.kept_features import WHOLE_FRACTION, KeptFeatures
 from tiledseg.labels import check_class_count, label_values
@@ -871,12 +871,6 @@ def _plans(
                 f"image {w.name} is {w.ndim}D with {w.n_channels} channel(s) but image {v.name} "
                 f"is {v.ndim}D with {v.n_channels}; one model needs images of one kind"
             )
-        if not np.allclose(relative_spacing(w.spacing), relative_spacing(v.spacing), rtol=1e-3):
-            raise InputDataError(
-                f"image {w.name} has spacing {list(w.spacing)} but image {v.name} has "
-                f"{list(v.spacing)}; training on images of different anisotropy is not "
-                "supported yet: resample them to one spacing"
-            )
     if tr.stages > 1:
         raise TiledsegError(
             "--stages > 1 trains on one image for now; train stage models on one image, or "
@@ -982,7 +976,12 @@ def _train_several(
         fit.here()
     model = fit.model(devices, started)
     model.summary["images"] = [
-        {"image": p.volume.name, "labels": p.labels.name, "labelled_voxels": counts}
+        {
+            "image": p.volume.name,
+            "labels": p.labels.name,
+            "labelled_voxels": counts,
+            "spacing": list(p.volume.spacing),
+        }
         for p, counts in zip(plans, table.per_image, strict=True)
     ]
     return model
