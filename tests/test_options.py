@@ -22,6 +22,7 @@ OWN = {
     "demo": {"out", "size"},
     "evaluate": {"prediction", "truth", "as_json"},
     "info": {"path", "as_json"},
+    "instances": {"prediction", "out", "image", "overwrite"},
 }
 
 

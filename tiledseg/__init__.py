@@ -13,10 +13,12 @@ from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.plugins import check_plugin, feature_plugin, register_feature
 from tiledseg.features.tiled import feature_array
 from tiledseg.info import describe
+from tiledseg.instances import InstancesResult, instances
 from tiledseg.model import Model, load_model
 from tiledseg.options import (
     Execution,
     ImageInput,
+    Objects,
     PhaseSearch,
     Prediction,
     Smoothing,
@@ -37,7 +39,9 @@ __all__ = [
     "Execution",
     "FeatureBank",
     "ImageInput",
+    "InstancesResult",
     "Model",
+    "Objects",
     "PhaseSearch",
     "Prediction",
     "PredictionResult",
@@ -52,6 +56,7 @@ __all__ = [
     "evaluate",
     "feature_array",
     "feature_plugin",
+    "instances",
     "load_model",
     "open_volume",
     "predict",

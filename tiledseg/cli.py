@@ -18,7 +18,15 @@ import click
 from tiledseg._openmp import passive_waits
 from tiledseg.cli_options import model_options, take
 from tiledseg.errors import TiledsegError
-from tiledseg.options import Execution, ImageInput, PhaseSearch, Prediction, Smoothing, Training
+from tiledseg.options import (
+    Execution,
+    ImageInput,
+    Objects,
+    PhaseSearch,
+    Prediction,
+    Smoothing,
+    Training,
+)
 
 __all__ = ["cli", "main"]
 
@@ -328,6 +336,48 @@ def cluster(image, out, overwrite, **options) -> None:
     )
     click.echo(f"phases (share of the sampled voxels, smoothed intensity): {phases}")
     _print_prediction(result)
+
+
+@cli.command()
+@click.argument("prediction", metavar="PRED.zarr")
+@click.option(
+    "--out",
+    required=True,
+    help="Output OME-Zarr labels group (INST.zarr); the table is INST.parquet (or .csv) beside it.",
+)
+@click.option(
+    "--image",
+    default=None,
+    help="The image whose mean intensity per object the table gives (default: the one the "
+    "prediction names).",
+)
+@model_options(Objects)
+@model_options(Execution, exclude=["device"])
+@click.option("--overwrite", is_flag=True, help="Replace an existing output and table.")
+def instances(prediction, out, image, overwrite, **options) -> None:
+    """Label the objects of PRED.zarr's class(es) into INST.zarr, with a table of them.
+
+    Objects know no block borders: the output equals a whole-volume labelling whose objects
+    are numbered by their first voxel, whatever --block. A stopped run continues when the
+    same command runs again.
+    """
+    from tiledseg.instances import instances as label_objects
+
+    result = label_objects(
+        prediction,
+        out=out,
+        image=image,
+        objects=take(options, Objects),
+        execution=take(options, Execution),
+        overwrite=overwrite,
+        command=_command_line(),
+    )
+    dropped = f" ({result.dropped} under --min-size dropped)" if result.dropped else ""
+    table = f"; table {result.table}" if result.table else ""
+    click.echo(
+        f"{result.objects:,} objects{dropped} in {result.blocks} blocks, {result.seconds:.1f} s; "
+        f"written to {result.path}{table}"
+    )
 
 
 @cli.command()

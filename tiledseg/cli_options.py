@@ -75,7 +75,7 @@ def take(kwargs: dict[str, Any], model: type[Options], **fixed: Any) -> Options:
 
 def _option(name: str, field: FieldInfo) -> Callable[[Callable], Callable]:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    flag = "--" + name.replace("_", "-")
+    flag = extra.get("flag") or "--" + name.replace("_", "-")
     settings: dict[str, Any] = {"help": field.description, "default": None}
     annotation = field.annotation
     if _is_bool(annotation):

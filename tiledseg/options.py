@@ -40,6 +40,7 @@ __all__ = [
     "ImageInput",
     "OptionError",
     "Options",
+    "Objects",
     "PhaseSearch",
     "Prediction",
     "Smoothing",
@@ -511,6 +512,88 @@ class PhaseSearch(Options):
     )
 
 
+def _object_classes(value: Any) -> tuple[int, ...]:
+    """Parse ``"2"``, ``"2,3"``, 2 or [2, 3] into class values (positive integers)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    parts = list(parts) if isinstance(parts, list | tuple) else [parts]
+    try:
+        values = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        raise TiledsegError(
+            f"--class {value!r} must be class values separated by commas, e.g. 2 or 2,3"
+        ) from None
+    if not values or any(v <= 0 for v in values) or len(set(values)) != len(values):
+        raise TiledsegError(f"--class {value!r} must be distinct positive class values")
+    return values
+
+
+def _as_float(value: Any, option: str, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or number != number:
+        raise TiledsegError(f"{option} {value!r} must be {what}")
+    return number
+
+
+def _threshold(value: Any) -> float | None:
+    if value is None:
+        return None
+    what = "a probability above 0, at most 1"
+    number = _as_float(value, "--threshold", what)
+    if not 0 < number <= 1:
+        raise TiledsegError(f"--threshold {value!r} must be {what}")
+    return number
+
+
+def _min_size(value: Any) -> int:
+    what = "a whole number of voxels, 0 or more"
+    number = _as_float(value, "--min-size", what)
+    if number < 0 or number != int(number):
+        raise TiledsegError(f"--min-size {value!r} must be {what}")
+    return int(number)
+
+
+def _connectivity(value: Any) -> int | None:
+    if value is None:
+        return None
+    what = "4 or 8 (2D), 6, 18 or 26 (3D)"
+    if _as_float(value, "--connectivity", what) not in (4, 8, 6, 18, 26):
+        raise TiledsegError(f"--connectivity {value!r} must be {what}")
+    return int(float(value))
+
+
+class Objects(Options):
+    """Objects (instances) made of a prediction's classes (``tiledseg instances``)."""
+
+    classes: Annotated[Any, BeforeValidator(_object_classes)] = Field(
+        description="The class value(s) whose connected voxels are objects, e.g. 2 or 2,3 "
+        "(objects of different classes are different objects).",
+        json_schema_extra={"metavar": "K[,K2...]", "flag": "--class"},
+    )
+    threshold: Annotated[float | None, BeforeValidator(_threshold)] = Field(
+        None,
+        description="Objects from the probabilities instead: voxels whose probability of a "
+        "class K is at least P (needs an output written with --probabilities).",
+        json_schema_extra={"metavar": "P"},
+    )
+    min_size: Annotated[int, BeforeValidator(_min_size)] = Field(
+        0,
+        description="Drop objects of fewer voxels (before they are numbered).",
+        json_schema_extra={"metavar": "V"},
+    )
+    connectivity: Annotated[int | None, BeforeValidator(_connectivity)] = Field(
+        None,
+        description="Neighbours that join voxels: 4 or 8 in 2D, 6, 18 or 26 in 3D (default 8 "
+        "/ 26).",
+        json_schema_extra={"metavar": "N"},
+    )
+    table: Literal["parquet", "csv", "none"] = Field(
+        "parquet", description="The objects table beside the output: OUT.parquet or OUT.csv."
+    )
+
+
 #: Every concern, in the order a config file lists their keys.
 CONCERNS: tuple[type[Options], ...] = (
     ImageInput,
@@ -519,6 +602,7 @@ CONCERNS: tuple[type[Options], ...] = (
     Prediction,
     Smoothing,
     PhaseSearch,
+    Objects,
 )
 
 
@@ -621,4 +705,5 @@ PARAMETERS: dict[str, type[Options]] = {
     "prediction": Prediction,
     "smoothing": Smoothing,
     "phases": PhaseSearch,
+    "objects": Objects,
 }

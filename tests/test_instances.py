@@ -1,0 +1,249 @@
+"""Objects (tiledseg instances): equal to a whole-volume labelling, whatever the blocks.
+
+The reference is connected-components-3d on the whole volume, its objects renumbered by
+their first voxel in C order; the table is checked against scikit-image's regionprops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+
+import tiledseg as ts
+from tiledseg.cli import main
+from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
+from tiledseg.instances import ObjectsJob
+from tiledseg.runs import create_output, mark_complete
+from tiledseg.testing import make_phantom
+
+
+def canonical(values: np.ndarray, connectivity: int, min_size: int = 0) -> np.ndarray:
+    """Whole-volume components of each nonzero value, numbered by first voxel (C order)."""
+    import cc3d
+
+    labels = cc3d.connected_components(values, connectivity=connectivity, out_dtype=np.uint64)
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    ids, first, counts = np.unique(flat[where], return_index=True, return_counts=True)
+    keep = counts >= min_size
+    order = np.argsort(first[keep])
+    lut = np.zeros(int(flat.max()) + 1, np.uint64)
+    lut[ids[keep][order]] = np.arange(1, int(keep.sum()) + 1)
+    return lut[labels]
+
+
+def prediction(path, labels: np.ndarray, classes=(1, 2), proba: np.ndarray | None = None):
+    """A complete prediction output holding ``labels`` (and ``proba``), as predict writes it."""
+    create_output(
+        path, shape=labels.shape, block=(16,) * labels.ndim, spacing=(1.0,) * labels.ndim,
+        label_dtype=np.uint8, classes=list(classes), probabilities=proba is not None,
+        uncertainty=False, provenance={}, overwrite=False,
+    )  # fmt: skip
+    zarr.open_array(f"{path}/labels/0", mode="r+")[...] = labels
+    if proba is not None:
+        zarr.open_array(f"{path}/probabilities/0", mode="r+")[...] = proba
+    mark_complete(path)
+    return str(path)
+
+
+def objects_of(path) -> np.ndarray:
+    return zarr.open_array(f"{path}/labels/0", mode="r")[...]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.one_of(
+        st.tuples(st.integers(3, 30), st.integers(3, 30)),
+        st.tuples(st.integers(2, 14), st.integers(2, 14), st.integers(2, 14)),
+    ),
+    fill=st.floats(0.2, 0.7),
+    data=st.data(),
+    seed=st.integers(0, 2**16),
+)
+def test_objects_equal_a_whole_volume_labelling(tmp_path_factory, shape, fill, data, seed):
+    rng = np.random.default_rng(seed)
+    labels = np.where(rng.random(shape) < fill, 2, 1).astype(np.uint8)
+    labels[rng.random(shape) < 0.1] = 3  # a third class, separate objects where chosen
+    block = tuple(data.draw(st.integers(1, n)) for n in shape)
+    connectivity = data.draw(st.sampled_from({2: (4, 8), 3: (6, 18, 26)}[len(shape)]))
+    classes = data.draw(st.sampled_from([(2,), (2, 3)]))
+    folder = tmp_path_factory.mktemp("h")
+    pred = prediction(folder / "p.zarr", labels, classes=(1, 2, 3))
+    result = ts.instances(
+        pred, out=folder / "o.zarr", classes=classes, connectivity=connectivity,
+        block=list(block), quiet=True, table="none",
+    )  # fmt: skip
+    values = np.where(np.isin(labels, classes), labels, 0).astype(np.uint16)
+    expected = canonical(values, connectivity)
+    assert_array_equal(objects_of(result.path), expected)
+    assert result.objects == int(expected.max())
+
+
+def spiral_and_shells(shape=(40, 44, 36)) -> np.ndarray:
+    """A tube winding up through the volume and two nested shells: each one object."""
+    z, y, x = np.indices(shape)
+    labels = np.ones(shape, np.uint8)
+    angle = z / 8.0  # (consecutive planes' discs overlap: one tube)
+    radius = min(shape[1:]) * 0.38
+    cy, cx = shape[1] / 2 + radius * np.sin(angle), shape[2] / 2 + radius * np.cos(angle)
+    labels[(y - cy) ** 2 + (x - cx) ** 2 < 6] = 2
+    centre = np.asarray(shape) / 2
+    r = np.sqrt(sum((c - m) ** 2 for c, m in zip((z, y, x), centre, strict=True)))
+    shell = radius * 0.6
+    labels[(r > shell * 0.3) & (r < shell * 0.3 + 1.5)] = 2
+    labels[(r > shell - 1.5) & (r < shell)] = 2
+    return labels
+
+
+@pytest.mark.parametrize("block", [(5, 6, 7), (8, 8, 8), (13, 3, 11)])
+def test_objects_winding_through_many_blocks_stay_whole(tmp_path, block):
+    labels = spiral_and_shells()
+    pred = prediction(tmp_path / "p.zarr", labels)
+    result = ts.instances(pred, out=tmp_path / "o.zarr", classes=2, block=list(block), quiet=True)
+    expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 26)
+    assert_array_equal(objects_of(result.path), expected)
+    assert result.objects == int(expected.max()) >= 3
+    table = pd.read_parquet(result.table)
+    assert len(table) == result.objects
+
+
+def test_the_table_equals_regionprops(tmp_path):
+    from skimage.measure import regionprops
+
+    ph = make_phantom((30, 34, 28), n_classes=3, feature_size=5.0, seed=4, scribble_fraction=0.02)
+    np.save(tmp_path / "image.npy", ph.image)
+    model = ts.train(ph.image, ph.scribbles, features="minimal", cache_dir=None)
+    pred = ts.predict(
+        str(tmp_path / "image.npy"), model, out=tmp_path / "p.zarr", probabilities=True,
+        block=(15, 17, 14),
+    )  # fmt: skip
+    result = ts.instances(
+        pred.path, out=tmp_path / "o.zarr", classes="2,3", block=[7, 9, 11], quiet=True,
+        min_size=3,
+    )  # fmt: skip
+    objects = objects_of(result.path).astype(np.int64)
+    labels = objects_of(pred.path)
+    proba = zarr.open_array(f"{pred.path}/probabilities/0", mode="r")[...]
+    own = np.zeros(labels.shape)
+    for channel, value in enumerate(model.classes):
+        own[labels == value] = proba[channel][labels == value] / 255.0
+    table = pd.read_parquet(result.table)
+    props = regionprops(objects, intensity_image=ph.image.astype(np.float64))
+    assert list(table["id"]) == [p.label for p in props]
+    assert list(table["voxels"]) == [int(p.area) for p in props]
+    assert_allclose(table[["centroid_z", "centroid_y", "centroid_x"]], [p.centroid for p in props])
+    bbox = [f"bbox_{e}_{a}" for e in ("min", "max") for a in "zyx"]
+    assert_array_equal(table[bbox], [p.bbox for p in props])
+    assert_allclose(table["mean_intensity"], [p.intensity_mean for p in props])
+    means = [own[objects == p.label].mean() for p in props]
+    assert_allclose(table["mean_probability"], means)
+    classes = [int(labels[tuple(p.coords[0])]) for p in props]
+    assert list(table["class"]) == classes
+    edge = [
+        any(p.bbox[a] == 0 or p.bbox[a + 3] == labels.shape[a] for a in range(3)) for p in props
+    ]
+    assert list(table["touches_edge"]) == edge
+    # --min-size: the small objects dropped before numbering
+    expected = canonical(np.where(np.isin(labels, (2, 3)), labels, 0).astype(np.uint16), 26, 3)
+    assert_array_equal(objects, expected)
+    assert result.dropped > 0
+
+
+def test_objects_from_the_probabilities(tmp_path):
+    rng = np.random.default_rng(3)
+    shape = (24, 30, 20)
+    proba = rng.integers(0, 256, (2, *shape)).astype(np.uint8)
+    labels = np.where(proba[1] > proba[0], 2, 1).astype(np.uint8)
+    pred = prediction(tmp_path / "p.zarr", labels, proba=proba)
+    result = ts.instances(
+        pred, out=tmp_path / "o.zarr", classes=2, threshold=0.8, block=[7, 9, 6],
+        connectivity=6, quiet=True,
+    )  # fmt: skip
+    values = np.where(proba[1] >= np.ceil(0.8 * 255), 2, 0).astype(np.uint16)
+    assert_array_equal(objects_of(result.path), canonical(values, 6))
+
+
+def test_a_stopped_run_continues_and_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    labels = spiral_and_shells((24, 26, 22))
+    pred = prediction(tmp_path / "p.zarr", labels)
+    expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 26)
+    for method in ("components", "pairs", "relabel"):
+        real = getattr(ObjectsJob, method)
+        calls = []
+
+        def failing(job, block, real=real):
+            if block.index == (1, 1, 1):
+                raise OSError("disk full")
+            return real(job, block)
+
+        out = tmp_path / f"{method}.zarr"
+        with monkeypatch.context() as patch:
+            patch.setattr(ObjectsJob, method, failing)
+            with pytest.raises(BlocksFailedError, match=r"(?s)1 of 27 blocks failed.*disk full"):
+                ts.instances(pred, out=out, classes=2, block=[8, 9, 8], quiet=True)
+
+        def counted(job, block, real=real, calls=calls):
+            calls.append(block.index)
+            return real(job, block)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ObjectsJob, method, counted)
+            ts.instances(pred, out=out, classes=2, block=[8, 9, 8], quiet=True)
+        assert calls == [(1, 1, 1)], method
+        assert_array_equal(objects_of(out), expected)
+        assert not (out / ".tiledseg-objects").exists()
+
+
+def test_the_output_is_ome_zarr_labels(tmp_path):
+    models = pytest.importorskip("ome_zarr_models")
+    pred = prediction(tmp_path / "p.zarr", spiral_and_shells((12, 14, 10)))
+    result = ts.instances(pred, out=tmp_path / "o.zarr", classes=2, quiet=True)
+    group = zarr.open_group(result.path, mode="r")
+    assert type(models.open_ome_zarr(group["labels"])).__name__ == "ImageLabel"
+    assert group["labels/0"].dtype == np.uint32
+    assert group.attrs["tiledseg"]["kind"] == "instances"
+
+
+def test_the_command_and_bad_input(tmp_path, capsys):
+    labels = spiral_and_shells((12, 14, 10))
+    pred = prediction(tmp_path / "p.zarr", labels)
+    out = str(tmp_path / "o.zarr")
+    args = ["instances", pred, "--out", out, "--quiet"]
+    assert main([*args, "--class", "2", "--table", "csv", "--connectivity", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "objects in" in printed
+    assert (tmp_path / "o.csv").is_file()
+    expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 6)
+    assert_array_equal(objects_of(out), expected)
+    for extra, says in (
+        (["--class", "5"], "has no class 5 (its classes: 1, 2)"),
+        (["--class", "2", "--threshold", "0.5"], "--threshold needs the probabilities"),
+        (["--class", "2", "--connectivity", "8"], "is not one of a 3D image's: give 6 or 18 or 26"),
+        (["--class", "two"], "must be class values separated by commas"),
+        (["--class", "2", "--min-size", "-1"], "must be a whole number of voxels"),
+        (["--class", "2"], "exists"),
+    ):
+        assert main([*args, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert says in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(InputDataError, match="is not a tiledseg output"):
+        ts.instances(str(tmp_path), out=tmp_path / "x.zarr", classes=2)
+    with pytest.raises(TiledsegError, match="has no option"):
+        ts.instances(pred, out=tmp_path / "x.zarr", classes=2, smooth="graphcut")
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_objects(tmp_path):
+    labels = spiral_and_shells((24, 26, 22))
+    pred = prediction(tmp_path / "p.zarr", labels)
+    result = ts.instances(pred, out=tmp_path / "o.zarr", classes=2, block=[8, 9, 8], workers=2)
+    expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 26)
+    assert_array_equal(objects_of(result.path), expected)

@@ -1,0 +1,243 @@
+"""Per-block kernels of the instance labelling: components, their measures, border pairs.
+
+Pure functions of numpy arrays; :mod:`tiledseg.instances` runs them blockwise. A block's
+components are numbered by their first voxel in C order, which within a box is the
+volume's C order too, so merging blocks and ranking objects by first voxel needs only
+each component's first voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "CONNECTIVITY",
+    "block_measures",
+    "border_pairs",
+    "foreground",
+    "local_components",
+    "neighbour_offsets",
+]
+
+#: The connectivities each dimensionality allows, and the default (the largest).
+CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
+
+
+def foreground(
+    labels: np.ndarray | None,
+    classes: Sequence[int],
+    *,
+    probabilities: np.ndarray | None = None,
+    threshold: float | None = None,
+    class_values: Sequence[int] = (),
+) -> np.ndarray:
+    """Return the class of each voxel that belongs to an object, 0 elsewhere (uint16).
+
+    Parameters
+    ----------
+    labels : ndarray or None
+        The predicted labels (used without ``threshold``).
+    classes : sequence of int
+        The class values whose voxels form objects.
+    probabilities : ndarray, shape (k, *shape), optional
+        uint8 probabilities, for ``threshold``.
+    threshold : float, optional
+        A voxel belongs to class K's objects where K's probability is at least this (0..1);
+        where several chosen classes reach it, the most probable (the first on a tie).
+    class_values : sequence of int
+        The class value of each of the ``k`` probability channels.
+    """
+    if threshold is None:
+        return np.where(np.isin(labels, classes), labels, 0).astype(np.uint16)
+    level = int(np.ceil(threshold * 255 - 1e-9))  # (probabilities are stored as 255 * p)
+    channels = [list(class_values).index(c) for c in classes]
+    chosen = probabilities[channels].astype(np.int16)
+    chosen[chosen < level] = -1
+    best = chosen.argmax(axis=0)
+    reached = chosen.max(axis=0) >= 0
+    values = np.asarray(classes, np.uint16)[best]
+    return np.where(reached, values, 0).astype(np.uint16)
+
+
+def local_components(values: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+    """Label the connected components of each nonzero value; number them by first voxel.
+
+    Components of different values are different components, even where they touch.
+
+    Returns
+    -------
+    (ndarray of uint32, int)
+        The block's component labels (0: background) and their number.
+    """
+    import cc3d
+
+    labels, n = cc3d.connected_components(
+        values, connectivity=connectivity, return_N=True, out_dtype=np.uint32
+    )
+    if n == 0:
+        return labels.astype(np.uint32, copy=False), 0
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    found, first = np.unique(flat[where], return_index=True)
+    order = np.argsort(first, kind="stable")  # (cc3d numbers in scan order already)
+    if not np.array_equal(found[order], np.arange(1, n + 1)):
+        renumber = np.zeros(n + 1, np.uint32)
+        renumber[found[order]] = np.arange(1, n + 1, dtype=np.uint32)
+        labels = renumber[labels]
+    return labels, int(n)
+
+
+def block_measures(
+    labels: np.ndarray,
+    n: int,
+    values: np.ndarray,
+    *,
+    origin: Sequence[int],
+    shape: Sequence[int],
+    intensity: np.ndarray | None = None,
+    probability: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Return each component's measures, to be summed (or min'd, max'd) over blocks.
+
+    Parameters
+    ----------
+    labels : ndarray of uint32
+        The block's components, 1..n by first voxel.
+    n : int
+        Their number.
+    values : ndarray
+        Each voxel's class (the component's class).
+    origin : sequence of int
+        The block's first voxel in the volume.
+    shape : sequence of int
+        The volume's shape (for the first voxels' C-order index).
+    intensity : ndarray, optional
+        The image's (first channel's) values over the block.
+    probability : ndarray, optional
+        Each voxel's probability of its own class (0..1).
+
+    Returns
+    -------
+    dict
+        ``first`` (C-order index in the volume), ``count``, ``sum`` (of the coordinates,
+        ``(n, ndim)``), ``low`` and ``high`` (bounding box, inclusive), ``class``, and
+        ``intensity`` and ``probability`` sums where given.
+    """
+    ndim = labels.ndim
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    ids = flat[where].astype(np.int64) - 1
+    coords = np.stack(np.unravel_index(where, labels.shape), axis=1) + np.asarray(origin)
+    count = np.bincount(ids, minlength=n).astype(np.int64)
+    sums = np.stack([np.bincount(ids, coords[:, a], minlength=n) for a in range(ndim)], axis=1)
+    low = np.full((n, ndim), np.iinfo(np.int64).max, np.int64)
+    high = np.full((n, ndim), -1, np.int64)
+    for a in range(ndim):
+        np.minimum.at(low[:, a], ids, coords[:, a])
+        np.maximum.at(high[:, a], ids, coords[:, a])
+    _, first_at = np.unique(ids, return_index=True)  # (where is sorted: the first voxels)
+    first = np.ravel_multi_index(tuple(coords[first_at].T), tuple(shape)).astype(np.int64)
+    out = {
+        "first": first,
+        "count": count,
+        "sum": sums,
+        "low": low,
+        "high": high,
+        "class": values.ravel()[where[first_at]].astype(np.int64),
+    }
+    if intensity is not None:
+        out["intensity"] = np.bincount(ids, intensity.ravel()[where].astype(np.float64), n)
+    if probability is not None:
+        out["probability"] = np.bincount(ids, probability.ravel()[where].astype(np.float64), n)
+    return out
+
+
+def neighbour_offsets(ndim: int, connectivity: int) -> list[tuple[int, ...]]:
+    """Return the offsets of a voxel's neighbours under ``connectivity`` (no zero offset)."""
+    most = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]  # (nonzero components at most)
+    return [
+        d
+        for d in itertools.product((-1, 0, 1), repeat=ndim)
+        if 0 < sum(map(abs, d)) <= most
+    ]
+
+
+def border_pairs(
+    labels: np.ndarray,
+    values: np.ndarray,
+    inner: tuple[slice, ...],
+    grid_of: np.ndarray,
+    *,
+    connectivity: int,
+) -> np.ndarray:
+    """Return the pairs of components that touch across the block's low faces.
+
+    Parameters
+    ----------
+    labels : ndarray of uint32
+        Every block's own component labels over the block grown by one voxel (clipped).
+    values : ndarray
+        The voxels' classes there (components of two classes never join).
+    inner : tuple of slice
+        The block's position in ``labels``.
+    grid_of : ndarray of int64, shape of ``labels``
+        The linear grid index of the block each voxel of ``labels`` belongs to.
+    connectivity : int
+        As for :func:`local_components`.
+
+    Returns
+    -------
+    ndarray of int64, shape (m, 4)
+        Unique rows ``(block, label, other block, other label)``: a voxel of this block and
+        a neighbour beyond one of its low faces, both in components. Every pair of
+        neighbouring voxels in two blocks is found from one of them: the one whose block
+        the other lies below along some axis.
+    """
+    ndim = labels.ndim
+    found = []
+    for axis in range(ndim):
+        if inner[axis].start == 0:
+            continue  # the volume's edge (or this side is no face)
+        face = list(inner)
+        face[axis] = slice(inner[axis].start, inner[axis].start + 1)
+        for d in neighbour_offsets(ndim, connectivity):
+            if d[axis] != -1:
+                continue
+            there = tuple(slice(f.start + o, f.stop + o) for f, o in zip(face, d, strict=True))
+            if any(t.start < 0 or t.stop > n for t, n in zip(there, labels.shape, strict=True)):
+                there, here = _clip(face, there, labels.shape)
+            else:
+                here = tuple(face)
+            a, b = labels[here], labels[there]
+            both = (a > 0) & (b > 0) & (values[here] == values[there])
+            if both.any():
+                found.append(
+                    np.stack(
+                        [
+                            grid_of[here][both],
+                            a[both].astype(np.int64),
+                            grid_of[there][both],
+                            b[both].astype(np.int64),
+                        ],
+                        axis=1,
+                    )
+                )
+    if not found:
+        return np.zeros((0, 4), np.int64)
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def _clip(
+    face: Sequence[slice], there: Sequence[slice], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Return ``there`` and ``face`` cut to where both lie inside ``shape``."""
+    here_out, there_out = [], []
+    for f, t, n in zip(face, there, shape, strict=True):
+        cut_low = max(0, -t.start)
+        cut_high = max(0, t.stop - n)
+        here_out.append(slice(f.start + cut_low, f.stop - cut_high))
+        there_out.append(slice(t.start + cut_low, t.stop - cut_high))
+    return tuple(there_out), tuple(here_out)

@@ -1,0 +1,579 @@
+"""Objects: instance labels of a prediction's classes that know no block borders.
+
+``tiledseg instances PRED.zarr --class K --out INST.zarr`` labels the connected voxels of
+class K (or of several classes, each its own objects) in three blockwise passes:
+
+1. **components**: each block's connected components (connected-components-3d), kept in
+   a scratch array in the block's own numbers, with their measures (voxels, coordinate
+   sums, bounding box, first voxel, class, intensity and probability sums) saved beside;
+2. **pairs**: each block's components that touch a component of a lower neighbour
+   block, read one voxel deep from the neighbours' own numbers;
+3. **objects**: the pairs joined into objects (scipy's connected components of the pair
+   graph, whose size grows with the objects that touch faces, not with the volume), the
+   objects under ``--min-size`` dropped and the others numbered by their first voxel in C
+   order; each block is then written in the final numbers.
+
+So the output equals a whole-volume labelling numbered the same way, voxel for voxel,
+whatever the blocks. Each pass saves what it found per block, so a stopped run continues
+where it was; the scratch is removed when the output is complete. The objects table
+(Parquet, or CSV) is written beside the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiledseg.blocks import Block, BlockPlan, haloed, resolve_block, within
+from tiledseg.cluster import Executor, open_executor, planned_workers
+from tiledseg.errors import InputDataError, OutputExistsError, TiledsegError
+from tiledseg.instance_kernels import (
+    CONNECTIVITY,
+    block_measures,
+    border_pairs,
+    foreground,
+    local_components,
+)
+from tiledseg.options import Execution, Objects, gather
+from tiledseg.runs import (
+    BlockFailure,
+    check_apart,
+    check_writable,
+    create_output,
+    done_blocks,
+    mark_block_done,
+    mark_complete,
+    prepare_output,
+    raise_failures,
+)
+from tiledseg.volume import Volume, open_volume
+
+__all__ = ["InstancesResult", "instances"]
+
+#: The scratch folder inside the output: the blocks' own numbers and what each pass found.
+SCRATCH = ".tiledseg-objects"
+
+#: The measures a block's components have, and how blocks' values of one object combine.
+MEASURES = {
+    "first": "min",
+    "count": "sum",
+    "sum": "sum",
+    "low": "min",
+    "high": "max",
+    "class": "min",
+    "intensity": "sum",
+    "probability": "sum",
+}
+
+
+@dataclass(frozen=True)
+class InstancesResult:
+    """What :func:`instances` wrote."""
+
+    path: str
+    #: the objects table (``None`` with ``table="none"``)
+    table: str | None
+    objects: int
+    #: objects dropped by ``min_size``
+    dropped: int
+    blocks: int
+    skipped: int
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+
+def instances(
+    prediction: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    objects: Objects | None = None,
+    execution: Execution | None = None,
+    image: Any = None,
+    overwrite: bool = False,
+    command: str | None = None,
+    **options: Any,
+) -> InstancesResult:
+    """Label the objects of a prediction's classes into an OME-Zarr labels group.
+
+    Parameters
+    ----------
+    prediction : path
+        A complete tiledseg output (``PRED.zarr``).
+    out : path
+        The instance labels ``INST.zarr`` (uint32; uint64 for volumes of 2^32 voxels or
+        more); the table is ``INST.parquet`` (or ``.csv``) beside it.
+    objects, execution : option models, optional
+        Which classes, how (:class:`~tiledseg.options.Objects`: ``classes``,
+        ``threshold``, ``min_size``, ``connectivity``, ``table``) and where blocks run
+        (:class:`~tiledseg.options.Execution`; ``block`` defaults to the prediction's).
+    image : path or array, optional
+        The image whose mean intensity per object the table gives (default: the image the
+        prediction names, when it is still readable).
+    overwrite : bool
+        Replace an existing output (and table). Without it, an unfinished run into
+        ``out`` with the same settings is continued.
+    command : str, optional
+        The command line, recorded in the provenance.
+    **options
+        Fields of those models by name (``classes=2``, ``min_size=10``, ``workers=4``).
+
+    Returns
+    -------
+    InstancesResult
+    """
+    started = time.perf_counter()
+    given = gather({"objects": objects, "execution": execution}, options, what="instances")
+    obj, ex = given["objects"], given["execution"]
+    source = _Source.open(str(prediction), obj)
+    notes: list[str] = []
+    job = _job(source, obj, ex, str(out), image, notes)
+    plan = BlockPlan(source.labels.shape, job.block, (0,) * source.labels.ndim)
+    table = None if obj.table == "none" else str(Path(out).with_suffix(f".{obj.table}"))
+    check_apart(out, source.inputs(image), what="output")
+    check_writable(out, what="output")
+    from tiledseg.locks import output_lock
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(output_lock(out))
+        resuming = prepare_output(
+            out, overwrite=overwrite, inputs=[str(prediction)], identity=job.identity
+        )
+        if not resuming:
+            if table is not None:  # (an unfinished run's own table comes at its end)
+                _check_table(table, overwrite)
+            _create(job, source, command)
+        executor = stack.enter_context(
+            open_executor(ex.workers, quiet=ex.quiet, scheduler=ex.scheduler, cluster=ex.cluster)
+        )
+        counts = _run(job, plan, executor, source.labels.spacing, obj, table)
+    skipped = counts.pop("skipped")
+    if table is not None:
+        os.replace(job.scratch / f"table{Path(table).suffix}", table)
+    mark_complete(out, objects=counts["objects"], dropped=counts["dropped"])
+    _remove_scratch(out)
+    for note in notes:
+        print(note, file=sys.stderr)
+    return InstancesResult(
+        str(out), table, counts["objects"], counts["dropped"], len(plan), skipped,
+        time.perf_counter() - started, tuple(notes),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The prediction objects are made of: its labels, provenance and probabilities."""
+
+    path: str
+    labels: Volume
+    provenance: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str, objects: Objects) -> _Source:
+        """Open a complete prediction and check ``objects`` against it (one line each)."""
+        import zarr
+
+        from tiledseg.runs import is_tiledseg_output
+
+        if not is_tiledseg_output(path):
+            raise InputDataError(
+                f"{path!r} is not a tiledseg output; give the OUT.zarr that tiledseg predict wrote"
+            )
+        provenance = dict(zarr.open_group(path, mode="r").attrs["tiledseg"])
+        if not provenance.get("complete"):
+            raise InputDataError(
+                f"output {path!r} is unfinished; rerun the command that made it to finish it, "
+                "then make its objects"
+            )
+        if provenance.get("kind") == "instances":
+            raise InputDataError(f"{path!r} holds objects already; give the prediction")
+        source = cls(path, open_volume(f"{path.rstrip('/')}/labels", role="prediction"), provenance)
+        source.check(objects)
+        return source
+
+    @property
+    def class_values(self) -> list[int]:
+        """The prediction's class values, in the order of its probability channels."""
+        return [int(c) for c in self.provenance.get("classes", [])]
+
+    @property
+    def has_probabilities(self) -> bool:
+        """Whether the prediction wrote its probabilities."""
+        return "probabilities" in self.provenance.get("arrays", [])
+
+    def check(self, objects: Objects) -> None:
+        """Refuse classes it has not, a threshold without probabilities, a connectivity."""
+        missing = [c for c in objects.classes if c not in self.class_values]
+        if missing:
+            raise InputDataError(
+                f"prediction {self.path!r} has no class {missing[0]} (its classes: "
+                f"{', '.join(map(str, self.class_values))}); give --class one of them"
+            )
+        if objects.threshold is not None and not self.has_probabilities:
+            raise InputDataError(
+                f"--threshold needs the probabilities, and prediction {self.path!r} has none; "
+                "predict again with --probabilities, or leave --threshold out (objects of the "
+                "labels)"
+            )
+        ndim = self.labels.ndim
+        if objects.connectivity is not None and objects.connectivity not in CONNECTIVITY[ndim]:
+            allowed = " or ".join(map(str, CONNECTIVITY[ndim]))
+            raise TiledsegError(
+                f"--connectivity {objects.connectivity} is not one of a {ndim}D image's: "
+                f"give {allowed}"
+            )
+
+    def inputs(self, image: Any) -> list[str]:
+        """Return the paths an output must never be written over."""
+        return [self.path] + ([str(image)] if isinstance(image, str | os.PathLike) else [])
+
+
+@dataclass(frozen=True)
+class ObjectsJob:
+    """What every block of an instance labelling shares; a method per pass of a block."""
+
+    source: str
+    out: str
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    classes: tuple[int, ...]
+    class_values: tuple[int, ...]
+    threshold: float | None
+    connectivity: int
+    dtype: str
+    probabilities: bool
+    intensity: Volume | None
+    identity: dict[str, Any]
+
+    @property
+    def scratch(self) -> Path:
+        """The folder of the blocks' own numbers and of each pass's findings."""
+        return Path(self.out) / SCRATCH
+
+    def components(self, block: Block) -> int:
+        """Label the block's components; keep them and their measures. Return its voxels."""
+        import zarr
+
+        values, probability = self._foreground(block.region)
+        local, n = local_components(values, self.connectivity)
+        zarr.open_array(str(self.scratch / "local"), mode="r+")[block.region] = local
+        intensity = None
+        if self.intensity is not None:
+            intensity = self.intensity.read(block.region)[0]
+        measures = block_measures(
+            local, n, values, origin=[s.start for s in block.region], shape=self.shape,
+            intensity=intensity, probability=probability,
+        )  # fmt: skip
+        _save(self.scratch / f"m-{_name(block.index)}.npz", n=np.int64(n), **measures)
+        return int(local.size)
+
+    def pairs(self, block: Block) -> int:
+        """Find the block's components that touch a lower neighbour's; keep the pairs."""
+        import zarr
+
+        grown = haloed(block.region, (1,) * len(self.shape), self.shape)
+        labels = zarr.open_array(str(self.scratch / "local"), mode="r")[grown]
+        grid = tuple(-(-n // b) for n, b in zip(self.shape, self.block, strict=True))
+        axes = [np.arange(g.start, g.stop) // b for g, b in zip(grown, self.block, strict=True)]
+        grid_of = np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), grid).astype(np.int64)
+        values = self._foreground(grown)[0]
+        found = border_pairs(
+            labels, values, within(block.region, grown), grid_of, connectivity=self.connectivity
+        )
+        _save(self.scratch / f"p-{_name(block.index)}.npz", pairs=found)
+        return len(found)
+
+    def relabel(self, block: Block) -> int:
+        """Write the block in the objects' numbers; mark it done."""
+        import zarr
+
+        lut = np.load(self.scratch / f"lut-{_name(block.index)}.npy")
+        local = zarr.open_array(str(self.scratch / "local"), mode="r")[block.region]
+        zarr.open_array(f"{self.out}/labels/0", mode="r+")[block.region] = lut[local]
+        mark_block_done(self.out, block.index)
+        return int(local.size)
+
+    def _foreground(self, region: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return each voxel's object class (0: none), and its probability of that class."""
+        import zarr
+
+        labels = zarr.open_array(f"{self.source}/labels/0", mode="r")[region]
+        proba = None
+        if self.threshold is not None or self.probabilities:
+            proba = zarr.open_array(f"{self.source}/probabilities/0", mode="r")[
+                (slice(None), *region)
+            ]
+        values = foreground(
+            labels, self.classes, probabilities=proba, threshold=self.threshold,
+            class_values=self.class_values,
+        )  # fmt: skip
+        if proba is None:
+            return values, None
+        channel = np.zeros(values.shape, np.intp)
+        for c in self.classes:
+            channel[values == c] = self.class_values.index(c)
+        own = np.take_along_axis(proba, channel[None], axis=0)[0]
+        return values, own.astype(np.float64) / 255.0
+
+
+def _name(index: tuple[int, ...]) -> str:
+    return "_".join(map(str, index))
+
+
+def _save(path: Path, **arrays: Any) -> None:
+    """Save ``arrays`` whole or not at all: a kill leaves the file or nothing."""
+    part = path.with_name(f".{path.name}.part")
+    with open(part, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(part, path)
+
+
+def _job(
+    source: _Source, obj: Objects, ex: Execution, out: str, image: Any, notes: list[str]
+) -> ObjectsJob:
+    """Return the job: blocks, connectivity, output dtype, the image for the intensities."""
+    labels = source.labels
+    block = ex.block if ex.block is not None else source.provenance.get("block")
+    shape = resolve_block(
+        block,
+        shape=labels.shape,
+        halo=(0,) * labels.ndim,
+        min_blocks=planned_workers(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster),
+    )
+    connectivity = obj.connectivity or CONNECTIVITY[labels.ndim][-1]
+    dtype = "uint32" if int(np.prod(labels.shape)) < 2**32 else "uint64"
+    # (the mean intensities are the table's: without a table the image is not read)
+    intensity = _intensity_image(image, source, notes) if obj.table != "none" else None
+    identity = {
+        "prediction": str(Path(source.path).resolve()),
+        "prediction_finished": source.provenance.get("finished"),
+        "classes": list(obj.classes),
+        "threshold": obj.threshold,
+        "min_size": obj.min_size,
+        "connectivity": connectivity,
+        "block": list(shape),
+        "image": None if intensity is None else intensity.name,
+    }
+    return ObjectsJob(
+        source.path, out, labels.shape, tuple(shape), tuple(obj.classes),
+        tuple(source.class_values), obj.threshold, connectivity, dtype,
+        source.has_probabilities, intensity, identity,
+    )  # fmt: skip
+
+
+def _intensity_image(image: Any, source: _Source, notes: list[str]) -> Volume | None:
+    """Open the image the mean intensities come from (its first channel), or note why not."""
+    given = image if image is not None else source.provenance.get("image")
+    if given is None:
+        notes.append("no image: the table has no mean intensity (give --image)")
+        return None
+    try:
+        volume = open_volume(given)
+    except (TiledsegError, OSError) as exc:
+        if image is not None:
+            raise
+        notes.append(f"image {given!r} cannot be read ({exc}): no mean intensity (give --image)")
+        return None
+    if volume.shape != source.labels.shape:
+        raise InputDataError(
+            f"image {volume.name} has spatial shape {volume.shape} but the prediction has "
+            f"{source.labels.shape}; give the image that was predicted"
+        )
+    return volume.image_only
+
+
+def _check_table(table: str, overwrite: bool) -> None:
+    if Path(table).exists() and not overwrite:
+        raise OutputExistsError(
+            f"table {table!r} exists; choose another output or pass --overwrite"
+        )
+
+
+def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
+    """Create the output (an OME-Zarr labels group) and the scratch array of own numbers."""
+    import zarr
+
+    from tiledseg.model import versions
+
+    provenance = {
+        "kind": "instances",
+        "prediction": source.path,
+        "command": command if command is not None else " ".join(sys.argv),
+        "versions": versions(),
+        "connectivity": job.connectivity,
+    }
+    create_output(
+        job.out, shape=job.shape, block=job.block, spacing=source.labels.spacing,
+        label_dtype=np.dtype(job.dtype), classes=job.classes, probabilities=False,
+        uncertainty=False, provenance=provenance, overwrite=True, identity=job.identity,
+    )  # fmt: skip
+    job.scratch.mkdir()
+    zarr.create_array(
+        str(job.scratch / "local"), shape=job.shape, chunks=job.block, dtype=np.uint32,
+        fill_value=0, zarr_format=3,
+    )  # fmt: skip
+
+
+def _run(
+    job: ObjectsJob, plan: BlockPlan, executor: Executor, spacing: tuple[float, ...],
+    obj: Objects, table: str | None,
+) -> dict[str, int]:  # fmt: skip
+    """Run the three passes (each only where an earlier run has not); return the counts."""
+    from tiledseg.runs import unfinished_run, update_provenance
+
+    skipped = 0
+    for method, prefix, desc in (
+        (job.components, "m", "objects 1/3"),
+        (job.pairs, "p", "objects 2/3"),
+    ):
+        todo = [b for b in plan if not (job.scratch / f"{prefix}-{_name(b.index)}.npz").exists()]
+        skipped = skipped or len(plan) - len(todo)
+        _pass(executor, method, todo, desc, job.out, len(plan))
+    stored = unfinished_run(job.out) or {}
+    if "objects" not in stored:  # (recorded once the numbers are saved)
+        counts = _number_objects(job, plan, spacing, obj.min_size, table)
+        update_provenance(job.out, **counts)
+    else:
+        counts = {"objects": stored["objects"], "dropped": stored["dropped"]}
+    done = done_blocks(job.out)
+    _pass(executor, job.relabel, [b for b in plan if b.index not in done], "objects 3/3",
+          job.out, len(plan))  # fmt: skip
+    return {**counts, "skipped": skipped}
+
+
+def _pass(
+    executor: Executor, method: Any, todo: list[Block], desc: str, out: str, total: int
+) -> None:
+    """Run one pass over ``todo``; raise the failed blocks (the others' work is kept)."""
+    failures: list[BlockFailure] = []
+    with contextlib.closing(executor.blocks(method, todo, desc=desc, total=len(todo))) as each:
+        failures = [r for _, r in each if isinstance(r, BlockFailure)]
+    raise_failures(out, failures, total=total, skipped=total - len(todo))
+
+
+def _number_objects(
+    job: ObjectsJob, plan: BlockPlan, spacing: tuple[float, ...], min_size: int,
+    table: str | None,
+) -> dict[str, int]:  # fmt: skip
+    """Join the components into objects, number them, save each block's numbers and the table.
+
+    Returns the objects kept and dropped.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    blocks = list(plan)
+    loaded = [np.load(job.scratch / f"m-{_name(b.index)}.npz") for b in blocks]
+    sizes = [int(m["n"]) for m in loaded]
+    per_block = int(np.prod(job.block)) + 1
+    linear = [int(np.ravel_multi_index(b.index, plan.grid)) for b in blocks]
+    keys = np.concatenate(
+        [
+            lin * per_block + np.arange(1, n + 1, dtype=np.int64)
+            for lin, n in zip(linear, sizes, strict=True)
+        ]  # noqa: E501
+        or [np.zeros(0, np.int64)]
+    )
+    measures = {
+        name: np.concatenate([m[name] for m in loaded if name in m.files])
+        for name in MEASURES
+        if all(name in m.files for m in loaded)
+    }
+    group = np.arange(len(keys), dtype=np.int64)
+    pairs = np.concatenate(
+        [np.load(job.scratch / f"p-{_name(b.index)}.npz")["pairs"] for b in blocks]
+        or [np.zeros((0, 4), np.int64)]
+    )
+    if len(pairs):
+        a = np.searchsorted(keys, pairs[:, 0] * per_block + pairs[:, 1])
+        b = np.searchsorted(keys, pairs[:, 2] * per_block + pairs[:, 3])
+        graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(keys), len(keys)))
+        group = connected_components(graph, directed=False)[1].astype(np.int64)
+    groups, member_of = np.unique(group, return_inverse=True)
+    merged = _combine(measures, member_of, len(groups))
+    kept = merged["count"] >= min_size
+    order = np.argsort(merged["first"][kept], kind="stable")
+    final = np.zeros(len(groups), np.uint64)
+    final[np.flatnonzero(kept)[order]] = np.arange(1, int(kept.sum()) + 1, dtype=np.uint64)
+    start = 0
+    for block, n in zip(blocks, sizes, strict=True):
+        lut = np.concatenate([[0], final[member_of[start : start + n]]]).astype(job.dtype)
+        _save_npy(job.scratch / f"lut-{_name(block.index)}.npy", lut)
+        start += n
+    if table is not None:  # (kept in the scratch until the output is complete)
+        rows = {k: v[kept][order] for k, v in merged.items()}
+        _write_table(str(job.scratch / f"table{Path(table).suffix}"), rows, job.shape, spacing)
+    return {"objects": int(kept.sum()), "dropped": int((~kept).sum())}
+
+
+def _combine(measures: dict[str, np.ndarray], member_of: np.ndarray, n: int) -> dict[str, Any]:
+    """Combine the components' measures into their objects' (sums, minima, maxima)."""
+    out = {}
+    for name, values in measures.items():
+        how = MEASURES[name]
+        shape = (n, *values.shape[1:])
+        if how == "sum":
+            combined = np.zeros(shape, np.float64 if values.dtype.kind == "f" else np.int64)
+            np.add.at(combined, member_of, values)
+        elif how == "min":
+            combined = np.full(shape, np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(combined, member_of, values)
+        else:
+            combined = np.full(shape, -1, np.int64)
+            np.maximum.at(combined, member_of, values)
+        out[name] = combined
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    part = path.with_name(f".{path.name}.part")
+    with open(part, "wb") as f:
+        np.save(f, array)
+    os.replace(part, path)
+
+
+def _write_table(
+    path: str, rows: dict[str, np.ndarray], shape: tuple[int, ...], spacing: tuple[float, ...]
+) -> None:
+    """Write the objects table (Parquet or CSV), one row per object in the order of its id."""
+    import pandas as pd
+
+    axes = "zyx"[-len(shape) :]
+    count = rows["count"]
+    columns: dict[str, Any] = {
+        "id": np.arange(1, len(count) + 1),
+        "class": rows["class"],
+        "voxels": count,
+        "volume": count * float(np.prod(spacing)),
+    }
+    for a, name in enumerate(axes):
+        columns[f"centroid_{name}"] = rows["sum"][:, a] / count
+    for a, name in enumerate(axes):
+        columns[f"bbox_min_{name}"] = rows["low"][:, a]
+    for a, name in enumerate(axes):
+        columns[f"bbox_max_{name}"] = rows["high"][:, a] + 1  # (exclusive, as regionprops)
+    if "intensity" in rows:
+        columns["mean_intensity"] = rows["intensity"] / count
+    if "probability" in rows:
+        columns["mean_probability"] = rows["probability"] / count
+    edge = (rows["low"] == 0) | (rows["high"] == np.asarray(shape) - 1)
+    columns["touches_edge"] = edge.any(axis=1)
+    frame = pd.DataFrame(columns)
+    part = Path(path).with_name(f".{Path(path).name}.part")
+    if path.endswith(".csv"):
+        frame.to_csv(part, index=False)
+    else:
+        frame.to_parquet(part, index=False)
+    os.replace(part, path)
+
+
+def _remove_scratch(out: str | os.PathLike) -> None:
+    import shutil
+
+    shutil.rmtree(Path(out) / SCRATCH, ignore_errors=True)
