@@ -158,11 +158,7 @@ def block_measures(
 def neighbour_offsets(ndim: int, connectivity: int) -> list[tuple[int, ...]]:
     """Return the offsets of a voxel's neighbours under ``connectivity`` (no zero offset)."""
     most = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]  # (nonzero components at most)
-    return [
-        d
-        for d in itertools.product((-1, 0, 1), repeat=ndim)
-        if 0 < sum(map(abs, d)) <= most
-    ]
+    return [d for d in itertools.product((-1, 0, 1), repeat=ndim) if 0 < sum(map(abs, d)) <= most]
 
 
 def border_pairs(
