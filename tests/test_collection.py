@@ -113,9 +113,18 @@ def test_a_config_predicts_more_images_into_out_dir(tmp_path, capsys):
         ts.predict(tmp_path / "tiles" / f"t{i}.npy", model, out=single, block=12)
         np.testing.assert_array_equal(labels(tmp_path / "more" / f"t{i}.zarr"), labels(single))
     assert labels(tmp_path / "out.zarr").shape == (20, 24, 18)
-    # the same config again, the bad tile gone: the model's run is done, the tiles too
-    (tmp_path / "tiles" / "t2.npy").unlink()
-    assert main(["segment", str(config), "--quiet", "--overwrite"]) == 0
+    # the same config again, the bad tile fixed: training and out are skipped (the model
+    # file made out), the tiles done are skipped, the fixed one is predicted
+    np.save(tmp_path / "tiles" / "t2.npy", make_phantom((20, 24, 18), seed=32).image)
+    stamp = (tmp_path / "m.tseg").stat().st_mtime_ns
+    assert main(["segment", str(config), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "training and its prediction skipped, predict_images continued" in printed
+    assert printed.count("complete already") == 2
+    assert (tmp_path / "m.tseg").stat().st_mtime_ns == stamp
+    single = tmp_path / "single2.zarr"
+    ts.predict(tmp_path / "tiles" / "t2.npy", model, out=single, block=12)
+    np.testing.assert_array_equal(labels(tmp_path / "more" / "t2.zarr"), labels(single))
 
 
 @pytest.mark.parametrize(

@@ -249,8 +249,15 @@ def test_a_failed_level_chunk_is_named_and_a_rerun_makes_only_it(
 
     with monkeypatch.context() as patch:
         patch.setattr(PyramidJob, "write", failing)
-        with pytest.raises(BlocksFailedError, match=r"level 1 chunk 0,1 .*disk full"):
+        with pytest.raises(BlocksFailedError) as failed:
             ts.predict(str(path), str(model_file), out=out, block=(12, 12), pyramid=2, quiet=True)
+    head, line = str(failed.value).splitlines()
+    assert head.startswith("all 63 blocks are written but 1 chunk of the multiscale levels failed")
+    assert line == "  level 1 chunk 0,1: OSError: disk full"
+    # the labels are whole: evaluate takes them
+    truth = np.load(path).round().astype(np.uint8) % 3 + 1
+    np.save(tmp_path / "truth.npy", truth)
+    ts.evaluate(str(out), str(tmp_path / "truth.npy"))
     calls = []
     monkeypatch.setattr(PyramidJob, "write", lambda job, c: calls.append(c) or write(job, c))
     result = ts.predict(str(path), str(model_file), out=out, block=(12, 12), pyramid=2, quiet=True)
@@ -268,6 +275,44 @@ def test_a_rerun_with_other_levels_is_refused(tmp_path, image2d, model_file, mon
         ts.predict(str(path), str(model_file), out=out, block=(12, 12), pyramid=2, quiet=True)
     with pytest.raises(OutputExistsError, match=r"multiscale levels \(--pyramid\) \(it had 2"):
         ts.predict(str(path), str(model_file), out=out, block=(12, 12), pyramid=1, quiet=True)
+
+
+def test_levels_of_a_region_and_an_output_begun_without_levels(tmp_path, image2d, model_file):
+    path = tmp_path / "image.npy"
+    np.save(path, image2d)
+    out = tmp_path / "roi.zarr"
+    ts.predict(str(path), str(model_file), out=out, block=(12, 12), pyramid=2, roi="20:70,:40")
+    assert_levels_are_downsamplings(out)
+    assert not levels_of(out)[1][40:].any()  # (beyond the region's chunks: never written)
+    # a run begun with none (or before levels existed) continues without them by default,
+    # though auto gives an image of this size a level
+    big = tmp_path / "big.npy"
+    np.save(big, make_phantom((400, 392), n_classes=3, feature_size=8.0, seed=5).image)
+    old = tmp_path / "old.zarr"
+    real = PredictionJob.predict
+
+    def failing(job, block):
+        if block.index == (0, 0):
+            raise OSError("injected")
+        return real(job, block)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PredictionJob, "predict", failing)
+        with pytest.raises(BlocksFailedError):
+            ts.predict(str(big), str(model_file), out=old, block=100, pyramid="none", quiet=True)
+    assert level_count((400, 392), "auto") == 1
+    result = ts.predict(str(big), str(model_file), out=old, block=100, quiet=True)
+    assert result.skipped == 15
+    assert len(levels_of(old)) == 1
+    fresh = ts.predict(str(big), str(model_file), out=tmp_path / "new.zarr", block=100)
+    assert len(levels_of(fresh.path)) == 2
+
+
+@pytest.mark.slow
+def test_levels_on_worker_processes(tmp_path, image2d, model):
+    out = tmp_path / "o.zarr"
+    ts.predict(image2d, model, out=out, block=(12, 12), pyramid=3, probabilities=True, workers=2)
+    assert_levels_are_downsamplings(out)
 
 
 def test_a_collection_writes_each_images_levels(tmp_path, model):

@@ -9,7 +9,7 @@ import zarr
 import tiledseg as ts
 from tiledseg.cli import main
 from tiledseg.cluster import open_executor
-from tiledseg.errors import TiledsegError
+from tiledseg.errors import OutputExistsError, TiledsegError
 from tiledseg.features.tiled import feature_array
 from tiledseg.options import Execution, ImageInput, Training
 from tiledseg.testing import make_phantom
@@ -172,7 +172,15 @@ def test_a_model_of_several_anisotropies_predicts_each_image_at_its_own(tmp_path
     with pytest.raises(InputDataError, match="trained on images of 2 anisotropies"):
         ts.predict(str(tmp_path / "img.npy"), anisotropic, out=tmp_path / "n.zarr")
     # an unfinished output at one spacing is not continued at another
-    assert "spacing" in zarr_attrs(given.path)["identity"]
+    assert zarr_attrs(given.path)["identity"]["spacing"] == [2.0, 1.0, 1.0]
+    from tiledseg.runs import update_provenance
+
+    update_provenance(given.path, complete=False)
+    with pytest.raises(OutputExistsError, match="different spacing of the image's features"):
+        ts.predict(str(tmp_path / "img.npy"), anisotropic, out=given.path, spacing="1,1,1")
+    # an anisotropy outside those it was trained at: a warning, the run goes on
+    far = ts.predict(image, anisotropic, out=tmp_path / "f.zarr", spacing=(5.0, 1.0, 1.0))
+    assert any("2:1:1; image" in w and "5:1:1 is outside them" for w in far.warnings)
 
 
 def test_a_model_of_one_anisotropy_refuses_an_image_of_another(tmp_path, two, capsys):
@@ -183,5 +191,13 @@ def test_a_model_of_one_anisotropy_refuses_an_image_of_another(tmp_path, two, ca
     assert main([*args, "--out", str(tmp_path / "a.zarr"), "--spacing", "2,1,1"]) == 2
     err = capsys.readouterr().err
     assert "spacing [2.0, 1.0, 1.0] (--spacing) but the model was trained with spacing" in err
-    # the same anisotropy in other units is the same features
+    # the same anisotropy in other units is the same features; the output keeps its scale
     assert main([*args, "--out", str(tmp_path / "b.zarr"), "--spacing", "3,3,3"]) == 0
+    scale = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["labels"].attrs["ome"]
+    assert scale["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [
+        3.0,
+        3.0,
+        3.0,
+    ]
+    same = ts.predict(two[1].image, model, out=tmp_path / "c.zarr")
+    np.testing.assert_array_equal(read_labels(tmp_path / "b.zarr"), read_labels(same.path))

@@ -241,11 +241,14 @@ def _print_collection(result) -> None:
             f"{len(result.results)} images, {voxels:,} voxels in {seconds:.1f} s "
             f"({voxels / max(seconds, 1e-9) / 1e6:.2f} Mvox/s)"
         )
+    for image, path in result.complete.items():
+        click.echo(f"{image}: complete already (an earlier run wrote {path})")
     for image, why in result.failed.items():
         click.echo(f"{image}: FAILED: {why}")
     if result.failed:
         raise BlocksFailedError(
-            f"{len(result.failed)} of {len(result.failed) + len(result.results)} images failed "
+            f"{len(result.failed)} of "
+            f"{len(result.failed) + len(result.results) + len(result.complete)} images failed "
             "(listed above); the others are written. Fix the cause and rerun the same command: "
             "it redoes only what is not done.",
             [],
@@ -288,16 +291,24 @@ def segment(config_path, overwrite, quiet) -> None:
     config = config.model_copy(update={"overwrite": overwrite or config.overwrite, "quiet": quiet})
 
     def announce(model, trained: bool) -> None:
+        from tiledseg.runs import unfinished_run
+
         if trained:
             _print_training(model, config.model)
-        else:
+        elif unfinished_run(config.out) is not None:
             click.echo(
                 f"model {config.model} is the model of the unfinished output {config.out}: "
                 "training skipped, prediction resumed"
             )
+        else:
+            click.echo(
+                f"model {config.model} made the complete output {config.out}: training and its "
+                "prediction skipped, predict_images continued"
+            )
 
     result = tiledseg.segment(config, command=f"tiledseg segment {config_path}", on_model=announce)
-    _print_prediction(result.prediction)
+    if not result.out_complete:
+        _print_prediction(result.prediction)
     if result.scores is not None:
         _print_scores(result.scores, as_json=False)
     if result.collection is not None:

@@ -28,7 +28,7 @@ from tiledseg.predict import (
     finish,
     prediction_options,
 )
-from tiledseg.volume import split_dataset
+from tiledseg.volume import split_dataset, split_options
 
 __all__ = ["CollectionResult", "expanded", "output_paths", "predict_collection"]
 
@@ -41,6 +41,8 @@ class CollectionResult:
 
     results: dict[str, PredictionResult] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    #: images whose output an earlier run of the same command completed: image -> output
+    complete: dict[str, str] = field(default_factory=dict)
 
 
 def output_paths(images: list[str], out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -126,11 +128,12 @@ def expanded(images: Any) -> list[str]:
         images = [images]
     out: list[str] = []
     for image in map(str, images):
-        if glob.has_magic(image) and not Path(image).exists():
-            found = sorted(glob.glob(image))
+        path = split_options(image)[0]  # (a pattern may end with [channel_axis=N])
+        if glob.has_magic(path) and not Path(path).exists():
+            found = sorted(glob.glob(path))
             if not found:
                 raise TiledsegError(f"no image matches {image!r}")
-            out += found
+            out += [f"{match}{image[len(path) :]}" for match in found]
         else:
             out.append(image)
     if not out:
@@ -150,9 +153,14 @@ def _begin_all(
     started = {}
     for image, out in paths.items():
         try:
-            started[image] = begin(image, model, str(out), run, stack, executor)
+            running = begin(image, model, str(out), run, stack, executor, complete_ok=True)
         except TiledsegError as exc:
             result.failed[image] = str(exc).splitlines()[0]
+            continue
+        if running is None:  # (the same command again: done before)
+            result.complete[image] = str(out)
+        else:
+            started[image] = running
     return started
 
 

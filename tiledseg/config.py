@@ -86,11 +86,13 @@ class _Run(Options):
                 "predict_images and out_dir go together: give both (the images to predict "
                 "besides image, and the folder of their outputs) or neither"
             )
-        if self.predict_images is not None and (self.extra_channels or self.mask is not None):
-            which = "extra_channels" if self.extra_channels else "mask"
+        own = {"extra_channels": self.extra_channels, "mask": self.mask, "roi": self.roi}
+        if self.predict_images is not None and any(v for v in own.values()):
+            which = next(k for k, v in own.items() if v)
             raise TiledsegError(
                 f"{which} belongs to image alone and cannot serve predict_images; predict those "
-                f"images with their own {which} ('tiledseg predict'), or use mask_threshold"
+                f"images with their own {which} ('tiledseg predict'), or leave it out"
+                + (" (mask_threshold serves every image)" if which == "mask" else "")
             )
         return self
 

@@ -144,6 +144,8 @@ def _check_finished(prediction: Any) -> None:
         return
     total = _block_count(stored.get("identity") or {})
     done = len(done_blocks(prediction))
+    if total and done == total:
+        return  # (only the multiscale levels are unfinished: the labels are whole)
     of = f" of {total}" if total else ""
     raise InputDataError(
         f"output {prediction} is unfinished: {done}{of} blocks are done; rerun the command that "

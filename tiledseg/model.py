@@ -131,8 +131,10 @@ class Model:
         from tiledseg.features.bank import relative_spacing
 
         found: list[tuple[float, ...]] = []
+        # (the training images' own; a model of one image, or of several saved before they
+        # were recorded, has only its spacing)
         given = [image.get("spacing") for image in self.summary.get("images", [])]
-        for spacing in [self.spacing, *[g for g in given if g]]:
+        for spacing in [g for g in given if g] or [self.spacing]:
             relative = tuple(float(r) for r in relative_spacing(spacing))
             if not any(np.allclose(relative, f, rtol=1e-3) for f in found):
                 found.append(relative)

@@ -304,11 +304,14 @@ def begin(
     options: RunOptions,
     stack: contextlib.ExitStack,
     executor: Executor | Any,
-) -> Running:
+    *,
+    complete_ok: bool = False,
+) -> Running | None:
     """Plan one image's prediction, check and lock its output, and create (or take up) it.
 
     ``executor``: the executor, or a function that opens it (once the output is known to
-    be writable). The output's lock is held until ``stack`` closes.
+    be writable). The output's lock is held until ``stack`` closes. ``complete_ok``: an
+    output this run completed already (the same identity) is no error; ``None`` is returned.
     """
     started = time.perf_counter()
     ex, prediction = options.execution, options.prediction
@@ -323,6 +326,8 @@ def begin(
     check_writable(out, what="output")
     # one run per output: a second one into it is refused here, before it looks at the output
     stack.enter_context(output_lock(out))
+    if complete_ok and _complete_with(out, plan.identity) and not options.overwrite:
+        return None
     resuming = prepare_output(
         out,
         overwrite=options.overwrite,
@@ -339,6 +344,18 @@ def begin(
     job = _job(plan, path, prediction, n_threads, ex.device)
     levels = _levels_job(plan, path)
     return Running(job, plan, done, path, tuple(notes), started, resuming, executor, levels)
+
+
+def _complete_with(out: str, identity: dict[str, Any]) -> bool:
+    """Whether ``out`` is a complete output of a run with ``identity``."""
+    import zarr
+
+    from tiledseg.runs import is_tiledseg_output
+
+    if not is_tiledseg_output(out):
+        return False
+    stored = zarr.open_group(out, mode="r").attrs["tiledseg"]
+    return bool(stored.get("complete")) and stored.get("identity") == identity
 
 
 def finish(
@@ -416,7 +433,24 @@ def _inputs(
         _require_probabilities(model, "--smooth graphcut")
     fill, notes = _nan_fill(model, image_input.nan_fill)
     volume = with_nan_fill(volume, fill)
+    notes += _anisotropy_warning(model, volume)
     return volume, model, settings, fill, notes + intensity_warnings(model, volume)
+
+
+def _anisotropy_warning(model: Model, volume: Volume) -> list[str]:
+    """Warn when a model of several anisotropies meets one outside the range it saw."""
+    seen = np.asarray(model.spacings)
+    if len(seen) < 2:
+        return []
+    own = np.asarray(relative_spacing(volume.spacing))
+    low, high = seen.min(axis=0) * (1 - 1e-3), seen.max(axis=0) * (1 + 1e-3)
+    if np.all((own >= low) & (own <= high)):
+        return []
+    return [
+        f"warning: the model was trained at anisotropies {'; '.join(map(_ratio, seen))}; "
+        f"image {volume.name}'s {_ratio(own)} is outside them, so its features are at scales "
+        "the model has not seen: check its result, or train on such an image too"
+    ]
 
 
 def feature_spacing(
@@ -426,9 +460,10 @@ def feature_spacing(
 
     A model trained at one anisotropy computes every image's features at its spacing; an
     image whose own spacing (``given``, or its metadata) has another anisotropy is refused,
-    since its features would be at other scales. A model trained on images of several
-    anisotropies (:attr:`Model.spacings`) computes them at the image's own spacing, which
-    must then be known.
+    since its features would be at other scales (one of the same anisotropy in other units
+    keeps its own: the features are the same, and the output's scale is the image's). A
+    model trained on images of several anisotropies (:attr:`Model.spacings`) computes them
+    at the image's own spacing, which must then be known.
     """
     own = given if given is not None else volume.spacing if volume.spacing_from_metadata else None
     where = "--spacing" if given is not None else "its metadata"
@@ -444,7 +479,9 @@ def feature_spacing(
         return tuple(model.spacing)
     own = parse_spacing(own, volume.ndim)
     if np.allclose(relative_spacing(own), relative_spacing(model.spacing), rtol=1e-3):
-        return tuple(model.spacing)
+        # the same features (they depend on the anisotropy alone); the output keeps the
+        # image's own spacing as its scale, so that it overlays the image in a viewer
+        return tuple(float(s) for s in own)
     if not several:
         raise InputDataError(
             f"image {volume.name} has spacing {list(own)} ({where}) but the model was trained "
@@ -624,6 +661,11 @@ def _plan(
     # made block by block as their tasks are submitted: nothing here grows with the blocks
     blocks = BlockPlan(volume.shape, shape, halo, roi=region)
     identity = _identity(image, volume, model, shape, region, prediction, settings)
+    if stored is not None and "levels" not in (stored.get("identity") or {}):
+        # an output begun without levels (before they existed, or with none) is continued
+        # without them when they were not asked for by number
+        if prediction.pyramid == "auto":
+            identity.pop("levels", None)
     identity.update(_mask_identity(prediction, mask))
     if fill is not None:
         identity["nan_fill"] = fill

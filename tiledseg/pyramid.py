@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -318,7 +319,11 @@ def stream(
             with contextlib.closing(executor.blocks_of(items, desc=desc, bar=bar)) as results:
                 for i, result in results:
                     owner, level, index = round_.keys.pop(i)
-                    if owner in trackers and not _failed(result):
+                    if _failed(result):
+                        # (a level's chunk is reported apart from the blocks)
+                        kind = "level chunk" if level else result.kind
+                        result = dataclasses.replace(result, kind=kind)
+                    elif owner in trackers:
                         trackers[owner].finished(level, index)
                     yield owner, level, result
             if not any(t.ready for t in trackers.values()):

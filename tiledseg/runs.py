@@ -17,7 +17,9 @@ Layout of ``OUT.zarr`` (zarr v3 and OME-Zarr 0.5; zarr v2 and OME-Zarr 0.4 with 
 A run that stopped (killed, walltime, failed blocks) leaves ``complete: false``
 and its done markers: the same command again continues it, skipping the blocks
 already done. What must match for that is the run's *identity* (model, image,
-block, region, arrays, smoothing); anything else is refused rather than mixed.
+block, region, arrays, smoothing, mask, NaN fill, levels, OME-Zarr version, and the
+features' spacing for a model of several anisotropies); anything else is refused rather
+than mixed.
 
 Each of ``labels``, ``probabilities`` and ``uncertainty`` is an OME-Zarr multiscale
 image (``labels`` with ``image-label`` metadata), so napari and other OME-Zarr readers
@@ -222,7 +224,7 @@ def _check_same_run(path: Path, stored: dict[str, Any], identity: dict[str, Any]
 
 
 def _short(value: Any) -> str:
-    text = str(value)
+    text = "none" if value is None else str(value)
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
@@ -393,11 +395,15 @@ class BlockFailure:
     error: str
     details: str = ""
     caused_by: str = ""
+    #: "block", or "level chunk" (a chunk of a multiscale level, :mod:`tiledseg.pyramid`)
+    kind: str = "block"
 
     def __str__(self) -> str:
         """Return one line for the report: the block and the first line of its error."""
         # one line per block in the report: the first line of the error
         first = self.error.splitlines()[0] if self.error else ""
+        if self.kind != "block":
+            return f"{self.name}: {first}"
         return f"block {self.name} (grid index {self.index}): {first}"
 
 
@@ -433,15 +439,22 @@ def raise_failures(
     """
     if not failures:
         return
+    blocks = [f for f in failures if f.kind == "block"]
+    chunks = len(failures) - len(blocks)
     resumed = f" (this run skipped {skipped} blocks already done)" if skipped else ""
-    if len(failures) + skipped >= total:
+    levels = f"; {chunks} level chunk{'s' * (chunks > 1)} failed" if chunks else ""
+    if not blocks:
+        head = f"all {total} blocks are written but {chunks} chunk{'s' * (chunks > 1)} of the "
+        head += "multiscale levels failed"
+    elif len(blocks) + skipped >= total:
         written = "no block was written" if not skipped else "no other block was written"
-        head = f"{'all ' if not skipped else ''}{len(failures)} of {total} blocks failed; {written}"
+        head = f"{'all ' if not skipped else ''}{len(blocks)} of {total} blocks failed; {written}"
+        head += levels
     else:
-        head = f"{len(failures)} of {total} blocks failed; the other blocks are written"
+        head = f"{len(blocks)} of {total} blocks failed; the other blocks are written{levels}"
     lines = [
-        f"{head} to {str(path)!r}{resumed}. Fix the cause and rerun the same command: it "
-        "redoes only the blocks not done."
+        f"{head} to {str(path)!r}{resumed if blocks else ''}. Fix the cause and rerun the same "
+        "command: it redoes only the blocks not done."
     ]
     lines += [f"  {f}" for f in sorted(failures, key=lambda f: f.index)]
     raise BlocksFailedError("\n".join(lines), list(failures))

@@ -17,6 +17,7 @@ from tiledseg.collection import CollectionResult
 from tiledseg.errors import ModelFileError, OutputExistsError, TiledsegError
 from tiledseg.model import Model
 from tiledseg.predict import PredictionResult
+from tiledseg.runs import unfinished_run
 from tiledseg.volume import Volume, same_path
 
 __all__ = ["SegmentResult", "bank_file", "segment"]
@@ -34,6 +35,9 @@ class SegmentResult:
     scores: dict[str, Any] | None
     #: the ``predict_images`` predicted into ``out_dir``, and those that failed
     collection: CollectionResult | None = None
+    #: True when ``out`` was complete already (a rerun for ``predict_images``): ``prediction``
+    #: then describes nothing new (0 blocks)
+    out_complete: bool = False
 
 
 def segment(
@@ -66,6 +70,8 @@ def segment(
     if not hasattr(config, "training"):
         config = load_config(config)
     model = _check(config)
+    # a rerun to finish predict_images: out is complete, made with the model file
+    out_complete = model is not None and unfinished_run(config.out) is None
     volume = _open_inputs(config)
     ex = config.execution
     with (
@@ -84,14 +90,17 @@ def segment(
             model = _train(config, volume, shared)
         if on_model is not None:
             on_model(model, trained)
-        prediction = _predict(config, volume, model, shared, command)
+        if out_complete:
+            prediction = PredictionResult(config.out, volume.shape, 0, 0, 0.0, 0)
+        else:
+            prediction = _predict(config, volume, model, shared, command)
         collection = _predict_more(config, model, shared, command)
     scores = None
     if config.truth is not None:
         import tiledseg
 
         scores = tiledseg.evaluate(config.out, config.truth)
-    return SegmentResult(model, trained, prediction, scores, collection)
+    return SegmentResult(model, trained, prediction, scores, collection, out_complete)
 
 
 def _check(config: Any) -> Model | None:
@@ -110,7 +119,8 @@ def _check(config: Any) -> Model | None:
             f"the config's model and out are the same path {config.out!r}; give them "
             "different paths"
         )
-    # a rerun after a kill during prediction: the model it wrote is used again
+    # a rerun after a kill during prediction (or, with predict_images, after its prediction
+    # completed): the model it wrote is used again
     model = None if config.overwrite else _model_of_unfinished_run(config)
     if model is None:
         check_model_path(config.model, overwrite=config.overwrite, inputs=inputs)
@@ -215,9 +225,10 @@ def _model_of_unfinished_run(config: Any) -> Model | None:
     """
     from tiledseg.features.bank import resolve_bank
     from tiledseg.model import load_model
-    from tiledseg.runs import unfinished_run
 
     stored = unfinished_run(config.out)
+    if stored is None and config.predict_images is not None:
+        stored = _complete_run(config.out)
     if stored is None or not Path(config.model).is_file():
         return None
     try:
@@ -239,6 +250,18 @@ def _model_of_unfinished_run(config: Any) -> Model | None:
         and list(config.extra_channels or []) == model.summary.get("extra_channels", [])
     )
     return model if same else None
+
+
+def _complete_run(out: str) -> dict[str, Any] | None:
+    """Return the provenance of a complete tiledseg output at ``out`` (``None``: none)."""
+    import zarr
+
+    from tiledseg.runs import is_tiledseg_output
+
+    if not is_tiledseg_output(out):
+        return None
+    stored = dict(zarr.open_group(out, mode="r").attrs["tiledseg"])
+    return stored if stored.get("complete") else None
 
 
 def _open_inputs(config: Any) -> Volume:
