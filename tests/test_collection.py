@@ -119,7 +119,7 @@ def test_a_config_predicts_more_images_into_out_dir(tmp_path, capsys):
     stamp = (tmp_path / "m.tseg").stat().st_mtime_ns
     assert main(["segment", str(config), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "training and its prediction skipped, predict_images continued" in printed
+    assert "training and its prediction skipped, what follows them continued" in printed
     assert printed.count("complete already") == 2
     assert (tmp_path / "m.tseg").stat().st_mtime_ns == stamp
     single = tmp_path / "single2.zarr"

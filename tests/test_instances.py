@@ -247,3 +247,60 @@ def test_worker_processes_give_the_same_objects(tmp_path):
     result = ts.instances(pred, out=tmp_path / "o.zarr", classes=2, block=[8, 9, 8], workers=2)
     expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 26)
     assert_array_equal(objects_of(result.path), expected)
+
+
+def test_a_config_makes_the_objects_of_its_prediction(tmp_path, capsys):
+    ph = make_phantom((24, 26, 22), n_classes=3, feature_size=5.0, seed=8, scribble_fraction=0.02)
+    np.save(tmp_path / "image.npy", ph.image)
+    np.save(tmp_path / "labels.npy", ph.scribbles)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "image: image.npy\nlabels: labels.npy\nmodel: m.tseg\nout: out.zarr\nfeatures: minimal\n"
+        "block: 12\ninstances:\n  classes: 2,3\n  out: objects.zarr\n  min_size: 2\n"
+    )
+    assert main(["segment", str(config), "--quiet"]) == 0
+    assert "objects.zarr; table" in capsys.readouterr().out
+    direct = ts.instances(
+        tmp_path / "out.zarr", out=tmp_path / "direct.zarr", classes=(2, 3), min_size=2,
+        image=tmp_path / "image.npy", quiet=True,
+    )  # fmt: skip
+    assert_array_equal(objects_of(tmp_path / "objects.zarr"), objects_of(direct.path))
+    made = pd.read_parquet(tmp_path / "objects.parquet")
+    pd.testing.assert_frame_equal(made, pd.read_parquet(direct.table))
+    assert "mean_intensity" in made
+    # a bad key of the section: one line, before any training
+    for section, says in (
+        ("instances:\n  classes: 2\n", "instances: required key 'out' is missing"),
+        ("instances:\n  classes: 2\n  out: o.zarr\n  min_sise: 3\n", "unknown key 'min_sise'"),
+        ("instances:\n  classes: 2\n  out: o.zarr\n  min_size: -3\n", "must be a whole number"),
+        ("instances:\n  classes: 2\n  out: n.zarr\n", "also the config's out or model"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            "image: image.npy\nlabels: labels.npy\nmodel: n.tseg\nout: n.zarr\n" + section
+        )
+        assert main(["segment", str(bad), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert says in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "n.tseg").exists()
+
+
+def test_report_and_info_show_the_objects(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from tiledseg.report import make_report
+
+    labels = spiral_and_shells()
+    pred = prediction(tmp_path / "p.zarr", labels)
+    result = ts.instances(pred, out=tmp_path / "o.zarr", classes=2, block=[8, 9, 8], quiet=True)
+    report = make_report(result.path, out=tmp_path / "report.html")
+    assert [p.name for p in report.panels] == ["slices", "sizes"]
+    assert "each object is drawn in its own colour" in report.notes
+    picture = np.asarray(Image.open(report.folder / report.panels[0].file).convert("RGB"))
+    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 3  # objects in several colours
+    assert main(["info", result.path]) == 0
+    out = capsys.readouterr().out
+    assert f"objects: {result.objects}" in out
+    assert "voxels: smallest" in out

@@ -303,7 +303,7 @@ def segment(config_path, overwrite, quiet) -> None:
         else:
             click.echo(
                 f"model {config.model} made the complete output {config.out}: training and its "
-                "prediction skipped, predict_images continued"
+                "prediction skipped, what follows them continued"
             )
 
     result = tiledseg.segment(config, command=f"tiledseg segment {config_path}", on_model=announce)
@@ -311,6 +311,8 @@ def segment(config_path, overwrite, quiet) -> None:
         _print_prediction(result.prediction)
     if result.scores is not None:
         _print_scores(result.scores, as_json=False)
+    if result.objects is not None:
+        _print_objects(result.objects)
     if result.collection is not None:
         _print_collection(result.collection)
 
@@ -383,6 +385,10 @@ def instances(prediction, out, image, overwrite, **options) -> None:
         overwrite=overwrite,
         command=_command_line(),
     )
+    _print_objects(result)
+
+
+def _print_objects(result) -> None:
     dropped = f" ({result.dropped} under --min-size dropped)" if result.dropped else ""
     table = f"; table {result.table}" if result.table else ""
     click.echo(
@@ -498,6 +504,9 @@ def _print_store(path: str, data: dict[str, Any]) -> None:
             f" ({len(done_blocks(path))} blocks done; the same command again continues the run)"
         )
     click.echo(f"{'output':>12}: {arrays}; {state}")
+    if info.get("kind") == "instances":
+        _print_objects_store(path, info)
+        return
     click.echo(f"{'levels':>12}: {_levels_text(data['shape'], info)}")
     click.echo(f"{'classes':>12}: {info.get('classes')}")
     click.echo(f"{'model':>12}: {info.get('model_checksum')}")
@@ -506,6 +515,30 @@ def _print_store(path: str, data: dict[str, Any]) -> None:
     if smoothing:
         settings = ", ".join(f"{k} {v}" for k, v in smoothing.items() if k != "method")
         click.echo(f"{'smoothing':>12}: {smoothing.get('method')} ({settings})")
+
+
+def _print_objects_store(path: str, info: dict[str, Any]) -> None:
+    """Summarise an instances output: its objects, where they came from, their sizes."""
+    from pathlib import Path
+
+    dropped = f" ({info['dropped']} under min_size dropped)" if info.get("dropped") else ""
+    click.echo(f"{'objects':>12}: {info.get('objects', '?')}{dropped}")
+    identity = info.get("identity") or {}
+    click.echo(
+        f"{'made of':>12}: classes {identity.get('classes')} of {info.get('prediction')}, "
+        f"connectivity {identity.get('connectivity')}"
+        + (f", probability >= {identity['threshold']}" if identity.get("threshold") else "")
+    )
+    for suffix in (".parquet", ".csv"):
+        table = Path(path.rstrip("/")).with_suffix(suffix)
+        if table.is_file():
+            import pandas as pd
+
+            frame = pd.read_parquet(table) if suffix == ".parquet" else pd.read_csv(table)
+            if len(frame):
+                q = frame["voxels"].quantile([0, 0.5, 1]).astype(int).tolist()
+                click.echo(f"{'voxels':>12}: smallest {q[0]}, median {q[1]}, largest {q[2]}")
+            click.echo(f"{'table':>12}: {table}")
 
 
 def _levels_text(shape: list[int], info: dict[str, Any]) -> str:

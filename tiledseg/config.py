@@ -20,6 +20,7 @@ from tiledseg.errors import TiledsegError
 from tiledseg.options import (
     Execution,
     ImageInput,
+    Objects,
     OptionError,
     Options,
     Prediction,
@@ -57,6 +58,20 @@ class TrainingImage(Options):
     spacing: list[float] | str | None = Field(None, description="its spacing")
 
 
+class InstancesSection(Objects):
+    """The objects ``segment`` makes of its prediction (``tiledseg instances``)."""
+
+    out: str = Field(description="the instance labels' OME-Zarr group (INST.zarr)")
+    image: str | None = Field(
+        None, description="the image for the mean intensities (default: the config's image)"
+    )
+
+    @property
+    def objects(self) -> Objects:
+        """The section's options, without its paths."""
+        return Objects(**{k: getattr(self, k) for k in Objects.model_fields})
+
+
 class _Run(Options):
     """Train, predict and (with ``truth``) evaluate, in one run."""
 
@@ -78,6 +93,11 @@ class _Run(Options):
         "patterns such as tiles/*.tif), each to out_dir/<stem>.zarr",
     )
     out_dir: str | None = Field(None, description="the existing folder of predict_images' outputs")
+    instances: InstancesSection | None = Field(
+        None,
+        description="objects of the prediction's classes: {classes, out} and optionally "
+        "threshold, min_size, connectivity, table, image (tiledseg instances)",
+    )
 
     @model_validator(mode="after")
     def _collection_holds(self) -> _Run:
@@ -124,6 +144,9 @@ class _Run(Options):
             updates["cluster"] = fix(self.cluster)
         if isinstance(self.features, str) and self.features.endswith((".yaml", ".yml")):
             updates["features"] = fix(self.features)
+        if self.instances is not None:
+            paths = {"out": fix(self.instances.out), "image": fix(self.instances.image)}
+            updates["instances"] = self.instances.model_copy(update=paths)
         if self.training_images:
             updates["training_images"] = [
                 t.model_copy(
@@ -209,6 +232,8 @@ def _explain(exc: ValidationError, data: dict) -> str:
     where = outer + tuple(first["loc"])
     if where[:1] == ("training_images",) and len(where) > 2:
         return _training_image_error({**first, "loc": where})
+    if where[:1] == ("instances",) and len(where) > 1:
+        return _section_error({**first, "loc": where}, cause)
     key = str(first["loc"][0]) if first["loc"] else "(top level)"
     fields = list(SegmentConfig.model_fields)
     if isinstance(cause, TiledsegError):  # a check's own message
@@ -220,6 +245,17 @@ def _explain(exc: ValidationError, data: dict) -> str:
     if first["type"] == "missing":
         return f"required key {key!r} is missing"
     return explain(exc, data, source="config")
+
+
+def _section_error(error: dict, cause: Any) -> str:
+    """One line naming the key of the ``instances`` section."""
+    key = str(error["loc"][1])
+    known = ", ".join(InstancesSection.model_fields)
+    if error["type"] == "extra_forbidden":
+        return f"instances: unknown key {key!r} (known keys: {known})"
+    if error["type"] == "missing":
+        return f"instances: required key {key!r} is missing"
+    return f"instances: key {key!r}: {cause if isinstance(cause, TiledsegError) else error['msg']}"
 
 
 def _training_image_error(error: dict) -> str:

@@ -407,6 +407,7 @@ def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
         "command": command if command is not None else " ".join(sys.argv),
         "versions": versions(),
         "connectivity": job.connectivity,
+        "image": None if job.intensity is None else job.intensity.path,
     }
     create_output(
         job.out, shape=job.shape, block=job.block, spacing=source.labels.spacing,

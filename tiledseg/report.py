@@ -177,6 +177,17 @@ def class_colours(classes: Sequence[int]) -> dict[int, tuple[float, float, float
     return {v: tuple(float(x) for x in palette[i][:3]) for i, v in enumerate(values)}
 
 
+def object_colours(ids: Any) -> dict[int, tuple[float, float, float]]:
+    """Return a colour per object id: hues a golden-ratio step apart, so neighbours differ."""
+    import colorsys
+
+    return {
+        int(i): colorsys.hsv_to_rgb((int(i) * 0.6180339887) % 1.0, 0.75, 0.95)
+        for i in np.unique(np.asarray(ids))
+        if i
+    }
+
+
 def label_rgba(
     labels: np.ndarray, colours: dict[int, tuple[float, float, float]], *, alpha: float = 0.5
 ) -> np.ndarray:
@@ -374,7 +385,7 @@ def _legend(fig, colours: dict[int, tuple[float, float, float]]) -> None:
     )
 
 
-def _draw_slices(plt, planes, views, spacing, colours, folder: Path) -> Panel:
+def _draw_slices(plt, planes, views, spacing, colours, folder: Path, *, legend=True) -> Panel:
     rows = list(planes)
     ncols = len(views)
     fig, axes = plt.subplots(
@@ -396,7 +407,8 @@ def _draw_slices(plt, planes, views, spacing, colours, folder: Path) -> Panel:
                     interpolation="nearest",
                 )
             _label_plane(ax, view, f"{row}, {view.title}")
-    _legend(fig, colours)
+    if legend:
+        _legend(fig, colours)
     fig.tight_layout(rect=(0, 0.8 / (3.6 * len(rows) + 0.8), 1, 1))
     title = "middle planes: " + ", ".join(rows)
     return _save(fig, folder, "slices", title)
@@ -509,6 +521,13 @@ class _Drawn:
     uncertainty: Volume | None
     scores: dict[str, Any] | None
     described: dict[str, Any] | None
+    #: an instances output's object sizes (voxels, from its table), or ``None``
+    sizes: np.ndarray | None = None
+
+    @property
+    def objects(self) -> bool:
+        """Whether the labels are objects (``tiledseg instances``), each its own colour."""
+        return self.sizes is not None
 
 
 def make_report(
@@ -561,7 +580,7 @@ def make_report(
     classes = [int(c) for c in provenance.get("classes", [])]
     if drawn.scores is not None:
         classes += [c for c in drawn.scores["classes"] if c not in classes]
-    colours = class_colours(classes)
+    colours = class_colours(classes) if not drawn.objects else {}
     centre = _roi_centre(provenance.get("roi"), notes)
     views = middle_views(labels.shape, max_edge=max_edge, centre=centre)
     if views[0].step > 1:
@@ -623,10 +642,27 @@ def _open_inputs(
         uncertainty = open_volume(f"{str(output).rstrip('/')}/uncertainty", role="uncertainty")
     if not provenance.get("complete", True):
         notes.append("the run is not complete: blocks not yet predicted are blank")
+    sizes = _object_sizes(output, provenance, notes)
     if volume is not None and volume.n_channels > 1:
         how = "drawn in colour (RGB)" if is_colour(volume) else "channel 0 is drawn"
         notes.append(f"image has {volume.n_channels} channels; {how}")
-    return _Drawn(labels, volume, truth_volume, uncertainty, scores, described)
+    return _Drawn(labels, volume, truth_volume, uncertainty, scores, described, sizes)
+
+
+def _object_sizes(output: Any, provenance: dict[str, Any], notes: list[str]) -> Any:
+    """Return an instances output's object sizes from its table (``None``: not objects)."""
+    if provenance.get("kind") != "instances":
+        return None
+    notes.append("each object is drawn in its own colour")
+    for suffix in (".parquet", ".csv"):
+        table = Path(str(output).rstrip("/")).with_suffix(suffix)
+        if table.is_file():
+            import pandas as pd
+
+            frame = pd.read_parquet(table) if suffix == ".parquet" else pd.read_csv(table)
+            return frame["voxels"].to_numpy()
+    notes.append("no objects table beside the output: no size distribution")
+    return np.zeros(0, np.int64)
 
 
 def _load_report_model(
@@ -686,6 +722,12 @@ def _draw_panels(
     planes["labels"] = [read_view(drawn.labels, v) for v in views]
     if drawn.truth is not None:
         planes["truth"] = [read_view(drawn.truth, v) for v in views]
+    if drawn.objects:
+        shown = object_colours(np.concatenate([p.ravel() for p in planes["labels"]]))
+        panels = [_draw_slices(plt, planes, views, spacing, shown, pictures, legend=False)]
+        if len(drawn.sizes):
+            panels.append(_draw_sizes(plt, drawn.sizes, pictures))
+        return panels
     panels = [_draw_slices(plt, planes, views, spacing, colours, pictures)]
     if drawn.uncertainty is not None:
         planes_u = [read_view(drawn.uncertainty, v) for v in views]
@@ -699,6 +741,20 @@ def _draw_panels(
             _draw_importance(plt, described["features"], described["importance"], pictures)
         )
     return panels
+
+
+def _draw_sizes(plt, sizes: np.ndarray, folder: Path) -> Panel:
+    """Draw the distribution of the objects' sizes (voxels), on logarithmic bins."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    top = max(int(sizes.max()), 2)
+    bins = np.unique(np.geomspace(1, top + 1, num=min(40, top + 1)).astype(int))
+    ax.hist(sizes, bins=bins, color="#4477aa")
+    ax.set_xscale("log")
+    ax.set_xlabel("voxels per object")
+    ax.set_ylabel("objects")
+    ax.set_title(f"{len(sizes):,} objects, median {int(np.median(sizes)):,} voxels")
+    fig.tight_layout()
+    return _save(fig, folder, "sizes", "object sizes")
 
 
 def _write_manifest(
@@ -743,6 +799,7 @@ def _summary_rows(output, provenance, labels, volume, scores, described, model) 
         ("shape", " x ".join(str(n) for n in labels.shape)),
         ("spacing", ", ".join(f"{s:g}" for s in labels.spacing)),
         ("classes", ", ".join(str(c) for c in provenance.get("classes", []))),
+        ("objects", provenance.get("objects")),
         ("arrays", ", ".join(provenance.get("arrays", []))),
         ("complete", provenance.get("complete")),
         ("image", volume.name if volume is not None else f"{provenance.get('image')} (not drawn)"),

@@ -38,6 +38,8 @@ class SegmentResult:
     #: True when ``out`` was complete already (a rerun for ``predict_images``): ``prediction``
     #: then describes nothing new (0 blocks)
     out_complete: bool = False
+    #: the objects the config's ``instances`` section made of the prediction
+    objects: Any = None
 
 
 def segment(
@@ -95,12 +97,13 @@ def segment(
         else:
             prediction = _predict(config, volume, model, shared, command)
         collection = _predict_more(config, model, shared, command)
+        objects = _objects(config, shared, command)
     scores = None
     if config.truth is not None:
         import tiledseg
 
         scores = tiledseg.evaluate(config.out, config.truth)
-    return SegmentResult(model, trained, prediction, scores, collection, out_complete)
+    return SegmentResult(model, trained, prediction, scores, collection, out_complete, objects)
 
 
 def _check(config: Any) -> Model | None:
@@ -114,6 +117,7 @@ def _check(config: Any) -> Model | None:
         inputs += [more.image, more.labels, *(more.extra_channels or [])]
     inputs += [config.mask] if isinstance(config.mask, str) else []
     inputs += _more_images(config)
+    _check_instances(config, inputs)
     if same_path(config.model, config.out):
         raise OutputExistsError(
             f"the config's model and out are the same path {config.out!r}; give them "
@@ -148,6 +152,25 @@ def _more_images(config: Any) -> list[str]:
             "outside out_dir or another name"
         )
     return images
+
+
+def _check_instances(config: Any, inputs: list[str]) -> None:
+    """Refuse an ``instances`` output that is another path of the run, or in the way."""
+    from tiledseg.runs import check_apart, check_writable, unfinished_run
+
+    if config.instances is None:
+        return
+    out = config.instances.out
+    if any(same_path(out, p) for p in (config.out, config.model)):
+        raise OutputExistsError(
+            f"instances out {out!r} is also the config's out or model; give it its own path"
+        )
+    check_apart(out, [p for p in inputs if p is not None], what="instances output")
+    check_writable(out, what="instances output")
+    if Path(out).exists() and not config.overwrite and unfinished_run(out) is None:
+        raise OutputExistsError(
+            f"instances output {out!r} exists; choose another path or pass --overwrite"
+        )
 
 
 def bank_file(features: Any) -> str | None:
@@ -218,6 +241,24 @@ def _predict_more(
     )
 
 
+def _objects(config: Any, execution: Any, command: str | None) -> Any:
+    """Make the objects the config's ``instances`` section asks for, on the same cluster."""
+    if config.instances is None:
+        return None
+    from tiledseg.instances import instances
+
+    section = config.instances
+    return instances(
+        config.out,
+        out=section.out,
+        objects=section.objects,
+        execution=execution.updated(block=None),  # (the prediction's blocks)
+        image=section.image or config.image,
+        overwrite=config.overwrite,
+        command=command,
+    )
+
+
 def _model_of_unfinished_run(config: Any) -> Model | None:
     """Return the model file of ``config`` if its output is an unfinished run made with it.
 
@@ -227,8 +268,8 @@ def _model_of_unfinished_run(config: Any) -> Model | None:
     from tiledseg.model import load_model
 
     stored = unfinished_run(config.out)
-    if stored is None and config.predict_images is not None:
-        stored = _complete_run(config.out)
+    if stored is None and (config.predict_images is not None or config.instances is not None):
+        stored = _complete_run(config.out)  # (what came after the prediction may continue)
     if stored is None or not Path(config.model).is_file():
         return None
     try:
