@@ -6,6 +6,8 @@ their first voxel in C order; the table is checked against scikit-image's region
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,14 +76,15 @@ def test_objects_equal_a_whole_volume_labelling(tmp_path_factory, shape, fill, d
     block = tuple(data.draw(st.integers(1, n)) for n in shape)
     connectivity = data.draw(st.sampled_from({2: (4, 8), 3: (6, 18, 26)}[len(shape)]))
     classes = data.draw(st.sampled_from([(2,), (2, 3)]))
+    min_size = data.draw(st.sampled_from([0, 0, 2, 5]))
     folder = tmp_path_factory.mktemp("h")
     pred = prediction(folder / "p.zarr", labels, classes=(1, 2, 3))
     result = ts.instances(
         pred, out=folder / "o.zarr", classes=classes, connectivity=connectivity,
-        block=list(block), quiet=True, table="none",
+        block=list(block), quiet=True, table="none", min_size=min_size,
     )  # fmt: skip
     values = np.where(np.isin(labels, classes), labels, 0).astype(np.uint16)
-    expected = canonical(values, connectivity)
+    expected = canonical(values, connectivity, min_size)
     assert_array_equal(objects_of(result.path), expected)
     assert result.objects == int(expected.max())
 
@@ -168,6 +171,16 @@ def test_objects_from_the_probabilities(tmp_path):
     )  # fmt: skip
     values = np.where(proba[1] >= np.ceil(0.8 * 255), 2, 0).astype(np.uint16)
     assert_array_equal(objects_of(result.path), canonical(values, 6))
+    # two classes: a voxel above the threshold for both goes to the more probable
+    both = ts.instances(
+        pred, out=tmp_path / "b.zarr", classes="1,2", threshold=0.3, block=[7, 9, 6],
+        connectivity=6, quiet=True,
+    )  # fmt: skip
+    level = np.ceil(0.3 * 255)
+    values = np.where(proba[1] > proba[0], 2, 1).astype(np.uint16)
+    values[proba.max(axis=0) < level] = 0
+    values[(proba[0] == proba[1]) & (proba[0] >= level)] = 1  # (a tie: the first class given)
+    assert_array_equal(objects_of(both.path), canonical(values, 6))
 
 
 def test_a_stopped_run_continues_and_equals_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -199,6 +212,53 @@ def test_a_stopped_run_continues_and_equals_an_uninterrupted_one(tmp_path, monke
         assert calls == [(1, 1, 1)], method
         assert_array_equal(objects_of(out), expected)
         assert not (out / ".tiledseg-objects").exists()
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path, monkeypatch):
+    from tiledseg.errors import OutputExistsError
+
+    pred = prediction(tmp_path / "p.zarr", spiral_and_shells((16, 18, 14)))
+    out = tmp_path / "o.zarr"
+    real = ObjectsJob.relabel
+
+    def failing(job, block):
+        if block.index == (0, 0, 0):
+            raise OSError("disk full")
+        return real(job, block)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ObjectsJob, "relabel", failing)
+        with pytest.raises(BlocksFailedError):
+            ts.instances(pred, out=out, classes=2, block=8, connectivity=6, quiet=True)
+    for other, says in (
+        ({"connectivity": 26}, "different --connectivity (it had 6, this run has 26)"),
+        ({"min_size": 4, "connectivity": 6}, "different --min-size"),
+        ({"table": "csv", "connectivity": 6}, "different table format (--table)"),
+    ):
+        with pytest.raises(OutputExistsError, match=re.escape(says)):
+            ts.instances(pred, out=out, classes=2, block=8, quiet=True, **other)
+    done = ts.instances(pred, out=out, classes=2, block=8, connectivity=6, quiet=True)
+    assert done.skipped == 12  # (every block's components were found before the stop)
+    # the same again, once complete: refused as predict refuses, kept by complete_ok
+    with pytest.raises(OutputExistsError, match="exists and is complete"):
+        ts.instances(pred, out=out, classes=2, block=8, connectivity=6, quiet=True)
+    again = ts.instances(pred, out=out, classes=2, block=8, connectivity=6, complete_ok=True)
+    assert again.objects == done.objects
+
+
+def test_thousands_of_blocks_keep_few_files_open(tmp_path):
+    import resource
+
+    labels = np.where(np.random.default_rng(2).random((60, 50)) < 0.6, 2, 1).astype(np.uint8)
+    pred = prediction(tmp_path / "p.zarr", labels)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))  # (fewer than the 300 blocks)
+    try:
+        result = ts.instances(pred, out=tmp_path / "o.zarr", classes=2, block=[2, 5], quiet=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.blocks == 300
+    assert_array_equal(objects_of(result.path), canonical(np.where(labels == 2, 2, 0), 8))
 
 
 def test_the_output_is_ome_zarr_labels(tmp_path):
@@ -260,6 +320,9 @@ def test_a_config_makes_the_objects_of_its_prediction(tmp_path, capsys):
     )
     assert main(["segment", str(config), "--quiet"]) == 0
     assert "objects.zarr; table" in capsys.readouterr().out
+    # the same config again: all is complete and kept (no error, nothing redone)
+    assert main(["segment", str(config), "--quiet"]) == 0
+    assert "training and its prediction skipped" in capsys.readouterr().out
     direct = ts.instances(
         tmp_path / "out.zarr", out=tmp_path / "direct.zarr", classes=(2, 3), min_size=2,
         image=tmp_path / "image.npy", quiet=True,
@@ -304,3 +367,29 @@ def test_report_and_info_show_the_objects(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"objects: {result.objects}" in out
     assert "voxels: smallest" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "pattern"), [("components", "m-*"), ("relabel", "done")])
+def test_a_killed_run_continues_to_the_same_objects(tmp_path, stage, pattern):
+    import os
+
+    from tiledseg.testing.processes import kill_when
+
+    labels = spiral_and_shells((40, 44, 36))
+    pred = prediction(tmp_path / "p.zarr", labels)
+    out = tmp_path / "o.zarr"
+    args = ["instances", pred, "--class", "2", "--out", str(out), "--block", "5", "--quiet"]
+
+    def progress() -> int:
+        if pattern == "done":
+            folder = out / ".tiledseg-done"
+            return len(os.listdir(folder)) if folder.is_dir() else 0
+        return len(list((out / ".tiledseg-objects").glob(pattern)))
+
+    kill_when(args, lambda: progress() >= 40)  # (in pass 1, or in pass 3: the stage)
+    assert main(args) == 0
+    expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 26)
+    assert_array_equal(objects_of(out), expected)
+    table = pd.read_parquet(tmp_path / "o.parquet")
+    assert len(table) == int(expected.max())

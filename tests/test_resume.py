@@ -29,6 +29,7 @@ from tiledseg.errors import BlocksFailedError, OutputExistsError
 from tiledseg.predict import PredictionJob
 from tiledseg.runs import DONE_DIR, done_blocks
 from tiledseg.testing import make_phantom
+from tiledseg.testing.processes import kill_when
 
 SHAPE = (32, 64, 64)
 BLOCK = 16  # 2 x 4 x 4 = 32 blocks
@@ -91,31 +92,7 @@ def uninterrupted(work):
 def kill_after_markers(args: list[str], out: Path, at_least: int) -> int:
     """Start ``tiledseg ARGS`` and SIGKILL it once ``at_least`` blocks are marked done."""
     markers = out / DONE_DIR
-    # two cores at most, whatever the machine: on many cores every block would start
-    # at once and the run could end before a few markers appear
-    cores = sorted(os.sched_getaffinity(0))[:2]
-    with subprocess.Popen(
-        [sys.executable, "-m", "tiledseg.cli", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, cores),
-    ) as proc:
-        try:
-            while proc.poll() is None:
-                if markers.is_dir() and len(os.listdir(markers)) >= at_least:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    break
-                time.sleep(0.002)
-            _, stderr = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-    if proc.returncode != -signal.SIGKILL:
-        raise AssertionError(
-            f"the run ended before it could be killed (exit {proc.returncode}): "
-            f"{stderr.decode()[-2000:]}"
-        )
+    kill_when(args, lambda: markers.is_dir() and len(os.listdir(markers)) >= at_least)
     return len(done_blocks(out))
 
 

@@ -397,6 +397,12 @@ def _print_objects(result) -> None:
     )
 
 
+# (the block's default here is the prediction's, not predict's)
+next(p for p in instances.params if p.name == "block").help = (
+    "Processing block edge(s) in voxels (default: the prediction's block)."
+)
+
+
 @cli.command()
 @click.argument("prediction")
 @click.argument("truth")

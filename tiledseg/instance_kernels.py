@@ -165,7 +165,8 @@ def border_pairs(
     labels: np.ndarray,
     values: np.ndarray,
     inner: tuple[slice, ...],
-    grid_of: np.ndarray,
+    block_of: Sequence[np.ndarray],
+    grid: Sequence[int],
     *,
     connectivity: int,
 ) -> np.ndarray:
@@ -179,8 +180,10 @@ def border_pairs(
         The voxels' classes there (components of two classes never join).
     inner : tuple of slice
         The block's position in ``labels``.
-    grid_of : ndarray of int64, shape of ``labels``
-        The linear grid index of the block each voxel of ``labels`` belongs to.
+    block_of : sequence of ndarray
+        Per axis, the grid index of the block each position of ``labels`` lies in.
+    grid : sequence of int
+        The block grid's shape (blocks are named by their linear index in it).
     connectivity : int
         As for :func:`local_components`.
 
@@ -193,6 +196,11 @@ def border_pairs(
         the other lies below along some axis.
     """
     ndim = labels.ndim
+    own = int(
+        np.ravel_multi_index(
+            tuple(int(b[i.start]) for b, i in zip(block_of, inner, strict=True)), tuple(grid)
+        )
+    )  # noqa: E501
     found = []
     for axis in range(ndim):
         if inner[axis].start == 0:
@@ -209,21 +217,29 @@ def border_pairs(
                 here = tuple(face)
             a, b = labels[here], labels[there]
             both = (a > 0) & (b > 0) & (values[here] == values[there])
-            if both.any():
-                found.append(
-                    np.stack(
-                        [
-                            grid_of[here][both],
-                            a[both].astype(np.int64),
-                            grid_of[there][both],
-                            b[both].astype(np.int64),
-                        ],
-                        axis=1,
-                    )
+            if not both.any():
+                continue
+            at = np.nonzero(both)
+            others = np.ravel_multi_index(
+                tuple(
+                    blocks[t.start + i] for blocks, t, i in zip(block_of, there, at, strict=True)
+                ),
+                tuple(grid),
+            )
+            found.append(
+                np.stack(
+                    [
+                        np.full(len(others), own),
+                        a[at].astype(np.int64),
+                        others,
+                        b[at].astype(np.int64),
+                    ],  # noqa: E501
+                    axis=1,
                 )
+            )
     if not found:
         return np.zeros((0, 4), np.int64)
-    return np.unique(np.concatenate(found), axis=0)
+    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
 
 
 def _clip(

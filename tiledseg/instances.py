@@ -8,10 +8,11 @@ class K (or of several classes, each its own objects) in three blockwise passes:
    sums, bounding box, first voxel, class, intensity and probability sums) saved beside;
 2. **pairs**: each block's components that touch a component of a lower neighbour
    block, read one voxel deep from the neighbours' own numbers;
-3. **objects**: the pairs joined into objects (scipy's connected components of the pair
-   graph, whose size grows with the objects that touch faces, not with the volume), the
+3. **objects**: the pairs joined into objects (scipy's connected components of the graph
+   of the components that touch a face: it grows with them, not with the volume), the
    objects under ``--min-size`` dropped and the others numbered by their first voxel in C
-   order; each block is then written in the final numbers.
+   order; each block is then written in the final numbers. The driver holds each
+   component's measures (they make the table) and the pairs, nothing of the volume's size.
 
 So the output equals a whole-volume labelling numbered the same way, voxel for voxel,
 whatever the blocks. Each pass saves what it found per block, so a stopped run continues
@@ -98,6 +99,7 @@ def instances(
     image: Any = None,
     overwrite: bool = False,
     command: str | None = None,
+    complete_ok: bool = False,
     **options: Any,
 ) -> InstancesResult:
     """Label the objects of a prediction's classes into an OME-Zarr labels group.
@@ -121,6 +123,9 @@ def instances(
         ``out`` with the same settings is continued.
     command : str, optional
         The command line, recorded in the provenance.
+    complete_ok : bool
+        An output this run completed already (the same settings) is returned as it is,
+        not refused (a config run again).
     **options
         Fields of those models by name (``classes=2``, ``min_size=10``, ``workers=4``).
 
@@ -142,6 +147,12 @@ def instances(
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(output_lock(out))
+        if complete_ok and not overwrite and _complete_with(str(out), job.identity):
+            stored = _stored(str(out))
+            return InstancesResult(
+                str(out), table, stored["objects"], stored["dropped"], len(plan), len(plan), 0.0,
+                tuple(notes),
+            )  # fmt: skip
         resuming = prepare_output(
             out, overwrite=overwrite, inputs=[str(prediction)], identity=job.identity
         )
@@ -149,21 +160,43 @@ def instances(
             if table is not None:  # (an unfinished run's own table comes at its end)
                 _check_table(table, overwrite)
             _create(job, source, command)
+        for note in notes:  # (once the run starts: they say what the table will lack)
+            print(note, file=sys.stderr)
         executor = stack.enter_context(
             open_executor(ex.workers, quiet=ex.quiet, scheduler=ex.scheduler, cluster=ex.cluster)
         )
-        counts = _run(job, plan, executor, source.labels.spacing, obj, table)
-    skipped = counts.pop("skipped")
-    if table is not None:
-        os.replace(job.scratch / f"table{Path(table).suffix}", table)
-    mark_complete(out, objects=counts["objects"], dropped=counts["dropped"])
-    _remove_scratch(out)
-    for note in notes:
-        print(note, file=sys.stderr)
+        counts = _run(job, plan, executor, source.labels.spacing, obj.min_size, table)
+        _finish(job, table, counts)  # (still holding the lock)
     return InstancesResult(
-        str(out), table, counts["objects"], counts["dropped"], len(plan), skipped,
+        str(out), table, counts["objects"], counts["dropped"], len(plan), counts["skipped"],
         time.perf_counter() - started, tuple(notes),
     )  # fmt: skip
+
+
+def _finish(job: ObjectsJob, table: str | None, counts: dict[str, int]) -> None:
+    """Move the table into place, mark the output complete and remove the scratch."""
+    if table is not None:
+        made = job.scratch / f"table{Path(table).suffix}"
+        if made.exists() or not Path(table).exists():  # (a kill after the move: it is there)
+            os.replace(made, table)
+    mark_complete(job.out, objects=counts["objects"], dropped=counts["dropped"])
+    _remove_scratch(job.out)
+
+
+def _stored(out: str) -> dict[str, Any]:
+    import zarr
+
+    return dict(zarr.open_group(out, mode="r").attrs["tiledseg"])
+
+
+def _complete_with(out: str, identity: dict[str, Any]) -> bool:
+    """Whether ``out`` holds complete objects made with ``identity``."""
+    from tiledseg.runs import is_tiledseg_output
+
+    if not is_tiledseg_output(out):
+        return False
+    stored = _stored(out)
+    return bool(stored.get("complete")) and stored.get("identity") == identity
 
 
 @dataclass(frozen=True)
@@ -280,12 +313,12 @@ class ObjectsJob:
         grown = haloed(block.region, (1,) * len(self.shape), self.shape)
         labels = zarr.open_array(str(self.scratch / "local"), mode="r")[grown]
         grid = tuple(-(-n // b) for n, b in zip(self.shape, self.block, strict=True))
-        axes = [np.arange(g.start, g.stop) // b for g, b in zip(grown, self.block, strict=True)]
-        grid_of = np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), grid).astype(np.int64)
+        block_of = [np.arange(g.start, g.stop) // b for g, b in zip(grown, self.block, strict=True)]
         values = self._foreground(grown)[0]
         found = border_pairs(
-            labels, values, within(block.region, grown), grid_of, connectivity=self.connectivity
-        )
+            labels, values, within(block.region, grown), block_of, grid,
+            connectivity=self.connectivity,
+        )  # fmt: skip
         _save(self.scratch / f"p-{_name(block.index)}.npz", pairs=found)
         return len(found)
 
@@ -303,7 +336,9 @@ class ObjectsJob:
         """Return each voxel's object class (0: none), and its probability of that class."""
         import zarr
 
-        labels = zarr.open_array(f"{self.source}/labels/0", mode="r")[region]
+        labels = None
+        if self.threshold is None:
+            labels = zarr.open_array(f"{self.source}/labels/0", mode="r")[region]
         proba = None
         if self.threshold is not None or self.probabilities:
             proba = zarr.open_array(f"{self.source}/probabilities/0", mode="r")[
@@ -359,6 +394,7 @@ def _job(
         "connectivity": connectivity,
         "block": list(shape),
         "image": None if intensity is None else intensity.name,
+        "table": obj.table,
     }
     return ObjectsJob(
         source.path, out, labels.shape, tuple(shape), tuple(obj.classes),
@@ -403,7 +439,7 @@ def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
 
     provenance = {
         "kind": "instances",
-        "prediction": source.path,
+        "prediction": str(Path(source.path).resolve()),
         "command": command if command is not None else " ".join(sys.argv),
         "versions": versions(),
         "connectivity": job.connectivity,
@@ -423,22 +459,23 @@ def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
 
 def _run(
     job: ObjectsJob, plan: BlockPlan, executor: Executor, spacing: tuple[float, ...],
-    obj: Objects, table: str | None,
+    min_size: int, table: str | None,
 ) -> dict[str, int]:  # fmt: skip
     """Run the three passes (each only where an earlier run has not); return the counts."""
-    from tiledseg.runs import unfinished_run, update_provenance
+    from tiledseg.runs import record_resume, unfinished_run, update_provenance
 
-    skipped = 0
-    for method, prefix, desc in (
-        (job.components, "m", "objects 1/3"),
-        (job.pairs, "p", "objects 2/3"),
-    ):
-        todo = [b for b in plan if not (job.scratch / f"{prefix}-{_name(b.index)}.npz").exists()]
-        skipped = skipped or len(plan) - len(todo)
+    passes = [(job.components, "m", "objects 1/3"), (job.pairs, "p", "objects 2/3")]
+    names = {e.name for e in os.scandir(job.scratch)}
+    skipped = sum(f"m-{_name(b.index)}.npz" in names for b in plan)
+    if skipped:
+        record_resume(job.out, skipped=skipped, total=len(plan))
+    for method, prefix, desc in passes:
+        names = {e.name for e in os.scandir(job.scratch)}
+        todo = [b for b in plan if f"{prefix}-{_name(b.index)}.npz" not in names]
         _pass(executor, method, todo, desc, job.out, len(plan))
     stored = unfinished_run(job.out) or {}
     if "objects" not in stored:  # (recorded once the numbers are saved)
-        counts = _number_objects(job, plan, spacing, obj.min_size, table)
+        counts = _number_objects(job, plan, spacing, min_size, table)
         update_provenance(job.out, **counts)
     else:
         counts = {"objects": stored["objects"], "dropped": stored["dropped"]}
@@ -470,7 +507,7 @@ def _number_objects(
     from scipy.sparse.csgraph import connected_components
 
     blocks = list(plan)
-    loaded = [np.load(job.scratch / f"m-{_name(b.index)}.npz") for b in blocks]
+    loaded = [_load(job.scratch / f"m-{_name(b.index)}.npz") for b in blocks]
     sizes = [int(m["n"]) for m in loaded]
     per_block = int(np.prod(job.block)) + 1
     linear = [int(np.ravel_multi_index(b.index, plan.grid)) for b in blocks]
@@ -482,20 +519,27 @@ def _number_objects(
         or [np.zeros(0, np.int64)]
     )
     measures = {
-        name: np.concatenate([m[name] for m in loaded if name in m.files])
+        name: np.concatenate([m[name] for m in loaded])
         for name in MEASURES
-        if all(name in m.files for m in loaded)
+        if all(name in m for m in loaded)
     }
+    del loaded
     group = np.arange(len(keys), dtype=np.int64)
     pairs = np.concatenate(
-        [np.load(job.scratch / f"p-{_name(b.index)}.npz")["pairs"] for b in blocks]
+        [_load(job.scratch / f"p-{_name(b.index)}.npz")["pairs"] for b in blocks]
         or [np.zeros((0, 4), np.int64)]
     )
     if len(pairs):
-        a = np.searchsorted(keys, pairs[:, 0] * per_block + pairs[:, 1])
-        b = np.searchsorted(keys, pairs[:, 2] * per_block + pairs[:, 3])
-        graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(keys), len(keys)))
-        group = connected_components(graph, directed=False)[1].astype(np.int64)
+        # the graph of the components that touch a face: it grows with them, not the volume
+        ends = np.stack(
+            [pairs[:, 0] * per_block + pairs[:, 1], pairs[:, 2] * per_block + pairs[:, 3]]
+        )
+        touching, ends = np.unique(ends, return_inverse=True)
+        ends = ends.reshape(2, -1)
+        n = len(touching)
+        graph = coo_matrix((np.ones(ends.shape[1]), (ends[0], ends[1])), shape=(n, n))
+        joined = connected_components(graph, directed=False)[1].astype(np.int64)
+        group[np.searchsorted(keys, touching)] = len(keys) + joined
     groups, member_of = np.unique(group, return_inverse=True)
     merged = _combine(measures, member_of, len(groups))
     kept = merged["count"] >= min_size
@@ -504,7 +548,8 @@ def _number_objects(
     final[np.flatnonzero(kept)[order]] = np.arange(1, int(kept.sum()) + 1, dtype=np.uint64)
     start = 0
     for block, n in zip(blocks, sizes, strict=True):
-        lut = np.concatenate([[0], final[member_of[start : start + n]]]).astype(job.dtype)
+        lut = np.concatenate([np.zeros(1, final.dtype), final[member_of[start : start + n]]])
+        lut = lut.astype(job.dtype)
         _save_npy(job.scratch / f"lut-{_name(block.index)}.npy", lut)
         start += n
     if table is not None:  # (kept in the scratch until the output is complete)
@@ -530,6 +575,12 @@ def _combine(measures: dict[str, np.ndarray], member_of: np.ndarray, n: int) -> 
             np.maximum.at(combined, member_of, values)
         out[name] = combined
     return out
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` whole and close it (a driver reading every block's keeps no file open)."""
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -81,6 +81,14 @@ _IDENTITY_NAMES = {
     "levels": "number of multiscale levels (--pyramid)",
     "ngff": "OME-Zarr version (--ngff)",
     "spacing": "spacing of the image's features",
+    # (tiledseg instances)
+    "prediction": "prediction",
+    "prediction_finished": "prediction (it was made again since)",
+    "classes": "set of classes (--class)",
+    "threshold": "probability threshold (--threshold)",
+    "min_size": "--min-size",
+    "connectivity": "--connectivity",
+    "table": "table format (--table)",
 }
 
 

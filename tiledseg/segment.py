@@ -155,21 +155,39 @@ def _more_images(config: Any) -> list[str]:
 
 
 def _check_instances(config: Any, inputs: list[str]) -> None:
-    """Refuse an ``instances`` output that is another path of the run, or in the way."""
-    from tiledseg.runs import check_apart, check_writable, unfinished_run
+    """Refuse an ``instances`` output that is another path of the run, or in the way.
 
-    if config.instances is None:
+    A complete one is left to :func:`tiledseg.instances`: the same settings again keep
+    it (a config run again to finish what follows its prediction), others are refused.
+    """
+    from tiledseg.runs import check_apart, check_writable, is_tiledseg_output
+
+    section = config.instances
+    if section is None:
         return
-    out = config.instances.out
+    out = section.out
     if any(same_path(out, p) for p in (config.out, config.model)):
         raise OutputExistsError(
             f"instances out {out!r} is also the config's out or model; give it its own path"
         )
-    check_apart(out, [p for p in inputs if p is not None], what="instances output")
+    if section.threshold is not None and not config.probabilities:
+        raise TiledsegError(
+            "instances: threshold needs the prediction's probabilities; set probabilities: "
+            "true, or leave threshold out (objects of the labels)"
+        )
+    others = [p for p in (*inputs, config.out, config.out_dir) if p is not None]
+    check_apart(out, others, what="instances output")
     check_writable(out, what="instances output")
-    if Path(out).exists() and not config.overwrite and unfinished_run(out) is None:
+    if config.overwrite:
+        return
+    if Path(out).exists() and not is_tiledseg_output(out):
         raise OutputExistsError(
-            f"instances output {out!r} exists; choose another path or pass --overwrite"
+            f"instances output {out!r} exists and is not a tiledseg output; choose another path"
+        )
+    table = Path(out).with_suffix(f".{section.table}")
+    if section.table != "none" and table.exists() and not Path(out).exists():
+        raise OutputExistsError(
+            f"table {str(table)!r} exists; choose another path or pass --overwrite"
         )
 
 
@@ -256,6 +274,7 @@ def _objects(config: Any, execution: Any, command: str | None) -> Any:
         image=section.image or config.image,
         overwrite=config.overwrite,
         command=command,
+        complete_ok=True,
     )
 
 
