@@ -269,6 +269,21 @@ def test_the_output_is_ome_zarr_labels(tmp_path):
     assert type(models.open_ome_zarr(group["labels"])).__name__ == "ImageLabel"
     assert group["labels/0"].dtype == np.uint32
     assert group.attrs["tiledseg"]["kind"] == "instances"
+    # the objects of an OME-Zarr 0.4 prediction are 0.4 too (zarr v2)
+    labels = spiral_and_shells((12, 14, 10))
+    old = tmp_path / "p4.zarr"
+    create_output(
+        old, shape=labels.shape, block=(8, 8, 8), spacing=(1.0,) * 3, label_dtype=np.uint8,
+        classes=[1, 2], probabilities=False, uncertainty=False, provenance={"ngff": "0.4"},
+        overwrite=False, ngff="0.4",
+    )  # fmt: skip
+    zarr.open_array(f"{old}/labels/0", mode="r+")[...] = labels
+    mark_complete(old)
+    four = ts.instances(str(old), out=tmp_path / "o4.zarr", classes=2, quiet=True)
+    group = zarr.open_group(four.path, mode="r")
+    assert group.metadata.zarr_format == 2
+    assert type(models.open_ome_zarr(group["labels"])).__module__.startswith("ome_zarr_models.v04")
+    assert_array_equal(objects_of(four.path), objects_of(result.path))
 
 
 def test_the_command_and_bad_input(tmp_path, capsys):
@@ -296,6 +311,8 @@ def test_the_command_and_bad_input(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1, err
     with pytest.raises(InputDataError, match="is not a tiledseg output"):
         ts.instances(str(tmp_path), out=tmp_path / "x.zarr", classes=2)
+    with pytest.raises(InputDataError, match="holds objects .tiledseg instances., not classes"):
+        ts.evaluate(out, np.where(labels == 2, 2, 1))
     with pytest.raises(TiledsegError, match="has no option"):
         ts.instances(pred, out=tmp_path / "x.zarr", classes=2, smooth="graphcut")
 
@@ -337,6 +354,8 @@ def test_a_config_makes_the_objects_of_its_prediction(tmp_path, capsys):
         ("instances:\n  classes: 2\n  out: o.zarr\n  min_sise: 3\n", "unknown key 'min_sise'"),
         ("instances:\n  classes: 2\n  out: o.zarr\n  min_size: -3\n", "must be a whole number"),
         ("instances:\n  classes: 2\n  out: n.zarr\n", "also the config's out or model"),
+        ("instances:\n  classes: 2\n  out: o.zarr\n  connectivity: 8\n", "not one of a 3D"),
+        ("pyramid: 12\n", "--pyramid 12 asks for more levels"),
     ):
         bad = tmp_path / "bad.yaml"
         bad.write_text(

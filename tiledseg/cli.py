@@ -246,11 +246,12 @@ def _print_collection(result) -> None:
     for image, why in result.failed.items():
         click.echo(f"{image}: FAILED: {why}")
     if result.failed:
+        others = "the others are" if result.results or result.complete else "none was"
         raise BlocksFailedError(
             f"{len(result.failed)} of "
             f"{len(result.failed) + len(result.results) + len(result.complete)} images failed "
-            "(listed above); the others are written. Fix the cause and rerun the same command: "
-            "it redoes only what is not done.",
+            f"(listed above); {others} written. Fix the cause and rerun the same command: it "
+            "redoes only what is not done.",
             [],
         )
 
@@ -389,6 +390,9 @@ def instances(prediction, out, image, overwrite, **options) -> None:
 
 
 def _print_objects(result) -> None:
+    if result.skipped == result.blocks and not result.seconds:
+        click.echo(f"{result.path}: complete already ({result.objects:,} objects)")
+        return
     dropped = f" ({result.dropped} under --min-size dropped)" if result.dropped else ""
     table = f"; table {result.table}" if result.table else ""
     click.echo(
@@ -398,9 +402,9 @@ def _print_objects(result) -> None:
 
 
 # (the block's default here is the prediction's, not predict's)
-next(p for p in instances.params if p.name == "block").help = (
-    "Processing block edge(s) in voxels (default: the prediction's block)."
-)
+next(
+    p for p in instances.params if p.name == "block"
+).help = "Processing block edge(s) in voxels (default: the prediction's block)."
 
 
 @cli.command()

@@ -134,11 +134,18 @@ def _listed(values: np.ndarray, most: int = 8) -> str:
 
 
 def _check_finished(prediction: Any) -> None:
-    """Refuse a tiledseg output whose run has not finished, saying how far it got."""
+    """Refuse a tiledseg output whose run has not finished (saying how far it got), or objects."""
     from tiledseg.runs import done_blocks, is_tiledseg_output, unfinished_run
 
     if not isinstance(prediction, str | os.PathLike) or not is_tiledseg_output(prediction):
         return
+    import zarr
+
+    if zarr.open_group(str(prediction), mode="r").attrs["tiledseg"].get("kind") == "instances":
+        raise InputDataError(
+            f"{prediction} holds objects (tiledseg instances), not classes; evaluate the "
+            "prediction they were made of"
+        )
     stored = unfinished_run(prediction)
     if stored is None:
         return

@@ -449,6 +449,7 @@ def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
         job.out, shape=job.shape, block=job.block, spacing=source.labels.spacing,
         label_dtype=np.dtype(job.dtype), classes=job.classes, probabilities=False,
         uncertainty=False, provenance=provenance, overwrite=True, identity=job.identity,
+        ngff=source.provenance.get("ngff", "0.5"),  # (a 0.4 prediction's reader opens these)
     )  # fmt: skip
     job.scratch.mkdir()
     zarr.create_array(

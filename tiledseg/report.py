@@ -670,7 +670,8 @@ def _load_report_model(
 ) -> tuple[Any, dict[str, Any] | None]:
     """Load the model and describe it; return ``(None, None)`` without one."""
     if model is None:
-        notes.append("no model given (--model): no feature importances")
+        if provenance.get("kind") != "instances":  # (objects have no features to show)
+            notes.append("no model given (--model): no feature importances")
         return None, None
     from tiledseg.model import load_model
 

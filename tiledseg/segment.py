@@ -345,4 +345,27 @@ def _open_inputs(config: Any) -> Volume:
         truth = open_volume(config.truth, role="truth", allow_channels=False)
         if truth.shape != volume.shape:
             raise shape_mismatch(volume, truth, "truth")
+    _check_shape_options(config, volume)
     return volume
+
+
+def _check_shape_options(config: Any, volume: Volume) -> None:
+    """Refuse the levels and the objects' settings the image's shape rules out, up front."""
+    from tiledseg.instance_kernels import CONNECTIVITY
+    from tiledseg.pyramid import level_count
+    from tiledseg.volume import open_volume, shape_mismatch
+
+    level_count(volume.shape, config.pyramid)  # (too many levels for the image: one line)
+    section = config.instances
+    if section is None:
+        return
+    allowed = CONNECTIVITY[volume.ndim]
+    if section.connectivity is not None and section.connectivity not in allowed:
+        raise TiledsegError(
+            f"instances: connectivity {section.connectivity} is not one of a {volume.ndim}D "
+            f"image's: give {' or '.join(map(str, allowed))}"
+        )
+    if section.image is not None:
+        image = open_volume(section.image)
+        if image.shape != volume.shape:
+            raise shape_mismatch(volume, image, "instances image")
