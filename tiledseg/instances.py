@@ -47,6 +47,7 @@ from tiledseg.runs import (
     BlockFailure,
     check_apart,
     check_writable,
+    completed_with,
     create_output,
     done_blocks,
     mark_block_done,
@@ -147,8 +148,8 @@ def instances(
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(output_lock(out))
-        if complete_ok and not overwrite and _complete_with(str(out), job.identity):
-            stored = _stored(str(out))
+        stored = completed_with(out, job.identity) if complete_ok and not overwrite else None
+        if stored is not None:
             return InstancesResult(
                 str(out), table, stored["objects"], stored["dropped"], len(plan), len(plan), 0.0,
                 tuple(notes),
@@ -177,26 +178,10 @@ def _finish(job: ObjectsJob, table: str | None, counts: dict[str, int]) -> None:
     """Move the table into place, mark the output complete and remove the scratch."""
     if table is not None:
         made = job.scratch / f"table{Path(table).suffix}"
-        if made.exists() or not Path(table).exists():  # (a kill after the move: it is there)
+        if made.exists():  # (else a kill came after the move: it is in place)
             os.replace(made, table)
     mark_complete(job.out, objects=counts["objects"], dropped=counts["dropped"])
     _remove_scratch(job.out)
-
-
-def _stored(out: str) -> dict[str, Any]:
-    import zarr
-
-    return dict(zarr.open_group(out, mode="r").attrs["tiledseg"])
-
-
-def _complete_with(out: str, identity: dict[str, Any]) -> bool:
-    """Whether ``out`` holds complete objects made with ``identity``."""
-    from tiledseg.runs import is_tiledseg_output
-
-    if not is_tiledseg_output(out):
-        return False
-    stored = _stored(out)
-    return bool(stored.get("complete")) and stored.get("identity") == identity
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from tiledseg.runs import (
     BlockFailure,
     check_apart,
     check_writable,
+    completed_with,
     create_output,
     done_blocks,
     mark_complete,
@@ -326,7 +327,7 @@ def begin(
     check_writable(out, what="output")
     # one run per output: a second one into it is refused here, before it looks at the output
     stack.enter_context(output_lock(out))
-    if complete_ok and _complete_with(out, plan.identity) and not options.overwrite:
+    if complete_ok and completed_with(out, plan.identity) and not options.overwrite:
         return None
     resuming = prepare_output(
         out,
@@ -344,18 +345,6 @@ def begin(
     job = _job(plan, path, prediction, n_threads, ex.device)
     levels = _levels_job(plan, path)
     return Running(job, plan, done, path, tuple(notes), started, resuming, executor, levels)
-
-
-def _complete_with(out: str, identity: dict[str, Any]) -> bool:
-    """Whether ``out`` is a complete output of a run with ``identity``."""
-    import zarr
-
-    from tiledseg.runs import is_tiledseg_output
-
-    if not is_tiledseg_output(out):
-        return False
-    stored = zarr.open_group(out, mode="r").attrs["tiledseg"]
-    return bool(stored.get("complete")) and stored.get("identity") == identity
 
 
 def finish(

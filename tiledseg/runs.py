@@ -50,6 +50,7 @@ from tiledseg.volume import split_dataset, split_options
 __all__ = [
     "BlockFailure",
     "DONE_DIR",
+    "completed_with",
     "create_output",
     "done_blocks",
     "guarded",
@@ -168,6 +169,17 @@ def prepare_output(
         _check_same_run(path, stored.get("identity") or {}, identity)
         return True
     return False
+
+
+def completed_with(path: str | Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the provenance of ``path`` if it is a complete output of a run with ``identity``.
+
+    ``None`` otherwise: the same command run again finds its output done, not in the way.
+    """
+    stored = _stored_run(Path(path)) if Path(path).exists() else None
+    if stored is None or not stored.get("complete") or stored.get("identity") != identity:
+        return None
+    return stored
 
 
 def check_apart(path: str | Path, inputs: Sequence[str], *, what: str) -> None:
