@@ -351,7 +351,10 @@ def test_a_config_makes_the_objects_of_its_prediction(tmp_path, capsys):
     # a bad key of the section: one line, before any training
     for section, says in (
         ("instances:\n  classes: 2\n", "instances: required key 'out' is missing"),
-        ("instances:\n  classes: 2\n  out: o.zarr\n  min_sise: 3\n", "unknown key 'min_sise'"),
+        (
+            "instances:\n  classes: 2\n  out: o.zarr\n  min_sise: 3\n",
+            "unknown key 'min_sise' (did you mean 'min_size'?",
+        ),
         ("instances:\n  classes: 2\n  out: o.zarr\n  min_size: -3\n", "must be a whole number"),
         ("instances:\n  classes: 2\n  out: n.zarr\n", "also the config's out or model"),
         ("instances:\n  classes: 2\n  out: o.zarr\n  connectivity: 8\n", "not one of a 3D"),

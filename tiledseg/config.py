@@ -252,7 +252,9 @@ def _section_error(error: dict, cause: Any) -> str:
     key = str(error["loc"][1])
     known = ", ".join(InstancesSection.model_fields)
     if error["type"] == "extra_forbidden":
-        return f"instances: unknown key {key!r} (known keys: {known})"
+        close = difflib.get_close_matches(key, list(InstancesSection.model_fields), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"instances: unknown key {key!r} ({hint}known keys: {known})"
     if error["type"] == "missing":
         return f"instances: required key {key!r} is missing"
     return f"instances: key {key!r}: {cause if isinstance(cause, TiledsegError) else error['msg']}"
