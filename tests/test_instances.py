@@ -415,3 +415,27 @@ def test_a_killed_run_continues_to_the_same_objects(tmp_path, stage, pattern):
     assert_array_equal(objects_of(out), expected)
     table = pd.read_parquet(tmp_path / "o.parquet")
     assert len(table) == int(expected.max())
+
+
+def test_objects_get_the_levels_of_their_prediction(tmp_path):
+    from tiledseg.pyramid import downsample_mode
+
+    labels = spiral_and_shells((40, 44, 36))
+    pred = tmp_path / "p.zarr"
+    create_output(
+        pred, shape=labels.shape, block=(16,) * 3, spacing=(1.0,) * 3, label_dtype=np.uint8,
+        classes=[1, 2], probabilities=False, uncertainty=False, provenance={}, overwrite=False,
+        levels=2,
+    )  # fmt: skip
+    zarr.open_array(f"{pred}/labels/0", mode="r+")[...] = labels
+    mark_complete(pred)
+    tiled = ts.instances(str(pred), out=tmp_path / "t.zarr", classes=2, block=[7, 9, 5])
+    whole = ts.instances(str(pred), out=tmp_path / "w.zarr", classes=2, block=list(labels.shape))
+    for k in range(3):
+        a = zarr.open_array(f"{tiled.path}/labels/{k}", mode="r")[...]
+        assert_array_equal(a, zarr.open_array(f"{whole.path}/labels/{k}", mode="r")[...])
+        if k:
+            below = zarr.open_array(f"{tiled.path}/labels/{k - 1}", mode="r")[...]
+            assert_array_equal(a, downsample_mode(below))
+    assert a.shape == (10, 11, 9)
+    assert not (tmp_path / "t.zarr" / ".tiledseg-done").exists()

@@ -268,6 +268,8 @@ class ObjectsJob:
     probabilities: bool
     intensity: Volume | None
     identity: dict[str, Any]
+    #: multiscale levels below full resolution: the prediction's (``tiledseg.pyramid``)
+    levels: int = 0
 
     @property
     def scratch(self) -> Path:
@@ -367,6 +369,7 @@ def _job(
         min_blocks=planned_workers(ex.workers, scheduler=ex.scheduler, cluster=ex.cluster),
     )
     connectivity = obj.connectivity or CONNECTIVITY[labels.ndim][-1]
+    levels = int(source.provenance.get("levels") or 0)  # (as many as the prediction has)
     dtype = "uint32" if int(np.prod(labels.shape)) < 2**32 else "uint64"
     # (the mean intensities are the table's: without a table the image is not read)
     intensity = _intensity_image(image, source, notes) if obj.table != "none" else None
@@ -380,11 +383,12 @@ def _job(
         "block": list(shape),
         "image": None if intensity is None else intensity.name,
         "table": obj.table,
+        **({"levels": levels} if levels else {}),
     }
     return ObjectsJob(
         source.path, out, labels.shape, tuple(shape), tuple(obj.classes),
         tuple(source.class_values), obj.threshold, connectivity, dtype,
-        source.has_probabilities, intensity, identity,
+        source.has_probabilities, intensity, identity, levels,
     )  # fmt: skip
 
 
@@ -435,6 +439,7 @@ def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
         label_dtype=np.dtype(job.dtype), classes=job.classes, probabilities=False,
         uncertainty=False, provenance=provenance, overwrite=True, identity=job.identity,
         ngff=source.provenance.get("ngff", "0.5"),  # (a 0.4 prediction's reader opens these)
+        levels=job.levels,
     )  # fmt: skip
     job.scratch.mkdir()
     zarr.create_array(
@@ -468,7 +473,25 @@ def _run(
     done = done_blocks(job.out)
     _pass(executor, job.relabel, [b for b in plan if b.index not in done], "objects 3/3",
           job.out, len(plan))  # fmt: skip
+    _levels(job, plan, executor)
     return {**counts, "skipped": skipped}
+
+
+def _levels(job: ObjectsJob, plan: BlockPlan, executor: Executor) -> None:
+    """Make the objects' multiscale levels (those not done), once every block is written."""
+    if not job.levels:
+        return
+    from tiledseg.pyramid import PyramidJob, level_shapes, stream, tracker
+
+    shapes = tuple(level_shapes(job.shape, job.levels))
+    trackers = {
+        None: tracker(
+            PyramidJob(job.out, ("labels",), job.block, shapes), plan, set(), running=False
+        )
+    }  # noqa: E501
+    made = stream(executor, iter(()), trackers, desc="objects levels", total=0)
+    failures = [r for _, _, r in made if isinstance(r, BlockFailure)]
+    raise_failures(job.out, failures, total=len(plan), skipped=len(plan))
 
 
 def _pass(
