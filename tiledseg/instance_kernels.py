@@ -200,7 +200,7 @@ def border_pairs(
         np.ravel_multi_index(
             tuple(int(b[i.start]) for b, i in zip(block_of, inner, strict=True)), tuple(grid)
         )
-    )  # noqa: E501
+    )
     found = []
     for axis in range(ndim):
         if inner[axis].start == 0:
@@ -233,7 +233,7 @@ def border_pairs(
                         a[at].astype(np.int64),
                         others,
                         b[at].astype(np.int64),
-                    ],  # noqa: E501
+                    ],
                     axis=1,
                 )
             )

@@ -488,7 +488,7 @@ def _levels(job: ObjectsJob, plan: BlockPlan, executor: Executor) -> None:
         None: tracker(
             PyramidJob(job.out, ("labels",), job.block, shapes), plan, set(), running=False
         )
-    }  # noqa: E501
+    }
     made = stream(executor, iter(()), trackers, desc="objects levels", total=0)
     failures = [r for _, _, r in made if isinstance(r, BlockFailure)]
     raise_failures(job.out, failures, total=len(plan), skipped=len(plan))
@@ -524,7 +524,7 @@ def _number_objects(
         [
             lin * per_block + np.arange(1, n + 1, dtype=np.int64)
             for lin, n in zip(linear, sizes, strict=True)
-        ]  # noqa: E501
+        ]
         or [np.zeros(0, np.int64)]
     )
     measures = {
