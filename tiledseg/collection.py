@@ -19,14 +19,13 @@ from typing import Any
 from tiledseg.cluster import Executor, open_executor
 from tiledseg.errors import OutputExistsError, TiledsegError
 from tiledseg.model import Model, load_model
-from tiledseg.options import Execution, ImageInput, Prediction, Smoothing
+from tiledseg.options import Execution, ImageInput, Prediction, Smoothing, gather
 from tiledseg.predict import (
     PredictionResult,
     Running,
     RunOptions,
     begin,
     finish,
-    prediction_options,
 )
 from tiledseg.volume import split_dataset, split_options
 
@@ -93,7 +92,7 @@ def predict_collection(
     CollectionResult
         Each image's result, and each failed image's reason.
     """
-    given = prediction_options(
+    given = gather(
         {
             "execution": execution,
             "image_input": image_input,

@@ -163,7 +163,6 @@ def neighbour_offsets(ndim: int, connectivity: int) -> list[tuple[int, ...]]:
 
 def border_pairs(
     labels: np.ndarray,
-    values: np.ndarray,
     inner: tuple[slice, ...],
     block_of: Sequence[np.ndarray],
     grid: Sequence[int],
@@ -176,8 +175,6 @@ def border_pairs(
     ----------
     labels : ndarray of uint32
         Every block's own component labels over the block grown by one voxel (clipped).
-    values : ndarray
-        The voxels' classes there (components of two classes never join).
     inner : tuple of slice
         The block's position in ``labels``.
     block_of : sequence of ndarray
@@ -193,7 +190,8 @@ def border_pairs(
         Unique rows ``(block, label, other block, other label)``: a voxel of this block and
         a neighbour beyond one of its low faces, both in components. Every pair of
         neighbouring voxels in two blocks is found from one of them: the one whose block
-        the other lies below along some axis.
+        the other lies below along some axis. Pairs of two classes are found too: the
+        caller, which knows each component's class, drops them.
     """
     ndim = labels.ndim
     own = int(
@@ -216,7 +214,7 @@ def border_pairs(
             else:
                 here = tuple(face)
             a, b = labels[here], labels[there]
-            both = (a > 0) & (b > 0) & (values[here] == values[there])
+            both = (a > 0) & (b > 0)
             if not both.any():
                 continue
             at = np.nonzero(both)

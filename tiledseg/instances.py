@@ -301,9 +301,8 @@ class ObjectsJob:
         labels = zarr.open_array(str(self.scratch / "local"), mode="r")[grown]
         grid = tuple(-(-n // b) for n, b in zip(self.shape, self.block, strict=True))
         block_of = [np.arange(g.start, g.stop) // b for g, b in zip(grown, self.block, strict=True)]
-        values = self._foreground(grown)[0]
         found = border_pairs(
-            labels, values, within(block.region, grown), block_of, grid,
+            labels, within(block.region, grown), block_of, grid,
             connectivity=self.connectivity,
         )  # fmt: skip
         _save(self.scratch / f"p-{_name(block.index)}.npz", pairs=found)
@@ -512,9 +511,6 @@ def _number_objects(
 
     Returns the objects kept and dropped.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     blocks = list(plan)
     loaded = [_load(job.scratch / f"m-{_name(b.index)}.npz") for b in blocks]
     sizes = [int(m["n"]) for m in loaded]
@@ -533,22 +529,11 @@ def _number_objects(
         if all(name in m for m in loaded)
     }
     del loaded
-    group = np.arange(len(keys), dtype=np.int64)
     pairs = np.concatenate(
         [_load(job.scratch / f"p-{_name(b.index)}.npz")["pairs"] for b in blocks]
         or [np.zeros((0, 4), np.int64)]
     )
-    if len(pairs):
-        # the graph of the components that touch a face: it grows with them, not the volume
-        ends = np.stack(
-            [pairs[:, 0] * per_block + pairs[:, 1], pairs[:, 2] * per_block + pairs[:, 3]]
-        )
-        touching, ends = np.unique(ends, return_inverse=True)
-        ends = ends.reshape(2, -1)
-        n = len(touching)
-        graph = coo_matrix((np.ones(ends.shape[1]), (ends[0], ends[1])), shape=(n, n))
-        joined = connected_components(graph, directed=False)[1].astype(np.int64)
-        group[np.searchsorted(keys, touching)] = len(keys) + joined
+    group = _join(keys, pairs[:, [0, 2]] * per_block + pairs[:, [1, 3]], measures["class"])
     groups, member_of = np.unique(group, return_inverse=True)
     merged = _combine(measures, member_of, len(groups))
     kept = merged["count"] >= min_size
@@ -565,6 +550,30 @@ def _number_objects(
         rows = {k: v[kept][order] for k, v in merged.items()}
         _write_table(str(job.scratch / f"table{Path(table).suffix}"), rows, job.shape, spacing)
     return {"objects": int(kept.sum()), "dropped": int((~kept).sum())}
+
+
+def _join(keys: np.ndarray, ends: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Return each component's object (an index), joining the pairs ``ends`` of one class.
+
+    ``keys``: every component, sorted; ``ends``: ``(m, 2)`` keys of components that touch.
+    Only the components that touch a face are in the graph: it grows with them, not with
+    the volume.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    group = np.arange(len(keys), dtype=np.int64)
+    at = np.searchsorted(keys, ends)
+    ends = ends[classes[at[:, 0]] == classes[at[:, 1]]]  # (two classes never join)
+    if not len(ends):
+        return group
+    touching, edges = np.unique(ends, return_inverse=True)
+    edges = edges.reshape(ends.shape)
+    n = len(touching)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    joined = connected_components(graph, directed=False)[1].astype(np.int64)
+    group[np.searchsorted(keys, touching)] = len(keys) + joined
+    return group
 
 
 def _combine(measures: dict[str, np.ndarray], member_of: np.ndarray, n: int) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def predict(
     :attr:`PredictionResult.warnings`); the run goes on.
     """
     passive_waits()
-    given = prediction_options(
+    given = gather(
         {
             "execution": execution,
             "image_input": image_input,
@@ -197,13 +197,6 @@ def predict(
         what="predict",
     )
     return _run(image, model, out=str(out), overwrite=overwrite, command=command, **given)
-
-
-def prediction_options(
-    given: dict[str, Any], options: dict[str, Any], *, what: str
-) -> dict[str, Any]:
-    """Return a prediction's option models (:func:`tiledseg.options.gather`), checked."""
-    return gather(given, options, what=what)
 
 
 @dataclass(frozen=True)
