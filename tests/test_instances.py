@@ -19,30 +19,20 @@ from numpy.testing import assert_allclose, assert_array_equal
 import tiledseg as ts
 from tiledseg.cli import main
 from tiledseg.errors import BlocksFailedError, InputDataError, TiledsegError
+from tiledseg.instance_kernels import CONNECTIVITY
 from tiledseg.instances import ObjectsJob
 from tiledseg.runs import create_output, mark_complete
 from tiledseg.testing import make_phantom
+from tiledseg.testing.objects import canonical, touching_balls, whole_volume_split
 
 
-def canonical(values: np.ndarray, connectivity: int, min_size: int = 0) -> np.ndarray:
-    """Whole-volume components of each nonzero value, numbered by first voxel (C order)."""
-    import cc3d
-
-    labels = cc3d.connected_components(values, connectivity=connectivity, out_dtype=np.uint64)
-    flat = labels.ravel()
-    where = np.flatnonzero(flat)
-    ids, first, counts = np.unique(flat[where], return_index=True, return_counts=True)
-    keep = counts >= min_size
-    order = np.argsort(first[keep])
-    lut = np.zeros(int(flat.max()) + 1, np.uint64)
-    lut[ids[keep][order]] = np.arange(1, int(keep.sum()) + 1)
-    return lut[labels]
-
-
-def prediction(path, labels: np.ndarray, classes=(1, 2), proba: np.ndarray | None = None):
+def prediction(
+    path, labels: np.ndarray, classes=(1, 2), proba: np.ndarray | None = None, spacing=None
+):
     """A complete prediction output holding ``labels`` (and ``proba``), as predict writes it."""
     create_output(
-        path, shape=labels.shape, block=(16,) * labels.ndim, spacing=(1.0,) * labels.ndim,
+        path, shape=labels.shape, block=(16,) * labels.ndim,
+        spacing=spacing or (1.0,) * labels.ndim,
         label_dtype=np.uint8, classes=list(classes), probabilities=proba is not None,
         uncertainty=False, provenance={}, overwrite=False,
     )  # fmt: skip
@@ -188,30 +178,42 @@ def test_a_stopped_run_continues_and_equals_an_uninterrupted_one(tmp_path, monke
     pred = prediction(tmp_path / "p.zarr", labels)
     expected = canonical(np.where(labels == 2, 2, 0).astype(np.uint16), 26)
     for method in ("components", "pairs", "relabel"):
-        real = getattr(ObjectsJob, method)
-        calls = []
-
-        def failing(job, block, real=real):
-            if block.index == (1, 1, 1):
-                raise OSError("disk full")
-            return real(job, block)
-
         out = tmp_path / f"{method}.zarr"
-        with monkeypatch.context() as patch:
-            patch.setattr(ObjectsJob, method, failing)
-            with pytest.raises(BlocksFailedError, match=r"(?s)1 of 27 blocks failed.*disk full"):
-                ts.instances(pred, out=out, classes=2, block=[8, 9, 8], quiet=True)
-
-        def counted(job, block, real=real, calls=calls):
-            calls.append(block.index)
-            return real(job, block)
-
-        with monkeypatch.context() as patch:
-            patch.setattr(ObjectsJob, method, counted)
-            ts.instances(pred, out=out, classes=2, block=[8, 9, 8], quiet=True)
-        assert calls == [(1, 1, 1)], method
+        calls, _ = stop_and_continue(
+            monkeypatch, method, lambda block: block.index == (1, 1, 1),
+            lambda out=out: ts.instances(pred, out=out, classes=2, block=[8, 9, 8], quiet=True),
+            r"(?s)1 of 27 blocks failed.*disk full",
+        )  # fmt: skip
+        assert [b.index for b in calls] == [(1, 1, 1)], method
         assert_array_equal(objects_of(out), expected)
         assert not (out / ".tiledseg-objects").exists()
+
+
+def stop_and_continue(monkeypatch, method: str, stops, run, failed: str) -> tuple[list, object]:
+    """Run with ``ObjectsJob.<method>`` failing where ``stops``, then again; return its calls.
+
+    The first run must fail with ``failed``; the calls are those of the second run, and the
+    result is its.
+    """
+    real = getattr(ObjectsJob, method)
+    calls = []
+
+    def failing(job, where):
+        if stops(where):
+            raise OSError("disk full")
+        return real(job, where)
+
+    def counted(job, where):
+        calls.append(where)
+        return real(job, where)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ObjectsJob, method, failing)
+        with pytest.raises(BlocksFailedError, match=failed):
+            run()
+    with monkeypatch.context() as patch:
+        patch.setattr(ObjectsJob, method, counted)
+        return calls, run()
 
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path, monkeypatch):
@@ -439,3 +441,77 @@ def test_objects_get_the_levels_of_their_prediction(tmp_path):
             assert_array_equal(a, downsample_mode(below))
     assert a.shape == (10, 11, 9)
     assert not (tmp_path / "t.zarr" / ".tiledseg-done").exists()
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "block", "classes", "apart"),
+    [
+        ((36, 70, 64), (2.0, 1.0, 1.0), (11, 23, 17), (2,), True),
+        ((120, 110), (1.0, 1.0), (37, 29), (2,), True),
+        ((40, 48, 44), (1.0, 0.7, 0.7), (13, 20, 17), (2, 3), False),  # (crowded, 2 classes)
+    ],
+)
+def test_touching_objects_split_as_the_whole_volume_would(
+    tmp_path, shape, spacing, block, classes, apart
+):
+    labels, centres = touching_balls(shape, spacing, pairs=8, seed=len(shape), apart=apart)
+    if len(classes) > 1:  # (the far half's balls are of class 3: the border between is one)
+        labels[..., shape[-1] // 2 :][labels[..., shape[-1] // 2 :] == 2] = 3
+    pred = prediction(tmp_path / "p.zarr", labels, classes=(1, 2, 3), spacing=spacing)
+    values = np.where(np.isin(labels, classes), labels, 0).astype(np.uint16)
+    connectivity = CONNECTIVITY[len(shape)][-1]
+    expected = whole_volume_split(values, spacing, 6.0, connectivity)
+    options = {"classes": list(classes), "split": "distance", "split_radius": 6.0, "quiet": True}
+    whole = ts.instances(pred, out=tmp_path / "whole.zarr", block=list(shape), **options)
+    assert_array_equal(objects_of(whole.path), expected)  # (one block: the definition)
+    assert whole.objects > canonical(values, connectivity).max()  # (touching balls split)
+    result = ts.instances(pred, out=tmp_path / "o.zarr", block=list(block), **options)
+    found = objects_of(result.path)
+    inside = values > 0
+    assert (found[inside] == expected[inside]).mean() >= 0.999
+    assert result.objects == whole.objects
+    # no object is cut at a block border: each whole-volume object is mostly one object
+    # here, and no two of them are the same one
+    ids = np.unique(expected[inside])
+    most = [np.bincount(found[expected == i]).argmax() for i in ids]
+    assert len(set(most)) == len(ids)
+    assert all((found[expected == i] == m).mean() >= 0.98 for i, m in zip(ids, most, strict=True))
+    if apart and len(classes) == 1:  # each ball is an object of its own, its centre in it
+        at = [tuple(np.round(c / np.asarray(spacing)).astype(int)) for c in centres]
+        assert len({found[a] for a in at}) == len(at) == result.objects
+    assert len(pd.read_parquet(result.table)) == result.objects
+
+
+def test_a_split_stopped_in_any_pass_continues_to_the_same_objects(tmp_path, monkeypatch):
+    labels, _ = touching_balls((30, 40, 40), (1.0, 1.0, 1.0), pairs=6, seed=5)
+    pred = prediction(tmp_path / "p.zarr", labels)
+    options = {"classes": 2, "split": "distance", "split_radius": 5, "block": [10, 14, 13]}
+    reference = ts.instances(pred, out=tmp_path / "ref.zarr", quiet=True, **options)
+    for method in ("_seeds", "_pieces"):
+        out = tmp_path / f"{method}.zarr"
+        calls, result = stop_and_continue(
+            monkeypatch, method, lambda region: [r.start for r in region] == [10, 14, 13],
+            lambda out=out: ts.instances(pred, out=out, quiet=True, **options),
+            r"(?s)1 of 36 blocks failed.*disk full",
+        )  # fmt: skip
+        assert len(calls) == 1, method
+        assert_array_equal(objects_of(out), objects_of(reference.path))
+        assert result.objects == reference.objects
+        assert not (out / ".tiledseg-objects").exists()
+
+
+def test_split_options_and_bad_input(tmp_path, capsys):
+    labels, _ = touching_balls((20, 30, 30), (1.0, 1.0, 1.0), pairs=3, seed=2)
+    pred = prediction(tmp_path / "p.zarr", labels)
+    out = str(tmp_path / "o.zarr")
+    base = ["instances", pred, "--class", "2", "--out", out, "--quiet"]
+    assert main([*base, "--split-radius", "4"]) == 2
+    assert "add --split distance" in capsys.readouterr().err
+    assert main([*base, "--split", "distance", "--split-radius", "-1"]) == 2
+    assert "--split-radius '-1' must be a distance above 0" in capsys.readouterr().err
+    assert main([*base, "--split", "watershed"]) == 2
+    assert "watershed" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+    assert main([*base, "--split", "distance", "--split-radius", "4"]) == 0
+    assert main(["info", out]) == 0
+    assert "split: distance (radius 4" in capsys.readouterr().out

@@ -539,6 +539,8 @@ def _print_objects_store(path: str, info: dict[str, Any]) -> None:
         f"connectivity {identity.get('connectivity')}"
         + (f", probability >= {identity['threshold']}" if identity.get("threshold") else "")
     )
+    if identity.get("split"):
+        click.echo(f"{'split':>12}: {identity['split']} (radius {identity['split_radius']:g})")
     for suffix in (".parquet", ".csv"):
         table = Path(path.rstrip("/")).with_suffix(suffix)
         if table.is_file():

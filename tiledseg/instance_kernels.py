@@ -20,6 +20,9 @@ __all__ = [
     "foreground",
     "local_components",
     "neighbour_offsets",
+    "split_distance",
+    "split_pieces",
+    "split_seeds",
 ]
 
 #: The connectivities each dimensionality allows, and the default (the largest).
@@ -238,6 +241,97 @@ def border_pairs(
     if not found:
         return np.zeros((0, 4), np.int64)
     return np.unique(np.concatenate(found).astype(np.int64), axis=0)
+
+
+def split_distance(values: np.ndarray, *, spacing: Sequence[float], radius: float) -> np.ndarray:
+    """Return each object voxel's distance to the nearest voxel not of its class, capped.
+
+    The distance is Euclidean in the spacing's units (the edt package); the volume's edge
+    is no boundary. Capped at ``radius``, it depends only on what lies within ``radius``
+    of a voxel, so a block grown by that much gives its voxels' distances exactly.
+    """
+    import edt
+
+    distance = edt.edt(np.ascontiguousarray(values), anisotropy=tuple(map(float, spacing)))
+    np.minimum(distance, np.float32(radius), out=distance)
+    return distance
+
+
+def split_seeds(values: np.ndarray, distance: np.ndarray, *, window: Sequence[int]) -> np.ndarray:
+    """Return the seed voxels: each the farthest from its class's border within its window.
+
+    A voxel is a seed when no voxel of its class within ``window`` voxels along each axis
+    (a box) lies farther from the border. Plateaus (such as the capped centres of objects
+    wider than the cap) are seeds whole, and their connected seed voxels one seed.
+
+    Returns
+    -------
+    ndarray of uint16
+        The class of each seed voxel, 0 elsewhere.
+    """
+    from scipy.ndimage import maximum_filter
+
+    size = tuple(2 * int(w) + 1 for w in window)
+    seeds = np.zeros(values.shape, np.uint16)
+    for value in np.unique(values[values > 0]):
+        own = values == value
+        masked = np.where(own, distance, np.float32(-1))
+        peak = own & (masked >= maximum_filter(masked, size=size, mode="nearest"))
+        seeds[peak] = value
+    return seeds
+
+
+def split_pieces(
+    values: np.ndarray,
+    distance: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    connectivity: int,
+    origin: Sequence[int],
+    shape: Sequence[int],
+) -> np.ndarray:
+    """Return each object voxel's seed: a watershed of the distance from the seeds.
+
+    The seeds flood downhill from the objects' centres (scikit-image's watershed of the
+    negated distance) within the voxels of their own class. Voxels of equal distance are
+    flooded in the order of their place in the volume (C order), not in the order they
+    were reached, which depends on how much of the volume is in view: so every block
+    grown around a voxel breaks the ties as the whole volume does.
+
+    Parameters
+    ----------
+    seeds : ndarray of int
+        Seed ids (any positive integers), 0 elsewhere.
+    origin, shape : sequence of int
+        The array's first voxel in the volume, and the volume's shape.
+
+    Returns
+    -------
+    ndarray of int64
+        The seed id of each voxel a seed of its class reaches; 0 elsewhere.
+    """
+    from skimage.segmentation import watershed
+
+    ids, local = np.unique(np.concatenate([[0], seeds.ravel()]), return_inverse=True)
+    local = local[1:].reshape(seeds.shape)  # (ids[0] is 0: background stays 0)
+    rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
+    place = np.ravel_multi_index(
+        tuple(np.ogrid[tuple(slice(o, o + n) for o, n in zip(origin, values.shape, strict=True))]),
+        tuple(shape),
+    )
+    order = np.lexsort((np.broadcast_to(place, values.shape).ravel(), -distance.ravel()))
+    height = np.empty(values.size, np.int64)
+    height[order] = np.arange(values.size)
+    height = height.reshape(values.shape)
+    out = np.zeros(values.shape, np.int64)
+    for value in np.unique(values[values > 0]):
+        own = values == value
+        markers = np.where(own, local, 0)
+        if not markers.any():
+            continue
+        flooded = watershed(height, markers, mask=own, connectivity=rank)
+        out[own] = ids[flooded[own]]
+    return out
 
 
 def _clip(

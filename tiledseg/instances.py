@@ -15,14 +15,30 @@ class K (or of several classes, each its own objects) in three blockwise passes:
    component's measures (they make the table) and the pairs, nothing of the volume's size.
 
 So the output equals a whole-volume labelling numbered the same way, voxel for voxel,
-whatever the blocks. Each pass saves what it found per block, so a stopped run continues
-where it was; the scratch is removed when the output is complete. The objects table
-(Parquet, or CSV) is written beside the output.
+whatever the blocks.
+
+``--split distance`` cuts touching objects apart at their necks. Each voxel's distance
+to its class's border (the edt package, in the spacing's units) is capped at the split
+radius R, so a block grown by R has it exactly. Seeds are the voxels farthest from the
+border within R/2; they are numbered by the three passes above (so a seed crossing a
+block border is one seed), as are the plain objects. Then each block, grown by 2.5 R,
+floods its seeds down the distance (scikit-image's watershed): every voxel gets the
+global number of the seed that reaches it, or of its plain object where none does. A
+last numbering ranks these pieces by first voxel. An object is never cut by a block
+border: its number is its seed's, the same in every block; a voxel's seed may differ
+from a whole-volume watershed's only where the flood from it leaves the grown block or
+meets a tie (measured above 99.9% equal, tested).
+
+Each pass saves what it found per block, so a stopped run continues where it was; the
+scratch is removed when the output is complete. The objects table (Parquet, or CSV) is
+written beside the output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -32,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from tiledseg.blocks import Block, BlockPlan, haloed, resolve_block, within
+from tiledseg.blocks import Block, BlockPlan, Region, haloed, resolve_block, within
 from tiledseg.cluster import Executor, open_executor, planned_workers
 from tiledseg.errors import InputDataError, OutputExistsError, TiledsegError
 from tiledseg.instance_kernels import (
@@ -41,6 +57,9 @@ from tiledseg.instance_kernels import (
     border_pairs,
     foreground,
     local_components,
+    split_distance,
+    split_pieces,
+    split_seeds,
 )
 from tiledseg.options import Execution, Objects, gather
 from tiledseg.runs import (
@@ -239,6 +258,10 @@ class _Source:
                 "predict again with --probabilities, or leave --threshold out (objects of the "
                 "labels)"
             )
+        if objects.split_radius is not None and objects.split == "none":
+            raise TiledsegError(
+                "--split-radius sets how touching objects are split; add --split distance"
+            )
         ndim = self.labels.ndim
         if objects.connectivity is not None and objects.connectivity not in CONNECTIVITY[ndim]:
             allowed = " or ".join(map(str, CONNECTIVITY[ndim]))
@@ -250,6 +273,35 @@ class _Source:
     def inputs(self, image: Any) -> list[str]:
         """Return the paths an output must never be written over."""
         return [self.path] + ([str(image)] if isinstance(image, str | os.PathLike) else [])
+
+
+@dataclass(frozen=True)
+class Split:
+    """How touching objects are split: the distance's cap, the seeds' window, the halos."""
+
+    radius: float
+    spacing: tuple[float, ...]
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """Voxels along each axis within which a seed is the farthest from the border."""
+        return tuple(int(self.radius / 2 // s) for s in self.spacing)
+
+    @property
+    def seed_halo(self) -> tuple[int, ...]:
+        """How far a block's seeds look: its window's distances need R beyond them."""
+        return tuple(
+            int(np.ceil(self.radius / s)) + w
+            for s, w in zip(self.spacing, self.window, strict=True)
+        )
+
+    @property
+    def flood_halo(self) -> tuple[int, ...]:
+        """How far a block's flood reaches: an object's seed lies within its diameter."""
+        return tuple(
+            int(np.ceil(2 * self.radius / s)) + w
+            for s, w in zip(self.spacing, self.window, strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -270,18 +322,37 @@ class ObjectsJob:
     identity: dict[str, Any]
     #: multiscale levels below full resolution: the prediction's (``tiledseg.pyramid``)
     levels: int = 0
+    #: how touching objects are split (``None``: they are not)
+    split: Split | None = None
+    #: what this labelling labels: the ``foreground``, or a split's ``seeds`` or ``pieces``
+    labels_of: str = "foreground"
+    #: a split's earlier labelling (``components``, ``seeds``): its scratch sub-folder
+    stage: str = ""
 
     @property
     def scratch(self) -> Path:
         """The folder of the blocks' own numbers and of each pass's findings."""
-        return Path(self.out) / SCRATCH
+        return Path(self.out) / SCRATCH / self.stage
+
+    @property
+    def target(self) -> str:
+        """The array the objects are written to: the output's, or a stage's scratch ids."""
+        return str(self.scratch / "ids") if self.stage else f"{self.out}/labels/0"
 
     def components(self, block: Block) -> int:
         """Label the block's components; keep them and their measures. Return its voxels."""
         import zarr
 
-        values, probability = self._foreground(block.region)
-        local, n = local_components(values, self.connectivity)
+        keys = None
+        if self.labels_of == "pieces":
+            values, probability, local, keys = self._pieces(block.region)
+            n = len(keys)
+        else:
+            if self.labels_of == "seeds":
+                values, probability = self._seeds(block.region), None
+            else:
+                values, probability = self._foreground(block.region)
+            local, n = local_components(values, self.connectivity)
         zarr.open_array(str(self.scratch / "local"), mode="r+")[block.region] = local
         intensity = None
         if self.intensity is not None:
@@ -290,6 +361,8 @@ class ObjectsJob:
             local, n, values, origin=[s.start for s in block.region], shape=self.shape,
             intensity=intensity, probability=probability,
         )  # fmt: skip
+        if keys is not None:
+            measures["key"] = keys
         _save(self.scratch / f"m-{_name(block.index)}.npz", n=np.int64(n), **measures)
         return int(local.size)
 
@@ -314,9 +387,65 @@ class ObjectsJob:
 
         lut = np.load(self.scratch / f"lut-{_name(block.index)}.npy")
         local = zarr.open_array(str(self.scratch / "local"), mode="r")[block.region]
-        zarr.open_array(f"{self.out}/labels/0", mode="r+")[block.region] = lut[local]
-        mark_block_done(self.out, block.index)
+        zarr.open_array(self.target, mode="r+")[block.region] = lut[local]
+        if self.stage:
+            _touch(self.scratch / f"r-{_name(block.index)}")
+        else:
+            mark_block_done(self.out, block.index)
         return int(local.size)
+
+    def relabelled(self) -> set[tuple[int, ...]]:
+        """Return the blocks this labelling has written in its objects' numbers."""
+        if not self.stage:
+            return done_blocks(self.out)
+        return {
+            tuple(map(int, e.name[2:].split("_")))
+            for e in os.scandir(self.scratch)
+            if e.name.startswith("r-")
+        }
+
+    def _seeds(self, region: Region) -> np.ndarray:
+        """Return the class of each seed voxel of the region, 0 elsewhere."""
+        grown = haloed(region, self.split.seed_halo, self.shape)
+        values, _ = self._foreground(grown)
+        distance = split_distance(values, spacing=self.split.spacing, radius=self.split.radius)
+        return split_seeds(values, distance, window=self.split.window)[within(region, grown)]
+
+    def _pieces(
+        self, region: Region
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """Return the region's classes, probabilities, own piece numbers and their keys.
+
+        A piece's key is global: twice its seed's number, or twice its plain object's
+        number plus one where no seed reaches (an object no seed lies in).
+        """
+        import zarr
+
+        grown = haloed(region, self.split.flood_halo, self.shape)
+        values, probability = self._foreground(grown)
+        distance = split_distance(values, spacing=self.split.spacing, radius=self.split.radius)
+        seeds = zarr.open_array(_stage_ids(self.out, "seeds"), mode="r")[grown]
+        inner = within(region, grown)
+        keys = split_pieces(
+            values, distance, seeds, connectivity=self.connectivity,
+            origin=[g.start for g in grown], shape=self.shape,
+        )[inner] * 2  # fmt: skip
+        values = values[inner]
+        lost = (values > 0) & (keys == 0)
+        if lost.any():
+            plain = zarr.open_array(_stage_ids(self.out, "components"), mode="r")[region]
+            keys[lost] = plain[lost].astype(np.int64) * 2 + 1
+        flat = keys.ravel()
+        where = np.flatnonzero(flat)
+        found, first, inverse = np.unique(flat[where], return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # (own numbers by first voxel)
+        rank = np.empty(len(found), np.uint32)
+        rank[order] = np.arange(1, len(found) + 1, dtype=np.uint32)
+        local = np.zeros(keys.shape, np.uint32)
+        local.ravel()[where] = rank[inverse.ravel()]
+        if probability is not None:
+            probability = probability[inner]
+        return values, probability, local, found[order]
 
     def _foreground(self, region: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray | None]:
         """Return each voxel's object class (0: none), and its probability of that class."""
@@ -347,6 +476,15 @@ def _name(index: tuple[int, ...]) -> str:
     return "_".join(map(str, index))
 
 
+def _stage_ids(out: str, stage: str) -> str:
+    """Return the array of a split's earlier labelling's global numbers."""
+    return str(Path(out) / SCRATCH / stage / "ids")
+
+
+def _touch(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
 def _save(path: Path, **arrays: Any) -> None:
     """Save ``arrays`` whole or not at all: a kill leaves the file or nothing."""
     part = path.with_name(f".{path.name}.part")
@@ -372,6 +510,10 @@ def _job(
     dtype = "uint32" if int(np.prod(labels.shape)) < 2**32 else "uint64"
     # (the mean intensities are the table's: without a table the image is not read)
     intensity = _intensity_image(image, source, notes) if obj.table != "none" else None
+    split = None
+    if obj.split == "distance":
+        spacing = tuple(map(float, labels.spacing))
+        split = Split(obj.split_radius or 8 * min(spacing), spacing)
     identity = {
         "prediction": str(Path(source.path).resolve()),
         "prediction_finished": source.provenance.get("finished"),
@@ -383,11 +525,13 @@ def _job(
         "image": None if intensity is None else intensity.name,
         "table": obj.table,
         **({"levels": levels} if levels else {}),
+        **({"split": obj.split, "split_radius": split.radius} if split else {}),
     }
     return ObjectsJob(
         source.path, out, labels.shape, tuple(shape), tuple(obj.classes),
         tuple(source.class_values), obj.threshold, connectivity, dtype,
-        source.has_probabilities, intensity, identity, levels,
+        source.has_probabilities, intensity, identity, levels, split,
+        "pieces" if split else "foreground",
     )  # fmt: skip
 
 
@@ -420,9 +564,7 @@ def _check_table(table: str, overwrite: bool) -> None:
 
 
 def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
-    """Create the output (an OME-Zarr labels group) and the scratch array of own numbers."""
-    import zarr
-
+    """Create the output (an OME-Zarr labels group) and each labelling's scratch."""
     from tiledseg.model import versions
 
     provenance = {
@@ -441,39 +583,81 @@ def _create(job: ObjectsJob, source: _Source, command: str | None) -> None:
         levels=job.levels,
     )  # fmt: skip
     job.scratch.mkdir()
-    zarr.create_array(
-        str(job.scratch / "local"), shape=job.shape, chunks=job.block, dtype=np.uint32,
-        fill_value=0, zarr_format=3,
-    )  # fmt: skip
+    for stage in _stages(job):
+        _create_scratch(stage)
+
+
+def _create_scratch(job: ObjectsJob) -> None:
+    """Create a labelling's scratch: its blocks' own numbers (and a stage's global ones)."""
+    import zarr
+
+    job.scratch.mkdir(exist_ok=True)
+    arrays = {"local": np.uint32, **({"ids": job.dtype} if job.stage else {})}
+    for name, dtype in arrays.items():
+        zarr.create_array(
+            str(job.scratch / name), shape=job.shape, chunks=job.block, dtype=dtype,
+            fill_value=0, zarr_format=3, overwrite=True,
+        )  # fmt: skip
+
+
+def _stages(job: ObjectsJob) -> list[ObjectsJob]:
+    """Return the labellings a job runs, in order: a split's plain objects and seeds first."""
+    if job.split is None:
+        return [job]
+    earlier = {"probabilities": False, "intensity": None, "levels": 0}
+    return [
+        dataclasses.replace(job, labels_of="foreground", stage="components", **earlier),
+        dataclasses.replace(job, labels_of="seeds", stage="seeds", **earlier),
+        job,
+    ]
 
 
 def _run(
     job: ObjectsJob, plan: BlockPlan, executor: Executor, spacing: tuple[float, ...],
     min_size: int, table: str | None,
 ) -> dict[str, int]:  # fmt: skip
-    """Run the three passes (each only where an earlier run has not); return the counts."""
-    from tiledseg.runs import record_resume, unfinished_run, update_provenance
+    """Run each labelling's passes (only where an earlier run has not); return the counts."""
+    from tiledseg.runs import record_resume
 
-    passes = [(job.components, "m", "objects 1/3"), (job.pairs, "p", "objects 2/3")]
-    names = {e.name for e in os.scandir(job.scratch)}
+    first = _stages(job)[0].scratch
+    names = {e.name for e in os.scandir(first)}
     skipped = sum(f"m-{_name(b.index)}.npz" in names for b in plan)
     if skipped:
         record_resume(job.out, skipped=skipped, total=len(plan))
-    for method, prefix, desc in passes:
-        names = {e.name for e in os.scandir(job.scratch)}
-        todo = [b for b in plan if f"{prefix}-{_name(b.index)}.npz" not in names]
-        _pass(executor, method, todo, desc, job.out, len(plan))
-    stored = unfinished_run(job.out) or {}
-    if "objects" not in stored:  # (recorded once the numbers are saved)
-        counts = _number_objects(job, plan, spacing, min_size, table)
-        update_provenance(job.out, **counts)
-    else:
-        counts = {"objects": stored["objects"], "dropped": stored["dropped"]}
-    done = done_blocks(job.out)
-    _pass(executor, job.relabel, [b for b in plan if b.index not in done], "objects 3/3",
-          job.out, len(plan))  # fmt: skip
+    for stage in _stages(job):
+        last = stage is job
+        counts = _label(
+            stage, plan, executor, spacing, min_size if last else 0, table if last else None
+        )
     _levels(job, plan, executor)
     return {**counts, "skipped": skipped}
+
+
+def _label(
+    job: ObjectsJob, plan: BlockPlan, executor: Executor, spacing: tuple[float, ...],
+    min_size: int, table: str | None,
+) -> dict[str, int]:  # fmt: skip
+    """Run one labelling's passes: components, pairs (unless keyed), numbers, relabelling."""
+    keyed = job.labels_of == "pieces"  # (pieces carry global keys: no pairs to find)
+    what = job.stage or "objects"
+    steps = 2 if keyed else 3
+    passes = [(job.components, "m")] + ([] if keyed else [(job.pairs, "p")])
+    for i, (method, prefix) in enumerate(passes, 1):
+        names = {e.name for e in os.scandir(job.scratch)}
+        todo = [b for b in plan if f"{prefix}-{_name(b.index)}.npz" not in names]
+        _pass(executor, method, todo, f"{what} {i}/{steps}", job.out, len(plan))
+    numbered = job.scratch / "counts.json"
+    if numbered.exists():  # (written once every block's numbers are saved)
+        counts = json.loads(numbered.read_text())
+    else:
+        counts = _number_objects(job, plan, spacing, min_size, table)
+        part = numbered.with_name(f".{numbered.name}.part")
+        part.write_text(json.dumps(counts))
+        os.replace(part, numbered)
+    done = job.relabelled()
+    todo = [b for b in plan if b.index not in done]
+    _pass(executor, job.relabel, todo, f"{what} {steps}/{steps}", job.out, len(plan))
+    return counts
 
 
 def _levels(job: ObjectsJob, plan: BlockPlan, executor: Executor) -> None:
@@ -525,15 +709,18 @@ def _number_objects(
     )
     measures = {
         name: np.concatenate([m[name] for m in loaded])
-        for name in MEASURES
+        for name in [*MEASURES, "key"]
         if all(name in m for m in loaded)
     }
     del loaded
-    pairs = np.concatenate(
-        [_load(job.scratch / f"p-{_name(b.index)}.npz")["pairs"] for b in blocks]
-        or [np.zeros((0, 4), np.int64)]
-    )
-    group = _join(keys, pairs[:, [0, 2]] * per_block + pairs[:, [1, 3]], measures["class"])
+    if "key" in measures:  # (a split's pieces: the same key is the same piece)
+        group = measures.pop("key")
+    else:
+        pairs = np.concatenate(
+            [_load(job.scratch / f"p-{_name(b.index)}.npz")["pairs"] for b in blocks]
+            or [np.zeros((0, 4), np.int64)]
+        )
+        group = _join(keys, pairs[:, [0, 2]] * per_block + pairs[:, [1, 3]], measures["class"])
     groups, member_of = np.unique(group, return_inverse=True)
     merged = _combine(measures, member_of, len(groups))
     kept = merged["count"] >= min_size

@@ -564,6 +564,16 @@ def _connectivity(value: Any) -> int | None:
     return int(float(value))
 
 
+def _split_radius(value: Any) -> float | None:
+    if value is None:
+        return None
+    what = "a distance above 0, in the image's spacing units"
+    number = _as_float(value, "--split-radius", what)
+    if not number > 0 or number == float("inf"):
+        raise TiledsegError(f"--split-radius {value!r} must be {what}")
+    return number
+
+
 class Objects(Options):
     """Objects (instances) made of a prediction's classes (``tiledseg instances``)."""
 
@@ -591,6 +601,20 @@ class Objects(Options):
     )
     table: Literal["parquet", "csv", "none"] = Field(
         "parquet", description="The objects table beside the output: OUT.parquet or OUT.csv."
+    )
+    split: Literal["none", "distance"] = Field(
+        "none",
+        description="Split touching objects: 'distance' cuts them at their necks (a seeded "
+        "watershed of the distance to their border, the seeds its maxima), blockwise with a "
+        "halo.",
+    )
+    split_radius: Annotated[float | None, BeforeValidator(_split_radius)] = Field(
+        None,
+        description="With --split distance: the largest object radius it resolves, in the "
+        "image's spacing units (default 8 voxels of the finest axis). Distances are capped "
+        "at R and maxima within R/2 of a farther voxel are no seeds; blocks read 2.5 R "
+        "beyond their borders.",
+        json_schema_extra={"metavar": "R"},
     )
 
 

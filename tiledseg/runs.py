@@ -90,6 +90,8 @@ _IDENTITY_NAMES = {
     "min_size": "--min-size",
     "connectivity": "--connectivity",
     "table": "table format (--table)",
+    "split": "split of touching objects (--split)",
+    "split_radius": "--split-radius",
 }
 
 
