@@ -312,17 +312,22 @@ def split_pieces(
     """
     from skimage.segmentation import watershed
 
-    ids, local = np.unique(np.concatenate([[0], seeds.ravel()]), return_inverse=True)
-    local = local[1:].reshape(seeds.shape)  # (ids[0] is 0: background stays 0)
+    seeded = seeds > 0
+    ids, inverse = np.unique(seeds[seeded], return_inverse=True)
+    ids = np.concatenate([[0], ids])  # (0: background stays 0)
+    local = np.zeros(seeds.shape, np.int64)
+    local[seeded] = inverse.ravel() + 1
     rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
+    inside = values > 0  # (the flood's height is the rank of (-distance, place) within)
     place = np.ravel_multi_index(
         tuple(np.ogrid[tuple(slice(o, o + n) for o, n in zip(origin, values.shape, strict=True))]),
         tuple(shape),
     )
-    order = np.lexsort((np.broadcast_to(place, values.shape).ravel(), -distance.ravel()))
-    height = np.empty(values.size, np.int64)
-    height[order] = np.arange(values.size)
-    height = height.reshape(values.shape)
+    order = np.lexsort((np.broadcast_to(place, values.shape)[inside], -distance[inside]))
+    ranks = np.empty(len(order), np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    height = np.zeros(values.shape, np.int64)
+    height[inside] = ranks
     out = np.zeros(values.shape, np.int64)
     for value in np.unique(values[values > 0]):
         own = values == value

@@ -258,10 +258,6 @@ class _Source:
                 "predict again with --probabilities, or leave --threshold out (objects of the "
                 "labels)"
             )
-        if objects.split_radius is not None and objects.split == "none":
-            raise TiledsegError(
-                "--split-radius sets how touching objects are split; add --split distance"
-            )
         ndim = self.labels.ndim
         if objects.connectivity is not None and objects.connectivity not in CONNECTIVITY[ndim]:
             allowed = " or ".join(map(str, CONNECTIVITY[ndim]))

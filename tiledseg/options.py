@@ -617,6 +617,14 @@ class Objects(Options):
         json_schema_extra={"metavar": "R"},
     )
 
+    @model_validator(mode="after")
+    def _radius_splits(self) -> Objects:
+        if self.split_radius is not None and self.split == "none":
+            raise TiledsegError(
+                "--split-radius sets how touching objects are split; add --split distance"
+            )
+        return self
+
 
 #: Every concern, in the order a config file lists their keys.
 CONCERNS: tuple[type[Options], ...] = (

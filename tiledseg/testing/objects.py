@@ -43,7 +43,9 @@ def touching_balls(
     size = np.asarray(shape) * spacing
     labels = np.ones(tuple(shape), np.uint8)
     centres: list[np.ndarray] = []
-    while len(centres) < 2 * pairs:
+    for _ in range(1000 * pairs):
+        if len(centres) == 2 * pairs:
+            return labels, np.asarray(centres)
         radius = rng.uniform(*radii)
         first = rng.uniform(radius, size - radius)
         step = rng.normal(size=len(shape))
@@ -57,7 +59,9 @@ def touching_balls(
             box, inside = _ball(labels.shape, spacing, c, radius)
             labels[box][inside] = 2
         centres += [first, second]
-    return labels, np.asarray(centres)
+    if len(centres) == 2 * pairs:
+        return labels, np.asarray(centres)
+    raise ValueError(f"{pairs} pairs of balls do not fit in {tuple(shape)}; give fewer")
 
 
 def _ball(
