@@ -23,6 +23,7 @@ OWN = {
     "evaluate": {"prediction", "truth", "as_json"},
     "info": {"path", "as_json"},
     "instances": {"prediction", "out", "image", "overwrite"},
+    "import-ilastik": {"project", "labels", "bank", "lane", "overwrite"},
 }
 
 

@@ -12,6 +12,7 @@ from tiledseg.evaluate import evaluate
 from tiledseg.features import FeatureBank, resolve_bank
 from tiledseg.features.plugins import check_plugin, feature_plugin, register_feature
 from tiledseg.features.tiled import feature_array
+from tiledseg.ilastik_import import IlastikImport, import_ilastik
 from tiledseg.info import describe
 from tiledseg.instances import InstancesResult, instances
 from tiledseg.model import Model, load_model
@@ -38,6 +39,7 @@ __all__ = [
     "CollectionResult",
     "Execution",
     "FeatureBank",
+    "IlastikImport",
     "ImageInput",
     "InstancesResult",
     "Model",
@@ -56,6 +58,7 @@ __all__ = [
     "evaluate",
     "feature_array",
     "feature_plugin",
+    "import_ilastik",
     "instances",
     "load_model",
     "open_volume",

@@ -418,6 +418,36 @@ def evaluate(prediction, truth, as_json) -> None:
     _print_scores(tiledseg.evaluate(prediction, truth), as_json=as_json)
 
 
+@cli.command("import-ilastik")
+@click.argument("project")
+@click.option("--labels", required=True, help="The zarr array of scribbles to write (OUT.zarr).")
+@click.option("--bank", default=None, help="The feature bank to write (OUT.yaml).")
+@click.option("--lane", default=0, show_default=True, help="Which of the project's images.")
+@click.option("--overwrite", is_flag=True, help="Replace existing labels and bank files.")
+def import_ilastik(project, labels, bank, lane, overwrite) -> None:
+    """Write an ilastik PROJECT's scribbles (and feature selection) as tiledseg inputs."""
+    from tiledseg.ilastik_import import import_ilastik as run
+
+    found = run(project, labels=labels, bank=bank, lane=lane, overwrite=overwrite)
+    for note in found.notes:
+        click.echo(f"note: {note}", err=True)
+    from pathlib import Path
+
+    missing = found.raw and ":/" not in found.raw and not Path(found.raw).exists()
+    where = " (not found here: give the image's path to train)" if missing else ""
+    click.echo(f"raw data: {found.raw or '(the project names none)'}{where}")
+    click.echo(f"axes: {found.axes} {list(found.shape)} ({found.workflow})")
+    for value, voxels in found.voxels.items():
+        name = found.names.get(value, "")
+        click.echo(f"label {value}: {voxels:,} voxels" + (f" ({name})" if name else ""))
+    click.echo(f"written: {found.labels}" + (f", {found.bank}" if found.bank else ""))
+    features = f" --features {found.bank}" if found.bank else ""
+    click.echo(
+        f"train: tiledseg train {found.raw or 'RAW'} {found.labels}{features} "
+        "--classifier random-forest --model MODEL.tsm"
+    )
+
+
 def _print_scores(scores: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(scores, indent=2))
@@ -581,7 +611,11 @@ def _print_model(data: dict[str, Any]) -> None:
             "--extra-channels"
         )
     if data["bank"].get("in_2d"):
-        click.echo(f"computed in 2D per plane: {', '.join(data['bank']['in_2d'])}")
+        planar = [
+            f if isinstance(f, str) else ", ".join(f"{k} at {v}" for k, v in f.items())
+            for f in data["bank"]["in_2d"]
+        ]
+        click.echo(f"computed in 2D per plane: {', '.join(planar)}")
     click.echo(
         "training: "
         + ", ".join(

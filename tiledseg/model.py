@@ -48,11 +48,12 @@ MAGIC = b"TILEDSEG-MODEL\n"
 #: (``in_2d``, ``extra_channels``) and plug-in families; version 4 XGBoost's
 #: random-forest mode (the ``random-forest`` of ``--device cuda``); version 5 autocontext
 #: stages (``--stages``, their payloads one after another); version 6 the packed random
-#: forest (``tiledseg.forest``; older ones hold a skops payload). A model is written
+#: forest (``tiledseg.forest``; older ones hold a skops payload); version 7 ``in_2d`` at
+#: some of a family's scales only (ilastik's choice per scale). A model is written
 #: with the lowest version that holds it, so older tiledseg reads what it can
 #: understand and refuses the rest with "update tiledseg".
-FORMAT_VERSION = 6
-_READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7
+_READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 _LENGTH = struct.Struct(">Q")
 
 
@@ -234,6 +235,8 @@ class Model:
     def _format_version(self) -> int:
         """The lowest format version that holds this model (see :data:`FORMAT_VERSION`)."""
         bank = self.bank
+        if any(scales != bank.families[f] for f, scales in bank.in_2d.items()):
+            return 7
         if any(isinstance(c, ForestClassifier) for c in (*self.stages, self.classifier)):
             return 6
         if self.stages:

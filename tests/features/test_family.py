@@ -39,9 +39,9 @@ def test_a_bank_asks_the_family_objects():
     bank = FeatureBank({"sobel": [1.0], "gabor": [4.0], PLUGIN: [1.0]}, in_2d=["sobel"])
     assert bank.family("sobel") is BY_NAME["sobel"]
     assert isinstance(bank.family(PLUGIN), FeaturePlugin)
-    assert bank.components("sobel", 3) == 3  # in 2D: two axes and the magnitude
-    assert bank.components("gabor", 3) == 4
-    assert bank.components(PLUGIN, 3) == 2
+    assert bank.components("sobel", 3, 1.0) == 3  # in 2D: two axes and the magnitude
+    assert bank.components("gabor", 3, 4.0) == 4
+    assert bank.components(PLUGIN, 3, 1.0) == 2
     rel = relative_spacing((2.0, 1.0, 1.0))
     sobel = bank.family("sobel").margin(1.0, rel[1:])  # planar: y and x only
     gabor = bank.family("gabor").margin(4.0, rel)

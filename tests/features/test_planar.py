@@ -79,11 +79,36 @@ def test_the_option_round_trips_through_plain_data_and_yaml(tmp_path):
     assert "sobel: 1 (in 2D)" in bank.describe()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_family_in_2d_at_some_scales_only(family, tmp_path):
+    """ilastik chooses 2D per scale: each scale is the 2D or the 3D kernel, as chosen."""
+    bank = FeatureBank({family: [1.0, 2.0]}, in_2d={family: [2.0]})
+    mixed = whole(VOLUME, bank, spacing=(5, 1, 1))
+    in_3d = whole(VOLUME, FeatureBank({family: [1.0]}), spacing=(5, 1, 1))
+    n = len(in_3d)
+    assert_array_equal(mixed[:n], in_3d, strict=True)
+    for z in range(VOLUME.shape[0]):
+        assert_array_equal(mixed[n:, z], whole(VOLUME[z], FeatureBank({family: [2.0]})))
+    names = bank.feature_names(ndim=3, n_channels=1)
+    assert [n.planar for n in names] == [False] * n + [True] * (len(mixed) - n)
+    assert bank.halo((5, 1, 1))[0] == FeatureBank({family: [1.0]}).halo((5, 1, 1))[0]
+    assert bank.to_dict()["in_2d"] == [{family: [2.0]}]
+    path = tmp_path / "bank.yaml"
+    path.write_text(f"{family}: [1.0, 2.0]\nin_2d: [{{{family}: [2]}}]\n")
+    assert FeatureBank.from_yaml(path) == bank
+    assert FeatureBank.from_dict(bank.to_dict()) == bank
+    assert f"{family}: 1, 2 (in 2D)" in bank.describe()
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"sobel": [1.0], "in_2d": ["gabor"]}, "in_2d names 'gabor', which is not a family"),
         ({"sobel": [1.0], "in_2d": "sobel"}, "in_2d must be a list of families"),
+        (
+            {"sobel": [1.0], "in_2d": [{"sobel": [3]}]},
+            r"in_2d gives 'sobel' scale 3, which the bank does not compute it at \(1\)",
+        ),
     ],
 )
 def test_a_bad_in_2d_is_one_clear_error(data, message):
@@ -114,7 +139,9 @@ def test_planar_families_tile_exactly_on_uneven_blocks(case):
 def planar_banks(draw):
     bank = draw(tst.banks())
     chosen = draw(st.lists(st.sampled_from(tuple(bank.families)), unique=True))
-    return FeatureBank(bank.families, in_2d=chosen)
+    # (a family at all its scales, or at some only: ilastik chooses 2D per scale)
+    some = {f: draw(st.lists(st.sampled_from(bank.families[f]), min_size=1)) for f in chosen}
+    return FeatureBank(bank.families, in_2d=draw(st.sampled_from([chosen, some])))
 
 
 @given(tst.tiling_cases(ndim=3, bank=planar_banks()))
@@ -143,10 +170,23 @@ def test_a_model_keeps_its_planar_families(tmp_path, fast_xgboost):
     model.save(tmp_path / "m.tsm")
     again = load_model(tmp_path / "m.tsm")
     assert again.bank == bank
-    assert again.bank.in_2d == {"hessian_of_gaussian_eigenvalues"}
+    assert again.bank.in_2d == {"hessian_of_gaussian_eigenvalues": (1.5,)}
     assert again.halo == (1, 5, 5)  # z: the Gaussian at 1.0 / 4 only; the planar Hessian none
     labels = []
     for name, block in (("tiled", (5, 16, 17)), ("one", ph.image.shape)):
         predict(ph.image, again, out=tmp_path / f"{name}.zarr", block=block)
         labels.append(zarr.open_array(f"{tmp_path}/{name}.zarr/labels/0", mode="r")[...])
     assert_array_equal(labels[0], labels[1])
+
+
+def test_a_model_in_2d_at_some_scales_is_format_7_and_keeps_them(tmp_path, fast_xgboost):
+    from tiledseg.testing import make_phantom
+
+    ph = make_phantom((10, 32, 32), n_classes=2, scribble_fraction=0.02, seed=4)
+    bank = FeatureBank({"gaussian_smoothing": [0.7, 2.0]}, in_2d={"gaussian_smoothing": [2.0]})
+    model = train(ph.image, ph.scribbles, features=bank, classifier=fast_xgboost(), cache_dir=None)
+    assert model._format_version == 7  # (older tiledseg refuses it: "update tiledseg")
+    model.save(tmp_path / "m.tsm")
+    again = load_model(tmp_path / "m.tsm")
+    assert again.bank == bank
+    assert FeatureBank({"gaussian_smoothing": [2.0]}, in_2d=["gaussian_smoothing"]) != bank

@@ -148,10 +148,13 @@ class FeatureBank:
         Family name (one of :data:`FAMILIES`, its ilastik name, or a plug-in's name,
         see :mod:`tiledseg.features.plugins`) to the scales at which it is
         computed. Families with no scales are dropped.
-    in_2d : collection of str
+    in_2d : collection of str, or mapping of str to sequence of float
         Families computed in 2D on each yx plane of a volume (ilastik's "compute in
         2D"), for stacks whose planes are far apart: no filtering across planes,
-        and no halo along z for them. No effect on 2D images.
+        and no halo along z for them. No effect on 2D images. A family named alone is
+        in 2D at all its scales; ``{family: [scales]}`` (as a mapping, or as an item of
+        the list) at those scales only, as ilastik chooses per scale. Normalised to
+        ``family -> scales in 2D``.
     extra_channels : int
         The last ``extra_channels`` channels are co-registered extra inputs
         (``--extra-channels``): each contributes its raw value as a feature.
@@ -161,7 +164,7 @@ class FeatureBank:
     """
 
     families: Mapping[str, tuple[float, ...]]
-    in_2d: Collection[str] = ()
+    in_2d: Collection[str] | Mapping[str, Sequence[float]] = ()
     extra_channels: int = 0
     filter_extra: bool = False
     plugins: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -194,38 +197,30 @@ class FeatureBank:
                 "the feature bank is empty; give at least one family with one scale, "
                 "e.g. {'gaussian_smoothing': [1.0]}"
             )
-        if isinstance(self.in_2d, str):
-            raise TiledsegError(
-                f"in_2d is a list of families, e.g. [{self.in_2d}], got {self.in_2d!r}"
-            )
-        planar = set()
-        for raw_name in self.in_2d:
-            name = ALIASES.get(raw_name, raw_name)
-            if name not in clean:
-                raise TiledsegError(
-                    f"in_2d names {raw_name!r}, which is not a family of this bank "
-                    f"({', '.join(clean) or 'none'})"
-                )
-            planar.add(name)
+        planar = _planar_scales(self.in_2d, clean)
         ordered = {name: clean[name] for name in FAMILIES if name in clean}
         ordered.update((name, clean[name]) for name in sorted(clean) if name not in FAMILIES)
         object.__setattr__(self, "families", ordered)
-        object.__setattr__(self, "in_2d", frozenset(planar))
+        object.__setattr__(self, "in_2d", {n: planar[n] for n in ordered if n in planar})
         object.__setattr__(self, "filter_extra", bool(self.filter_extra) and extra > 0)
         object.__setattr__(self, "plugins", {n: plugins[n] for n in ordered if n in plugins})
 
     # -- derived layout ---------------------------------------------------------------
-    def family_ndim(self, family: str, ndim: int) -> int:
-        """Return the dimensionality ``family`` is computed in (2 for ``in_2d`` families)."""
-        return 2 if family in self.in_2d else ndim
+    def planar(self, family: str, sigma: float) -> bool:
+        """Return whether ``family`` at scale ``sigma`` is computed in 2D (``in_2d``)."""
+        return sigma in self.in_2d.get(family, ())
+
+    def family_ndim(self, family: str, ndim: int, sigma: float) -> int:
+        """Return the dimensionality ``family`` at ``sigma`` is computed in (2 if in 2D)."""
+        return 2 if self.planar(family, sigma) else ndim
 
     def family(self, name: str) -> Family:
         """Return the family object of ``name``, one of this bank's families."""
         return self.plugins.get(name) or BY_NAME[name]
 
-    def components(self, family: str, ndim: int) -> int:
-        """Return how many values ``family`` gives per voxel in ``ndim`` dimensions."""
-        return self.family(family).n_outputs(self.family_ndim(family, ndim))
+    def components(self, family: str, ndim: int, sigma: float) -> int:
+        """Return how many values ``family`` at ``sigma`` gives per voxel in ``ndim`` dims."""
+        return self.family(family).n_outputs(self.family_ndim(family, ndim, sigma))
 
     def filtered(self, channel: int, n_channels: int) -> bool:
         """Return whether ``channel`` (of ``n_channels``, extras last) gets the bank's families."""
@@ -247,21 +242,22 @@ class FeatureBank:
             for family, scales in self.families.items():
                 plugin = self.plugins.get(family)
                 meaning = plugin.scale if plugin is not None else None
-                planar = family in self.in_2d and ndim == 3
-                n = self.components(family, ndim)
-                components = [self.family(family).component(k, n) for k in range(n)]
-                names.extend(
-                    FeatureName(family, sigma, channel, component, planar, meaning)
-                    for sigma in scales
-                    for component in components
-                )
+                for sigma in scales:
+                    planar = self.planar(family, sigma) and ndim == 3
+                    n = self.components(family, ndim, sigma)
+                    names.extend(
+                        FeatureName(family, sigma, channel, component, planar, meaning)
+                        for component in (self.family(family).component(k, n) for k in range(n))
+                    )
         return names
 
     def n_features(self, *, ndim: int, n_channels: int) -> int:
         """Return the number of features per voxel."""
         self.check_channels(n_channels)
         per_channel = sum(
-            len(scales) * self.components(family, ndim) for family, scales in self.families.items()
+            self.components(family, ndim, sigma)
+            for family, scales in self.families.items()
+            for sigma in scales
         )
         filtered = sum(self.filtered(c, n_channels) for c in range(n_channels))
         return per_channel * filtered + self.extra_channels
@@ -287,8 +283,8 @@ class FeatureBank:
         halo = [0] * len(rel)
         for name, scales in self.families.items():
             family = self.family(name)
-            first = 1 if name in self.in_2d and len(rel) == 3 else 0
             for scale in scales:
+                first = 1 if self.planar(name, scale) and len(rel) == 3 else 0
                 for axis, need in enumerate(family.margin(scale, rel[first:]), start=first):
                     halo[axis] = max(halo[axis], need)
         return tuple(halo)
@@ -306,7 +302,11 @@ class FeatureBank:
         return dataclasses.replace(
             self,
             families={f: tuple(s) for f, s in families.items()},
-            in_2d=[f for f in self.in_2d if f in families],
+            in_2d={
+                f: [s for s in self.in_2d[f] if s in tuple(families[f])]
+                for f in self.in_2d
+                if f in families
+            },
         )
 
     # -- (de)serialisation --------------------------------------------------------------
@@ -314,7 +314,11 @@ class FeatureBank:
         """Return the bank as plain data: family -> scales, and the options if set."""
         data: dict[str, Any] = {name: list(scales) for name, scales in self.families.items()}
         if self.in_2d:
-            data[IN_2D_KEY] = [f for f in self.families if f in self.in_2d]
+            # a family in 2D at all its scales by name, as banks were written before
+            data[IN_2D_KEY] = [
+                f if scales == self.families[f] else {f: list(scales)}
+                for f, scales in self.in_2d.items()
+            ]
         if self.extra_channels:
             data[EXTRA_KEY] = {"count": self.extra_channels, "filtered": self.filter_extra}
         return data
@@ -330,6 +334,8 @@ class FeatureBank:
         in_2d = data.pop(IN_2D_KEY, None) or ()
         if isinstance(in_2d, str) or not isinstance(in_2d, Iterable):
             raise TiledsegError(f"{IN_2D_KEY} must be a list of families, got {in_2d!r}")
+        if not isinstance(in_2d, Mapping):
+            in_2d = [f if isinstance(f, Mapping) else str(f) for f in in_2d]
         extra = data.pop(EXTRA_KEY, None) or {}
         if not isinstance(extra, Mapping) or set(extra) - {"count", "filtered"}:
             raise TiledsegError(
@@ -337,7 +343,7 @@ class FeatureBank:
             )
         return cls(
             {str(k): _as_tuple(k, v) for k, v in data.items()},
-            in_2d=[str(f) for f in in_2d],
+            in_2d=in_2d,
             extra_channels=extra.get("count", 0),
             filter_extra=bool(extra.get("filtered", False)),
         )
@@ -355,14 +361,51 @@ class FeatureBank:
     def describe(self) -> str:
         """Return one line per family: ``family: scales``, and the options."""
         lines = [
-            f"{name}: {', '.join(f'{s:g}' for s in scales)}"
-            + (" (in 2D)" if name in self.in_2d else "")
+            f"{name}: {', '.join(f'{s:g}' + _in_2d_mark(self, name, s) for s in scales)}"
             for name, scales in self.families.items()
         ]
         if self.extra_channels:
             how = "raw and filtered" if self.filter_extra else "raw"
             lines.append(f"extra channels: {self.extra_channels} ({how})")
         return "\n".join(lines)
+
+
+def _in_2d_mark(bank: FeatureBank, family: str, sigma: float) -> str:
+    return " (in 2D)" if bank.planar(family, sigma) else ""
+
+
+def _planar_scales(
+    in_2d: Any, families: Mapping[str, tuple[float, ...]]
+) -> dict[str, tuple[float, ...]]:
+    """Return ``in_2d`` as ``family -> scales in 2D``; refuse what the bank lacks (one line)."""
+    if isinstance(in_2d, str):
+        raise TiledsegError(f"in_2d is a list of families, e.g. [{in_2d}], got {in_2d!r}")
+    items: list[tuple[Any, Any]] = []
+    for entry in in_2d.items() if isinstance(in_2d, Mapping) else in_2d:
+        if isinstance(entry, Mapping):
+            items.extend(entry.items())
+        elif isinstance(entry, tuple) and len(entry) == 2:
+            items.append(entry)
+        else:
+            items.append((entry, None))
+    planar: dict[str, tuple[float, ...]] = {}
+    for raw_name, raw_scales in items:
+        name = ALIASES.get(raw_name, raw_name)
+        if name not in families:
+            raise TiledsegError(
+                f"in_2d names {raw_name!r}, which is not a family of this bank "
+                f"({', '.join(families) or 'none'})"
+            )
+        scales = families[name] if raw_scales is None else _as_tuple(raw_name, raw_scales)
+        scales = tuple(float(x) for x in scales)
+        stray = [s for s in scales if s not in families[name]]
+        if stray:
+            raise TiledsegError(
+                f"in_2d gives {raw_name!r} scale {stray[0]:g}, which the bank does not compute "
+                f"it at ({', '.join(f'{s:g}' for s in families[name])})"
+            )
+        planar[name] = tuple(sorted(set(planar.get(name, ()) + tuple(scales))))
+    return planar
 
 
 def _as_tuple(family: Any, scales: Any) -> tuple[float, ...]:

@@ -94,8 +94,11 @@ def block_features(
     block_shape = tuple(s.stop - s.start for s in inner)
     layout, per_channel = _layout(bank, ndim)
     out = be.xp.empty((bank.n_features(ndim=ndim, n_channels=n_channels), *block_shape), np.float32)
-    planar = {f: s for f, s in bank.families.items() if f in bank.in_2d and ndim == 3}
-    volumetric = {f: s for f, s in bank.families.items() if f not in planar}
+    planar = {f: s for f, s in bank.in_2d.items() if ndim == 3}
+    volumetric = {
+        f: tuple(x for x in s if x not in planar.get(f, ())) for f, s in bank.families.items()
+    }
+    volumetric = {f: s for f, s in volumetric.items() if s}
     base = 0
     for channel in range(n_channels):
         image = be.xp.asarray(haloed[channel], dtype=np.float32)
@@ -128,7 +131,7 @@ def _layout(bank: FeatureBank, ndim: int) -> tuple[dict[tuple[str, float], int],
     for family, scales in bank.families.items():
         for sigma in scales:
             offsets[family, sigma] = position
-            position += bank.components(family, ndim)
+            position += bank.components(family, ndim, sigma)
     return offsets, position
 
 
