@@ -1,0 +1,144 @@
+"""What the napari plugin does, without Qt: train on layers, preview a plane, segment all.
+
+The widget (:mod:`tiledseg.napari.widget`) calls these from worker threads. Layers' data
+are passed as they are (numpy, dask or zarr arrays): tiledseg reads blocks of them and
+never copies a volume whole. A preview computes one plane (with the model's halo around
+it) through the same per-block kernel a prediction runs, so it equals the plane of a
+whole prediction, voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiledseg.errors import TiledsegError
+
+__all__ = ["Preview", "Session"]
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The labels and uncertainty of the plane (or the 2D image) a preview computed."""
+
+    #: the plane's index along z (``None`` for a 2D image)
+    plane: int | None
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    seconds: float
+
+
+class Session:
+    """One user's work in the viewer: the model trained (or loaded) and what it makes."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+
+    def train(
+        self,
+        image: Any,
+        scribbles: Any,
+        *,
+        features: str = "default",
+        classifier: str = "random-forest",
+        spacing: tuple[float, ...] | None = None,
+        channel_axis: int | None = None,
+    ) -> Any:
+        """Train on the scribbles (0: unlabelled) of ``image``; keep and return the model."""
+        import tiledseg
+
+        scribbles = np.asarray(scribbles) if not hasattr(scribbles, "chunks") else scribbles
+        if not np.any(scribbles):
+            raise TiledsegError("the scribbles layer is empty; paint at least two classes")
+        self.model = tiledseg.train(
+            image, scribbles, features=features, classifier=classifier, spacing=spacing,
+            channel_axis=channel_axis, cache_dir=None, quiet=True,
+        )  # fmt: skip
+        return self.model
+
+    def preview(
+        self,
+        image: Any,
+        *,
+        plane: int | None = None,
+        spacing: tuple[float, ...] | None = None,
+        channel_axis: int | None = None,
+    ) -> Preview:
+        """Return the labels and uncertainty of a volume's plane ``plane`` (z), or a 2D image's."""
+        import time
+
+        from tiledseg.blocks import Block, haloed
+        from tiledseg.prediction_job import classify_block
+        from tiledseg.volume import open_volume
+
+        model = self._require_model()
+        started = time.perf_counter()
+        volume = open_volume(image, spacing=spacing, channel_axis=channel_axis)
+        if volume.ndim == 3:
+            if plane is None or not 0 <= plane < volume.shape[0]:
+                raise TiledsegError(
+                    f"plane {plane} is not one of the volume's 0..{volume.shape[0] - 1}"
+                )
+            region = (slice(plane, plane + 1), *(slice(0, n) for n in volume.shape[1:]))
+        else:
+            plane, region = None, tuple(slice(0, n) for n in volume.shape)
+        block = Block((0,) * volume.ndim, region, haloed(region, model.halo, volume.shape))
+        labels, proba = classify_block(volume, block, model, n_threads=os.cpu_count() or 1)
+        top2 = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
+        uncertainty = (1.0 - np.abs(top2[:, 1] - top2[:, 0])).reshape(block.shape)
+        squeeze = 0 if volume.ndim == 3 else None
+        if squeeze is not None:
+            labels, uncertainty = labels[0], uncertainty[0]
+        return Preview(plane, np.asarray(labels), uncertainty.astype(np.float32),
+                       time.perf_counter() - started)  # fmt: skip
+
+    def segment_all(
+        self,
+        image: Any,
+        out: str | os.PathLike,
+        *,
+        cluster: str | None = None,
+        spacing: tuple[float, ...] | None = None,
+        channel_axis: int | None = None,
+        overwrite: bool = False,
+    ) -> Any:
+        """Predict the whole image into OME-Zarr ``out`` (labels and uncertainty)."""
+        import tiledseg
+
+        model = self._require_model()
+        return tiledseg.predict(
+            image, model, out=out, uncertainty=True, cluster=cluster or None, spacing=spacing,
+            channel_axis=channel_axis, overwrite=overwrite, quiet=True,
+        )  # fmt: skip
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+        """Write the model file."""
+        self._require_model().save(path, overwrite=overwrite)
+
+    def load(self, path: str | os.PathLike) -> Any:
+        """Read a model file; it replaces the session's model."""
+        from tiledseg.model import load_model
+
+        self.model = load_model(Path(path))
+        return self.model
+
+    def _require_model(self) -> Any:
+        if self.model is None:
+            raise TiledsegError("no model yet: train one (or load a model file) first")
+        return self.model
+
+
+def lazy_outputs(out: str | os.PathLike) -> dict[str, Any]:
+    """Return the output's labels and uncertainty as dask arrays over its zarr arrays."""
+    import dask.array as da
+
+    arrays = {}
+    for name in ("labels", "uncertainty"):
+        path = Path(out) / name / "0"
+        if path.exists():
+            arrays[name] = da.from_zarr(str(path))
+    return arrays
