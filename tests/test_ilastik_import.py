@@ -83,6 +83,8 @@ def test_blocks_are_placed_whatever_their_axis_order(tmp_path):
     assert_array_equal(labels, expected)
     assert found.voxels == {1: 4, 2: 11}
     assert found.names == {1: "bg", 2: "cells"}
+    stored = zarr.open_array(str(tmp_path / "l.zarr"), mode="r").attrs["ilastik"]
+    assert stored["label_names"] == {"1": "bg", "2": "cells"}
     assert (found.axes, found.shape) == ("zyx", (20, 30, 40))
     assert found.raw == str((tmp_path / "raw.npy").resolve())
     bank = yaml.safe_load((tmp_path / "b.yaml").read_text())
@@ -139,9 +141,8 @@ def test_the_command_prints_what_to_run_and_an_autocontext_says_so(tmp_path, cap
     out, err = capsys.readouterr()
     assert "autocontext project: its first stage is imported" in err
     assert "not found here" in out  # (raw.npy is not beside the project)
-    assert (
-        f"train: tiledseg train {tmp_path.resolve() / 'raw.npy'} {labels} --features {bank}" in out
-    )
+    raw = f"'{tmp_path.resolve() / 'raw.npy'}[channel_axis=3]'"  # (the project's zyxc)
+    assert f"train: tiledseg train {raw} {labels} --features {bank}" in out
     assert "label 1: 4 voxels (bg)" in out
 
 
@@ -208,6 +209,15 @@ def test_bad_projects_are_one_line_and_write_nothing(tmp_path, capsys):
 def test_existing_outputs_are_kept_unless_overwrite(tmp_path):
     block = np.ones((1, 2, 2, 1), np.uint8)
     project = write_project(tmp_path / "p.ilp", blocks=[(block, "[0:1,0:2,0:2,0:1]", "zyxc")])
+    before = (tmp_path / "p.ilp").read_bytes()
+    with pytest.raises(ts.TiledsegError, match="labels .*p.ilp' is one of the inputs"):
+        ts.import_ilastik(project, labels=project, overwrite=True)  # (never the project)
+    assert (tmp_path / "p.ilp").read_bytes() == before
+    with pytest.raises(InputDataError, match="ilastik project .*gone.ilp' does not exist"):
+        ts.import_ilastik(tmp_path / "gone.ilp", labels=tmp_path / "l.zarr")
+    with pytest.raises(OutputExistsError, match="bank .*b.yaml/' is a folder"):
+        ts.import_ilastik(project, labels=tmp_path / "l.zarr", bank=f"{tmp_path}/b.yaml/")
+    assert not (tmp_path / "l.zarr").exists()  # (refused before anything is written)
     (tmp_path / "b.yaml").write_text("mine: true\n")
     with pytest.raises(OutputExistsError, match="bank .* exists"):
         ts.import_ilastik(project, labels=tmp_path / "l.zarr", bank=tmp_path / "b.yaml")

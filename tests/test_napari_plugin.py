@@ -111,10 +111,15 @@ def test_a_volume_previews_the_plane_shown_and_follows_it(make_napari_viewer, qt
     wait_for(qtbot, widget)
     assert widget.last_preview.plane == 17
     assert_array_equal(viewer.layers["tiledseg preview"].data, whole[17])
-    # save and load the model file
+    # save and load the model file; an existing one is replaced only when asked
     widget.model_path.value = str(tmp_path / "m.tsm")
     widget.save_model()
     assert ts.load_model(tmp_path / "m.tsm").classes.tolist() == [1, 2]
+    widget.save_model()
+    assert "exists" in widget.status.value
+    widget.overwrite.value = True
+    widget.save_model()
+    assert widget.status.value.startswith("model saved")
     widget.session.model = None
     widget.load_model()  # (it previews with the model it loaded)
     wait_for(qtbot, widget)
@@ -131,7 +136,8 @@ def test_mistakes_are_one_line_in_the_status(make_napari_viewer, qtbot, tmp_path
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="empty")
     widget.train()
     wait_for(qtbot, widget)
-    assert widget.status.value.startswith("error: the scribbles layer is empty")
+    assert widget.status.value.startswith("error: labels <")
+    assert "hold no labelled voxel" in widget.status.value
     widget.segment_all()
     assert "output path" in widget.status.value
     widget.model_path.value = str(tmp_path / "none.tsm")

@@ -422,7 +422,10 @@ def evaluate(prediction, truth, as_json) -> None:
 @click.argument("project")
 @click.option("--labels", required=True, help="The zarr array of scribbles to write (OUT.zarr).")
 @click.option("--bank", default=None, help="The feature bank to write (OUT.yaml).")
-@click.option("--lane", default=0, show_default=True, help="Which of the project's images.")
+@click.option(
+    "--lane", default=0, show_default=True, type=click.IntRange(min=0),
+    help="Which of the project's images (ilastik's lanes, from 0).",
+)  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace existing labels and bank files.")
 def import_ilastik(project, labels, bank, lane, overwrite) -> None:
     """Write an ilastik PROJECT's scribbles (and feature selection) as tiledseg inputs."""
@@ -442,8 +445,11 @@ def import_ilastik(project, labels, bank, lane, overwrite) -> None:
         click.echo(f"label {value}: {voxels:,} voxels" + (f" ({name})" if name else ""))
     click.echo(f"written: {found.labels}" + (f", {found.bank}" if found.bank else ""))
     features = f" --features {found.bank}" if found.bank else ""
+    channels = f"[channel_axis={found.channel_axis}]" if found.channel_axis is not None else ""
+    raw = f"{found.raw or 'RAW'}{channels}"
+    raw = f"'{raw}'" if channels else raw  # (quoted: the brackets are the shell's too)
     click.echo(
-        f"train: tiledseg train {found.raw or 'RAW'} {found.labels}{features} "
+        f"train: tiledseg train {raw} {found.labels}{features} "
         "--classifier random-forest --model MODEL.tsm"
     )
 

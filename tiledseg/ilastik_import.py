@@ -48,7 +48,9 @@ class IlastikImport:
     raw: str | None
     #: the raw data's spatial axes, in its array's order (``"zyx"``, ``"yx"``...)
     axes: str
+    #: the raw data's channel axis, as tiledseg reads it (``None``: none)
     shape: tuple[int, ...]
+    channel_axis: int | None
     #: label value -> ilastik's label name
     names: dict[int, str]
     #: label value -> scribbled voxels
@@ -73,7 +75,8 @@ def import_ilastik(
         The ilastik project (``.ilp``): Pixel Classification, or Autocontext (its first
         stage).
     labels : path
-        The zarr array of scribbles to write (uint8; 0 unlabelled, k the k-th label).
+        The zarr array of scribbles to write (uint8, or uint16 past 255 labels; 0
+        unlabelled, k the k-th label).
     bank : path, optional
         The YAML feature bank to write from the project's feature selection.
     lane : int
@@ -88,11 +91,7 @@ def import_ilastik(
     import h5py
 
     project = str(project)
-    for path, what in ((labels, "labels"), (bank, "bank")):
-        if path is not None and os.path.exists(path) and not overwrite:
-            raise OutputExistsError(
-                f"{what} {str(path)!r} exists; choose another path or pass --overwrite"
-            )
+    _check_paths(project, labels, bank, overwrite)
     try:
         f = h5py.File(project, "r")
     except OSError as exc:
@@ -103,7 +102,7 @@ def import_ilastik(
     with f:
         workflow = _workflow(f, project)
         raw = _lane(f, project, lane)
-        axes, shape = _spatial(raw, project)
+        axes, shape, channel_axis = _spatial(raw, project)
         blocks = _label_blocks(f, project, lane)
         names = _names(f)
         notes = []
@@ -115,11 +114,44 @@ def import_ilastik(
         # (everything is read and checked before anything is written)
         features = _bank(f, project, planar=len(axes) == 3) if bank is not None else None
         source = _raw_path(raw, project)
-        voxels = _write_labels(blocks, axes, shape, str(labels), project, overwrite)
-    written = None if features is None else _write_bank(features, str(bank), project)
+        part = None if features is None else _bank_part(features, str(bank), project)
+        try:
+            voxels = _write_labels(blocks, axes, shape, str(labels), project, overwrite, names)
+        except BaseException:
+            if part is not None:
+                part.unlink(missing_ok=True)
+            raise
+    written = None if part is None else str(bank)
+    if part is not None:  # (moved once the labels are in place)
+        os.replace(part, bank)
     return IlastikImport(
-        str(labels), written, source, axes, shape, names, voxels, workflow, tuple(notes)
-    )
+        str(labels), written, source, axes, shape, channel_axis, names, voxels, workflow,
+        tuple(notes),
+    )  # fmt: skip
+
+
+def _check_paths(project: str, labels: Any, bank: Any, overwrite: bool) -> None:
+    """Refuse a missing project, and outputs that are the project, unwritable or existing."""
+    from tiledseg.runs import check_apart, check_writable
+
+    if not os.path.isfile(project):
+        what = "is a folder" if os.path.isdir(project) else "does not exist"
+        raise InputDataError(f"ilastik project {project!r} {what}; give the .ilp file")
+    for path, what in ((labels, "labels"), (bank, "bank")):
+        if path is None:
+            continue
+        check_apart(path, [project], what=what)  # (never written over the project)
+        check_writable(path, what=what)
+        if os.path.exists(path) and not overwrite:
+            raise OutputExistsError(
+                f"{what} {str(path)!r} exists; choose another path or pass --overwrite"
+            )
+    if bank is not None and (str(bank).endswith(("/", os.sep)) or os.path.isdir(bank)):
+        raise OutputExistsError(
+            f"bank {str(bank)!r} is a folder; give a file name such as bank.yaml"
+        )
+    if bank is not None and Path(bank).resolve() == Path(labels).resolve():
+        raise OutputExistsError("--bank and --labels are the same path; give each its own")
 
 
 def _reason(exc: OSError) -> str:
@@ -171,8 +203,8 @@ def _axis_keys(axistags: Any) -> list[str]:
     return [a["key"] for a in json.loads(_text(axistags))["axes"]]
 
 
-def _spatial(raw: Any, project: str) -> tuple[str, tuple[int, ...]]:
-    """Return the raw data's spatial axes (in its order) and their lengths."""
+def _spatial(raw: Any, project: str) -> tuple[str, tuple[int, ...], int | None]:
+    """Return the raw data's spatial axes (in its order), their lengths and its channel axis."""
     if "axistags" not in raw or "shape" not in raw:
         raise InputDataError(
             f"project {project!r} does not record its image's axes and shape (saved by an "
@@ -186,7 +218,9 @@ def _spatial(raw: Any, project: str) -> tuple[str, tuple[int, ...]]:
             "tiledseg segments one 2D or 3D image: export one frame"
         )
     spatial = [(k, n) for k, n in zip(keys, shape, strict=True) if k in "zyx"]
-    return "".join(k for k, _ in spatial), tuple(n for _, n in spatial)
+    # (the file's axes without a time axis of one frame, which tiledseg does not read)
+    channel = [k for k in keys if k != "t"].index("c") if "c" in keys else None
+    return "".join(k for k, _ in spatial), tuple(n for _, n in spatial), channel
 
 
 def _raw_path(raw: Any, project: str) -> str | None:
@@ -254,7 +288,7 @@ def _block_region(block: Any, axes: str, shape: tuple[int, ...], project: str) -
 
 def _write_labels(
     blocks: list[Any], axes: str, shape: tuple[int, ...], path: str, project: str,
-    overwrite: bool,
+    overwrite: bool, names: dict[int, str],
 ) -> dict[int, int]:  # fmt: skip
     """Write the scribbles to a zarr array (whole or not at all); return voxels per value."""
     import zarr
@@ -276,7 +310,10 @@ def _write_labels(
         values, n = np.unique(data[data > 0], return_counts=True)
         for v, c in zip(values.tolist(), n.tolist(), strict=True):
             counts[v] = counts.get(v, 0) + c
-    out.attrs["ilastik"] = {"project": str(Path(project).resolve()), "axes": axes}
+    out.attrs["ilastik"] = {
+        "project": str(Path(project).resolve()), "axes": axes,
+        "label_names": {str(k): v for k, v in names.items()},
+    }  # fmt: skip
     if overwrite and os.path.exists(path):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.replace(part, path)
@@ -296,6 +333,8 @@ def _bank(f: Any, project: str, *, planar: bool) -> Any:
     families: dict[str, list[float]] = {}
     flat: dict[str, list[float]] = {}
     for row, name in enumerate(ids):
+        if not matrix[row].any():
+            continue
         if name not in ALIASES:
             raise InputDataError(
                 f"project {project!r} selects the feature {name!r}, which tiledseg does not "
@@ -314,8 +353,8 @@ def _bank(f: Any, project: str, *, planar: bool) -> Any:
     return FeatureBank(families, in_2d={k: v for k, v in flat.items() if v})
 
 
-def _write_bank(bank: Any, path: str, project: str) -> str:
-    """Write ``bank`` as a YAML bank file (whole or not at all)."""
+def _bank_part(bank: Any, path: str, project: str) -> Path:
+    """Write ``bank`` as a YAML bank file under a temporary name beside ``path``; return it."""
     import yaml
 
     part = Path(path).with_name(f".{Path(path).name}.part")
@@ -323,5 +362,4 @@ def _write_bank(bank: Any, path: str, project: str) -> str:
         f"# the feature selection of the ilastik project {Path(project).name}\n"
         + yaml.safe_dump(bank.to_dict(), sort_keys=False, default_flow_style=None)
     )
-    os.replace(part, path)
-    return path
+    return part

@@ -22,6 +22,7 @@ __all__ = [
     "neighbour_offsets",
     "split_distance",
     "split_pieces",
+    "seed_growth",
     "split_seeds",
 ]
 
@@ -262,7 +263,9 @@ def split_seeds(values: np.ndarray, distance: np.ndarray, *, window: Sequence[in
 
     A voxel is a seed when no voxel of its class within ``window`` voxels along each axis
     (a box) lies farther from the border. Plateaus (such as the capped centres of objects
-    wider than the cap) are seeds whole, and their connected seed voxels one seed.
+    wider than the cap) are seeds whole. Each seed voxel is then grown by half the window
+    (within its class), so that maxima within the window of each other (equal ones, as
+    along the axis of an elongated object) touch and are one seed.
 
     Returns
     -------
@@ -272,13 +275,19 @@ def split_seeds(values: np.ndarray, distance: np.ndarray, *, window: Sequence[in
     from scipy.ndimage import maximum_filter
 
     size = tuple(2 * int(w) + 1 for w in window)
+    near = tuple(2 * seed_growth(w) + 1 for w in window)
     seeds = np.zeros(values.shape, np.uint16)
     for value in np.unique(values[values > 0]):
         own = values == value
         masked = np.where(own, distance, np.float32(-1))
         peak = own & (masked >= maximum_filter(masked, size=size, mode="nearest"))
-        seeds[peak] = value
+        seeds[own & maximum_filter(peak, size=near, mode="constant")] = value
     return seeds
+
+
+def seed_growth(window: int) -> int:
+    """Return how far a seed voxel grows: half its window, so seeds a window apart touch."""
+    return int(window) // 2
 
 
 def split_pieces(

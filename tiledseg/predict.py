@@ -401,12 +401,10 @@ def _inputs(
     the smoothing's settings, the fill and the warnings, one line each (printed on stderr
     once the output may be written).
     """
-    volume = _open_for_model(image, model, image_input.channel_axis, image_input.extra_channels)
-    spacing = feature_spacing(volume, model, image_input.spacing)
-    if spacing != tuple(model.spacing):
-        model = dataclasses.replace(model, spacing=spacing)
-    # a copy: the caller's volume (segment's, or one a user opened) keeps its own spacing
-    volume = dataclasses.replace(volume, spacing=spacing)
+    volume, model = volume_for_model(
+        image, model, channel_axis=image_input.channel_axis,
+        extra_channels=image_input.extra_channels, spacing=image_input.spacing,
+    )  # fmt: skip
     if prediction.probabilities or prediction.uncertainty:
         option = "--probabilities" if prediction.probabilities else "--uncertainty"
         _require_probabilities(model, option)
@@ -433,6 +431,27 @@ def _anisotropy_warning(model: Model, volume: Volume) -> list[str]:
         f"image {volume.name}'s {_ratio(own)} is outside them, so its features are at scales "
         "the model has not seen: check its result, or train on such an image too"
     ]
+
+
+def volume_for_model(
+    image: Any,
+    model: Model,
+    *,
+    channel_axis: int | None = None,
+    extra_channels: Sequence[Any] | None = None,
+    spacing: Sequence[float] | None = None,
+) -> tuple[Volume, Model]:
+    """Open the image as ``model`` reads it: channels checked, at its features' spacing.
+
+    Returns the volume and the model, both at the spacing the features are computed at
+    (:func:`feature_spacing`).
+    """
+    volume = _open_for_model(image, model, channel_axis, extra_channels)
+    at = feature_spacing(volume, model, spacing)
+    if at != tuple(model.spacing):
+        model = dataclasses.replace(model, spacing=at)
+    # a copy: the caller's volume (segment's, or one a user opened) keeps its own spacing
+    return dataclasses.replace(volume, spacing=at), model
 
 
 def feature_spacing(

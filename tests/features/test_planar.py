@@ -98,6 +98,9 @@ def test_a_family_in_2d_at_some_scales_only(family, tmp_path):
     assert FeatureBank.from_yaml(path) == bank
     assert FeatureBank.from_dict(bank.to_dict()) == bank
     assert f"{family}: 1, 2 (in 2D)" in bank.describe()
+    # a family left without scales in 2D is not in 2D at all (the same bank, the same keys)
+    assert bank.restricted({family: [1.0]}) == FeatureBank({family: [1.0]})
+    assert FeatureBank({family: [1.0]}, in_2d=[{family: []}]) == FeatureBank({family: [1.0]})
 
 
 @pytest.mark.parametrize(
@@ -107,7 +110,7 @@ def test_a_family_in_2d_at_some_scales_only(family, tmp_path):
         ({"sobel": [1.0], "in_2d": "sobel"}, "in_2d must be a list of families"),
         (
             {"sobel": [1.0], "in_2d": [{"sobel": [3]}]},
-            r"in_2d gives 'sobel' scale 3, which the bank does not compute it at \(1\)",
+            r"in_2d gives 'sobel' scale 3, a scale the bank does not compute it at \(1\)",
         ),
     ],
 )

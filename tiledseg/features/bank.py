@@ -303,9 +303,9 @@ class FeatureBank:
             self,
             families={f: tuple(s) for f, s in families.items()},
             in_2d={
-                f: [s for s in self.in_2d[f] if s in tuple(families[f])]
+                f: kept
                 for f in self.in_2d
-                if f in families
+                if f in families and (kept := [s for s in self.in_2d[f] if s in tuple(families[f])])
             },
         )
 
@@ -333,7 +333,10 @@ class FeatureBank:
         data = dict(data)
         in_2d = data.pop(IN_2D_KEY, None) or ()
         if isinstance(in_2d, str) or not isinstance(in_2d, Iterable):
-            raise TiledsegError(f"{IN_2D_KEY} must be a list of families, got {in_2d!r}")
+            raise TiledsegError(
+                f"{IN_2D_KEY} must be a list of families (or of {{family: [scales]}}), got "
+                f"{in_2d!r}"
+            )
         if not isinstance(in_2d, Mapping):
             in_2d = [f if isinstance(f, Mapping) else str(f) for f in in_2d]
         extra = data.pop(EXTRA_KEY, None) or {}
@@ -379,7 +382,10 @@ def _planar_scales(
 ) -> dict[str, tuple[float, ...]]:
     """Return ``in_2d`` as ``family -> scales in 2D``; refuse what the bank lacks (one line)."""
     if isinstance(in_2d, str):
-        raise TiledsegError(f"in_2d is a list of families, e.g. [{in_2d}], got {in_2d!r}")
+        raise TiledsegError(
+            f"in_2d is a list of families (or of {{family: [scales]}}), e.g. [{in_2d}], got "
+            f"{in_2d!r}"
+        )
     items: list[tuple[Any, Any]] = []
     for entry in in_2d.items() if isinstance(in_2d, Mapping) else in_2d:
         if isinstance(entry, Mapping):
@@ -401,11 +407,11 @@ def _planar_scales(
         stray = [s for s in scales if s not in families[name]]
         if stray:
             raise TiledsegError(
-                f"in_2d gives {raw_name!r} scale {stray[0]:g}, which the bank does not compute "
-                f"it at ({', '.join(f'{s:g}' for s in families[name])})"
+                f"in_2d gives {raw_name!r} scale {stray[0]:g}, a scale the bank does not "
+                f"compute it at ({', '.join(f'{s:g}' for s in families[name])})"
             )
         planar[name] = tuple(sorted(set(planar.get(name, ()) + tuple(scales))))
-    return planar
+    return {name: scales for name, scales in planar.items() if scales}  # (none: not in 2D)
 
 
 def _as_tuple(family: Any, scales: Any) -> tuple[float, ...]:

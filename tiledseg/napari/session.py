@@ -51,9 +51,6 @@ class Session:
         """Train on the scribbles (0: unlabelled) of ``image``; keep and return the model."""
         import tiledseg
 
-        scribbles = np.asarray(scribbles) if not hasattr(scribbles, "chunks") else scribbles
-        if not np.any(scribbles):
-            raise TiledsegError("the scribbles layer is empty; paint at least two classes")
         self.model = tiledseg.train(
             image, scribbles, features=features, classifier=classifier, spacing=spacing,
             channel_axis=channel_axis, cache_dir=None, quiet=True,
@@ -72,12 +69,14 @@ class Session:
         import time
 
         from tiledseg.blocks import Block, haloed
+        from tiledseg.predict import volume_for_model
         from tiledseg.prediction_job import classify_block
-        from tiledseg.volume import open_volume
 
-        model = self._require_model()
         started = time.perf_counter()
-        volume = open_volume(image, spacing=spacing, channel_axis=channel_axis)
+        # (the checks a prediction makes: dimensionality, channels, spacing)
+        volume, model = volume_for_model(
+            image, self._require_model(), channel_axis=channel_axis, spacing=spacing
+        )
         if volume.ndim == 3:
             if plane is None or not 0 <= plane < volume.shape[0]:
                 raise TiledsegError(
@@ -115,8 +114,8 @@ class Session:
             channel_axis=channel_axis, overwrite=overwrite, quiet=True,
         )  # fmt: skip
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
-        """Write the model file."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the model file (an existing one only with ``overwrite``)."""
         self._require_model().save(path, overwrite=overwrite)
 
     def load(self, path: str | os.PathLike) -> Any:

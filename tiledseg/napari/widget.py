@@ -56,6 +56,7 @@ class TiledsegWidget(Container):
         self.cluster = LineEdit(label="cluster (optional)")
         self.segment_button = PushButton(text="Segment all")
         self.model_path = FileEdit(label="model file", mode="w", filter="*.tsm")
+        self.overwrite = CheckBox(label="replace existing files", value=False)
         self.save_button = PushButton(text="Save model")
         self.load_button = PushButton(text="Load model")
         self.status = Label(value="paint scribbles in a Labels layer, then Train")
@@ -63,7 +64,8 @@ class TiledsegWidget(Container):
             [
                 self.image, self.scribbles, self.features, self.bank_file, self.classifier,
                 self.live, self.train_button, self.out, self.cluster, self.segment_button,
-                self.model_path, self.save_button, self.load_button, self.status,
+                self.model_path, self.overwrite, self.save_button, self.load_button,
+                self.status,
             ]
         )  # fmt: skip
         self.train_button.changed.connect(self.train)
@@ -73,6 +75,7 @@ class TiledsegWidget(Container):
         self.viewer.dims.events.current_step.connect(self._plane_changed)
         self._busy = False
         self._pending = False
+        self._training = False
         self.last_preview: Preview | None = None
         #: the workers started and not finished (a test, or a caller, waits on it)
         self.running: set[Any] = set()
@@ -83,13 +86,16 @@ class TiledsegWidget(Container):
         image, scribbles = self._layer(self.image), self._layer(self.scribbles)
         if image is None or scribbles is None:
             return self._say("choose an image layer and a Labels layer of scribbles")
+        if self._training:
+            return self._say("a training is running; wait for it")
         bank = _path(self.bank_file.value)
         self._say("training...")
+        self._training = True
         return self._start(
             self.session.train, self._trained, "tiledseg: training",
             _data(image), _data(scribbles), features=str(bank) if bank else self.features.value,
             classifier=self.classifier.value, spacing=_spacing(image),
-            channel_axis=-1 if image.rgb else None,
+            channel_axis=-1 if image.rgb else None, _done=self._training_over,
         )  # fmt: skip
 
     def preview(self) -> Any:
@@ -118,7 +124,7 @@ class TiledsegWidget(Container):
             self.session.segment_all, lambda r: self._segmented(r, image),
             "tiledseg: segment all", _data(image),
             str(out), cluster=self.cluster.value.strip() or None, spacing=_spacing(image),
-            channel_axis=-1 if image.rgb else None,
+            channel_axis=-1 if image.rgb else None, overwrite=self.overwrite.value,
         )  # fmt: skip
 
     def save_model(self) -> None:
@@ -126,16 +132,18 @@ class TiledsegWidget(Container):
         path = _path(self.model_path.value)
         if path is None:
             return self._say("give the model file's path")
-        self._guarded(lambda: self.session.save(path), f"model saved to {path}")
+        self._guarded(
+            lambda: self.session.save(path, overwrite=self.overwrite.value),
+            f"model saved to {path}",
+        )
 
     def load_model(self) -> Any:
         """Read the model file; preview with it (return the preview's worker)."""
         path = _path(self.model_path.value)
         if path is None:
             return self._say("give the model file's path")
-        if self._guarded(lambda: self.session.load(path), f"model loaded from {path}"):
-            return self.preview()
-        return None
+        loaded = self._guarded(lambda: self.session.load(path), f"model loaded from {path}")
+        return self.preview() if loaded and self.live.value else None
 
     # -- results ----------------------------------------------------------------------
     def _trained(self, model: Any) -> None:
@@ -160,6 +168,9 @@ class TiledsegWidget(Container):
             add(data, name=name, scale=scale, translate=translate, **extra)
         where = "" if preview.plane is None else f" of plane {preview.plane}"
         self._say(f"preview{where} in {preview.seconds:.2f} s")
+
+    def _training_over(self) -> None:
+        self._training = False
 
     def _preview_over(self) -> None:
         self._busy = False
