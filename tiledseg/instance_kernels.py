@@ -22,7 +22,6 @@ __all__ = [
     "neighbour_offsets",
     "split_distance",
     "split_pieces",
-    "seed_growth",
     "split_seeds",
 ]
 
@@ -263,9 +262,7 @@ def split_seeds(values: np.ndarray, distance: np.ndarray, *, window: Sequence[in
 
     A voxel is a seed when no voxel of its class within ``window`` voxels along each axis
     (a box) lies farther from the border. Plateaus (such as the capped centres of objects
-    wider than the cap) are seeds whole. Each seed voxel is then grown by half the window
-    (within its class), so that maxima within the window of each other (equal ones, as
-    along the axis of an elongated object) touch and are one seed.
+    wider than the cap) are seeds whole, and their connected seed voxels one seed.
 
     Returns
     -------
@@ -275,19 +272,13 @@ def split_seeds(values: np.ndarray, distance: np.ndarray, *, window: Sequence[in
     from scipy.ndimage import maximum_filter
 
     size = tuple(2 * int(w) + 1 for w in window)
-    near = tuple(2 * seed_growth(w) + 1 for w in window)
     seeds = np.zeros(values.shape, np.uint16)
     for value in np.unique(values[values > 0]):
         own = values == value
         masked = np.where(own, distance, np.float32(-1))
         peak = own & (masked >= maximum_filter(masked, size=size, mode="nearest"))
-        seeds[own & maximum_filter(peak, size=near, mode="constant")] = value
+        seeds[peak] = value
     return seeds
-
-
-def seed_growth(window: int) -> int:
-    """Return how far a seed voxel grows: half its window, so seeds a window apart touch."""
-    return int(window) // 2
 
 
 def split_pieces(
@@ -324,7 +315,8 @@ def split_pieces(
     seeded = seeds > 0
     ids, inverse = np.unique(seeds[seeded], return_inverse=True)
     ids = np.concatenate([[0], ids])  # (0: background stays 0)
-    local = np.zeros(seeds.shape, np.int64)
+    small = np.int32 if values.size < 2**31 else np.int64  # (a block's counts: half the memory)
+    local = np.zeros(seeds.shape, small)
     local[seeded] = inverse.ravel() + 1
     rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
     inside = values > 0  # (the flood's height is the rank of (-distance, place) within)
@@ -333,9 +325,9 @@ def split_pieces(
         tuple(shape),
     )
     order = np.lexsort((np.broadcast_to(place, values.shape)[inside], -distance[inside]))
-    ranks = np.empty(len(order), np.int64)
-    ranks[order] = np.arange(1, len(order) + 1)
-    height = np.zeros(values.shape, np.int64)
+    ranks = np.empty(len(order), small)
+    ranks[order] = np.arange(1, len(order) + 1, dtype=small)
+    height = np.zeros(values.shape, small)
     height[inside] = ranks
     out = np.zeros(values.shape, np.int64)
     for value in np.unique(values[values > 0]):

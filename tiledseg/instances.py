@@ -20,8 +20,7 @@ whatever the blocks.
 ``--split distance`` cuts touching objects apart at their necks. Each voxel's distance
 to its class's border (the edt package, in the spacing's units) is capped at the split
 radius R, so a block grown by R has it exactly. Seeds are the voxels farthest from the
-border within R/2, grown by R/4 so that maxima within R/2 of each other are one seed; they
-are numbered by the three passes above (so a seed crossing a
+border within R/2; they are numbered by the three passes above (so a seed crossing a
 block border is one seed), as are the plain objects. Then each block, grown by 2.5 R,
 floods its seeds down the distance (scikit-image's watershed): every voxel gets the
 global number of the seed that reaches it, or of its plain object where none does. A
@@ -58,7 +57,6 @@ from tiledseg.instance_kernels import (
     border_pairs,
     foreground,
     local_components,
-    seed_growth,
     split_distance,
     split_pieces,
     split_seeds,
@@ -287,9 +285,9 @@ class Split:
 
     @property
     def seed_halo(self) -> tuple[int, ...]:
-        """How far a block's seeds look: grown seeds' windows, whose distances need R more."""
+        """How far a block's seeds look: its window's distances need R beyond them."""
         return tuple(
-            int(np.ceil(self.radius / s)) + w + seed_growth(w)
+            int(np.ceil(self.radius / s)) + w
             for s, w in zip(self.spacing, self.window, strict=True)
         )
 

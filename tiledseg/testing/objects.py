@@ -83,8 +83,7 @@ def whole_volume_split(
 
     Written from the definition with scipy and scikit-image, apart from tiledseg's kernels:
     the distance to the class's border capped at ``radius``; seeds where it is the largest
-    of the class's voxels within ``radius / 2`` along each axis, grown by half that;
-    scikit-image's watershed
+    of the class's voxels within ``radius / 2`` along each axis; scikit-image's watershed
     from the seeds down the distance, equal distances in C order; voxels no seed reaches
     keep their plain object.
     """
@@ -102,9 +101,7 @@ def whole_volume_split(
     for value in np.unique(values[values > 0]):
         own = values == value
         masked = np.where(own, distance, np.float32(-1))
-        peaks = own & (masked >= maximum_filter(masked, size=window, mode="nearest"))
-        near = [2 * (w // 4) + 1 for w in window]  # (grown by half the window, w // 2 // 2)
-        seeds = own & maximum_filter(peaks, size=near, mode="constant")
+        seeds = own & (masked >= maximum_filter(masked, size=window, mode="nearest"))
         markers = label(seeds, connectivity=rank)
         flooded = watershed(height, markers, mask=own, connectivity=rank)
         plain = label(own, connectivity=rank)
