@@ -143,3 +143,19 @@ def test_mistakes_are_one_line_in_the_status(make_napari_viewer, qtbot, tmp_path
     widget.model_path.value = str(tmp_path / "none.tsm")
     widget.load_model()
     assert widget.status.value.startswith("error:")
+
+
+def test_napari_ome_zarr_opens_the_outputs_with_their_levels(make_napari_viewer, tmp_path):
+    """napari's own OME-Zarr reader plug-in shows labels as labels, with every level."""
+    pytest.importorskip("napari_ome_zarr")
+    ph = make_phantom((16, 200, 208), n_classes=2, scribble_fraction=0.01, seed=3)
+    model = ts.train(ph.image, ph.scribbles, features="minimal", cache_dir=None)
+    out = ts.predict(ph.image, model, out=tmp_path / "o.zarr", uncertainty=True, pyramid=1)
+    viewer = make_napari_viewer()
+    (labels,) = viewer.open(f"{out.path}/labels", plugin="napari-ome-zarr")
+    (uncertainty,) = viewer.open(f"{out.path}/uncertainty", plugin="napari-ome-zarr")
+    assert type(labels).__name__ == "Labels"
+    assert type(uncertainty).__name__ == "Image"
+    assert [tuple(level.shape) for level in labels.data] == [(16, 200, 208), (8, 100, 104)]
+    whole = zarr.open_array(f"{out.path}/labels/0", mode="r")[...]
+    assert_array_equal(np.asarray(labels.data[0]), whole)
