@@ -330,7 +330,7 @@ def split_pieces(
     height = np.zeros(values.shape, small)
     height[inside] = ranks
     out = np.zeros(values.shape, np.int64)
-    for value in np.unique(values[values > 0]):
+    for value in np.unique(values[inside]):
         own = values == value
         markers = np.where(own, local, 0)
         if not markers.any():

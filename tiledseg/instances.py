@@ -63,6 +63,7 @@ from tiledseg.instance_kernels import (
 )
 from tiledseg.options import Execution, Objects, gather
 from tiledseg.runs import (
+    DONE_DIR,
     BlockFailure,
     check_apart,
     check_writable,
@@ -333,7 +334,12 @@ class ObjectsJob:
     @property
     def target(self) -> str:
         """The array the objects are written to: the output's, or a stage's scratch ids."""
-        return str(self.scratch / "ids") if self.stage else f"{self.out}/labels/0"
+        return _stage_ids(self.out, self.stage) if self.stage else f"{self.out}/labels/0"
+
+    @property
+    def record(self) -> Path:
+        """Where the blocks written in the objects' numbers are marked (``runs``' markers)."""
+        return self.scratch if self.stage else Path(self.out)
 
     def components(self, block: Block) -> int:
         """Label the block's components; keep them and their measures. Return its voxels."""
@@ -384,21 +390,8 @@ class ObjectsJob:
         lut = np.load(self.scratch / f"lut-{_name(block.index)}.npy")
         local = zarr.open_array(str(self.scratch / "local"), mode="r")[block.region]
         zarr.open_array(self.target, mode="r+")[block.region] = lut[local]
-        if self.stage:
-            _touch(self.scratch / f"r-{_name(block.index)}")
-        else:
-            mark_block_done(self.out, block.index)
+        mark_block_done(self.record, block.index)
         return int(local.size)
-
-    def relabelled(self) -> set[tuple[int, ...]]:
-        """Return the blocks this labelling has written in its objects' numbers."""
-        if not self.stage:
-            return done_blocks(self.out)
-        return {
-            tuple(map(int, e.name[2:].split("_")))
-            for e in os.scandir(self.scratch)
-            if e.name.startswith("r-")
-        }
 
     def _seeds(self, region: Region) -> np.ndarray:
         """Return the class of each seed voxel of the region, 0 elsewhere."""
@@ -475,10 +468,6 @@ def _name(index: tuple[int, ...]) -> str:
 def _stage_ids(out: str, stage: str) -> str:
     """Return the array of a split's earlier labelling's global numbers."""
     return str(Path(out) / SCRATCH / stage / "ids")
-
-
-def _touch(path: Path) -> None:
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
 def _save(path: Path, **arrays: Any) -> None:
@@ -588,6 +577,8 @@ def _create_scratch(job: ObjectsJob) -> None:
     import zarr
 
     job.scratch.mkdir(exist_ok=True)
+    if job.stage:  # (the output has its own markers' folder)
+        (job.scratch / DONE_DIR).mkdir(exist_ok=True)
     arrays = {"local": np.uint32, **({"ids": job.dtype} if job.stage else {})}
     for name, dtype in arrays.items():
         zarr.create_array(
@@ -650,7 +641,7 @@ def _label(
         part = numbered.with_name(f".{numbered.name}.part")
         part.write_text(json.dumps(counts))
         os.replace(part, numbered)
-    done = job.relabelled()
+    done = done_blocks(job.record)
     todo = [b for b in plan if b.index not in done]
     _pass(executor, job.relabel, todo, f"{what} {steps}/{steps}", job.out, len(plan))
     return counts

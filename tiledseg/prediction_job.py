@@ -23,7 +23,7 @@ from tiledseg.model import Model
 from tiledseg.runs import BlockFailure, guarded, mark_block_done
 from tiledseg.volume import Volume
 
-__all__ = ["PredictionJob", "block_probabilities", "classify_block"]
+__all__ = ["PredictionJob", "block_probabilities", "classify_block", "uncertainty"]
 
 
 def block_probabilities(
@@ -71,6 +71,13 @@ def _labels(proba: Any, model: Model, shape: tuple[int, ...]) -> Any:
     return values[proba.argmax(axis=1)].reshape(shape)
 
 
+def uncertainty(proba: Any) -> Any:
+    """Return each voxel's uncertainty ``1 - (p_best - p_second)`` from ``proba`` ``(n, k)``."""
+    xp = get_backend(proba).xp
+    top2 = xp.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
+    return 1.0 - xp.abs(top2[:, 1] - top2[:, 0])
+
+
 def _to_uint8(values: Any) -> Any:
     xp = get_backend(values).xp
     return xp.rint(xp.clip(values, 0.0, 1.0) * 255.0).astype(xp.uint8)
@@ -88,9 +95,7 @@ def _extras(
     if want_proba:
         out["probabilities"] = _to_uint8(proba.T).reshape((proba.shape[1], *block.shape))
     if want_unc:
-        top2 = xp.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
-        margin = xp.abs(top2[:, 1] - top2[:, 0])
-        out["uncertainty"] = _to_uint8(1.0 - margin).reshape(block.shape)
+        out["uncertainty"] = _to_uint8(uncertainty(proba)).reshape(block.shape)
     if inside is not None:
         keep = xp.asarray(inside, dtype=xp.uint8)  # (broadcast over the classes)
         out = {name: values * keep for name, values in out.items()}

@@ -132,7 +132,7 @@ def _bands(volume: Any, model: Any, region: tuple[slice, ...]) -> tuple[np.ndarr
     from concurrent.futures import ThreadPoolExecutor
 
     from tiledseg.blocks import Block, haloed
-    from tiledseg.prediction_job import classify_block
+    from tiledseg.prediction_job import classify_block, uncertainty
 
     rows = region[-2]
     count = max(1, min(os.cpu_count() or 1, (rows.stop - rows.start) // 64))
@@ -144,9 +144,7 @@ def _bands(volume: Any, model: Any, region: tuple[slice, ...]) -> tuple[np.ndarr
     def one(band: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         block = Block((0,) * len(band), band, haloed(band, model.halo, volume.shape))
         labels, proba = classify_block(volume, block, model, n_threads=1)
-        top2 = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2:]
-        margin = np.abs(top2[:, 1] - top2[:, 0]).reshape(block.shape)
-        return np.asarray(labels), (1.0 - margin).astype(np.float32)
+        return np.asarray(labels), uncertainty(proba).reshape(block.shape).astype(np.float32)
 
     with ThreadPoolExecutor(count) as pool:
         done = list(pool.map(one, bands))
